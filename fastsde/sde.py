@@ -1,0 +1,284 @@
+"""Forward SDEs of score-based generative modelling (Song et al., ICLR 2021, sections 3.4 and appendix B).
+
+VPSDE (DDPM), subVPSDE and VESDE (SMLD/NCSN) with the score_sde API: `sde`, `marginal_prob`, `prior_sampling`,
+`prior_logp`, `discretize` and `reverse`. Shapes: x is (B, ...) of any rank >= 2; t is (B,). Differences from the
+original, on purpose: lookup tables follow the data's device, any rank works, and the drift of every SDE here is
+linear in x, which `linear_sde`/`linear_discretize` expose as per-sample float64 coefficients for the fused steps.
+"""
+from __future__ import annotations
+
+import abc
+import math
+
+import numpy as np
+import torch
+
+from fastsde._util import per_sample, sum_except_batch
+
+__all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE"]
+
+
+class SDE(abc.ABC):
+    """dx = f(x, t) dt + g(t) dw on t in [0, T]; N is the number of discretization steps."""
+
+    def __init__(self, N: int):
+        if int(N) < 1:
+            raise ValueError(f"N (number of discretization steps) must be >= 1, got {N}")
+        self.N = int(N)
+        self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    @property
+    @abc.abstractmethod
+    def T(self) -> float:
+        """End time of the SDE."""
+
+    @abc.abstractmethod
+    def sde(self, x: torch.Tensor, t: torch.Tensor):
+        """Drift f(x, t) (B, ...) and diffusion g(t) (B,)."""
+
+    @abc.abstractmethod
+    def marginal_prob(self, x: torch.Tensor, t: torch.Tensor):
+        """Mean (B, ...) and std (B,) of p_0t(x(t) | x(0) = x)."""
+
+    @abc.abstractmethod
+    def prior_sampling(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A sample of p_T with the given shape (drawn with torch.randn: the original's RNG order)."""
+
+    def prior_from_normal(self, z: torch.Tensor) -> torch.Tensor:
+        """Map standard normal noise z to a sample of p_T (identity for VP/subVP, sigma_max z for VE)."""
+        return z
+
+    @abc.abstractmethod
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """log p_T(z) per sample, summed over all non-batch dims: (B,)."""
+
+    def _table(self, name: str, device) -> torch.Tensor:
+        """A discretization table on `device` (built once per device, not per step)."""
+        device = torch.device(device)
+        key = (name, device)
+        if key not in self._tables:
+            self._tables[key] = getattr(self, name).to(device)
+        return self._tables[key]
+
+    def _timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """Index into the discrete tables: long(t (N - 1) / T), as the original."""
+        return (t * (self.N - 1) / self.T).long()
+
+    def discretize(self, x: torch.Tensor, t: torch.Tensor):
+        """Euler–Maruyama discretization x_{i+1} = x_i + f_i + G_i z_i: returns f (B, ...) and G (B,)."""
+        dt = 1 / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * math.sqrt(dt)
+
+    # Fused-step coefficients: every drift here is f(x, t) = f_coef(t) x.
+    def linear_sde(self, t: torch.Tensor):
+        """(f_coef, g) as float64 (B,) with sde(x, t) == (f_coef x, g)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose a linear drift")
+
+    def linear_discretize(self, t: torch.Tensor):
+        """(f_coef, G) as float64 (B,) with discretize(x, t) == (f_coef x, G)."""
+        f_coef, g = self.linear_sde(t)
+        dt = 1 / self.N
+        return f_coef * dt, g * math.sqrt(dt)
+
+    def reverse(self, score_fn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (or probability-flow ODE) for the score function score_fn(x, t)."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+
+class ReverseSDE:
+    """dx = [f - g^2 s] dt + g dw-bar (Song et al. eq. 6); probability flow: dx = [f - g^2 s / 2] dt (eq. 13)."""
+
+    def __init__(self, forward: SDE, score_fn, probability_flow: bool = False):
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = bool(probability_flow)
+        self.N = forward.N
+
+    @property
+    def T(self) -> float:
+        return self.forward.T
+
+    def __getattr__(self, name):
+        # Tables and parameters of the forward SDE (discrete_betas, sigma_max, ...) read through, as in score_sde.
+        if name == "forward":
+            raise AttributeError(name)
+        return getattr(self.forward, name)
+
+    def _weight(self) -> float:
+        return 0.5 if self.probability_flow else 1.0
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor):
+        """Reverse drift (B, ...) and diffusion (B,); the diffusion is zero for the probability flow."""
+        drift, diffusion = self.forward.sde(x, t)
+        score = self.score_fn(x, t)
+        drift = drift - per_sample(diffusion, x) ** 2 * score * self._weight()
+        if self.probability_flow:
+            diffusion = torch.zeros_like(diffusion)
+        return drift, diffusion
+
+    def discretize(self, x: torch.Tensor, t: torch.Tensor):
+        """rev_f = f - G^2 s (halved for probability flow), rev_G = G (zero for probability flow)."""
+        f, G = self.forward.discretize(x, t)
+        rev_f = f - per_sample(G, x) ** 2 * self.score_fn(x, t) * self._weight()
+        rev_G = torch.zeros_like(G) if self.probability_flow else G
+        return rev_f, rev_G
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw, beta linear in t (DDPM)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 <= beta_min <= beta_max:
+            raise ValueError(f"need 0 <= beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_0 = float(beta_min)
+        self.beta_1 = float(beta_max)
+        self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
+        self.alphas = 1.0 - self.discrete_betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
+        self.sqrt_1m_alphas_cumprod = torch.sqrt(1.0 - self.alphas_cumprod)
+
+    @property
+    def T(self) -> float:
+        return 1.0
+
+    def _beta(self, t):
+        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+    def _log_mean_coeff(self, t):
+        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def sde(self, x, t):
+        beta_t = self._beta(t)
+        return -0.5 * per_sample(beta_t, x) * x, torch.sqrt(beta_t)
+
+    def marginal_prob(self, x, t):
+        lmc = self._log_mean_coeff(t)
+        return per_sample(torch.exp(lmc), x) * x, torch.sqrt(1.0 - torch.exp(2.0 * lmc))
+
+    def prior_sampling(self, shape, generator=None):
+        return torch.randn(*shape, generator=generator)
+
+    def prior_logp(self, z):
+        D = int(np.prod(z.shape[1:]))
+        return -D / 2.0 * np.log(2 * np.pi) - sum_except_batch(z**2) / 2.0
+
+    def discretize(self, x, t):
+        """DDPM discretization: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z_i."""
+        timestep = self._timestep(t)
+        beta = self._table("discrete_betas", x.device)[timestep]
+        alpha = self._table("alphas", x.device)[timestep]
+        return per_sample(torch.sqrt(alpha), x) * x - x, torch.sqrt(beta)
+
+    def linear_sde(self, t):
+        beta_t = self._beta(t.double())
+        return -0.5 * beta_t, torch.sqrt(beta_t)
+
+    def linear_discretize(self, t):
+        beta = self._table("discrete_betas", t.device)[self._timestep(t)].double()
+        return torch.sqrt(1.0 - beta) - 1.0, torch.sqrt(beta)
+
+
+class subVPSDE(SDE):
+    """Sub-VP SDE: VP drift, diffusion sqrt(beta(t) (1 - exp(-2 int_0^t beta))); variance below VP's."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 <= beta_min <= beta_max:
+            raise ValueError(f"need 0 <= beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_0 = float(beta_min)
+        self.beta_1 = float(beta_max)
+        # Not in the original's subVPSDE: the VP tables of the same schedule, so the Langevin corrector's
+        # alpha = 1 - beta_i is defined (the original crashes there; see REFERENCE_MATH.md).
+        self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
+        self.alphas = 1.0 - self.discrete_betas
+
+    @property
+    def T(self) -> float:
+        return 1.0
+
+    def _beta(self, t):
+        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+    def _discount(self, t):
+        return 1.0 - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t**2)
+
+    def sde(self, x, t):
+        beta_t = self._beta(t)
+        return -0.5 * per_sample(beta_t, x) * x, torch.sqrt(beta_t * self._discount(t))
+
+    def marginal_prob(self, x, t):
+        lmc = -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+        # std = 1 - exp(2 lmc), no square root: the definition (Song et al. eq. 29), not a typo.
+        return per_sample(torch.exp(lmc), x) * x, 1.0 - torch.exp(2.0 * lmc)
+
+    def prior_sampling(self, shape, generator=None):
+        return torch.randn(*shape, generator=generator)
+
+    def prior_logp(self, z):
+        D = int(np.prod(z.shape[1:]))
+        return -D / 2.0 * np.log(2 * np.pi) - sum_except_batch(z**2) / 2.0
+
+    def linear_sde(self, t):
+        t = t.double()
+        beta_t = self._beta(t)
+        return -0.5 * beta_t, torch.sqrt(beta_t * self._discount(t))
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE: dx = sigma(t) sqrt(2 ln(sigma_max / sigma_min)) dw, sigma geometric (SMLD)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.discrete_sigmas = torch.exp(torch.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+    @property
+    def T(self) -> float:
+        return 1.0
+
+    def _sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def _g_factor(self) -> float:
+        return math.sqrt(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
+
+    def sde(self, x, t):
+        return torch.zeros_like(x), self._sigma(t) * self._g_factor()
+
+    def marginal_prob(self, x, t):
+        return x, self._sigma(t)
+
+    def prior_sampling(self, shape, generator=None):
+        return torch.randn(*shape, generator=generator) * self.sigma_max
+
+    def prior_from_normal(self, z):
+        return z * self.sigma_max
+
+    def prior_logp(self, z):
+        D = int(np.prod(z.shape[1:]))
+        return -D / 2.0 * np.log(2 * np.pi * self.sigma_max**2) - sum_except_batch(z**2) / (2 * self.sigma_max**2)
+
+    def _sigma_pair(self, t):
+        """(sigma_i, sigma_{i-1}) with sigma_{-1} = 0, from the discrete table."""
+        timestep = self._timestep(t)
+        sigmas = self._table("discrete_sigmas", t.device)
+        adjacent = torch.where(timestep == 0, torch.zeros_like(t), sigmas[(timestep - 1).clamp(min=0)])
+        return sigmas[timestep], adjacent
+
+    def discretize(self, x, t):
+        """SMLD discretization: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z_i."""
+        sigma, adjacent = self._sigma_pair(t)
+        return torch.zeros_like(x), torch.sqrt(sigma**2 - adjacent**2)
+
+    def linear_sde(self, t):
+        return torch.zeros_like(t, dtype=torch.float64), self._sigma(t.double()) * self._g_factor()
+
+    def linear_discretize(self, t):
+        sigma, adjacent = (s.double() for s in self._sigma_pair(t))
+        return torch.zeros_like(sigma), torch.sqrt(sigma**2 - adjacent**2)
