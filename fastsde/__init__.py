@@ -1,0 +1,13 @@
+"""fastsde: fast, reproducible samplers for score-based generative models (Song et al., ICLR 2021).
+
+The public API mirrors score_sde's: `fastsde.sde`, `fastsde.sampling`, `fastsde.likelihood`,
+`fastsde.models.utils`. Noise comes from the FSN1 counter-based stream (`fastsde.random`), identical on every backend.
+"""
+from fastsde import likelihood, random, sampling, sde
+from fastsde.sampling import get_ode_sampler, get_pc_sampler
+from fastsde.sde import VESDE, VPSDE, subVPSDE
+
+__version__ = "0.1.0"
+
+__all__ = ["sde", "sampling", "likelihood", "random", "VPSDE", "subVPSDE", "VESDE", "get_pc_sampler",
+           "get_ode_sampler", "__version__"]
