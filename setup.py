@@ -1,0 +1,68 @@
+"""Build and install fastsde: one native extension, fastsde._C (C++/OpenMP; + CUDA when torch has CUDA).
+
+Development install (uses the venv's pinned torch; an isolated build env would fetch a different torch):
+
+    pip install --no-build-isolation -e .
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rel(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def native_extension():
+    """fastsde._C: CppExtension on CPU-only torch, CUDAExtension when torch has CUDA and nvcc is found."""
+    sources = _rel("csrc/bindings.cpp") + _rel("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    common = dict(
+        name="fastsde._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+    )
+    if torch.version.cuda and CUDA_HOME is not None:
+        return CUDAExtension(
+            sources=sources + _rel("csrc/cuda/*.cu"),
+            extra_compile_args={
+                "cxx": cxx + ["-DFASTSDE_WITH_CUDA"],
+                "nvcc": ["-O3", "-std=c++17", "-DFASTSDE_WITH_CUDA"],
+            },
+            **common,
+        )
+    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)
+
+
+def package_data():
+    """Shipped checkpoints under fastsde/data/, when that directory exists."""
+    return {"fastsde": ["data/*"]} if os.path.isdir(os.path.join(ROOT, "fastsde", "data")) else {}
+
+
+setup(
+    name="fastsde",
+    version="0.1.0",
+    description="A fast sampler for score-based diffusion models (fused C++/CUDA/Triton sampler steps)",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fastsde", "fastsde.*"]) + ["fastsde.kernels"],
+    package_dir={"fastsde.kernels": "kernels"},
+    package_data=package_data(),
+    ext_modules=[native_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+    ],
+    extras_require={"triton": ["triton>=2.1"]},
+    entry_points={"console_scripts": ["fastsde = fastsde.cli:main"]},
+    zip_safe=False,
+)
