@@ -21,7 +21,10 @@ def _rel(pattern):
 def native_extension():
     """fastsde._C: CppExtension on CPU-only torch, CUDAExtension when torch has CUDA and nvcc is found."""
     sources = _rel("csrc/bindings.cpp") + _rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # -ffp-contract=off: only explicit fmas (csrc/fsn1.h, csrc/step.h), so every SIMD level computes the same bits.
+    # No -march: csrc/cpu/step_avx2.cpp / step_avx512.cpp pick their ISA with #pragma GCC target and are chosen at
+    # run time; everything else runs on any x86-64.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
     common = dict(
         name="fastsde._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -32,7 +35,7 @@ def native_extension():
             sources=sources + _rel("csrc/cuda/*.cu"),
             extra_compile_args={
                 "cxx": cxx + ["-DFASTSDE_WITH_CUDA"],
-                "nvcc": ["-O3", "-std=c++17", "-DFASTSDE_WITH_CUDA"],
+                "nvcc": ["-O3", "-std=c++17", "--fmad=false", "-DFASTSDE_WITH_CUDA"],
             },
             **common,
         )

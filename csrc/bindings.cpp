@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/fsn1_cpu.h"
+#include "cpu/step_cpu.h"
 
 #ifdef FASTSDE_WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -19,6 +20,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "cuda/fsn1_cuda.h"
+#include "cuda/step_cuda.h"
 #endif
 
 #ifdef _OPENMP
@@ -93,6 +95,255 @@ void fsn1_normal_cuda_op(const at::Tensor& out, int64_t seed, const at::Tensor& 
 }
 #endif
 
+// ---- fused sampler step: affine_step_, step_sq_norms, fsn1_bits_ ----------------------------------------------
+
+bool is_step_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+Dtype to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return Dtype::kFloat64;
+    case at::kHalf: return Dtype::kFloat16;
+    case at::kBFloat16: return Dtype::kBFloat16;
+    default: return Dtype::kFloat32;
+  }
+}
+
+// A (B, ...) state-like tensor: the shape, dtype and device of x, contiguous.
+void check_like_x(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.sizes() == x.sizes(), op, ": ", name, " must have the shape of x ", x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of x (", x.scalar_type(),
+              "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " (the device of x), got ",
+              t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
+}
+
+// A per-sample coefficient: float64, 1-D, length batch or 1, on x's device, contiguous.
+void check_coef(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == at::kDouble, op, ": ", name, " must be float64, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && (t.size(0) == 1 || t.size(0) == x.size(0)), op, ": ", name, " must have shape (",
+              x.size(0), ",) or (1,), got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " (the device of x), got ",
+              t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+void check_state(const char* op, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 1, op, ": ", name, " must be (batch, ...), got shape ", x.sizes());
+  TORCH_CHECK(is_step_dtype(x.scalar_type()), op, ": ", name, " must be float32, float64, float16 or bfloat16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", x.strides());
+  TORCH_CHECK(x.size(0) == 0 || x.numel() / x.size(0) <= kMaxElementsPerSample, op,
+              ": at most 2^34 elements per sample, got shape ", x.sizes());
+}
+
+void check_ids(const char* op, const at::Tensor& ids, const at::Tensor& x) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong, op, ": sample_ids must be int64, got ", ids.scalar_type());
+  TORCH_CHECK(ids.dim() == 1 && ids.size(0) == x.size(0), op, ": sample_ids must have shape (", x.size(0),
+              ",) (the batch size), got ", ids.sizes());
+  TORCH_CHECK(ids.device() == x.device(), op, ": sample_ids must be on ", x.device(), ", got ", ids.device());
+}
+
+// The range of sample ids, on the CPU only (a CUDA check would synchronize; fastsde.ops checks it in Python).
+void check_id_values(const char* op, const at::Tensor& ids) {
+  const int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t b = 0; b < ids.numel(); ++b)
+    TORCH_CHECK(p[b] >= 0 && p[b] < kMaxSampleId, op, ": sample_ids must be in [0, 2^32), got ", p[b], " at index ",
+                b);
+}
+
+void check_affine_step_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
+                            const at::Tensor& b, const c10::optional<at::Tensor>& c,
+                            const c10::optional<at::Tensor>& noise, const at::Tensor& sample_ids,
+                            const c10::optional<at::Tensor>& x_mean, const c10::optional<at::Tensor>& mask,
+                            const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& data_a,
+                            const c10::optional<at::Tensor>& data_c) {
+  const char* op = "affine_step_";
+  check_state(op, "x", x);
+  check_like_x(op, "out", out, x);
+  check_like_x(op, "score", score, x);
+  check_coef(op, "a", a, x);
+  check_coef(op, "b", b, x);
+  if (c) check_coef(op, "c", *c, x);
+  if (noise) check_like_x(op, "noise", *noise, x);
+  if (x_mean) check_like_x(op, "x_mean", *x_mean, x);
+  check_ids(op, sample_ids, x);
+  TORCH_CHECK(mask.has_value() == data.has_value(), op, ": mask and data must be given together (got mask ",
+              mask.has_value() ? "given" : "None", ", data ", data.has_value() ? "given" : "None", ")");
+  if (mask) {
+    check_like_x(op, "mask", *mask, x);
+    check_like_x(op, "data", *data, x);
+    TORCH_CHECK(data_a.has_value() && data_c.has_value(), op, ": the projection (mask, data) needs data_a and data_c");
+    check_coef(op, "data_a", *data_a, x);
+    check_coef(op, "data_c", *data_c, x);
+  }
+}
+
+const double* opt_ptr(const c10::optional<at::Tensor>& t) { return t ? t->data_ptr<double>() : nullptr; }
+int64_t opt_len(const c10::optional<at::Tensor>& t) { return t ? t->size(0) : 0; }
+const void* opt_data(const c10::optional<at::Tensor>& t) { return t ? t->data_ptr() : nullptr; }
+
+AffineStepArgs make_affine_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score,
+                                const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c,
+                                const c10::optional<at::Tensor>& noise, int64_t seed, const at::Tensor& ids,
+                                int64_t draw, const c10::optional<at::Tensor>& x_mean,
+                                const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& data,
+                                const c10::optional<at::Tensor>& data_a, const c10::optional<at::Tensor>& data_c,
+                                int64_t data_draw) {
+  AffineStepArgs args;
+  args.dtype = to_dtype(x.scalar_type());
+  args.batch = x.size(0);
+  args.numel = x.size(0) ? x.numel() / x.size(0) : 0;
+  args.out = out.data_ptr();
+  args.x = x.data_ptr();
+  args.score = score.data_ptr();
+  args.noise = c ? opt_data(noise) : nullptr;
+  args.x_mean = x_mean ? x_mean->data_ptr() : nullptr;
+  args.mask = opt_data(mask);
+  args.data = opt_data(data);
+  args.a = a.data_ptr<double>();
+  args.b = b.data_ptr<double>();
+  args.c = opt_ptr(c);
+  args.data_a = mask ? opt_ptr(data_a) : nullptr;
+  args.data_c = mask ? opt_ptr(data_c) : nullptr;
+  args.a_len = a.size(0);
+  args.b_len = b.size(0);
+  args.c_len = opt_len(c);
+  args.data_a_len = mask ? opt_len(data_a) : 0;
+  args.data_c_len = mask ? opt_len(data_c) : 0;
+  args.seed = static_cast<uint64_t>(seed);
+  args.draw = static_cast<uint64_t>(draw);
+  args.data_draw = static_cast<uint64_t>(data_draw);
+  args.sample_ids = ids.data_ptr<int64_t>();
+  return args;
+}
+
+void affine_step_cpu_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
+                        const at::Tensor& b, const c10::optional<at::Tensor>& c, const c10::optional<at::Tensor>& noise,
+                        int64_t seed, const at::Tensor& sample_ids, int64_t draw,
+                        const c10::optional<at::Tensor>& x_mean, const c10::optional<at::Tensor>& mask,
+                        const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& data_a,
+                        const c10::optional<at::Tensor>& data_c, int64_t data_draw) {
+  TORCH_CHECK(x.device().is_cpu(), "affine_step_: x must be a CPU tensor here, got ", x.device());
+  check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
+  if (x.numel() == 0) return;
+  if ((c && !noise) || mask) check_id_values("affine_step_", sample_ids);
+  affine_step_cpu(make_affine_args(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean, mask, data, data_a,
+                                   data_c, data_draw));
+}
+
+void affine_step_meta_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
+                         const at::Tensor& b, const c10::optional<at::Tensor>& c,
+                         const c10::optional<at::Tensor>& noise, int64_t seed, const at::Tensor& sample_ids,
+                         int64_t draw, const c10::optional<at::Tensor>& x_mean, const c10::optional<at::Tensor>& mask,
+                         const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& data_a,
+                         const c10::optional<at::Tensor>& data_c, int64_t data_draw) {
+  (void)seed;
+  (void)draw;
+  (void)data_draw;
+  check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
+}
+
+void check_sq_norms_args(const at::Tensor& score, const c10::optional<at::Tensor>& noise,
+                         const at::Tensor& sample_ids) {
+  check_state("step_sq_norms", "score", score);
+  if (noise) check_like_x("step_sq_norms", "noise", *noise, score);
+  check_ids("step_sq_norms", sample_ids, score);
+}
+
+at::Tensor step_sq_norms_cpu_op(const at::Tensor& score, const c10::optional<at::Tensor>& noise, int64_t seed,
+                                const at::Tensor& sample_ids, int64_t draw) {
+  TORCH_CHECK(score.device().is_cpu(), "step_sq_norms: score must be a CPU tensor here, got ", score.device());
+  check_sq_norms_args(score, noise, sample_ids);
+  at::Tensor out = at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
+  if (score.numel() == 0) return out;
+  if (!noise) check_id_values("step_sq_norms", sample_ids);
+  SqNormsArgs args;
+  args.dtype = to_dtype(score.scalar_type());
+  args.batch = score.size(0);
+  args.numel = score.numel() / score.size(0);
+  args.score = score.data_ptr();
+  args.noise = opt_data(noise);
+  args.seed = static_cast<uint64_t>(seed);
+  args.draw = static_cast<uint64_t>(draw);
+  args.sample_ids = sample_ids.data_ptr<int64_t>();
+  step_sq_norms_cpu(args, out.data_ptr<double>());
+  return out;
+}
+
+at::Tensor step_sq_norms_meta_op(const at::Tensor& score, const c10::optional<at::Tensor>& noise, int64_t seed,
+                                 const at::Tensor& sample_ids, int64_t draw) {
+  (void)seed;
+  (void)draw;
+  check_sq_norms_args(score, noise, sample_ids);
+  return at::empty({score.size(0), 2}, score.options().dtype(at::kDouble));
+}
+
+void check_fsn1_bits_args(const at::Tensor& out, const at::Tensor& sample_ids) {
+  TORCH_CHECK(out.dim() == 3 && out.size(2) == 4, "fsn1_bits_: out must be (batch, blocks, 4), got shape ",
+              out.sizes());
+  TORCH_CHECK(out.scalar_type() == at::kInt, "fsn1_bits_: out must be int32, got ", out.scalar_type());
+  TORCH_CHECK(out.is_contiguous(), "fsn1_bits_: out must be contiguous");
+  TORCH_CHECK(out.size(1) <= (int64_t(1) << 32), "fsn1_bits_: at most 2^32 blocks, got ", out.size(1));
+  check_ids("fsn1_bits_", sample_ids, out);
+}
+
+void fsn1_bits_cpu_op(const at::Tensor& out, int64_t seed, const at::Tensor& sample_ids, int64_t draw) {
+  TORCH_CHECK(out.device().is_cpu(), "fsn1_bits_: out must be a CPU tensor, got ", out.device());
+  check_fsn1_bits_args(out, sample_ids);
+  if (out.numel() == 0) return;
+  check_id_values("fsn1_bits_", sample_ids);
+  fsn1_bits_cpu(reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), out.size(0), out.size(1),
+                static_cast<uint64_t>(seed), sample_ids.data_ptr<int64_t>(), static_cast<uint64_t>(draw));
+}
+
+void fsn1_bits_meta_op(const at::Tensor& out, int64_t seed, const at::Tensor& sample_ids, int64_t draw) {
+  (void)seed;
+  (void)draw;
+  check_fsn1_bits_args(out, sample_ids);
+}
+
+#ifdef FASTSDE_WITH_CUDA
+void affine_step_cuda_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
+                         const at::Tensor& b, const c10::optional<at::Tensor>& c,
+                         const c10::optional<at::Tensor>& noise, int64_t seed, const at::Tensor& sample_ids,
+                         int64_t draw, const c10::optional<at::Tensor>& x_mean, const c10::optional<at::Tensor>& mask,
+                         const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& data_a,
+                         const c10::optional<at::Tensor>& data_c, int64_t data_draw) {
+  TORCH_CHECK(x.is_cuda(), "affine_step_: x must be a CUDA tensor here, got ", x.device());
+  check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  C10_CUDA_CHECK(affine_step_cuda(make_affine_args(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean,
+                                                   mask, data, data_a, data_c, data_draw),
+                                  c10::cuda::getCurrentCUDAStream()));
+}
+
+at::Tensor step_sq_norms_cuda_op(const at::Tensor& score, const c10::optional<at::Tensor>& noise, int64_t seed,
+                                 const at::Tensor& sample_ids, int64_t draw) {
+  TORCH_CHECK(score.is_cuda(), "step_sq_norms: score must be a CUDA tensor here, got ", score.device());
+  check_sq_norms_args(score, noise, sample_ids);
+  at::Tensor out = at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
+  if (score.numel() == 0) return out;
+  const c10::cuda::CUDAGuard guard(score.device());
+  SqNormsArgs args;
+  args.dtype = to_dtype(score.scalar_type());
+  args.batch = score.size(0);
+  args.numel = score.numel() / score.size(0);
+  args.score = score.data_ptr();
+  args.noise = opt_data(noise);
+  args.seed = static_cast<uint64_t>(seed);
+  args.draw = static_cast<uint64_t>(draw);
+  args.sample_ids = sample_ids.data_ptr<int64_t>();
+  at::Tensor partial = at::empty({step_sq_norms_cuda_partials(args) * 2}, out.options());
+  C10_CUDA_CHECK(step_sq_norms_cuda(args, partial.data_ptr<double>(), out.data_ptr<double>(),
+                                    c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+#endif
+
 // The SIMD instruction sets the compiler was told it may use (from its predefined macros).
 std::vector<std::string> simd_flags() {
   std::vector<std::string> flags;
@@ -147,6 +398,12 @@ pybind11::dict build_info() {
   info["cuda"] = false;
 #endif
   info["simd"] = simd_flags();
+  // The level the CPU kernels run at (runtime dispatch; FASTSDE_SIMD=scalar|avx2|avx512 forces one).
+  info["simd_runtime"] = std::string(simd_level_name(simd_level()));
+  std::vector<std::string> supported;
+  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512})
+    if (simd_level_supported(level)) supported.emplace_back(simd_level_name(level));
+  info["simd_supported"] = supported;
   return info;
 }
 
@@ -156,18 +413,42 @@ pybind11::dict build_info() {
 TORCH_LIBRARY(fastsde, m) {
   // out[b, j] = FSN1(seed, sample_ids[b], draw, j); seed and draw are uint64 passed as their int64 bits.
   m.def("fsn1_normal_(Tensor(a!) out, int seed, Tensor sample_ids, int draw) -> ()");
+  // out = a x + b score [+ c z] [projection]; x_mean = a x + b score [projection]. See csrc/step.h.
+  m.def(
+      "affine_step_(Tensor(a!) out, Tensor x, Tensor score, Tensor a, Tensor b, Tensor? c, Tensor? noise, int seed, "
+      "Tensor sample_ids, int draw, Tensor(b!)? x_mean, Tensor? mask, Tensor? data, Tensor? data_a, Tensor? data_c, "
+      "int data_draw) -> ()");
+  // (B, 2) float64: per-sample sums of score^2 and z^2.
+  m.def("step_sq_norms(Tensor score, Tensor? noise, int seed, Tensor sample_ids, int draw) -> Tensor");
+  // Debug: out (B, blocks, 4) int32 = the FSN1 Philox words of the CPU SIMD path.
+  m.def("fsn1_bits_(Tensor(a!) out, int seed, Tensor sample_ids, int draw) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(fastsde, CPU, m) { m.impl("fsn1_normal_", &fastsde::fsn1_normal_cpu_op); }
+TORCH_LIBRARY_IMPL(fastsde, CPU, m) {
+  m.impl("fsn1_normal_", &fastsde::fsn1_normal_cpu_op);
+  m.impl("affine_step_", &fastsde::affine_step_cpu_op);
+  m.impl("step_sq_norms", &fastsde::step_sq_norms_cpu_op);
+  m.impl("fsn1_bits_", &fastsde::fsn1_bits_cpu_op);
+}
 
-TORCH_LIBRARY_IMPL(fastsde, Meta, m) { m.impl("fsn1_normal_", &fastsde::fsn1_normal_meta_op); }
+TORCH_LIBRARY_IMPL(fastsde, Meta, m) {
+  m.impl("fsn1_normal_", &fastsde::fsn1_normal_meta_op);
+  m.impl("affine_step_", &fastsde::affine_step_meta_op);
+  m.impl("step_sq_norms", &fastsde::step_sq_norms_meta_op);
+  m.impl("fsn1_bits_", &fastsde::fsn1_bits_meta_op);
+}
 
 #ifdef FASTSDE_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastsde, CUDA, m) { m.impl("fsn1_normal_", &fastsde::fsn1_normal_cuda_op); }
+TORCH_LIBRARY_IMPL(fastsde, CUDA, m) {
+  m.impl("fsn1_normal_", &fastsde::fsn1_normal_cuda_op);
+  m.impl("affine_step_", &fastsde::affine_step_cuda_op);
+  m.impl("step_sq_norms", &fastsde::step_sq_norms_cuda_op);
+}
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastsde native extension: ops are registered under torch.ops.fastsde";
   m.def("build_info", &fastsde::build_info,
-        "Dict describing the build: compiler, openmp, openmp_max_threads, cuda, simd (instruction sets enabled).");
+        "Dict describing the build: compiler, openmp, openmp_max_threads, cuda, simd (instruction sets enabled at "
+        "compile time), simd_runtime (the level the CPU kernels use), simd_supported.");
 }

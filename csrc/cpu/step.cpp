@@ -1,0 +1,130 @@
+// Fused sampler-step ops on the CPU: OpenMP over (sample, chunk) work items, each chunk run by the kernels of the
+// selected SIMD level (csrc/cpu/step_{scalar,avx2,avx512}.cpp, all generated from csrc/cpu/step_kernels.h).
+//
+// affine_step_ reads x, score and writes out: 12 B/elem in float32 (+4 B x_mean, +4 B explicit noise, +8 B
+// mask/data), the noise made in registers. Chunks are kChunk elements (a multiple of 64, so a Philox block never
+// straddles two chunks and every level's groups start on the same elements).
+#include "cpu/step_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <vector>
+
+namespace fastsde {
+namespace {
+
+// Elements per work item: 32 KiB of float32 per stream, enough to amortize the scheduling.
+constexpr int64_t kChunk = 8192;
+// Below this many elements in total, stay on one thread (a parallel region costs a few microseconds).
+constexpr int64_t kMinParallel = 32768;
+
+SimdLevel detect_level() {
+  SimdLevel best = SimdLevel::kScalar;
+  if (simd_level_supported(SimdLevel::kAvx512))
+    best = SimdLevel::kAvx512;
+  else if (simd_level_supported(SimdLevel::kAvx2))
+    best = SimdLevel::kAvx2;
+  const char* env = getenv("FASTSDE_SIMD");
+  if (env && *env) {
+    for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512})
+      if (strcmp(env, simd_level_name(level)) == 0 && simd_level_supported(level)) return level;
+  }
+  return best;
+}
+
+// Run fn(row, j0, j1) over every (row, chunk) of a (batch, numel) problem; chunk c of a row is its elements
+// [c kChunk, min((c + 1) kChunk, numel)).
+template <typename Fn>
+void for_each_chunk(int64_t batch, int64_t numel, const Fn& fn) {
+  if (batch <= 0 || numel <= 0) return;
+  const int64_t chunks = (numel + kChunk - 1) / kChunk;
+  const int64_t work = batch * chunks;
+#pragma omp parallel for schedule(static) if (batch * numel >= kMinParallel)
+  for (int64_t item = 0; item < work; ++item) {
+    const int64_t row = item / chunks;
+    const int64_t c = item - row * chunks;
+    const int64_t j0 = c * kChunk;
+    const int64_t j1 = j0 + kChunk < numel ? j0 + kChunk : numel;
+    fn(row, c, j0, j1);
+  }
+}
+
+}  // namespace
+
+bool simd_level_supported(SimdLevel level) {
+#if defined(__x86_64__) || defined(__i386__)
+  switch (level) {
+    case SimdLevel::kScalar: return true;
+    case SimdLevel::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case SimdLevel::kAvx512:
+      return simd_level_supported(SimdLevel::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
+  }
+  return false;
+#else
+  return level == SimdLevel::kScalar;
+#endif
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kAvx2: return "avx2";
+    case SimdLevel::kAvx512: return "avx512";
+    default: return "scalar";
+  }
+}
+
+SimdLevel simd_level() {
+  static const SimdLevel level = detect_level();
+  return level;
+}
+
+const SimdKernels& simd_kernels() {
+  switch (simd_level()) {
+#if defined(__x86_64__) || defined(__i386__)
+    case SimdLevel::kAvx512: return simd_kernels_avx512();
+    case SimdLevel::kAvx2: return simd_kernels_avx2();
+#endif
+    default: return simd_kernels_scalar();
+  }
+}
+
+void affine_step_cpu(const AffineStepArgs& args) {
+  const SimdKernels& k = simd_kernels();
+  for_each_chunk(args.batch, args.numel, [&](int64_t row, int64_t, int64_t j0, int64_t j1) { k.affine(args, row, j0, j1); });
+}
+
+void step_sq_norms_cpu(const SqNormsArgs& args, double* out) {
+  for (int64_t b = 0; b < 2 * args.batch; ++b) out[b] = 0.0;
+  if (args.batch <= 0 || args.numel <= 0) return;
+  const SimdKernels& k = simd_kernels();
+  const int64_t chunks = (args.numel + kChunk - 1) / kChunk;
+  std::vector<double> partial(size_t(args.batch * chunks * 2));
+  for_each_chunk(args.batch, args.numel, [&](int64_t row, int64_t c, int64_t j0, int64_t j1) {
+    k.sq_norms(args, row, j0, j1, &partial[size_t((row * chunks + c) * 2)]);
+  });
+  // Chunk partials in chunk order: the same sums whatever the thread count.
+  for (int64_t row = 0; row < args.batch; ++row) {
+    double s = 0.0, z = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      s += partial[size_t((row * chunks + c) * 2)];
+      z += partial[size_t((row * chunks + c) * 2 + 1)];
+    }
+    out[2 * row] = s;
+    out[2 * row + 1] = z;
+  }
+}
+
+void fsn1_bits_cpu(uint32_t* out, int64_t batch, int64_t blocks, uint64_t seed, const int64_t* sample_ids,
+                   uint64_t draw) {
+  const SimdKernels& k = simd_kernels();
+  // Chunks of kChunk elements = kChunk / 4 blocks, each a multiple of every level's lane count.
+  for_each_chunk(batch, blocks * 4, [&](int64_t row, int64_t, int64_t j0, int64_t j1) {
+    k.fsn1_bits(out + row * blocks * 4, seed, uint32_t(sample_ids[row]), draw, j0 / 4, j1 / 4);
+  });
+}
+
+}  // namespace fastsde

@@ -1,0 +1,236 @@
+"""Fused sampler-step ops: validate, then dispatch to a backend (reference, native, triton).
+
+    affine_step:    x_mean = a x + b score;  x' = x_mean + c z           (every VE/VP/subVP predictor, ALD, ODE steps)
+                    [+ inpainting projection: x' = x'(1-m) + (p data + q z2) m, x_mean = x'(1-m) + p data m]
+    langevin_step:  pass 1 reduces ||score||, ||z|| per sample; host: eps = 2 alpha (snr ||z|| / ||score||)^2;
+                    pass 2 = affine_step(1, eps, sqrt(2 eps)) regenerating the same z from its counters.
+
+Bytes per element, float32: affine_step reads x, score and writes x: 12 B (+4 B x_mean, +4 B explicit noise,
++8 B mask and data); langevin_step reads score (pass 1) then x, score and writes x: 16 B. The noise itself is
+generated in registers from FSN1 (seed, sample id, draw id, element), never stored.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+
+from fastsde import random as _random
+from fastsde.ops._dispatch import register, resolve
+from fastsde.reference import step as _ref
+
+__all__ = ["affine_step", "langevin_step", "step_sq_norms"]
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _u64(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__}") from None
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return value
+
+
+def _i64_bits(value: int) -> int:
+    """uint64 -> int64 with the same bits (the torch.library schema's int is int64)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _check_like(name, t, x):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
+        raise ValueError(f"{name} must match x: expected shape {tuple(x.shape)} {x.dtype} on {x.device}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
+def _coef(name, v, x) -> torch.Tensor:
+    """A per-sample coefficient as float64 (B,) or (1,) on x's device."""
+    if isinstance(v, (int, float)):
+        return torch.full((1,), float(v), dtype=torch.float64, device=x.device)
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{name} must be a float or a tensor of shape ({x.shape[0]},), got {type(v).__name__}")
+    v = v.reshape(-1) if v.dim() == 0 else v
+    if v.dim() != 1 or v.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"{name} must have shape ({x.shape[0]},) or (1,), got {tuple(v.shape)}")
+    return v.to(device=x.device, dtype=torch.float64).contiguous()
+
+
+def _noise_args(x, noise, seed, sample_ids, draw):
+    """Validated (noise, seed, sample_ids, draw): either an explicit tensor or FSN1 coordinates."""
+    batch = x.shape[0]
+    if noise is not None:
+        _check_like("noise", noise, x)
+        return noise, 0, torch.zeros(batch, dtype=torch.int64, device=x.device), 0
+    if seed is None:
+        raise ValueError("a noisy step needs noise= or seed= (with optional sample_ids=, draw=)")
+    seed, draw = _u64("seed", seed), _u64("draw", draw)
+    if sample_ids is None:
+        sample_ids = torch.arange(batch, device=x.device)
+    sample_ids = torch.as_tensor(sample_ids, device=x.device)
+    if sample_ids.dtype.is_floating_point or sample_ids.dtype == torch.bool or sample_ids.shape != (batch,):
+        raise ValueError(f"sample_ids must be integers of shape ({batch},), got {sample_ids.dtype} "
+                         f"{tuple(sample_ids.shape)}")
+    sample_ids = sample_ids.to(torch.int64)
+    if batch and not torch.compiler.is_compiling() and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        lo, hi = int(sample_ids.min()), int(sample_ids.max())
+        if lo < 0 or hi >= 1 << 32:
+            raise ValueError(f"sample_ids must be in [0, 2**32), got values in [{lo}, {hi}]")
+    return None, seed, sample_ids, draw
+
+
+def _check_state(x, score):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError(f"x must be (batch, ...), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if x[0].numel() > _random.MAX_ELEMENTS if x.shape[0] else False:
+        raise ValueError(f"x has more than 2**34 elements per sample: {tuple(x.shape)}")
+    _check_like("score", score, x)
+
+
+def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0, out=None,
+                x_mean_out=None, mask=None, data=None, data_a=None, data_c=None, data_draw=None,
+                backend="auto"):
+    """x' = a x + b score + c z (Song et al. eqs. 46-47 and the Euler–Maruyama step); returns x' (B, ...).
+
+    x, score: (B, ...) float tensors; a, b, c: floats or (B,) per-sample coefficients (float64 on the host);
+    c=None: no noise (probability-flow steps). Noise: `noise=` (B, ...) or FSN1 at (seed, sample_ids, draw).
+    out may be x (in place); x_mean_out receives a x + b score. With mask (B, ...) and data (B, ...), the
+    inpainting projection follows: x' <- x'(1-m) + (data_a data + data_c z2) m with z2 drawn at data_draw,
+    x_mean <- x'(1-m) + data_a data m (score_sde's controllable sampler).
+    """
+    _check_state(x, score)
+    a, b = _coef("a", a, x), _coef("b", b, x)
+    c = None if c is None else _coef("c", c, x)
+    z, seed_, ids, draw_ = _noise_args(x, noise, seed, sample_ids, draw) if c is not None else (None, 0, None, 0)
+    if ids is None:
+        ids = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    if out is not None:
+        _check_like("out", out, x)
+    if x_mean_out is not None:
+        _check_like("x_mean_out", x_mean_out, x)
+    project = mask is not None or data is not None
+    if project:
+        if mask is None or data is None or data_a is None or data_c is None or data_draw is None:
+            raise ValueError("the inpainting projection needs mask=, data=, data_a=, data_c= and data_draw=")
+        _check_like("mask", mask, x)
+        _check_like("data", data, x)
+        if noise is not None or seed is None:
+            raise ValueError("the inpainting projection draws its noise from FSN1: pass seed=, not noise=")
+        data_a, data_c = _coef("data_a", data_a, x), _coef("data_c", data_c, x)
+        data_draw = _u64("data_draw", data_draw)
+        if c is None:  # a noise-free step still needs the FSN1 coordinates for the projection's draw
+            _, seed_, ids, _ = _noise_args(x, None, seed, sample_ids, 0)
+    if out is None:
+        out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    name, impl = resolve("affine_step", backend, x.device)
+    impl(out, x, score, a, b, c, z, seed_, ids, draw_, x_mean_out,
+         mask if project else None, data if project else None, data_a if project else None,
+         data_c if project else None, data_draw if project else 0)
+    return out
+
+
+def step_sq_norms(score, *, noise=None, seed=None, sample_ids=None, draw=0, backend="auto") -> torch.Tensor:
+    """Per-sample squared L2 norms of score and of the step's noise z: (B, 2) float64 [||score||^2, ||z||^2]."""
+    _check_state(score, score)
+    z, seed_, ids, draw_ = _noise_args(score, noise, seed, sample_ids, draw)
+    if score.numel() == 0:
+        return torch.zeros(score.shape[0], 2, dtype=torch.float64, device=score.device)
+    name, impl = resolve("step_sq_norms", backend, score.device)
+    return impl(score, z, seed_, ids, draw_)
+
+
+def langevin_step(x, score, snr, alpha, *, noise=None, seed=None, sample_ids=None, draw=0, per_sample_norms=False,
+                  score_scale=None, out=None, x_mean_out=None, backend="auto"):
+    """One Langevin corrector iteration (Song et al. algorithm 5, score_sde's batch-mean norms); returns x'.
+
+    eps = 2 alpha (snr ||z|| / ||s||)^2 with ||.|| the batch mean of per-sample L2 norms (or per sample with
+    per_sample_norms=True); x_mean = x + eps s; x' = x_mean + sqrt(2 eps) z. alpha: float or (B,).
+    s = score_scale * score when score_scale (float or (B,)) is given: a noise-predicting model's output with
+    score_scale = -1/std, folded into the coefficients instead of a separate pass.
+    """
+    _check_state(x, score)
+    if out is None:
+        out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    sq = step_sq_norms(score, noise=noise, seed=seed, sample_ids=sample_ids, draw=draw, backend=backend)
+    norms = sq.sqrt()
+    gn, zn = norms[:, 0], norms[:, 1]
+    scale = None if score_scale is None else _coef("score_scale", score_scale, x)
+    if scale is not None:
+        gn = gn * scale.abs()
+    if not per_sample_norms:
+        gn, zn = gn.mean(), zn.mean()
+    step = (snr * zn / gn) ** 2 * 2 * _coef("alpha", alpha, x)
+    b = step if scale is None else step * scale
+    return affine_step(x, score, 1.0, b, torch.sqrt(2 * step), noise=noise, seed=seed, sample_ids=sample_ids,
+                       draw=draw, out=out, x_mean_out=x_mean_out, backend=backend)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backends. Each receives validated arguments: out, x, score, a, b, c (float64 (B,)|(1,)|None), noise|None,
+# seed (uint64 int), sample_ids (int64 (B,)), draw (uint64 int), x_mean_out|None, mask|None, data|None,
+# data_a|None, data_c|None, data_draw.
+
+
+@register("affine_step", "reference")
+def _affine_step_reference(out, x, score, a, b, c, noise, seed, ids, draw, x_mean_out, mask, data, data_a, data_c,
+                           data_draw):
+    result = _ref.affine_step(x, score, a, b, c, noise=noise, seed=seed, sample_ids=ids.cpu(), draw=draw,
+                              x_mean_out=x_mean_out, mask=mask, data=data, data_a=data_a, data_c=data_c,
+                              data_draw=data_draw)
+    out.copy_(result)
+
+
+@register("step_sq_norms", "reference")
+def _step_sq_norms_reference(score, noise, seed, ids, draw):
+    return _ref.step_sq_norms(score, noise=noise, seed=seed, sample_ids=ids.cpu(), draw=draw)
+
+
+def _contig(t):
+    return None if t is None else t.contiguous()
+
+
+@register("affine_step", "native")
+def _affine_step_native(out, x, score, a, b, c, noise, seed, ids, draw, x_mean_out, mask, data, data_a, data_c,
+                        data_draw):
+    target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+    xm = x_mean_out
+    xm_target = None if xm is None else (xm if xm.is_contiguous() else torch.empty_like(xm, memory_format=torch.contiguous_format))
+    torch.ops.fastsde.affine_step_(target, x.contiguous(), score.contiguous(), a, b, c, _contig(noise),
+                                   _i64_bits(seed), ids, _i64_bits(draw), xm_target, _contig(mask), _contig(data),
+                                   data_a, data_c, _i64_bits(data_draw))
+    if target is not out:
+        out.copy_(target)
+    if xm is not None and xm_target is not xm:
+        xm.copy_(xm_target)
+
+
+@register("step_sq_norms", "native")
+def _step_sq_norms_native(score, noise, seed, ids, draw):
+    return torch.ops.fastsde.step_sq_norms(score.contiguous(), _contig(noise), _i64_bits(seed), ids, _i64_bits(draw))
+
+
+@register("affine_step", "triton")
+def _affine_step_triton(*args):
+    from fastsde.kernels import step as _kernels
+
+    _kernels.affine_step(*args)
+
+
+@register("step_sq_norms", "triton")
+def _step_sq_norms_triton(*args):
+    from fastsde.kernels import step as _kernels
+
+    return _kernels.step_sq_norms(*args)
