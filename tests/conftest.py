@@ -1,5 +1,7 @@
 import os
 
+os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU tensors (no GPU here); read at triton import
+
 import pytest
 import torch
 
