@@ -7,6 +7,7 @@ source (fastsde/noise.py), `backend` the implementation of the update steps, `dt
 from __future__ import annotations
 
 import abc
+import math
 
 import numpy as np
 import torch
@@ -14,8 +15,10 @@ from scipy import integrate
 
 from fastsde import sde as sde_lib
 from fastsde._util import flat_norm, per_sample
-from fastsde.models.utils import from_flattened_numpy, get_score_fn, to_flattened_numpy
+from fastsde.models.utils import from_flattened_numpy, get_score_fn, get_score_parts, to_flattened_numpy
 from fastsde.noise import NoiseStream
+from fastsde.ops import _dispatch
+from fastsde.ops import step as step_ops
 
 __all__ = [
     "Predictor", "Corrector", "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
@@ -26,7 +29,7 @@ __all__ = [
 
 _PREDICTORS: dict[str, type] = {}
 _CORRECTORS: dict[str, type] = {}
-BACKENDS = ("auto", "reference")
+BACKENDS = _dispatch.BACKENDS
 
 
 def _register(registry: dict, kind: str, cls=None, *, name=None):
@@ -96,6 +99,14 @@ class Predictor(abc.ABC):
     def update_fn(self, x: torch.Tensor, t: torch.Tensor):
         """x (B, ...), t (B,) -> (x, x_mean), both (B, ...)."""
 
+    #: True for the identity predictor: the fused sampler skips it.
+    is_identity = False
+
+    def coefficients(self, t: torch.Tensor):
+        """(a, b, c) float64 like t with update x_mean = a x + b score, x = x_mean + c z (c None: no noise),
+        for the fused steps; None when this predictor is not of that form (the sampler then runs update_fn)."""
+        return None
+
 
 class Corrector(abc.ABC):
     """MCMC refinement at fixed t: update_fn(x, t) -> (x, x_mean)."""
@@ -111,6 +122,14 @@ class Corrector(abc.ABC):
     def update_fn(self, x: torch.Tensor, t: torch.Tensor):
         """x (B, ...), t (B,) -> (x, x_mean), both (B, ...)."""
 
+    #: How the fused sampler runs this corrector: "affine" (coefficients(t) per iteration), "langevin" (norms
+    #: pass, then an affine step), "none" (skipped), or None (not fusable: the sampler runs update_fn).
+    fused_kind: str | None = None
+
+    def coefficients(self, t: torch.Tensor):
+        """(a, b, c) float64 like t for fused_kind "affine"."""
+        return None
+
 
 @register_predictor(name="euler_maruyama")
 class EulerMaruyamaPredictor(Predictor):
@@ -123,6 +142,12 @@ class EulerMaruyamaPredictor(Predictor):
         x_mean = x + drift * dt
         return x_mean + per_sample(diffusion, x) * np.sqrt(-dt) * z, x_mean
 
+    def coefficients(self, t):
+        f, g = self.sde.linear_sde(t)
+        dt = -1.0 / self.rsde.N
+        w = 0.5 if self.probability_flow else 1.0
+        return 1.0 + f * dt, -w * g**2 * dt, None if self.probability_flow else g * math.sqrt(-dt)
+
 
 @register_predictor(name="reverse_diffusion")
 class ReverseDiffusionPredictor(Predictor):
@@ -133,6 +158,11 @@ class ReverseDiffusionPredictor(Predictor):
         z = self.noise.normal_like(x)
         x_mean = x - f
         return x_mean + per_sample(G, x) * z, x_mean
+
+    def coefficients(self, t):
+        f, G = self.sde.linear_discretize(t)
+        w = 0.5 if self.probability_flow else 1.0
+        return 1.0 - f, w * G**2, None if self.probability_flow else G
 
 
 @register_predictor(name="ancestral_sampling")
@@ -160,10 +190,21 @@ class AncestralSamplingPredictor(Predictor):
         z = self.noise.normal_like(x)
         return x_mean + per_sample(std, x) * z, x_mean
 
+    def coefficients(self, t):
+        if isinstance(self.sde, sde_lib.VESDE):
+            sigma, adjacent = (v.double() for v in self.sde._sigma_pair(t))
+            jump = sigma**2 - adjacent**2
+            return torch.ones_like(sigma), jump, torch.sqrt(adjacent**2 * jump / sigma**2)
+        beta = self.sde._table("discrete_betas", t.device)[self.sde._timestep(t)].double()
+        root = torch.sqrt(1.0 - beta)
+        return 1.0 / root, beta / root, torch.sqrt(beta)
+
 
 @register_predictor(name="none")
 class NonePredictor(Predictor):
     """The identity: (x, x)."""
+
+    is_identity = True
 
     def update_fn(self, x, t):
         return x, x
@@ -175,6 +216,8 @@ class LangevinCorrector(Corrector):
 
     eps = 2 alpha (snr ||z|| / ||s||)^2 with ||.|| the batch mean of per-sample L2 norms, as score_sde.
     """
+
+    fused_kind = "langevin"
 
     def update_fn(self, x, t):
         alpha = _vp_alpha(self.sde, t)
@@ -191,6 +234,14 @@ class LangevinCorrector(Corrector):
 @register_corrector(name="ald")
 class AnnealedLangevinDynamics(Corrector):
     """Annealed Langevin dynamics of NCSN: eps = 2 alpha (snr sigma_t)^2, sigma_t the marginal std."""
+
+    fused_kind = "affine"
+
+    def coefficients(self, t):
+        alpha = _vp_alpha(self.sde, t).double()
+        std = self.sde.marginal_prob(torch.zeros(t.shape[0], 1, dtype=torch.float64, device=t.device), t.double())[1]
+        step = (self.snr * std) ** 2 * 2 * alpha
+        return torch.ones_like(step), step, torch.sqrt(step * 2)
 
     def update_fn(self, x, t):
         alpha = _vp_alpha(self.sde, t)
@@ -209,6 +260,8 @@ class AnnealedLangevinDynamics(Corrector):
 class NoneCorrector(Corrector):
     """The identity: (x, x)."""
 
+    fused_kind = "none"
+
     def update_fn(self, x, t):
         return x, x
 
@@ -216,7 +269,7 @@ class NoneCorrector(Corrector):
 def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return "reference"
+    return backend
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -242,9 +295,15 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     predictor/corrector: registered names ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none";
     "langevin", "ald", "none"), classes, or None. Per time step t_i of linspace(T, eps, N): the corrector runs
     n_steps Langevin iterations, then the predictor takes one step. nfe = N (n_steps + 1), as score_sde counts.
+
+    backend="reference" runs the predictors' and correctors' update_fn exactly as score_sde writes them; any other
+    backend runs each update as one fused op (fastsde.ops.step) on preallocated buffers, with per-step
+    coefficients tabulated once in float64 and a noise-predicting model's -1/std folded into them. Both draw the
+    same FSN1 noise (draw ids in fastsde/noise.py), so they agree to float tolerance.
     """
     shape = _check_shape(shape)
-    _check_backend(backend)
+    backend = _check_backend(backend)
+    NoiseStream(noise, 0, sample_ids)  # validates noise and sample_ids now, not at the first call
     predictor_cls = _resolve(_PREDICTORS, "predictor", predictor, NonePredictor)
     corrector_cls = _resolve(_CORRECTORS, "corrector", corrector, NoneCorrector)
     if int(n_steps) < 0:
@@ -261,20 +320,88 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
         score_fn = get_score_fn(sde, model, train=False, continuous=continuous)
         predictor_obj = predictor_cls(sde, score_fn, probability_flow, noise=stream)
         corrector_obj = corrector_cls(sde, score_fn, snr, n_steps, noise=stream)
-        draws_per_step = n_steps + 1
+        timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
         with torch.no_grad():
             x = stream.prior(sde, shape, device=device, dtype=dtype)
-            x_mean = x
-            timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
-            for i in _progress(range(sde.N), progress, "pc sampling"):
-                vec_t = torch.ones(shape[0], device=device) * timesteps[i]
-                stream.seek(1 + i * draws_per_step)
-                x, x_mean = corrector_obj.update_fn(x, vec_t)
-                stream.seek(1 + i * draws_per_step + n_steps)
-                x, x_mean = predictor_obj.update_fn(x, vec_t)
+            steps = _progress(range(sde.N), progress, "pc sampling")
+            fused = None if backend == "reference" else _FusedPC.build(sde, predictor_obj, corrector_obj, model,
+                                                                       continuous, timesteps, backend)
+            if fused is not None:
+                x, x_mean = fused.run(x, stream, steps)
+            else:
+                x_mean = x
+                for i in steps:
+                    vec_t = torch.ones(shape[0], device=device) * timesteps[i]
+                    stream.seek(1 + i * (n_steps + 1))
+                    x, x_mean = corrector_obj.update_fn(x, vec_t)
+                    stream.seek(1 + i * (n_steps + 1) + n_steps)
+                    x, x_mean = predictor_obj.update_fn(x, vec_t)
             return inverse_scaler(x_mean if denoise else x), sde.N * (n_steps + 1)
 
     return pc_sampler
+
+
+class _FusedPC:
+    """The PC loop on fused ops: x and x_mean updated in place, coefficients tabulated for all steps at once."""
+
+    def __init__(self, predictor, corrector, model, labels, scale, pred_coefs, corr_coefs, alphas, backend):
+        self.predictor, self.corrector, self.model = predictor, corrector, model
+        self.labels, self.scale = labels, scale
+        self.pred_coefs, self.corr_coefs, self.alphas = pred_coefs, corr_coefs, alphas
+        self.backend = backend
+
+    @classmethod
+    def build(cls, sde, predictor, corrector, model, continuous, timesteps, backend):
+        """The fused loop, or None when a predictor/corrector has no fused form (custom classes)."""
+        if corrector.fused_kind is None or (not predictor.is_identity and predictor.coefficients(timesteps[:1]) is None):
+            return None
+        try:
+            labels_fn, scale_fn = get_score_parts(sde, continuous)
+        except NotImplementedError:
+            return None
+        scale = scale_fn(timesteps)
+        pred = None if predictor.is_identity else predictor.coefficients(timesteps)
+        corr = corrector.coefficients(timesteps) if corrector.fused_kind == "affine" else None
+        alphas = _vp_alpha(sde, timesteps).double() if corrector.fused_kind == "langevin" else None
+        return cls(predictor, corrector, model, labels_fn(timesteps), scale, pred, corr, alphas, backend)
+
+    def _step(self, x, x_mean, i, coefs, stream, draw):
+        """x <- a x + b s + c z in place, s = scale * model(x, labels_i), noise at `draw`."""
+        out = self.model(x, self.labels[i].expand(x.shape[0]))
+        a, b, c = (None if v is None else v[i : i + 1] for v in coefs)
+        if self.scale is not None:
+            b = b * self.scale[i]
+        step_ops.affine_step(x, out, a, b, c, **self._noise(x, stream, draw), out=x, x_mean_out=x_mean,
+                             backend=self.backend)
+
+    def _noise(self, x, stream, draw):
+        if stream.kind == "torch":
+            return {"noise": torch.randn_like(x)}
+        return {"seed": stream.seed, "sample_ids": self.ids, "draw": draw}
+
+    def run(self, x, stream, steps):
+        self.model.train(False)
+        self.ids = stream._ids(x.shape[0]).to(x.device)
+        x = x.contiguous()
+        x_mean = torch.empty_like(x)
+        n_steps = self.corrector.n_steps
+        for i in steps:
+            base = 1 + i * (n_steps + 1)
+            kind = self.corrector.fused_kind
+            for j in range(n_steps if kind != "none" else 0):
+                if kind == "affine":
+                    self._step(x, x_mean, i, self.corr_coefs, stream, base + j)
+                    continue
+                out = self.model(x, self.labels[i].expand(x.shape[0]))
+                scale = None if self.scale is None else self.scale[i : i + 1]
+                step_ops.langevin_step(x, out, self.corrector.snr, self.alphas[i : i + 1], score_scale=scale,
+                                       **self._noise(x, stream, base + j), out=x, x_mean_out=x_mean,
+                                       backend=self.backend)
+            if self.pred_coefs is not None:
+                self._step(x, x_mean, i, self.pred_coefs, stream, base + n_steps)
+        if self.pred_coefs is None:  # the identity predictor returns (x, x) last
+            x_mean.copy_(x)
+        return x, x_mean
 
 
 def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
