@@ -350,3 +350,17 @@ def test_model_is_a_parameter_free_module():
     assert out.dtype == torch.float32 and out.shape == x.shape
     with pytest.raises(ValueError, match="labels"):
         model(x, torch.ones(2))
+
+
+@pytest.mark.parametrize("name", ["ring", "checkerboard"])
+def test_isotropic_fast_path_equals_general_path(name):
+    # The presets with isotropic components take the (B, K) fast path; the general eigen-basis path is the oracle.
+    mix = get_mixture(name)
+    assert mix.isotropic
+    x = torch.randn(300, 2, dtype=torch.float64) * 2
+    m = torch.rand(300, dtype=torch.float64)
+    s = torch.rand(300, dtype=torch.float64) + 0.01
+    fast_score, fast_logp = mix.perturbed_score(x, m, s), mix.perturbed_log_prob(x, m, s)
+    mix.isotropic = False
+    torch.testing.assert_close(fast_score, mix.perturbed_score(x, m, s), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast_logp, mix.perturbed_log_prob(x, m, s), rtol=1e-12, atol=1e-12)

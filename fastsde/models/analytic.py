@@ -101,6 +101,8 @@ class GaussianMixture:
         self._eigvals = eigvals  # (K, D) eigenvalues of Sigma_k (the variances when diagonal)
         self._eigvecs = eigvecs  # (K, D, D) columns are eigenvectors, or None for the identity
         self._device_cache: dict[torch.device, tuple] = {}
+        # Isotropic components (Sigma_k = lam_k I) take a fast path: (B, K) algebra and two matmuls, no (B, K, D).
+        self.isotropic = self.diagonal and bool((eigvals == eigvals[:, :1]).all())
 
     @property
     def dim(self) -> int:
@@ -145,12 +147,30 @@ class GaussianMixture:
         log_comp = log_w - 0.5 * (D * _LOG_2PI + var.log().sum(-1) + (y * y / var).sum(-1))
         return log_comp, y / var
 
+    def _components_isotropic(self, x64: torch.Tensor, mean_coef, std):
+        """As _components for Sigma_k = lam_k I: log-densities (B, K), 1/var (B, K), m (B, 1), m mu (K, D) terms.
+
+        |x - m mu_k|^2 = |x|^2 - 2 m x.mu_k + m^2 |mu_k|^2, so everything is (B, K) plus one (B, D) @ (D, K).
+        """
+        B, D = x64.shape
+        log_w, mu, lam, _ = self._params(x64.device)
+        m = _per_sample_coef("mean_coef", mean_coef, B, x64.device)[:, None]
+        s = _per_sample_coef("std", std, B, x64.device)[:, None]
+        var = m * m * lam[:, 0] + s * s  # (B, K)
+        sq = (x64 * x64).sum(1, keepdim=True) - 2 * m * (x64 @ mu.T) + m * m * (mu * mu).sum(1)
+        log_comp = log_w - 0.5 * (D * _LOG_2PI + D * var.log() + sq / var)
+        return log_comp, 1.0 / var, m, mu
+
     def perturbed_log_prob(self, x: torch.Tensor, mean_coef=1.0, std=0.0) -> torch.Tensor:
         """log p_t(x) (B,) for x (B, ...); p_t = sum_k w_k N(m mu_k, m^2 Sigma_k + s^2 I), m and s floats or (B,).
 
         Logsumexp over components in float64; returned in x's dtype. Differentiable in x.
         """
-        log_comp, _ = self._components(self._flatten(x), mean_coef, std)
+        x64 = self._flatten(x)
+        if self.isotropic:
+            log_comp = self._components_isotropic(x64, mean_coef, std)[0]
+        else:
+            log_comp = self._components(x64, mean_coef, std)[0]
         return torch.logsumexp(log_comp, dim=1).to(_out_dtype(x))
 
     def perturbed_score(self, x: torch.Tensor, mean_coef=1.0, std=0.0) -> torch.Tensor:
@@ -159,6 +179,11 @@ class GaussianMixture:
         r_k = softmax_k of the component log-densities (the posterior responsibilities); float64 inside, x's dtype out.
         """
         x64 = self._flatten(x)
+        if self.isotropic:
+            log_comp, inv_var, m, mu = self._components_isotropic(x64, mean_coef, std)
+            w = torch.softmax(log_comp, dim=1) * inv_var  # r_k / var_k, (B, K)
+            score = m * (w @ mu) - w.sum(1, keepdim=True) * x64
+            return score.reshape(x.shape).to(_out_dtype(x))
         log_comp, whitened = self._components(x64, mean_coef, std)
         U = self._params(x64.device)[3]
         grad = whitened if U is None else torch.einsum("bke,kde->bkd", whitened, U)  # (B, K, D)
