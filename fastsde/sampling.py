@@ -317,28 +317,72 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
 
     def pc_sampler(model):
         stream = NoiseStream(noise, seed, sample_ids)
-        score_fn = get_score_fn(sde, model, train=False, continuous=continuous)
-        predictor_obj = predictor_cls(sde, score_fn, probability_flow, noise=stream)
-        corrector_obj = corrector_cls(sde, score_fn, snr, n_steps, noise=stream)
-        timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
         with torch.no_grad():
             x = stream.prior(sde, shape, device=device, dtype=dtype)
-            steps = _progress(range(sde.N), progress, "pc sampling")
-            fused = None if backend == "reference" else _FusedPC.build(sde, predictor_obj, corrector_obj, model,
-                                                                       continuous, timesteps, backend)
-            if fused is not None:
-                x, x_mean = fused.run(x, stream, steps)
-            else:
-                x_mean = x
-                for i in steps:
-                    vec_t = torch.ones(shape[0], device=device) * timesteps[i]
-                    stream.seek(1 + i * (n_steps + 1))
-                    x, x_mean = corrector_obj.update_fn(x, vec_t)
-                    stream.seek(1 + i * (n_steps + 1) + n_steps)
-                    x, x_mean = predictor_obj.update_fn(x, vec_t)
+            x, x_mean = _pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow,
+                                 continuous, eps, backend, progress)
             return inverse_scaler(x_mean if denoise else x), sde.N * (n_steps + 1)
 
     return pc_sampler
+
+
+class _Projection:
+    """score_sde's inpainting projection after every update: x <- x (1 - m) + (mean + std z) m and
+    x_mean <- x (1 - m) + mean m, with (mean, std) = marginal_prob(data, t) = (coef(t) data, std(t))."""
+
+    def __init__(self, sde, data, mask, timesteps):
+        self.data, self.mask = data, mask
+        ones = torch.ones(timesteps.shape[0], 1, dtype=torch.float64, device=timesteps.device)
+        coef, std = sde.marginal_prob(ones, timesteps.double())
+        self.coef, self.std = coef[:, 0], std  # (N,) float64
+
+    def apply(self, x, t, stream, sde):
+        """The reference form, as score_sde writes it (noise from the stream's next draw)."""
+        known, std = sde.marginal_prob(self.data, t)
+        x = x * (1.0 - self.mask) + (known + stream.normal_like(x) * per_sample(std, x)) * self.mask
+        return x, x * (1.0 - self.mask) + known * self.mask
+
+    def kwargs(self, i, draw):
+        """affine_step keywords that fuse the projection of step i (noise at `draw`) into the update."""
+        return {"mask": self.mask, "data": self.data, "data_a": self.coef[i : i + 1], "data_c": self.std[i : i + 1],
+                "data_draw": draw}
+
+
+def _pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow, continuous, eps,
+             backend, progress, projection=None):
+    """Run the N PC steps from x; returns (x, x_mean). projection: inpainting data/mask (controllable.py).
+
+    Draw ids, step i: without projection, corrector iterations 1 + i (n_steps + 1) + j, predictor the next;
+    with projection, 1 + i (n_steps + 3) + (corrector iterations j, its projection, predictor, its projection).
+    """
+    device = x.device
+    score_fn = get_score_fn(sde, model, train=False, continuous=continuous)
+    predictor_obj = predictor_cls(sde, score_fn, probability_flow, noise=stream)
+    corrector_obj = corrector_cls(sde, score_fn, snr, n_steps, noise=stream)
+    timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
+    proj = None if projection is None else _Projection(sde, *projection, timesteps)
+    steps = _progress(range(sde.N), progress, "pc sampling")
+    fused = None
+    if backend != "reference" and not (proj is not None and stream.kind == "torch"):
+        fused = _FusedPC.build(sde, predictor_obj, corrector_obj, model, continuous, timesteps, backend)
+    if fused is not None:
+        return fused.run(x, stream, steps, proj)
+    per_step = n_steps + 1 if proj is None else n_steps + 3
+    x_mean = x
+    for i in steps:
+        vec_t = torch.ones(x.shape[0], device=device) * timesteps[i]
+        base = 1 + i * per_step
+        stream.seek(base)
+        x, x_mean = corrector_obj.update_fn(x, vec_t)
+        if proj is not None:
+            stream.seek(base + n_steps)
+            x, x_mean = proj.apply(x, vec_t, stream, sde)
+        stream.seek(base + n_steps + (0 if proj is None else 1))
+        x, x_mean = predictor_obj.update_fn(x, vec_t)
+        if proj is not None:
+            stream.seek(base + n_steps + 2)
+            x, x_mean = proj.apply(x, vec_t, stream, sde)
+    return x, x_mean
 
 
 class _FusedPC:
@@ -365,41 +409,56 @@ class _FusedPC:
         alphas = _vp_alpha(sde, timesteps).double() if corrector.fused_kind == "langevin" else None
         return cls(predictor, corrector, model, labels_fn(timesteps), scale, pred, corr, alphas, backend)
 
-    def _step(self, x, x_mean, i, coefs, stream, draw):
-        """x <- a x + b s + c z in place, s = scale * model(x, labels_i), noise at `draw`."""
+    def _step(self, x, x_mean, i, coefs, stream, draw, proj=None):
+        """x <- a x + b s + c z in place, s = scale * model(x, labels_i), noise at `draw` (+ projection)."""
         out = self.model(x, self.labels[i].expand(x.shape[0]))
         a, b, c = (None if v is None else v[i : i + 1] for v in coefs)
         if self.scale is not None:
             b = b * self.scale[i]
         step_ops.affine_step(x, out, a, b, c, **self._noise(x, stream, draw), out=x, x_mean_out=x_mean,
-                             backend=self.backend)
+                             backend=self.backend, **(proj or {}))
+
+    def _project(self, x, x_mean, stream, proj):
+        """A projection with no update before it (identity predictor or corrector): x <- 1 x + 0 x, projected."""
+        step_ops.affine_step(x, x, 1.0, 0.0, None, seed=stream.seed, sample_ids=self.ids, out=x, x_mean_out=x_mean,
+                             backend=self.backend, **proj)
 
     def _noise(self, x, stream, draw):
         if stream.kind == "torch":
             return {"noise": torch.randn_like(x)}
         return {"seed": stream.seed, "sample_ids": self.ids, "draw": draw}
 
-    def run(self, x, stream, steps):
+    def run(self, x, stream, steps, projection=None):
         self.model.train(False)
         self.ids = stream._ids(x.shape[0]).to(x.device)
         x = x.contiguous()
         x_mean = torch.empty_like(x)
         n_steps = self.corrector.n_steps
+        kind = self.corrector.fused_kind
+        iterations = n_steps if kind != "none" else 0
+        per_step = n_steps + 1 if projection is None else n_steps + 3
+        pred_draw = n_steps + (0 if projection is None else 1)
         for i in steps:
-            base = 1 + i * (n_steps + 1)
-            kind = self.corrector.fused_kind
-            for j in range(n_steps if kind != "none" else 0):
+            base = 1 + i * per_step
+            for j in range(iterations):
+                # score_sde projects once after the whole corrector update: fuse it into the last iteration.
+                proj = projection.kwargs(i, base + n_steps) if projection is not None and j == iterations - 1 else {}
                 if kind == "affine":
-                    self._step(x, x_mean, i, self.corr_coefs, stream, base + j)
+                    self._step(x, x_mean, i, self.corr_coefs, stream, base + j, proj)
                     continue
                 out = self.model(x, self.labels[i].expand(x.shape[0]))
                 scale = None if self.scale is None else self.scale[i : i + 1]
                 step_ops.langevin_step(x, out, self.corrector.snr, self.alphas[i : i + 1], score_scale=scale,
                                        **self._noise(x, stream, base + j), out=x, x_mean_out=x_mean,
-                                       backend=self.backend)
+                                       backend=self.backend, **proj)
+            if projection is not None and iterations == 0:
+                self._project(x, x_mean, stream, projection.kwargs(i, base + n_steps))
+            proj = {} if projection is None else projection.kwargs(i, base + pred_draw + 1)
             if self.pred_coefs is not None:
-                self._step(x, x_mean, i, self.pred_coefs, stream, base + n_steps)
-        if self.pred_coefs is None:  # the identity predictor returns (x, x) last
+                self._step(x, x_mean, i, self.pred_coefs, stream, base + pred_draw, proj)
+            elif projection is not None:
+                self._project(x, x_mean, stream, proj)
+        if self.pred_coefs is None and projection is None:  # the identity predictor returns (x, x) last
             x_mean.copy_(x)
         return x, x_mean
 

@@ -151,13 +151,14 @@ def step_sq_norms(score, *, noise=None, seed=None, sample_ids=None, draw=0, back
 
 
 def langevin_step(x, score, snr, alpha, *, noise=None, seed=None, sample_ids=None, draw=0, per_sample_norms=False,
-                  score_scale=None, out=None, x_mean_out=None, backend="auto"):
+                  score_scale=None, out=None, x_mean_out=None, backend="auto", **projection):
     """One Langevin corrector iteration (Song et al. algorithm 5, score_sde's batch-mean norms); returns x'.
 
     eps = 2 alpha (snr ||z|| / ||s||)^2 with ||.|| the batch mean of per-sample L2 norms (or per sample with
     per_sample_norms=True); x_mean = x + eps s; x' = x_mean + sqrt(2 eps) z. alpha: float or (B,).
     s = score_scale * score when score_scale (float or (B,)) is given: a noise-predicting model's output with
-    score_scale = -1/std, folded into the coefficients instead of a separate pass.
+    score_scale = -1/std, folded into the coefficients instead of a separate pass. `projection` keywords (mask,
+    data, data_a, data_c, data_draw) add affine_step's inpainting projection to the update pass.
     """
     _check_state(x, score)
     if out is None:
@@ -175,7 +176,7 @@ def langevin_step(x, score, snr, alpha, *, noise=None, seed=None, sample_ids=Non
     step = (snr * zn / gn) ** 2 * 2 * _coef("alpha", alpha, x)
     b = step if scale is None else step * scale
     return affine_step(x, score, 1.0, b, torch.sqrt(2 * step), noise=noise, seed=seed, sample_ids=sample_ids,
-                       draw=draw, out=out, x_mean_out=x_mean_out, backend=backend)
+                       draw=draw, out=out, x_mean_out=x_mean_out, backend=backend, **projection)
 
 
 # ----------------------------------------------------------------------------------------------------------------
