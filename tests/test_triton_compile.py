@@ -60,6 +60,21 @@ def _variants():
     yield ("fsn1_words_debug", fsn1._fsn1_words_debug_kernel,
            dict(COORDS_ptr="*i64", WORDS_ptr="*i64", UV_ptr="*fp32", N="i32"), dict(BLOCK=128), 4)
 
+    # attention: the channel-major views attn_block passes have unit stride along L, not d: strides stay runtime
+    # ints (no divisibility hints), so the loads are the general strided case.
+    import torch
+
+    from fastsde.kernels import attention
+
+    for ptr, dtype in (("*fp16", torch.float16), ("*fp32", torch.float32)):
+        for d in (32, 64, 256):
+            block_m, block_n, warps = attention._config(d, dtype)
+            sig = dict(Q_ptr=ptr, K_ptr=ptr, V_ptr=ptr, O_ptr=ptr, Lq="i32", Lk="i32", qk_scale="fp32")
+            sig.update({f"s{t}{a}": "i32" for t in "qkvo" for a in "zld"})
+            consts = dict(D=d, BLOCK_D=attention._block_d(d), BLOCK_M=block_m, BLOCK_N=block_n,
+                          PRECISION="ieee")  # fp32: torch's default (allow_tf32 off) gives IEEE dots
+            yield (f"attention {ptr[1:]} d={d}", attention._attn_fwd_kernel, sig, consts, warps)
+
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     """(registers, spill bytes stored + loaded) from ptxas -v, run as Triton's make_cubin runs it."""
@@ -110,7 +125,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills():
         print(f"{row['variant']:44s} {row['arch']:6s} {row['n_regs']:5d} {row['n_spills']:6d}")
     kernels = {row["kernel"] for row in rows}
     assert {"_affine_step_fwd_kernel", "_step_sq_norms_kernel", "_fsn1_normal_fwd_kernel",
-            "_fsn1_words_debug_kernel"} <= kernels
+            "_fsn1_words_debug_kernel", "_attn_fwd_kernel"} <= kernels
     assert {row["arch"] for row in rows} == {f"sm_{a}" for a in ARCHS}
     assert all(row["ptx_bytes"] > 0 and row["cubin_bytes"] > 0 for row in rows)
     assert [row for row in rows if row["n_spills"]] == []

@@ -1,0 +1,1 @@
+"""fastsde benchmarks (installed as fastsde.benchmarks): suites run by `fastsde bench SUITE`."""

@@ -1,0 +1,117 @@
+"""Suite "steps": one sampler update on 16M (or 1M) float32 elements, fused native vs three baselines.
+
+Baselines, all timed in the same run on the same tensors (never zeros):
+  reference      the update as score_sde writes it (fastsde.sampling predictor/corrector update_fn, torch.randn_like)
+  eager_inplace  the best hand-written eager form: preallocated noise filled by normal_, in-place mul_/add_
+  compile        torch.compile of the reference update
+Bytes per element (float32, each input read once, each output written once): noisy affine step 12 B (x, score
+in; x out), ODE step 12 B, Langevin 16 B (score read twice: norm pass + update pass).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastsde import sampling
+from fastsde import sde as sde_lib
+from fastsde.benchmarks import common
+from fastsde.benchmarks.common import median_ms, record
+from fastsde.ops import step as step_ops
+
+SUITE = "steps"
+
+
+def _compile(fn):
+    try:
+        return torch.compile(fn, dynamic=False)
+    except Exception:  # pragma: no cover - torch.compile unavailable
+        return None
+
+
+def _time_compiled(fn, reps):
+    if fn is None:
+        return None
+    try:
+        return median_ms(fn, reps, warmup=3)
+    except Exception as exc:  # a baseline that cannot run is reported as missing, not hidden
+        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
+        return None
+
+
+def _case(name, numel, batch, reps, copy_gbps, backend, kind, use_compile):
+    torch.manual_seed(0)
+    x0 = torch.randn(batch, numel // batch)
+    score = torch.randn_like(x0)
+    x = x0.clone()
+    z = torch.empty_like(x0)
+    t = torch.full((batch,), 0.5)
+    if kind == "em":  # VP Euler–Maruyama
+        sde = sde_lib.VPSDE()
+        pred = sampling.EulerMaruyamaPredictor(sde, lambda x, t: score)
+    elif kind in ("rd", "ode"):  # VE reverse diffusion (ode: its probability-flow variant, no noise)
+        sde = sde_lib.VESDE()
+        pred = sampling.ReverseDiffusionPredictor(sde, lambda x, t: score, probability_flow=kind == "ode")
+    else:  # Langevin corrector, VE
+        sde = sde_lib.VESDE()
+        pred = sampling.LangevinCorrector(sde, lambda x, t: score, snr=0.16, n_steps=1)
+
+    def reference():
+        return pred.update_fn(x, t)
+
+    if kind == "langevin":
+        alpha = 1.0
+
+        def eager():
+            z.normal_()
+            gn = torch.linalg.vector_norm(score, dim=1).mean()
+            zn = torch.linalg.vector_norm(z, dim=1).mean()
+            eps = (0.16 * zn / gn) ** 2 * 2 * alpha
+            x.add_(score, alpha=float(eps)).add_(z, alpha=math.sqrt(2 * float(eps)))
+
+        def fused():
+            step_ops.langevin_step(x, score, 0.16, alpha, seed=1, draw=3, out=x, backend=backend)
+        bytes_per_elem = 16
+    else:
+        a, b, c = (v[0].item() if v is not None else None for v in pred.coefficients(t[:1]))
+
+        if c is None:
+            def eager():
+                x.mul_(a).add_(score, alpha=b)
+        else:
+            def eager():
+                x.mul_(a).add_(score, alpha=b).add_(z.normal_(), alpha=c)
+
+        def fused():
+            step_ops.affine_step(x, score, a, b, c, seed=1, draw=3, out=x, backend=backend)
+        bytes_per_elem = 12
+
+    # The state drifts while timing in place (a != 1): reset it between cases so no case runs on blown-up data.
+    ms = median_ms(fused, reps)
+    x.copy_(x0)
+    ref_ms = median_ms(reference, reps)
+    eager_ms = median_ms(eager, reps)
+    x.copy_(x0)
+    compile_ms = _time_compiled(_compile(reference), reps) if use_compile else None
+    return record(SUITE, name, backend, numel, ms, bytes_per_elem, copy_gbps,
+                  {"reference": ref_ms, "eager_inplace": eager_ms, "compile": compile_ms})
+
+
+CASES = [
+    ("em_noisy_16M", 16 << 20, 16, "em"),
+    ("reverse_diffusion_noisy_16M", 16 << 20, 16, "rd"),
+    ("langevin_16M", 16 << 20, 16, "langevin"),
+    ("ode_step_16M", 16 << 20, 16, "ode"),
+    ("em_noisy_1M", 1 << 20, 16, "em"),
+]
+
+
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
+    """All cases of the suite; quick: fewer repeats."""
+    reps = 5 if quick else 15
+    copy_gbps = common.copy_bandwidth_gbps(reps=reps)
+    out = []
+    for name, numel, batch, kind in CASES:
+        out.append(_case(name, numel, batch, reps, copy_gbps, backend, kind, use_compile))
+        print(f"  {name}: {out[-1]['median_ms']:.2f} ms", flush=True)
+    return out
