@@ -257,8 +257,9 @@ at::Tensor step_sq_norms_cpu_op(const at::Tensor& score, const c10::optional<at:
                                 const at::Tensor& sample_ids, int64_t draw) {
   TORCH_CHECK(score.device().is_cpu(), "step_sq_norms: score must be a CPU tensor here, got ", score.device());
   check_sq_norms_args(score, noise, sample_ids);
-  at::Tensor out = at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
-  if (score.numel() == 0) return out;
+  if (score.numel() == 0) return at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
+  // Every entry is written by the kernel: no zero fill.
+  at::Tensor out = at::empty({score.size(0), 2}, score.options().dtype(at::kDouble));
   if (!noise) check_id_values("step_sq_norms", sample_ids);
   SqNormsArgs args;
   args.dtype = to_dtype(score.scalar_type());

@@ -274,3 +274,103 @@ def test_meta():
     ids = torch.empty(3, dtype=torch.int64, device="meta")
     OP.affine_step_(x, x, x, one, one, one, None, 0, ids, 0, None, None, None, None, None, 0)
     assert OP.step_sq_norms(x, None, 0, ids, 0).shape == (3, 2)
+
+
+# ---- short rows: the SIMD lanes of a group run across samples (csrc/cpu/step_kernels.h, *_flat) ----------------
+SHORT_SHAPES = [(1024, 2), (333, 3), (64, 5), (7, 1), (5, 16), (9, 127), (3, 128), (40_000, 3)]
+
+
+@pytest.mark.parametrize("shape", SHORT_SHAPES)
+def test_short_rows_against_reference(shape):
+    gen = torch.Generator().manual_seed(8)
+    x, s, z = (torch.randn(shape, generator=gen) for _ in range(3))
+    a, b, c = (coef(shape[0], False, gen) for _ in range(3))
+    ids = torch.randint(0, 2**32, (shape[0],), generator=gen)
+    xm = torch.full_like(x, float("nan"))
+    assert_close_to_ref(native_step(x, s, a, b, c, ids=ids, x_mean=xm), x, s, a, b, c, got_xm=xm, atol=2e-6,
+                        sample_ids=ids)
+    assert_close_to_ref(native_step(x, s, a, b, c, noise=z), x, s, a, b, c, noise=z)
+    sc = coef(shape[0], True, gen)  # broadcast coefficients
+    assert_close_to_ref(native_step(x, s, sc, b, sc, ids=ids), x, s, sc, b, sc, atol=2e-6, sample_ids=ids)
+    assert_close_to_ref(native_step(x, s, a, sc, None), x, s, a, sc, None)
+    got = OP.step_sq_norms(s, None, i64(SEED), ids, i64(DRAW))
+    torch.testing.assert_close(got, ref.step_sq_norms(s, seed=SEED, sample_ids=ids, draw=DRAW), rtol=1e-6, atol=0)
+    got = OP.step_sq_norms(s, z, i64(SEED), ids, i64(DRAW))
+    torch.testing.assert_close(got, ref.step_sq_norms(s, noise=z, seed=SEED, sample_ids=ids, draw=DRAW), rtol=1e-12,
+                               atol=0)
+    y = torch.full(shape, float("nan"))
+    OP.fsn1_normal_(y, i64(SEED), ids, i64(DRAW))
+    want = fsn1.fsn1_normal_like(torch.empty(shape, dtype=torch.float64), SEED, DRAW, ids)
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 16, 63, 127, 128])
+def test_short_rows_bit_identical_to_long_row_prefix(dtype, m):
+    """The normals and the element math depend on (sample, j) only: a short row (lanes across samples) must equal
+    the first m elements of a long row (the per-row path), bit for bit, for every output."""
+    gen = torch.Generator().manual_seed(9)
+    B, wide = 37, 300
+    x, s, z, data = (torch.randn(B, wide, generator=gen).to(dtype) for _ in range(4))
+    mask = (torch.rand(B, wide, generator=gen) < 0.5).to(dtype)
+    a, b, c, da, dc = (coef(B, False, gen) for _ in range(5))
+    ids = torch.randint(0, 2**32, (B,), generator=gen)
+    short = lambda t: t[:, :m].contiguous()  # noqa: E731
+    for kw in [dict(), dict(noise=z), dict(mask=mask, data=data, da=da, dc=dc)]:
+        for cc in (c, None):
+            xm_w, xm_s = torch.empty_like(x), torch.empty_like(short(x))
+            kw_w = {k: v for k, v in kw.items()}
+            kw_s = {k: (short(v) if k in ("noise", "mask", "data") else v) for k, v in kw.items()}
+            out_w = native_step(x, s, a, b, cc, ids=ids, x_mean=xm_w, **kw_w)
+            out_s = native_step(short(x), short(s), a, b, cc, ids=ids, x_mean=xm_s, **kw_s)
+            assert torch.equal(short(out_w).view(torch.uint8), out_s.view(torch.uint8)), (kw.keys(), cc is None)
+            assert torch.equal(short(xm_w).view(torch.uint8), xm_s.view(torch.uint8))
+    if dtype in (torch.float32, torch.float64):
+        y_w, y_s = torch.empty(B, wide, dtype=dtype), torch.empty(B, m, dtype=dtype)
+        OP.fsn1_normal_(y_w, i64(SEED), ids, i64(DRAW))
+        OP.fsn1_normal_(y_s, i64(SEED), ids, i64(DRAW))
+        assert torch.equal(short(y_w), y_s)
+
+
+_SHORT_PROBE = r"""
+import hashlib, sys, torch
+from fastsde import _native
+torch.set_num_threads(int(sys.argv[1]))
+op = torch.ops.fastsde
+gen = torch.Generator().manual_seed(0)
+h = hashlib.sha256()
+for shape in [(1024, 2), (333, 3), (64, 5), (7, 1), (9, 127), (3, 128), (40000, 3)]:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x, s, m, d = (torch.randn(shape, generator=gen).to(dtype) for _ in range(4))
+        a, b, c = (torch.rand(shape[0], generator=gen, dtype=torch.float64) for _ in range(3))
+        ids = torch.randint(0, 2**32, (shape[0],), generator=gen)
+        iv = torch.int16 if dtype != torch.float32 else torch.int32
+        out, xm = torch.empty_like(x), torch.empty_like(x)
+        op.affine_step_(out, x, s, a, b, c, None, -1, ids, 2**32 + 3, xm, m, d, a, c, 11)
+        h.update(out.view(iv).numpy().tobytes()); h.update(xm.view(iv).numpy().tobytes())
+        op.affine_step_(out, x, s, a, b[:1], None, None, -1, ids, 5, None, None, None, None, None, 0)
+        h.update(out.view(iv).numpy().tobytes())
+        op.affine_step_(out, x, s, a, b, c, m, -1, ids, 5, xm, None, None, None, None, 0)
+        h.update(out.view(iv).numpy().tobytes()); h.update(xm.view(iv).numpy().tobytes())
+        h.update(op.step_sq_norms(s, None, -1, ids, 5).numpy().tobytes())
+        h.update(op.step_sq_norms(s, m, -1, ids, 5).numpy().tobytes())
+    y = torch.empty(shape)
+    op.fsn1_normal_(y, -1, ids, 4)
+    h.update(y.numpy().tobytes())
+print(_native.build_info()["simd_runtime"], h.hexdigest())
+"""
+
+
+def test_short_rows_simd_levels_and_threads_bit_identical():
+    """Every level (against FASTSDE_SIMD=scalar) and thread count gives the same bits on short rows."""
+    results = {}
+    for level in _native.build_info()["simd_supported"]:
+        for threads in (1, 2):
+            env = {**os.environ, "FASTSDE_SIMD": level}
+            proc = subprocess.run([sys.executable, "-c", _SHORT_PROBE, str(threads)], env=env, capture_output=True,
+                                  text=True, check=True)
+            used, digest = proc.stdout.split()
+            assert used == level
+            results[(level, threads)] = digest
+    assert "scalar" in {lv for lv, _ in results}
+    assert len(set(results.values())) == 1, results

@@ -26,19 +26,28 @@ void fsn1_normal_cpu_impl(T* out, int64_t batch, int64_t numel, uint64_t seed, c
   if (batch <= 0 || numel <= 0) return;
   const int64_t chunks = (numel + kChunk - 1) / kChunk;
   const int64_t work = batch * chunks;
-#pragma omp parallel for schedule(static) if (batch * numel >= kMinParallel)
-  for (int64_t item = 0; item < work; ++item) {
+  auto item_fn = [&](int64_t item) {
     const int64_t b = item / chunks;
     const int64_t j0 = (item - b * chunks) * kChunk;
     const int64_t j1 = j0 + kChunk < numel ? j0 + kChunk : numel;
     range(out + b * numel, seed, uint32_t(sample_ids[b]), draw, j0, j1);
+  };
+  if (batch * numel < kMinParallel) {  // no parallel region at all for small outputs
+    for (int64_t item = 0; item < work; ++item) item_fn(item);
+    return;
   }
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < work; ++item) item_fn(item);
 }
 
 }  // namespace
 
 void fsn1_normal_cpu(float* out, int64_t batch, int64_t numel, uint64_t seed, const int64_t* sample_ids,
                      uint64_t draw) {
+  if (numel <= kStepFlatMaxNumel) {  // short rows: SIMD lanes across samples
+    fsn1_normal_flat_cpu(out, batch, numel, seed, sample_ids, draw);
+    return;
+  }
   fsn1_normal_cpu_impl(out, batch, numel, seed, sample_ids, draw, *simd_kernels().fsn1_fill_f32);
 }
 

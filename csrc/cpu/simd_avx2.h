@@ -99,6 +99,7 @@ FASTSDE_SIMD_INLINE void store_bf16(uint16_t* p, F a) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 FASTSDE_SIMD_INLINE void store_u32(uint32_t* p, U a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a.v); }
+FASTSDE_SIMD_INLINE U load_u32(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
 // Sum of squares into the 16 canonical float64 accumulators (see simd_avx512.h): slot 0 covers accumulators 0..7,
 // slot 1 covers 8..15.

@@ -108,6 +108,7 @@ FASTSDE_SIMD_INLINE void store_bf16(uint16_t* p, F a) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
 FASTSDE_SIMD_INLINE void store_u32(uint32_t* p, U a) { _mm512_storeu_si512(p, a.v); }
+FASTSDE_SIMD_INLINE U load_u32(const uint32_t* p) { return _mm512_loadu_si512(p); }
 
 // Sum of squares into 16 float64 accumulators: element t of the 16 -> acc[t] (the canonical order shared by
 // every ISA, so norms are bit-identical across them). Squares of float32 values are exact in float64.

@@ -62,6 +62,7 @@ inline void store_bf16(uint16_t* p, F a) {
   *p = a != a ? uint16_t(0x7fc0u) : uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 inline void store_u32(uint32_t* p, U a) { *p = a; }
+inline U load_u32(const uint32_t* p) { return *p; }
 
 // The 16 canonical float64 accumulators (see simd_avx512.h); slot = accumulator index. float32 squares are exact
 // in float64, so a + x*x rounds once, exactly like the fma of the SIMD levels.

@@ -33,20 +33,44 @@ SimdLevel detect_level() {
   return best;
 }
 
-// Run fn(row, j0, j1) over every (row, chunk) of a (batch, numel) problem; chunk c of a row is its elements
-// [c kChunk, min((c + 1) kChunk, numel)).
+// Run fn(row, c, j0, j1) over every (row, chunk) of a (batch, numel) problem; chunk c of a row is its elements
+// [c kChunk, min((c + 1) kChunk, numel)). Small problems run on the calling thread without entering a parallel
+// region at all (even an if(false) region costs a team setup).
 template <typename Fn>
 void for_each_chunk(int64_t batch, int64_t numel, const Fn& fn) {
   if (batch <= 0 || numel <= 0) return;
   const int64_t chunks = (numel + kChunk - 1) / kChunk;
   const int64_t work = batch * chunks;
-#pragma omp parallel for schedule(static) if (batch * numel >= kMinParallel)
-  for (int64_t item = 0; item < work; ++item) {
+  auto item_fn = [&](int64_t item) {
     const int64_t row = item / chunks;
     const int64_t c = item - row * chunks;
     const int64_t j0 = c * kChunk;
     const int64_t j1 = j0 + kChunk < numel ? j0 + kChunk : numel;
     fn(row, c, j0, j1);
+  };
+  if (batch * numel < kMinParallel) {
+    for (int64_t item = 0; item < work; ++item) item_fn(item);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < work; ++item) item_fn(item);
+}
+
+// Short rows: run fn(r0, r1) over blocks of whole rows, about kChunk elements each (the whole batch at once when
+// the problem is small).
+template <typename Fn>
+void for_each_row_block(int64_t batch, int64_t numel, const Fn& fn) {
+  if (batch <= 0 || numel <= 0) return;
+  if (batch * numel < kMinParallel) {
+    fn(int64_t(0), batch);
+    return;
+  }
+  const int64_t rows = kChunk / numel > 0 ? kChunk / numel : 1;
+  const int64_t work = (batch + rows - 1) / rows;
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < work; ++item) {
+    const int64_t r0 = item * rows;
+    fn(r0, r0 + rows < batch ? r0 + rows : batch);
   }
 }
 
@@ -94,14 +118,32 @@ const SimdKernels& simd_kernels() {
 
 void affine_step_cpu(const AffineStepArgs& args) {
   const SimdKernels& k = simd_kernels();
-  for_each_chunk(args.batch, args.numel, [&](int64_t row, int64_t, int64_t j0, int64_t j1) { k.affine(args, row, j0, j1); });
+  if (args.numel <= kStepFlatMaxNumel) {
+    for_each_row_block(args.batch, args.numel, [&](int64_t r0, int64_t r1) { k.affine_flat(args, r0, r1); });
+    return;
+  }
+  for_each_chunk(args.batch, args.numel,
+                 [&](int64_t row, int64_t, int64_t j0, int64_t j1) { k.affine(args, row, j0, j1); });
 }
 
 void step_sq_norms_cpu(const SqNormsArgs& args, double* out) {
-  for (int64_t b = 0; b < 2 * args.batch; ++b) out[b] = 0.0;
-  if (args.batch <= 0 || args.numel <= 0) return;
+  if (args.batch <= 0) return;
+  if (args.numel <= 0) {
+    for (int64_t b = 0; b < 2 * args.batch; ++b) out[b] = 0.0;
+    return;
+  }
   const SimdKernels& k = simd_kernels();
+  if (args.numel <= kStepFlatMaxNumel) {
+    for_each_row_block(args.batch, args.numel, [&](int64_t r0, int64_t r1) { k.sq_norms_flat(args, r0, r1, out); });
+    return;
+  }
   const int64_t chunks = (args.numel + kChunk - 1) / kChunk;
+  if (chunks == 1) {  // one partial per row: it is the row's sum (0 + p = p, p >= +0 or NaN)
+    for_each_chunk(args.batch, args.numel, [&](int64_t row, int64_t, int64_t j0, int64_t j1) {
+      k.sq_norms(args, row, j0, j1, out + 2 * row);
+    });
+    return;
+  }
   std::vector<double> partial(size_t(args.batch * chunks * 2));
   for_each_chunk(args.batch, args.numel, [&](int64_t row, int64_t c, int64_t j0, int64_t j1) {
     k.sq_norms(args, row, j0, j1, &partial[size_t((row * chunks + c) * 2)]);
@@ -116,6 +158,13 @@ void step_sq_norms_cpu(const SqNormsArgs& args, double* out) {
     out[2 * row] = s;
     out[2 * row + 1] = z;
   }
+}
+
+void fsn1_normal_flat_cpu(float* out, int64_t batch, int64_t numel, uint64_t seed, const int64_t* sample_ids,
+                          uint64_t draw) {
+  const SimdKernels& k = simd_kernels();
+  for_each_row_block(batch, numel,
+                     [&](int64_t r0, int64_t r1) { k.fsn1_flat_f32(out, numel, seed, sample_ids, draw, r0, r1); });
 }
 
 void fsn1_bits_cpu(uint32_t* out, int64_t batch, int64_t blocks, uint64_t seed, const int64_t* sample_ids,

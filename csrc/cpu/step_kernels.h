@@ -32,13 +32,24 @@ struct Io<Dtype::kBFloat16> {
 
 // FSN1 float32 normals of the G elements starting at block blk0 (elements 4 blk0 ..), in element order:
 // out[r] holds elements 4 blk0 + r kLanes + (0 .. kLanes-1).
-FASTSDE_SIMD_INLINE void fsn1_group(F out[4], uint32_t blk0, uint32_t n, uint64_t draw, uint32_t k0, uint32_t k1) {
-  U c0 = u_add(U(blk0), lane_index()), c1 = U(n), c2 = U(uint32_t(draw)), c3 = U(uint32_t(draw >> 32));
+// The same with per-lane counters: lane l takes block c0[l] of sample c1[l]; out[r] holds the four normals of
+// lanes r kLanes / 4 .. in (lane, normal) order (element 4 l + t of the group = normal t of lane l).
+// kAll = false: only normals 0 and 1 of each block (2 and 3 come out as 0), for rows of at most 2 elements.
+template <bool kAll = true>
+FASTSDE_SIMD_INLINE void fsn1_group_lanes(F out[4], U c0, U c1, uint64_t draw, uint32_t k0, uint32_t k1) {
+  U c2 = U(uint32_t(draw)), c3 = U(uint32_t(draw >> 32));
   fsn1::philox4x32_10_lanes<U>(c0, c1, c2, c3, k0, k1);
   F z[4];
   fsn1::box_muller_f32<F, U>(c0, c1, z[0], z[1]);
-  fsn1::box_muller_f32<F, U>(c2, c3, z[2], z[3]);
+  if (kAll)
+    fsn1::box_muller_f32<F, U>(c2, c3, z[2], z[3]);
+  else
+    z[2] = z[3] = F(0.0f);
   transpose4(z, out);
+}
+
+FASTSDE_SIMD_INLINE void fsn1_group(F out[4], uint32_t blk0, uint32_t n, uint64_t draw, uint32_t k0, uint32_t k1) {
+  fsn1_group_lanes(out, u_add(U(blk0), lane_index()), U(n), draw, k0, k1);
 }
 
 inline int64_t coef_index(int64_t len, int64_t row) { return len == 1 ? 0 : row; }
@@ -294,4 +305,329 @@ void fsn1_bits_range(uint32_t* row_out, uint64_t seed, uint32_t n, uint64_t draw
   }
 }
 
-const SimdKernels kKernels{&affine_range, &sq_norms_range, &fsn1_fill_f32, &fsn1_bits_range};
+// ---- Short rows: the lanes of a group run across samples -----------------------------------------------------
+// A row shorter than a group would leave most lanes of its (zero-padded) group idle. Short rows therefore run in
+// tiles of whole rows [r0, r0 + nrows): the Philox blocks of a tile are numbered flat (block k of tile row i is
+// i bpr + k, bpr = ceil(numel / 4) blocks per row), lane l of a group takes flat block base + l, so every Philox
+// call feeds real elements (up to the row's last partial block). The normals land in a stack buffer in block
+// order; the element math then runs over the tile's elements, which are contiguous in storage. Every element sees
+// the same operations as in the per-row path, so the results are bit-identical to it (and across levels).
+constexpr int64_t kFlatTile = 1024;  // block slots (4 bpr per row) per tile, at most; rows must be <= this
+
+inline int64_t flat_tile_rows(int64_t numel) {
+  const int64_t r = kFlatTile / (4 * ((numel + 3) / 4));
+  return r > 0 ? r : 1;
+}
+
+// zb[4 (i bpr + k) + t] = FSN1 normal t of block k of row r0 + i, for i < nrows. zb holds kFlatTile + G floats:
+// the last group may run past the tile (its extra lanes repeat the last row; their normals are never read).
+inline void flat_normals(float* zb, const int64_t* ids, int64_t r0, int64_t nrows, int64_t numel, uint64_t seed,
+                         uint64_t draw) {
+  const int64_t bpr = (numel + 3) / 4;
+  const uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+  const int64_t nblk = nrows * bpr;
+  alignas(64) uint32_t cb[kLanes], cn[kLanes];
+  if (bpr == 1) {  // rows of at most 4 elements: lane l = row base + l, block 0
+    for (int l = 0; l < kLanes; ++l) cb[l] = 0;
+    for (int64_t g = 0; g < nblk; g += kLanes) {
+      if (g + kLanes <= nrows)
+        for (int l = 0; l < kLanes; ++l) cn[l] = uint32_t(ids[r0 + g + l]);
+      else
+        for (int l = 0; l < kLanes; ++l) cn[l] = uint32_t(ids[r0 + (g + l < nrows ? g + l : nrows - 1)]);
+      F z[4];
+      if (numel <= 2)  // normals 2 and 3 of the block are never used
+        fsn1_group_lanes<false>(z, load_u32(cb), load_u32(cn), draw, k0, k1);
+      else
+        fsn1_group_lanes(z, load_u32(cb), load_u32(cn), draw, k0, k1);
+      for (int r = 0; r < 4; ++r) store(zb + 4 * g + r * kLanes, z[r]);
+    }
+    return;
+  }
+  int64_t i = 0, k = 0;  // tile row and block of the next lane
+  for (int64_t g = 0; g < nblk; g += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      cb[l] = uint32_t(k);
+      cn[l] = uint32_t(ids[r0 + (i < nrows ? i : nrows - 1)]);
+      if (++k == bpr) {
+        k = 0;
+        ++i;
+      }
+    }
+    F z[4];
+    fsn1_group_lanes(z, load_u32(cb), load_u32(cn), draw, k0, k1);
+    for (int r = 0; r < 4; ++r) store(zb + 4 * g + r * kLanes, z[r]);
+  }
+}
+
+// Block order (zb, row stride 4 bpr) -> element order (zc, row stride numel), a vector at a time: the spill of
+// row i past its numel values is overwritten by row i + 1 (rows go in order), the last row's lands in zc's slack.
+// zb must be readable kLanes floats past 4 bpr (nrows - 1) + numel (flat_normals' slack, zeroed here).
+inline void flat_compact(float* zc, float* zb, int64_t nrows, int64_t numel, int64_t bpr) {
+  for (int l = 0; l < kLanes; ++l) zb[4 * nrows * bpr + l] = 0.0f;
+  for (int64_t i = 0; i < nrows; ++i)
+    for (int64_t j = 0; j < numel; j += kLanes) store(zc + i * numel + j, load(zb + i * 4 * bpr + j));
+}
+
+template <typename T>
+struct FlatPtrs {
+  const T *x, *s, *noise, *mask, *data;
+  T *out, *xm;
+};
+
+// One vector of kLanes elements of a tile: exactly the operations of affine_group.
+template <Dtype D, NoiseMode NM, bool kProject>
+FASTSDE_SIMD_INLINE void affine_flat_vec(const FlatPtrs<typename Io<D>::T>& p, const F c[5], F z, F z2) {
+  using IO = Io<D>;
+  F xm = step::step_mean(c[0], c[1], IO::ld(p.x), IO::ld(p.s));
+  F xo = xm;
+  if (NM == NoiseMode::kFsn1) xo = step::step_noisy(xm, c[2], z);
+  if (NM == NoiseMode::kExplicit) xo = step::step_noisy(xm, c[2], IO::ld(p.noise));
+  if (kProject) step::step_project(xo, xm, IO::ld(p.mask), IO::ld(p.data), c[3], c[4], z2);
+  IO::st(p.out, xo);
+  if (p.xm) IO::st(p.xm, xm);
+}
+
+template <Dtype D, NoiseMode NM, bool kProject>
+void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
+  using T = typename Io<D>::T;
+  const int64_t M = A.numel, bpr = (M + 3) / 4, tile_rows = flat_tile_rows(M);
+  // Normals in block order (zb) and element order (zc): zc aliases zb when rows are whole blocks.
+  alignas(64) float zb[NM == NoiseMode::kFsn1 ? kFlatTile + G : 1], zcb[NM == NoiseMode::kFsn1 ? kFlatTile + G : 1];
+  alignas(64) float z2b[kProject ? kFlatTile + G : 1], z2cb[kProject ? kFlatTile + G : 1];
+  const bool whole_blocks = M == 4 * bpr;
+  float* zc = whole_blocks ? zb : zcb;
+  float* z2c = whole_blocks ? z2b : z2cb;
+  alignas(64) float cf[5][kFlatTile + kLanes];  // per-element coefficients (per-sample ones only)
+  const double* cp[5] = {A.a, A.b, NM != NoiseMode::kNone ? A.c : nullptr, kProject ? A.data_a : nullptr,
+                         kProject ? A.data_c : nullptr};
+  const int64_t cl[5] = {A.a_len, A.b_len, A.c_len, A.data_a_len, A.data_c_len};
+  bool per[5];
+  F cb[5];
+  for (int q = 0; q < 5; ++q) {
+    per[q] = cp[q] && cl[q] != 1;
+    cb[q] = F(cp[q] && !per[q] ? float(cp[q][0]) : 0.0f);
+  }
+  for (int64_t r = r0; r < r1; r += tile_rows) {
+    const int64_t nrows = r1 - r < tile_rows ? r1 - r : tile_rows, E = nrows * M, base = r * M;
+    if (NM == NoiseMode::kFsn1) {
+      flat_normals(zb, A.sample_ids, r, nrows, M, A.seed, A.draw);
+      if (whole_blocks)
+        for (int l = 0; l < kLanes; ++l) zb[E + l] = 0.0f;
+      else
+        flat_compact(zc, zb, nrows, M, bpr);
+    }
+    if (kProject) {
+      flat_normals(z2b, A.sample_ids, r, nrows, M, A.seed, A.data_draw);
+      if (whole_blocks)
+        for (int l = 0; l < kLanes; ++l) z2b[E + l] = 0.0f;
+      else
+        flat_compact(z2c, z2b, nrows, M, bpr);
+    }
+    for (int q = 0; q < 5; ++q) {  // whole-vector broadcasts; each row's spill is overwritten by the next row
+      if (!per[q]) continue;
+      float* dst = cf[q];
+      for (int64_t i = 0; i < nrows; ++i) {
+        const F v = F(float(cp[q][r + i]));
+        for (int64_t j = 0; j < M; j += kLanes) store(dst + i * M + j, v);
+      }
+      store(dst + E, F(0.0f));
+    }
+    auto at = [&](const void* ptr) -> const T* { return ptr ? static_cast<const T*>(ptr) + base : nullptr; };
+    const FlatPtrs<T> p{at(A.x),    at(A.score),
+                        NM == NoiseMode::kExplicit ? at(A.noise) : nullptr,
+                        kProject ? at(A.mask) : nullptr,
+                        kProject ? at(A.data) : nullptr,
+                        static_cast<T*>(A.out) + base,
+                        A.x_mean ? static_cast<T*>(A.x_mean) + base : nullptr};
+    F c[5];
+    int64_t i = 0;
+    for (; i + kLanes <= E; i += kLanes) {
+      for (int q = 0; q < 5; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
+      const FlatPtrs<T> pi{p.x + i, p.s + i, p.noise ? p.noise + i : nullptr, p.mask ? p.mask + i : nullptr,
+                           p.data ? p.data + i : nullptr, p.out + i, p.xm ? p.xm + i : nullptr};
+      affine_flat_vec<D, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
+                                       kProject ? load(z2c + i) : F(0.0f));
+    }
+    if (i < E) {  // the tile's last partial vector, through zero-padded buffers
+      const int64_t count = E - i;
+      T bx[kLanes] = {}, bs[kLanes] = {}, bn[kLanes] = {}, bm[kLanes] = {}, bd[kLanes] = {}, bo[kLanes] = {},
+        bxm[kLanes] = {};
+      copy_in(bx, p.x + i, count);
+      copy_in(bs, p.s + i, count);
+      if (p.noise) copy_in(bn, p.noise + i, count);
+      if (p.mask) copy_in(bm, p.mask + i, count);
+      if (p.data) copy_in(bd, p.data + i, count);
+      for (int q = 0; q < 5; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
+      const FlatPtrs<T> pi{bx, bs, bn, bm, bd, bo, p.xm ? bxm : nullptr};
+      affine_flat_vec<D, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
+                                       kProject ? load(z2c + i) : F(0.0f));
+      for (int64_t t = 0; t < count; ++t) p.out[i + t] = bo[t];
+      if (p.xm)
+        for (int64_t t = 0; t < count; ++t) p.xm[i + t] = bxm[t];
+    }
+  }
+}
+
+template <Dtype D, NoiseMode NM>
+void affine_flat_proj(const AffineStepArgs& A, int64_t r0, int64_t r1) {
+  if (A.mask)
+    affine_flat_f32<D, NM, true>(A, r0, r1);
+  else
+    affine_flat_f32<D, NM, false>(A, r0, r1);
+}
+
+template <Dtype D>
+void affine_flat_dtype(const AffineStepArgs& A, int64_t r0, int64_t r1) {
+  if (!A.c)
+    affine_flat_proj<D, NoiseMode::kNone>(A, r0, r1);
+  else if (A.noise)
+    affine_flat_proj<D, NoiseMode::kExplicit>(A, r0, r1);
+  else
+    affine_flat_proj<D, NoiseMode::kFsn1>(A, r0, r1);
+}
+
+// Rows [r0, r1), each shorter than kFlatTile elements (short rows: csrc/cpu/step.cpp decides).
+void affine_flat(const AffineStepArgs& A, int64_t r0, int64_t r1) {
+  switch (A.dtype) {
+    case Dtype::kFloat32: affine_flat_dtype<Dtype::kFloat32>(A, r0, r1); break;
+    case Dtype::kFloat16: affine_flat_dtype<Dtype::kFloat16>(A, r0, r1); break;
+    case Dtype::kBFloat16: affine_flat_dtype<Dtype::kBFloat16>(A, r0, r1); break;
+    case Dtype::kFloat64:  // scalar per element already: no idle lanes
+      for (int64_t r = r0; r < r1; ++r) affine_range_f64(A, r, 0, A.numel);
+      break;
+  }
+}
+
+// Storage -> float32 (exact), kLanes at a time; dst has room for count rounded up to kLanes.
+template <Dtype D>
+inline void to_f32(float* dst, const typename Io<D>::T* src, int64_t count) {
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) store(dst + i, Io<D>::ld(src + i));
+  if (i < count) {
+    typename Io<D>::T b[kLanes] = {};
+    copy_in(b, src + i, count - i);
+    store(dst + i, Io<D>::ld(b));
+  }
+}
+
+// Sum of squares of one short row in the canonical order of sq_norms_range_f32 (element j to accumulator j mod 16,
+// then acc_total's tree), in float64: each square of a float32 is exact, so acc + v v rounds once like the fma of
+// the SIMD accumulators. Accumulators that got no element hold +0 and leave the tree's sums unchanged: skipped.
+template <int kM>  // rows of kM <= 16 elements: one square per accumulator, the tree unrolled
+inline double row_sq_sum_n(const float* v) {
+  double t[kM];
+  for (int q = 0; q < kM; ++q) t[q] = double(v[q]) * double(v[q]);
+  int m = kM;
+  for (int w = 8; w >= 1; w /= 2) {
+    for (int q = 0; q < w && q + w < m; ++q) t[q] += t[q + w];
+    if (m > w) m = w;
+  }
+  return t[0];
+}
+
+inline double row_sq_sum_long(const float* v, int64_t numel) {  // numel > 16
+  double t[16];
+  for (int q = 0; q < 16; ++q) t[q] = 0.0;
+  int64_t j = 0;
+  for (; j + 16 <= numel; j += 16)
+    for (int q = 0; q < 16; ++q) t[q] += double(v[j + q]) * double(v[j + q]);
+  for (int q = 0; j + q < numel; ++q) t[q] += double(v[j + q]) * double(v[j + q]);
+  for (int w = 8; w >= 1; w /= 2)
+    for (int q = 0; q < w; ++q) t[q] += t[q + w];
+  return t[0];
+}
+
+using RowSqSum = double (*)(const float*);
+inline RowSqSum row_sq_sum_fn(int64_t numel) {
+  static constexpr RowSqSum kFns[17] = {
+      nullptr,             &row_sq_sum_n<1>,  &row_sq_sum_n<2>,  &row_sq_sum_n<3>,  &row_sq_sum_n<4>,
+      &row_sq_sum_n<5>,    &row_sq_sum_n<6>,  &row_sq_sum_n<7>,  &row_sq_sum_n<8>,  &row_sq_sum_n<9>,
+      &row_sq_sum_n<10>,   &row_sq_sum_n<11>, &row_sq_sum_n<12>, &row_sq_sum_n<13>, &row_sq_sum_n<14>,
+      &row_sq_sum_n<15>,   &row_sq_sum_n<16>};
+  return numel <= 16 ? kFns[numel] : nullptr;
+}
+
+// Both sums of rows i < nrows: s rows at stride numel, z rows at stride zstride.
+template <int kM>
+inline void rows_sq_sums_n(const float* sb, const float* zb, int64_t zstride, int64_t nrows, double* out) {
+  for (int64_t i = 0; i < nrows; ++i) {
+    out[2 * i] = row_sq_sum_n<kM>(sb + i * kM);
+    out[2 * i + 1] = row_sq_sum_n<kM>(zb + i * zstride);
+  }
+}
+
+inline void rows_sq_sums(const float* sb, const float* zb, int64_t numel, int64_t zstride, int64_t nrows,
+                         double* out) {
+  switch (numel) {  // the common tiny widths get their own loop (everything inlined); the rest through a table
+    case 1: rows_sq_sums_n<1>(sb, zb, zstride, nrows, out); return;
+    case 2: rows_sq_sums_n<2>(sb, zb, zstride, nrows, out); return;
+    case 3: rows_sq_sums_n<3>(sb, zb, zstride, nrows, out); return;
+    case 4: rows_sq_sums_n<4>(sb, zb, zstride, nrows, out); return;
+    default: break;
+  }
+  const RowSqSum fn = row_sq_sum_fn(numel);
+  for (int64_t i = 0; i < nrows; ++i) {
+    out[2 * i] = fn ? fn(sb + i * numel) : row_sq_sum_long(sb + i * numel, numel);
+    out[2 * i + 1] = fn ? fn(zb + i * zstride) : row_sq_sum_long(zb + i * zstride, numel);
+  }
+}
+
+template <Dtype D>
+void sq_norms_flat_f32(const SqNormsArgs& A, int64_t r0, int64_t r1, double* out) {
+  using T = typename Io<D>::T;
+  const int64_t M = A.numel, bpr = (M + 3) / 4, tile_rows = flat_tile_rows(M);
+  alignas(64) float sb[kFlatTile + kLanes], zb[kFlatTile + G];
+  const T* s = static_cast<const T*>(A.score);
+  const T* noise = static_cast<const T*>(A.noise);
+  for (int64_t r = r0; r < r1; r += tile_rows) {
+    const int64_t nrows = r1 - r < tile_rows ? r1 - r : tile_rows, E = nrows * M;
+    to_f32<D>(sb, s + r * M, E);
+    int64_t zstride = M;
+    if (noise) {
+      to_f32<D>(zb, noise + r * M, E);
+    } else {
+      flat_normals(zb, A.sample_ids, r, nrows, M, A.seed, A.draw);
+      zstride = 4 * bpr;
+    }
+    rows_sq_sums(sb, zb, M, zstride, nrows, out + 2 * r);
+  }
+}
+
+// out: (batch, 2) float64, rows [r0, r1) written.
+void sq_norms_flat(const SqNormsArgs& A, int64_t r0, int64_t r1, double* out) {
+  switch (A.dtype) {
+    case Dtype::kFloat32: sq_norms_flat_f32<Dtype::kFloat32>(A, r0, r1, out); break;
+    case Dtype::kFloat16: sq_norms_flat_f32<Dtype::kFloat16>(A, r0, r1, out); break;
+    case Dtype::kBFloat16: sq_norms_flat_f32<Dtype::kBFloat16>(A, r0, r1, out); break;
+    case Dtype::kFloat64:
+      for (int64_t r = r0; r < r1; ++r) sq_norms_range_f64(A, r, 0, A.numel, out + 2 * r);
+      break;
+  }
+}
+
+// FSN1 float32 normals of rows [r0, r1) of a (batch, numel) output, numel short.
+void fsn1_flat_f32(float* out, int64_t numel, uint64_t seed, const int64_t* ids, uint64_t draw, int64_t r0,
+                   int64_t r1) {
+  const int64_t bpr = (numel + 3) / 4, tile_rows = flat_tile_rows(numel);
+  alignas(64) float zb[kFlatTile + G];
+  for (int64_t r = r0; r < r1; r += tile_rows) {
+    const int64_t nrows = r1 - r < tile_rows ? r1 - r : tile_rows;
+    flat_normals(zb, ids, r, nrows, numel, seed, draw);
+    float* o = out + r * numel;
+    if (numel == 4 * bpr) {
+      __builtin_memcpy(o, zb, size_t(nrows * numel) * sizeof(float));
+    } else {
+      // Whole vectors while they end inside the tile (each row's spill is overwritten by the rows after it), then
+      // exact copies: nothing past the tile's rows is touched (other threads may own them).
+      const int64_t span = (numel + kLanes - 1) / kLanes * kLanes, E = nrows * numel;
+      int64_t i = 0;
+      for (; i < nrows && i * numel + span <= E; ++i)
+        for (int64_t j = 0; j < numel; j += kLanes) store(o + i * numel + j, load(zb + i * 4 * bpr + j));
+      for (; i < nrows; ++i)
+        for (int64_t j = 0; j < numel; ++j) o[i * numel + j] = zb[i * 4 * bpr + j];
+    }
+  }
+}
+
+const SimdKernels kKernels{&affine_range, &sq_norms_range, &fsn1_fill_f32, &fsn1_bits_range,
+                           &affine_flat,  &sq_norms_flat,  &fsn1_flat_f32};
