@@ -4,10 +4,11 @@ The public API mirrors score_sde's: `fastsde.sde`, `fastsde.sampling`, `fastsde.
 `fastsde.models.utils`. Noise comes from the FSN1 counter-based stream (`fastsde.random`), identical on every backend.
 """
 from fastsde import likelihood, random, sampling, sde
+from fastsde.nn.accelerate import accelerate
 from fastsde.sampling import get_ode_sampler, get_pc_sampler
 from fastsde.sde import VESDE, VPSDE, subVPSDE
 
 __version__ = "0.1.0"
 
 __all__ = ["sde", "sampling", "likelihood", "random", "VPSDE", "subVPSDE", "VESDE", "get_pc_sampler",
-           "get_ode_sampler", "__version__"]
+           "get_ode_sampler", "accelerate", "__version__"]

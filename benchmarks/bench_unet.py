@@ -1,0 +1,89 @@
+"""Suite "unet": one U-Net forward pass, fastsde's fused build vs the same network in plain PyTorch.
+
+unet_forward_16px_b64: the small16 NCSN++ preset (VE, Fourier embedding; 16x16, nf 32, ch_mult (1, 2, 2),
+attention at 8x8), batch 64, float32, eval mode, no_grad. Both builds carry the same weights (checked before timing).
+Baselines, timed in the same run on the same inputs (never zeros):
+  reference      UNet(config, reference=True): nn.GroupNorm + nn.SiLU, three NIN einsums per attention block
+  compile        torch.compile of that reference build
+  eager_inplace  none (a whole network has no hand-written in-place form)
+A network forward is not a streaming op: gbps is None. The fused build's GroupNorm/attention ops run on `backend`
+when it implements them, else on what backend="auto" resolves to; the record's backend says which ran.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastsde.benchmarks import common
+from fastsde.benchmarks.common import median_ms, record
+from fastsde.models.ncsnpp import UNet, get_preset
+from fastsde.ops._dispatch import resolve
+
+SUITE = "unet"
+_OPS = ("group_norm", "attn_block")
+
+
+def _usable_backend(backend: str, device: torch.device) -> str:
+    """`backend` if it runs both ops on `device`, else "auto" (the fastest that does)."""
+    try:
+        for op in _OPS:
+            resolve(op, backend, device)
+        return backend
+    except (ValueError, RuntimeError):
+        return "auto"
+
+
+def _compiled(model, x, labels, reps):
+    try:
+        fn = torch.compile(model, dynamic=False)
+        with torch.no_grad():
+            return median_ms(lambda: fn(x, labels), reps, warmup=3)
+    except Exception as exc:  # a baseline that cannot run is reported as missing, not hidden
+        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
+        return None
+
+
+def _case(name, preset, batch, reps, copy_gbps, backend, use_compile):
+    torch.manual_seed(0)
+    config = get_preset(preset, "ve")
+    device = torch.device("cpu")
+    chosen = _usable_backend(backend, device)
+    ran = "+".join(sorted({resolve(op, chosen, device)[0] for op in _OPS}))
+    fused = UNet(config, backend=chosen).eval()
+    reference = UNet(config, reference=True).eval()
+    with torch.no_grad():  # non-trivial weights: the near-zero-initialised layers would make attention a no-op
+        for p in fused.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    reference.load_state_dict(fused.state_dict())
+    x = torch.rand(batch, config.in_channels, config.resolution, config.resolution)
+    labels = torch.exp(torch.empty(batch).uniform_(0.0, 3.0)) * 0.1  # sigmas in [0.1, 2]
+    with torch.no_grad():
+        err = (fused(x, labels) - reference(x, labels)).abs().max().item()
+        ms = median_ms(lambda: fused(x, labels), reps)
+        ref_ms = median_ms(lambda: reference(x, labels), reps)
+    compile_ms = _compiled(reference, x, labels, reps) if use_compile else None
+    print(f"  {name}: fused ({ran}) {ms:.1f} ms, reference {ref_ms:.1f} ms, compile "
+          f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; max |fused - reference| = {err:.2e}", flush=True)
+    return record(SUITE, name, ran, x.numel(), ms, None, copy_gbps,
+                  {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
+
+
+CASES = [("unet_forward_16px_b64", "small16", 64)]
+
+
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
+    """All cases of the suite; quick: fewer repeats."""
+    reps = 5 if quick else 15
+    copy_gbps = common.copy_bandwidth_gbps(reps=reps)
+    return [_case(name, preset, batch, reps, copy_gbps, backend, use_compile) for name, preset, batch in CASES]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    common.print_table(run(quick=args.quick, use_compile=not args.no_compile))
