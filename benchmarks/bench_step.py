@@ -39,7 +39,8 @@ def _time_compiled(fn, reps):
         return None
 
 
-def _case(name, numel, batch, reps, copy_gbps, backend, kind, use_compile):
+def _setup(numel, batch, backend, kind):
+    """(fused, reference, eager, reset, bytes_per_elem) for one case, on fresh non-zero tensors."""
     torch.manual_seed(0)
     x0 = torch.randn(batch, numel // batch)
     score = torch.randn_like(x0)
@@ -86,15 +87,10 @@ def _case(name, numel, batch, reps, copy_gbps, backend, kind, use_compile):
             step_ops.affine_step(x, score, a, b, c, seed=1, draw=3, out=x, backend=backend)
         bytes_per_elem = 12
 
-    # The state drifts while timing in place (a != 1): reset it between cases so no case runs on blown-up data.
-    ms = median_ms(fused, reps)
-    x.copy_(x0)
-    ref_ms = median_ms(reference, reps)
-    eager_ms = median_ms(eager, reps)
-    x.copy_(x0)
-    compile_ms = _time_compiled(_compile(reference), reps) if use_compile else None
-    return record(SUITE, name, backend, numel, ms, bytes_per_elem, copy_gbps,
-                  {"reference": ref_ms, "eager_inplace": eager_ms, "compile": compile_ms})
+    def reset():  # the state drifts while timing in place (a != 1): restart each measurement from x0
+        x.copy_(x0)
+
+    return fused, reference, eager, reset, bytes_per_elem
 
 
 CASES = [
@@ -107,11 +103,30 @@ CASES = [
 
 
 def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
-    """All cases of the suite; quick: fewer repeats."""
+    """All cases of the suite; quick: fewer repeats.
+
+    The torch.compile baselines run after every other measurement: once inductor has run in a process, later
+    OpenMP-parallel timings of small cases were measured up to 8x slower (em_noisy_1M: 1.0 ms alone, 8.0 ms after
+    the compiled 16M cases), so compiling first would penalise whichever backend is timed next.
+    """
     reps = 5 if quick else 15
     copy_gbps = common.copy_bandwidth_gbps(reps=reps)
-    out = []
+    out, setups = [], []
     for name, numel, batch, kind in CASES:
-        out.append(_case(name, numel, batch, reps, copy_gbps, backend, kind, use_compile))
+        fused, reference, eager, reset, bytes_per_elem = _setup(numel, batch, backend, kind)
+        times = {}
+        for label, fn in (("fused", fused), ("reference", reference), ("eager_inplace", eager)):
+            reset()
+            times[label] = median_ms(fn, reps)
+        out.append(record(SUITE, name, backend, numel, times["fused"], bytes_per_elem, copy_gbps,
+                          {"reference": times["reference"], "eager_inplace": times["eager_inplace"], "compile": None}))
+        setups.append((reference, reset))
         print(f"  {name}: {out[-1]['median_ms']:.2f} ms", flush=True)
+    if use_compile:
+        for rec, (reference, reset) in zip(out, setups):
+            reset()
+            compile_ms = _time_compiled(_compile(reference), reps)
+            rec["baselines"]["compile"] = None if compile_ms is None else round(compile_ms, 4)
+            rec["speedup"]["compile"] = None if compile_ms is None else round(compile_ms / rec["median_ms"], 2)
+            print(f"  {rec['case']}: torch.compile baseline {compile_ms} ms", flush=True)
     return out
