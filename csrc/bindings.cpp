@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/fsn1_cpu.h"
+#include "cpu/groupnorm_cpu.h"
 #include "cpu/step_cpu.h"
 
 #ifdef FASTSDE_WITH_CUDA
@@ -20,6 +21,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "cuda/fsn1_cuda.h"
+#include "cuda/groupnorm_cuda.h"
 #include "cuda/step_cuda.h"
 #endif
 
@@ -345,6 +347,115 @@ at::Tensor step_sq_norms_cuda_op(const at::Tensor& score, const c10::optional<at
 }
 #endif
 
+// ---- group_norm (csrc/groupnorm.h): y = act((GN(x + emb_add) * weight + bias) * (1 + scale) + shift) ----
+
+// Checks shared by every backend (no data access: Meta-safe).
+void check_group_norm_args(const at::Tensor& x, int64_t num_groups, const c10::optional<at::Tensor>& weight,
+                           const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                           const c10::optional<at::Tensor>& shift, const c10::optional<at::Tensor>& emb_add,
+                           int64_t act) {
+  TORCH_CHECK(x.dim() >= 2, "group_norm: x must be (N, C, *spatial), got shape ", x.sizes());
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              "group_norm: x must be float32, float64, float16 or bfloat16, got ", st);
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(num_groups >= 1 && C % num_groups == 0, "group_norm: num_groups must divide the channels (", C,
+              "), got ", num_groups);
+  TORCH_CHECK(act == 0 || act == 1, "group_norm: act must be 0 (none) or 1 (silu), got ", act);
+  auto check_vec = [&](const char* name, const c10::optional<at::Tensor>& v, std::vector<int64_t> shape) {
+    if (!v.has_value()) return;
+    TORCH_CHECK(v->sizes() == at::IntArrayRef(shape) && at::isFloatingType(v->scalar_type()) &&
+                    v->device() == x.device(),
+                "group_norm: ", name, " must be a float tensor of shape ", at::IntArrayRef(shape), " on ",
+                x.device(), ", got ", v->scalar_type(), " ", v->sizes(), " on ", v->device());
+  };
+  check_vec("weight", weight, {C});
+  check_vec("bias", bias, {C});
+  check_vec("scale", scale, {N, C});
+  check_vec("shift", shift, {N, C});
+  check_vec("emb_add", emb_add, {N, C});
+}
+
+// The kernels take NCHW-contiguous x, or channels-last-contiguous 4-D x (y is laid out the same way).
+bool group_norm_channels_last(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor group_norm_meta_op(const at::Tensor& x, int64_t num_groups, const c10::optional<at::Tensor>& weight,
+                              const c10::optional<at::Tensor>& bias, double eps, const c10::optional<at::Tensor>& scale,
+                              const c10::optional<at::Tensor>& shift, const c10::optional<at::Tensor>& emb_add,
+                              int64_t act) {
+  (void)eps;
+  check_group_norm_args(x, num_groups, weight, bias, scale, shift, emb_add, act);
+  return at::empty(x.sizes(), x.options().memory_format(group_norm_channels_last(x) ? at::MemoryFormat::ChannelsLast
+                                                                                     : at::MemoryFormat::Contiguous));
+}
+
+// Runs the checks, lays out x and y, converts the vectors to the compute type (kept alive in `keep`), and fills
+// the kernel arguments. Returns y.
+at::Tensor prepare_group_norm(const at::Tensor& x_in, int64_t num_groups, const c10::optional<at::Tensor>& weight,
+                              const c10::optional<at::Tensor>& bias, double eps,
+                              const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                              const c10::optional<at::Tensor>& emb_add, int64_t act, at::Tensor& x,
+                              std::vector<at::Tensor>& keep, GroupNormArgs& args) {
+  check_group_norm_args(x_in, num_groups, weight, bias, scale, shift, emb_add, act);
+  const bool cl = group_norm_channels_last(x_in);
+  x = cl || x_in.is_contiguous() ? x_in : x_in.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
+                                                                     : at::MemoryFormat::Contiguous));
+  const at::ScalarType compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto vec = [&](const c10::optional<at::Tensor>& v) -> const void* {
+    if (!v.has_value()) return nullptr;
+    keep.push_back(v->to(compute).contiguous());
+    return keep.back().data_ptr();
+  };
+  args.dtype = to_dtype(x.scalar_type());
+  args.N = x.size(0);
+  args.C = x.size(1);
+  args.HW = args.C && args.N ? x.numel() / (args.N * args.C) : 0;
+  args.groups = num_groups;
+  args.channels_last = cl;
+  args.x = x.data_ptr();
+  args.y = y.data_ptr();
+  args.weight = vec(weight);
+  args.bias = vec(bias);
+  args.scale = vec(scale);
+  args.shift = vec(shift);
+  args.emb_add = vec(emb_add);
+  args.eps = eps;
+  args.act = int(act);
+  return y;
+}
+
+at::Tensor group_norm_cpu_op(const at::Tensor& x_in, int64_t num_groups, const c10::optional<at::Tensor>& weight,
+                             const c10::optional<at::Tensor>& bias, double eps, const c10::optional<at::Tensor>& scale,
+                             const c10::optional<at::Tensor>& shift, const c10::optional<at::Tensor>& emb_add,
+                             int64_t act) {
+  TORCH_CHECK(x_in.device().is_cpu(), "group_norm: x must be a CPU tensor here, got ", x_in.device());
+  at::Tensor x;
+  std::vector<at::Tensor> keep;
+  GroupNormArgs args;
+  at::Tensor y = prepare_group_norm(x_in, num_groups, weight, bias, eps, scale, shift, emb_add, act, x, keep, args);
+  if (x.numel() > 0) group_norm_cpu(args);
+  return y;
+}
+
+#ifdef FASTSDE_WITH_CUDA
+at::Tensor group_norm_cuda_op(const at::Tensor& x_in, int64_t num_groups, const c10::optional<at::Tensor>& weight,
+                              const c10::optional<at::Tensor>& bias, double eps,
+                              const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                              const c10::optional<at::Tensor>& emb_add, int64_t act) {
+  TORCH_CHECK(x_in.is_cuda(), "group_norm: x must be a CUDA tensor here, got ", x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor x;
+  std::vector<at::Tensor> keep;
+  GroupNormArgs args;
+  at::Tensor y = prepare_group_norm(x_in, num_groups, weight, bias, eps, scale, shift, emb_add, act, x, keep, args);
+  if (x.numel() > 0) C10_CUDA_CHECK(group_norm_cuda(args, c10::cuda::getCurrentCUDAStream()));
+  return y;
+}
+#endif
+
 // The SIMD instruction sets the compiler was told it may use (from its predefined macros).
 std::vector<std::string> simd_flags() {
   std::vector<std::string> flags;
@@ -423,6 +534,9 @@ TORCH_LIBRARY(fastsde, m) {
   m.def("step_sq_norms(Tensor score, Tensor? noise, int seed, Tensor sample_ids, int draw) -> Tensor");
   // Debug: out (B, blocks, 4) int32 = the FSN1 Philox words of the CPU SIMD path.
   m.def("fsn1_bits_(Tensor(a!) out, int seed, Tensor sample_ids, int draw) -> ()");
+  m.def(
+      "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, Tensor? scale, Tensor? shift, "
+      "Tensor? emb_add, int act) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastsde, CPU, m) {
@@ -430,6 +544,7 @@ TORCH_LIBRARY_IMPL(fastsde, CPU, m) {
   m.impl("affine_step_", &fastsde::affine_step_cpu_op);
   m.impl("step_sq_norms", &fastsde::step_sq_norms_cpu_op);
   m.impl("fsn1_bits_", &fastsde::fsn1_bits_cpu_op);
+  m.impl("group_norm", &fastsde::group_norm_cpu_op);
 }
 
 TORCH_LIBRARY_IMPL(fastsde, Meta, m) {
@@ -437,6 +552,7 @@ TORCH_LIBRARY_IMPL(fastsde, Meta, m) {
   m.impl("affine_step_", &fastsde::affine_step_meta_op);
   m.impl("step_sq_norms", &fastsde::step_sq_norms_meta_op);
   m.impl("fsn1_bits_", &fastsde::fsn1_bits_meta_op);
+  m.impl("group_norm", &fastsde::group_norm_meta_op);
 }
 
 #ifdef FASTSDE_WITH_CUDA
@@ -444,6 +560,7 @@ TORCH_LIBRARY_IMPL(fastsde, CUDA, m) {
   m.impl("fsn1_normal_", &fastsde::fsn1_normal_cuda_op);
   m.impl("affine_step_", &fastsde::affine_step_cuda_op);
   m.impl("step_sq_norms", &fastsde::step_sq_norms_cuda_op);
+  m.impl("group_norm", &fastsde::group_norm_cuda_op);
 }
 #endif
 

@@ -377,7 +377,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- bench
 
-_BENCH_SUITES = ("steps", "sampler", "attention", "unet")
+_BENCH_SUITES = ("steps", "sampler", "attention", "unet", "groupnorm")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -405,6 +405,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         records = bench_attention.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
     elif args.suite == "unet":
         records = bench_unet.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
+    elif args.suite == "groupnorm":
+        from fastsde.benchmarks import bench_groupnorm
+
+        records = bench_groupnorm.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
     else:
         records = bench_sampler.run(quick=args.quick, backend=args.backend)
     print()

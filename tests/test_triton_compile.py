@@ -75,6 +75,24 @@ def _variants():
                           PRECISION="ieee")  # fp32: torch's default (allow_tf32 off) gives IEEE dots
             yield (f"attention {ptr[1:]} d={d}", attention._attn_fwd_kernel, sig, consts, warps)
 
+    # group_norm: strides stay runtime ints (NCHW and channels-last share one compiled kernel per config)
+    from fastsde.kernels import groupnorm
+
+    def gn(ptr, compute, cpg, hw, groups=32, emb=True):
+        block_c, block_hw, one_tile, warps = groupnorm._config(cpg, hw)
+        sig = dict(X_ptr=ptr, Y_ptr=ptr, W_ptr=ptr, B_ptr=ptr, SCALE_ptr=ptr, SHIFT_ptr=ptr, EMB_ptr=ptr, C="i32",
+                   HW="i32", s_xn="i64", s_xc="i32", s_xhw="i32", s_yn="i64", s_yc="i32", s_yhw="i32", eps="fp32")
+        consts = dict(GROUPS=groups, CPG=cpg, HAS_W=True, HAS_B=True, HAS_SCALE=emb, HAS_SHIFT=emb, HAS_EMB=emb,
+                      ACT=1, COMPUTE=compute, BLOCK_C=block_c, BLOCK_HW=block_hw, ONE_TILE=one_tile)
+        return groupnorm._group_norm_fwd_kernel, sig, consts, warps
+
+    yield ("group_norm fp32 4x32x32 one tile", *gn("*fp32", f32, 4, 1024))
+    yield ("group_norm fp32 8x64x64 looped", *gn("*fp32", f32, 8, 4096))
+    yield ("group_norm fp32 3x7x9 (odd) no emb", *gn("*fp32", f32, 3, 63, groups=8, emb=False))
+    yield ("group_norm bf16 4x32x32 one tile", *gn("*bf16", f32, 4, 1024))
+    yield ("group_norm fp16 8x16x16 one tile", *gn("*fp16", f32, 8, 256))
+    yield ("group_norm fp64 4x32x32 one tile", *gn("*fp64", f64, 4, 1024))
+
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     """(registers, spill bytes stored + loaded) from ptxas -v, run as Triton's make_cubin runs it."""
@@ -125,7 +143,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills():
         print(f"{row['variant']:44s} {row['arch']:6s} {row['n_regs']:5d} {row['n_spills']:6d}")
     kernels = {row["kernel"] for row in rows}
     assert {"_affine_step_fwd_kernel", "_step_sq_norms_kernel", "_fsn1_normal_fwd_kernel",
-            "_fsn1_words_debug_kernel", "_attn_fwd_kernel"} <= kernels
+            "_fsn1_words_debug_kernel", "_attn_fwd_kernel", "_group_norm_fwd_kernel"} <= kernels
     assert {row["arch"] for row in rows} == {f"sm_{a}" for a in ARCHS}
     assert all(row["ptx_bytes"] > 0 and row["cubin_bytes"] > 0 for row in rows)
     assert [row for row in rows if row["n_spills"]] == []

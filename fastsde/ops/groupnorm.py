@@ -62,3 +62,19 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-6, *, scale=None, s
 @register("group_norm", "reference")
 def _group_norm_reference(x, num_groups, weight, bias, eps, scale, shift, emb_add, act):
     return _ref.group_norm(x, num_groups, weight, bias, eps, scale=scale, shift=shift, emb_add=emb_add, act=act)
+
+
+@register("group_norm", "native")
+def _group_norm_native(x, num_groups, weight, bias, eps, scale, shift, emb_add, act):
+    if _ref._memory_format(x) is not torch.channels_last and not x.is_contiguous():
+        x = x.contiguous()
+    contig = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    return torch.ops.fastsde.group_norm(x, num_groups, contig(weight), contig(bias), eps, contig(scale),
+                                        contig(shift), contig(emb_add), 1 if act == "silu" else 0)
+
+
+@register("group_norm", "triton")
+def _group_norm_triton(*args):
+    from fastsde.kernels import groupnorm as _kernels
+
+    return _kernels.group_norm(*args)

@@ -1,0 +1,99 @@
+"""Suite "groupnorm": GroupNorm [+ time-embedding add] + SiLU on U-Net-sized float32 activations, fused vs baselines.
+
+Baselines, all timed in the same run on the same tensors (never zeros):
+  reference      the eager form as score_sde writes it: nn.GroupNorm module, then act (with emb: h = h + emb[:, :, None,
+                 None] first)
+  eager_inplace  F.group_norm, then F.silu(..., inplace=True) (with emb: h.add_(emb) in place first, on a scratch copy)
+  compile        torch.compile of the reference form
+Bytes per element (float32): one read of x for the statistics, one read + one write for the result: 12 B/elem.
+Every contender allocates its output (as the U-Net's forward does).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastsde.benchmarks import common
+from fastsde.benchmarks.common import median_ms, record
+from fastsde.ops import groupnorm as gn_ops
+
+SUITE = "groupnorm"
+BYTES_PER_ELEM = 12
+GROUPS = 32
+
+CASES = [  # (name, shape, with emb_add)
+    ("gn_silu_8x128x32x32", (8, 128, 32, 32), False),
+    ("gn_emb_silu_8x128x32x32", (8, 128, 32, 32), True),
+    ("gn_silu_16x256x16x16", (16, 256, 16, 16), False),
+]
+
+
+def _setup(shape, emb, backend):
+    """(fused, reference, eager) for one case, on fresh non-zero tensors."""
+    torch.manual_seed(0)
+    N, C = shape[:2]
+    x = torch.randn(shape)
+    e = torch.randn(N, C) if emb else None
+    norm = torch.nn.GroupNorm(GROUPS, C, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    w, b = norm.weight.detach(), norm.bias.detach()
+    act = torch.nn.SiLU()
+    scratch = torch.empty_like(x)
+
+    def reference():
+        h = x
+        if e is not None:
+            h = h + e[:, :, None, None]
+        return act(norm(h))
+
+    def eager():
+        h = x
+        if e is not None:
+            h = scratch.copy_(x).add_(e[:, :, None, None])
+        return F.silu(F.group_norm(h, GROUPS, w, b, 1e-6), inplace=True)
+
+    def fused():
+        return gn_ops.group_norm(x, GROUPS, w, b, 1e-6, emb_add=e, act="silu", backend=backend)
+
+    return fused, reference, eager
+
+
+def _time_compiled(fn, reps):
+    try:
+        compiled = torch.compile(fn, dynamic=False)
+        return median_ms(compiled, reps, warmup=3)
+    except Exception as exc:  # a baseline that cannot run is reported as missing, not hidden
+        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
+        return None
+
+
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
+    """All cases of the suite; quick: fewer repeats. torch.compile baselines run last (see bench_step.run)."""
+    reps = 7 if quick else 25
+    copy_gbps = common.copy_bandwidth_gbps(reps=reps)
+    out, refs = [], []
+    with torch.no_grad():
+        for name, shape, emb in CASES:
+            fused, reference, eager = _setup(shape, emb, backend)
+            numel = 1
+            for s in shape:
+                numel *= s
+            times = {label: [] for label in ("fused", "reference", "eager_inplace")}
+            for _ in range(3):  # interleave: the machine is shared, so alternate the contenders
+                for label, fn in (("fused", fused), ("reference", reference), ("eager_inplace", eager)):
+                    times[label].append(median_ms(fn, reps))
+            med = {k: sorted(v)[1] for k, v in times.items()}
+            out.append(record(SUITE, name, backend, numel, med["fused"], BYTES_PER_ELEM, copy_gbps,
+                              {"reference": med["reference"], "eager_inplace": med["eager_inplace"],
+                               "compile": None}))
+            refs.append(reference)
+            print(f"  {name}: {out[-1]['median_ms']:.3f} ms", flush=True)
+        if use_compile:
+            for rec, reference in zip(out, refs):
+                compile_ms = _time_compiled(reference, reps)
+                rec["baselines"]["compile"] = None if compile_ms is None else round(compile_ms, 4)
+                rec["speedup"]["compile"] = None if compile_ms is None else round(compile_ms / rec["median_ms"], 2)
+                print(f"  {rec['case']}: torch.compile baseline {compile_ms} ms", flush=True)
+    return out
