@@ -40,23 +40,6 @@ def _reference_block(x, gn, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, skip_rescale
     return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
-def _compile(fn):
-    try:
-        return torch.compile(fn, dynamic=False)
-    except Exception:  # pragma: no cover - torch.compile unavailable
-        return None
-
-
-def _time_compiled(fn, reps):
-    if fn is None:
-        return None
-    try:
-        return median_ms(fn, reps, warmup=3)
-    except Exception as exc:  # a baseline that cannot run is reported as missing, not hidden
-        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
-        return None
-
-
 def _case(name, B, C, H, W, num_groups, num_heads, skip_rescale, reps, copy_gbps, backend, use_compile):
     torch.manual_seed(0)
     x = torch.randn(B, C, H, W)
@@ -79,8 +62,7 @@ def _case(name, B, C, H, W, num_groups, num_heads, skip_rescale, reps, copy_gbps
         err = (fused() - _reference_block(*ref_args)).abs().max().item()
         ms = median_ms(fused, reps)
         ref_ms = median_ms(lambda: _reference_block(*ref_args), reps)
-        compiled = _compile(_reference_block) if use_compile else None
-        compile_ms = _time_compiled(lambda: compiled(*ref_args), reps) if compiled is not None else None
+        compile_ms = common.compiled_ms(_reference_block, reps, ref_args) if use_compile else None
     print(f"  {name}: max |fused - reference| = {err:.2e}", flush=True)
     return record(SUITE, name, backend, x.numel(), ms, None, copy_gbps,
                   {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})

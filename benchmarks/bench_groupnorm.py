@@ -60,15 +60,6 @@ def _setup(shape, emb, backend):
     return fused, reference, eager
 
 
-def _time_compiled(fn, reps):
-    try:
-        compiled = torch.compile(fn, dynamic=False)
-        return median_ms(compiled, reps, warmup=3)
-    except Exception as exc:  # a baseline that cannot run is reported as missing, not hidden
-        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
-        return None
-
-
 def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
     """All cases of the suite; quick: fewer repeats. torch.compile baselines run last (see bench_step.run)."""
     reps = 7 if quick else 25
@@ -92,7 +83,7 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True) 
             print(f"  {name}: {out[-1]['median_ms']:.3f} ms", flush=True)
         if use_compile:
             for rec, reference in zip(out, refs):
-                compile_ms = _time_compiled(reference, reps)
+                compile_ms = common.compiled_ms(reference, reps)
                 rec["baselines"]["compile"] = None if compile_ms is None else round(compile_ms, 4)
                 rec["speedup"]["compile"] = None if compile_ms is None else round(compile_ms / rec["median_ms"], 2)
                 print(f"  {rec['case']}: torch.compile baseline {compile_ms} ms", flush=True)

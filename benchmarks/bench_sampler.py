@@ -5,7 +5,6 @@ mixture as the score model (the same model object in both paths, so the ratio me
 """
 from __future__ import annotations
 
-import torch
 
 from fastsde import sampling
 from fastsde import sde as sde_lib

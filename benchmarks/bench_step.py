@@ -22,23 +22,6 @@ from fastsde.ops import step as step_ops
 SUITE = "steps"
 
 
-def _compile(fn):
-    try:
-        return torch.compile(fn, dynamic=False)
-    except Exception:  # pragma: no cover - torch.compile unavailable
-        return None
-
-
-def _time_compiled(fn, reps):
-    if fn is None:
-        return None
-    try:
-        return median_ms(fn, reps, warmup=3)
-    except Exception as exc:  # a baseline that cannot run is reported as missing, not hidden
-        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
-        return None
-
-
 def _setup(numel, batch, backend, kind):
     """(fused, reference, eager, reset, bytes_per_elem) for one case, on fresh non-zero tensors."""
     torch.manual_seed(0)
@@ -125,7 +108,7 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True) 
     if use_compile:
         for rec, (reference, reset) in zip(out, setups):
             reset()
-            compile_ms = _time_compiled(_compile(reference), reps)
+            compile_ms = common.compiled_ms(reference, reps)
             rec["baselines"]["compile"] = None if compile_ms is None else round(compile_ms, 4)
             rec["speedup"]["compile"] = None if compile_ms is None else round(compile_ms / rec["median_ms"], 2)
             print(f"  {rec['case']}: torch.compile baseline {compile_ms} ms", flush=True)

@@ -32,16 +32,6 @@ def _usable_backend(backend: str, device: torch.device) -> str:
         return "auto"
 
 
-def _compiled(model, x, labels, reps):
-    try:
-        fn = torch.compile(model, dynamic=False)
-        with torch.no_grad():
-            return median_ms(lambda: fn(x, labels), reps, warmup=3)
-    except Exception as exc:  # a baseline that cannot run is reported as missing, not hidden
-        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
-        return None
-
-
 def _case(name, preset, batch, reps, copy_gbps, backend, use_compile):
     torch.manual_seed(0)
     config = get_preset(preset, "ve")
@@ -60,7 +50,7 @@ def _case(name, preset, batch, reps, copy_gbps, backend, use_compile):
         err = (fused(x, labels) - reference(x, labels)).abs().max().item()
         ms = median_ms(lambda: fused(x, labels), reps)
         ref_ms = median_ms(lambda: reference(x, labels), reps)
-    compile_ms = _compiled(reference, x, labels, reps) if use_compile else None
+    compile_ms = common.compiled_ms(reference, reps, (x, labels)) if use_compile else None
     print(f"  {name}: fused ({ran}) {ms:.1f} ms, reference {ref_ms:.1f} ms, compile "
           f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; max |fused - reference| = {err:.2e}", flush=True)
     return record(SUITE, name, ran, x.numel(), ms, None, copy_gbps,

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["median_ms", "copy_bandwidth_gbps", "record", "print_table", "write_json"]
+__all__ = ["median_ms", "compiled_ms", "copy_bandwidth_gbps", "record", "print_table", "write_json"]
 
 
 def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
@@ -26,6 +26,20 @@ def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
+
+
+def compiled_ms(fn: Callable, reps: int, args: tuple = ()) -> float | None:
+    """Median ms of torch.compile(fn)(*args) after warm-up (which includes compiling); None if it cannot run.
+
+    A baseline that cannot run is reported as missing (with the reason printed), never hidden or replaced.
+    """
+    try:
+        compiled = torch.compile(fn, dynamic=False)
+        with torch.no_grad():
+            return median_ms(lambda: compiled(*args), reps, warmup=3)
+    except Exception as exc:
+        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
+        return None
 
 
 def copy_bandwidth_gbps(numel: int = 16 * 1024 * 1024, reps: int = 15) -> float:

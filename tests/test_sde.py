@@ -1,7 +1,6 @@
 """SDEs against their definitions: marginals vs Monte Carlo, discretizations, reverse SDEs, priors, any rank."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -11,7 +11,6 @@ generated in registers from FSN1 (seed, sample id, draw id, element), never stor
 """
 from __future__ import annotations
 
-import math
 import operator
 
 import torch
