@@ -428,10 +428,63 @@ class _FusedPC:
             return {"noise": torch.randn_like(x)}
         return {"seed": stream.seed, "sample_ids": self.ids, "draw": draw}
 
+    def _run_fast(self, x, stream, steps):
+        """run() without projection on FSN1 noise: per-step coefficients tabulated once as (1,) views, arguments
+        validated once (step_ops._LoopSteps), Langevin step sizes from the norms with a handful of host ops.
+        Any step whose model output is not x-like and contiguous goes through the public (checked) ops instead."""
+        ops = step_ops._LoopSteps(x, stream.seed, self.ids, self.backend)
+        batch = x.shape[0]
+        x_mean = torch.empty_like(x)
+        n_steps, kind = self.corrector.n_steps, self.corrector.fused_kind
+        iterations = n_steps if kind != "none" else 0
+        per_step = n_steps + 1
+        labels = [lab.expand(batch) for lab in self.labels]
+        scale = None if self.scale is None else self.scale.double()
+
+        def table(coefs):
+            if coefs is None:
+                return None
+            a, b, c = coefs
+            if scale is not None:
+                b = b * scale
+            return tuple(None if v is None else list(v.to(device=x.device, dtype=torch.float64).split(1))
+                         for v in (a, b, c))
+
+        pred, corr = table(self.pred_coefs), table(self.corr_coefs) if kind == "affine" else None
+        if kind == "langevin":
+            alphas = self.alphas.tolist()
+            scales = None if scale is None else scale.tolist()
+        snr = self.corrector.snr
+        for i in steps:
+            base = 1 + i * per_step
+            lab = labels[i]
+            for j in range(iterations):
+                out = self.model(x, lab)
+                if not ops.accepts(out):
+                    step_ops._check_like("score", out, x)
+                    out = out.contiguous()
+                if kind == "affine":
+                    ops.affine(x, out, corr[0][i], corr[1][i], None if corr[2] is None else corr[2][i], base + j,
+                               x_mean)
+                else:
+                    ops.langevin(x, out, snr, alphas[i], None if scales is None else scales[i], base + j, x_mean)
+            if pred is not None:
+                out = self.model(x, lab)
+                if not ops.accepts(out):
+                    step_ops._check_like("score", out, x)
+                    out = out.contiguous()
+                ops.affine(x, out, pred[0][i], pred[1][i], None if pred[2] is None else pred[2][i], base + n_steps,
+                           x_mean)
+        if self.pred_coefs is None:  # the identity predictor returns (x, x) last
+            x_mean.copy_(x)
+        return x, x_mean
+
     def run(self, x, stream, steps, projection=None):
         self.model.train(False)
         self.ids = stream._ids(x.shape[0]).to(x.device)
         x = x.contiguous()
+        if projection is None and stream.kind != "torch":
+            return self._run_fast(x, stream, steps)
         x_mean = torch.empty_like(x)
         n_steps = self.corrector.n_steps
         kind = self.corrector.fused_kind

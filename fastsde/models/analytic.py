@@ -161,6 +161,79 @@ class GaussianMixture:
         log_comp = log_w - 0.5 * (D * _LOG_2PI + D * var.log() + sq / var)
         return log_comp, 1.0 / var, m, mu
 
+    def _iso_params(self, device) -> tuple:
+        """Cached per-device constants of the isotropic fast path (built once per device).
+
+        (mu (K, D), columns mu[:, d] (K,) each, [mu | 1] (K, D + 1), -|mu_k|^2 / 2 (K,), log w (K,) or None when
+        the weights are equal, lam (K,), lam_0 as a float when every component shares it or None).
+        """
+        device = torch.device(device)
+        key = ("iso", device)
+        if key not in self._device_cache:
+            log_w, mu, lam, _ = self._params(device)
+            lam = lam[:, 0].contiguous()
+            cols = tuple(mu[:, d].contiguous() for d in range(mu.shape[1]))
+            mu_aug = torch.cat([mu, torch.ones(mu.shape[0], 1, dtype=mu.dtype, device=device)], dim=1)
+            neg_half_sq = -0.5 * (mu * mu).sum(1)
+            uniform_w = bool((self.weights == self.weights[0]).all())
+            shared = bool((self._eigvals == self._eigvals[0, 0]).all())
+            self._device_cache[key] = (mu, cols, mu_aug, neg_half_sq, None if uniform_w else log_w, lam,
+                                       float(self._eigvals[0, 0]) if shared else None)
+        return self._device_cache[key]
+
+    def _score_isotropic(self, x64: torch.Tensor, mean_coef, std, out_dtype) -> torch.Tensor:
+        """grad log p_t for Sigma_k = lam_k I; (B, D) in out_dtype. Row constants are dropped from the logits.
+
+        Shared lam (one var per sample): logits_k = log w_k + (m x.mu_k - m^2 |mu_k|^2 / 2) / var and
+        score = (m sum_k r_k mu_k - x) / var, with x.mu_k broadcast over D (D <= 4: no tiny-inner-dim matmul)
+        and sum_k e_k [mu_k | 1] one (B, K) @ (K, D + 1) product giving both the numerator and the softmax sum.
+        """
+        B, D = x64.shape
+        mu, cols, mu_aug, neg_half_sq, log_w, lam, lam0 = self._iso_params(x64.device)
+        if lam0 is None or D > 4:
+            log_comp, inv_var, m, mu = self._components_isotropic(x64, mean_coef, std)
+            r = (log_comp - log_comp.amax(dim=1, keepdim=True)).exp_()
+            w = r.div_(r.sum(dim=1, keepdim=True)).mul_(inv_var)  # r_k / var_k, (B, K)
+            score = m * (w @ mu) - w.sum(1, keepdim=True) * x64
+            return score.to(out_dtype)
+        unit_m = isinstance(mean_coef, numbers.Real) and float(mean_coef) == 1.0
+        if isinstance(std, numbers.Real):
+            s = float(std)
+            inv_var = None
+            var = lam0 + s * s if unit_m else None
+        else:
+            s = _per_sample_coef("std", std, B, x64.device)[:, None]
+            var = None
+        if unit_m:
+            if var is None:
+                inv_var = (s * s).add_(lam0).reciprocal_()  # (B, 1)
+            else:
+                inv_var = 1.0 / var
+            logits = torch.addcmul(neg_half_sq, x64[:, 0:1], cols[0])  # x.mu_k - |mu_k|^2 / 2
+            for d in range(1, D):
+                logits.addcmul_(x64[:, d : d + 1], cols[d])
+            logits.mul_(inv_var)
+            m = None
+        else:
+            m = _per_sample_coef("mean_coef", mean_coef, B, x64.device)[:, None]
+            inv_var = (m * m * lam0 + s * s).reciprocal_()  # (B, 1)
+            logits = x64[:, 0:1] * cols[0]
+            for d in range(1, D):
+                logits.addcmul_(x64[:, d : d + 1], cols[d])
+            logits.addcmul_(m, neg_half_sq)  # x.mu_k - m |mu_k|^2 / 2
+            logits.mul_(m * inv_var)
+        if log_w is not None:
+            logits.add_(log_w)
+        e = logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+        acc = e @ mu_aug  # (B, D + 1): sum_k e_k mu_k and sum_k e_k
+        mean = acc[:, :D].div_(acc[:, D:])
+        if m is not None:
+            mean.mul_(m)
+        score = mean.sub_(x64)
+        if out_dtype == torch.float64:
+            return score.mul_(inv_var)
+        return torch.mul(score, inv_var, out=torch.empty((B, D), dtype=out_dtype, device=x64.device))
+
     def perturbed_log_prob(self, x: torch.Tensor, mean_coef=1.0, std=0.0) -> torch.Tensor:
         """log p_t(x) (B,) for x (B, ...); p_t = sum_k w_k N(m mu_k, m^2 Sigma_k + s^2 I), m and s floats or (B,).
 
@@ -180,12 +253,8 @@ class GaussianMixture:
         """
         x64 = self._flatten(x)
         if self.isotropic:
-            log_comp, inv_var, m, mu = self._components_isotropic(x64, mean_coef, std)
             # Softmax written out: torch.softmax over a handful of components costs ~100 us per call on the CPU.
-            r = (log_comp - log_comp.amax(dim=1, keepdim=True)).exp_()
-            w = r.div_(r.sum(dim=1, keepdim=True)).mul_(inv_var)  # r_k / var_k, (B, K)
-            score = m * (w @ mu) - w.sum(1, keepdim=True) * x64
-            return score.reshape(x.shape).to(_out_dtype(x))
+            return self._score_isotropic(x64, mean_coef, std, _out_dtype(x)).reshape(x.shape)
         log_comp, whitened = self._components(x64, mean_coef, std)
         U = self._params(x64.device)[3]
         grad = whitened if U is None else torch.einsum("bke,kde->bkd", whitened, U)  # (B, K, D)
@@ -326,6 +395,12 @@ class AnalyticScoreModel(torch.nn.Module):
         s = sde._table("sqrt_1m_alphas_cumprod", device)[index].double()
         return m, s
 
+    def _ve_sigma_list(self) -> list:
+        """VE discrete sigmas as Python floats (float64 of the table's values), built once."""
+        if "_ve_sigmas_cache" not in self.__dict__:
+            self._ve_sigmas_cache = self.sde._table("discrete_sigmas", "cpu").double().tolist()
+        return self._ve_sigmas_cache
+
     def _uses_continuous_labels(self) -> bool:
         return self.continuous or isinstance(self.sde, sde_lib.subVPSDE)
 
@@ -354,10 +429,18 @@ class AnalyticScoreModel(torch.nn.Module):
         if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],):
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise ValueError(f"labels must be a tensor of shape ({x.shape[0]},) (one per sample), got {shape}")
-        m, s = self.decode_labels(labels)
+        if isinstance(self.sde, sde_lib.VESDE) and not self.continuous:
+            # decode_labels' (ones, sigma) from a cached table; one label broadcast over the batch (a sampler's
+            # labels[i].expand(B)) on the CPU decodes to a Python float sigma, so the model's sigma math is scalar.
+            if labels.device.type == "cpu" and x.shape[0] >= 1 and (x.shape[0] == 1 or labels.stride(0) == 0):
+                m, s = 1.0, self._ve_sigma_list()[self.sde.N - 1 - int(labels[0])]
+            else:
+                m, s = self.decode_labels(labels)
+        else:
+            m, s = self.decode_labels(labels)
+        if isinstance(self.sde, sde_lib.VESDE):  # float64 inside, rounded once to x's dtype
+            return self.mixture.perturbed_score(x if x.is_floating_point() else x.to(torch.float64), m, s).to(x.dtype)
         score = self.mixture.perturbed_score(x.to(torch.float64), m, s)
-        if isinstance(self.sde, sde_lib.VESDE):
-            return score.to(x.dtype)
         return (-per_sample(s, score) * score).to(x.dtype)
 
     def exact_score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
