@@ -6,7 +6,9 @@ Baselines, timed in the same run on the same inputs (never zeros):
   reference      UNet(config, reference=True): nn.GroupNorm + nn.SiLU, three NIN einsums per attention block
   compile        torch.compile of that reference build
   eager_inplace  none (a whole network has no hand-written in-place form)
-A network forward is not a streaming op: gbps is None. The fused build's GroupNorm/attention ops run on `backend`
+The fused build runs in its default layout (channels-last on CPU: one conversion at entry and exit, every layer keeps
+NHWC in between); the reference build runs NCHW as score_sde writes it. A network forward is not a streaming op:
+gbps is None. The fused build's GroupNorm/attention ops run on `backend`
 when it implements them, else on what backend="auto" resolves to; the record's backend says which ran.
 """
 from __future__ import annotations

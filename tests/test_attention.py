@@ -178,3 +178,40 @@ def test_attn_block_triton_rejects_float64():
     x, p = torch.randn(1, 32, 4, 4, dtype=torch.float64), _params(32, torch.float64)
     with pytest.raises(TypeError, match=r"float32, float16 or bfloat16 x.*backend='native'"):
         attn_block(x, **p, num_groups=8, backend="triton")
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_attn_block_native_channels_last_keeps_layout(num_heads):
+    """The native block on a channels-last x returns channels-last numbers equal to the NCHW path's."""
+    x, p = torch.randn(3, 32, 7, 9), _params(32)
+    xcl = x.to(memory_format=torch.channels_last)
+    y = attn_block(xcl, **p, num_groups=8, num_heads=num_heads, skip_rescale=True, backend="native")
+    if num_heads == 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    want = _oracle(x, p, 8, num_heads, True)
+    assert _err(y, want) <= 2 * _err(_eager32(x, p, 8, num_heads, True), want) + ATOL
+
+
+def test_attn_block_native_folded_weights_follow_parameter_updates():
+    """The folded-weight cache is invalidated by in-place updates and never serves another tensor's weights."""
+    from fastsde.ops import attention as attn_mod
+
+    x, p = torch.randn(2, 32, 4, 4), _params(32)
+    run = lambda: attn_block(x, **p, num_groups=8, skip_rescale=True, backend="native")  # noqa: E731
+    first = run()
+    assert torch.equal(run(), first)  # served from the cache
+    with torch.no_grad():
+        p["qkv_weight"].mul_(1.5)  # in place: same storage, new _version
+        p["out_bias"].add_(0.25)
+    assert _err(run(), _oracle(x, p, 8, 1, True)) <= 2 * _err(_eager32(x, p, 8, 1, True),
+                                                               _oracle(x, p, 8, 1, True)) + ATOL
+    q = {k: v.clone() for k, v in p.items()}
+    q["qkv_weight"] = torch.randn_like(p["qkv_weight"])
+    got = attn_block(x, **q, num_groups=8, skip_rescale=True, backend="native")
+    want = _oracle(x, q, 8, 1, True)
+    assert _err(got, want) <= 2 * _err(_eager32(x, q, 8, 1, True), want) + ATOL
+    # with autograd recording, nothing is cached (the folded tensors would carry a graph)
+    n = len(attn_mod._FOLD_CACHE)
+    w = {k: v.clone().requires_grad_() for k, v in p.items()}
+    attn_block(x, **w, num_groups=8, skip_rescale=True, backend="native")
+    assert len(attn_mod._FOLD_CACHE) == n

@@ -131,3 +131,23 @@ def test_get_score_fn_conventions(sde, kind):
             want = -model(x, 999 * t) / std[:, None, None, None]
     assert score.shape == x.shape and torch.isfinite(score).all()
     assert torch.allclose(score, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_build_layouts_agree():
+    """The fused build runs channels-last on CPU by default; NCHW gives the same numbers; outputs are NCHW."""
+    config = get_preset("small16", "ve", **SMALL)
+    cl = randomize_(UNet(config)).eval()
+    nchw = UNet(config, memory_format=torch.contiguous_format).eval()
+    nchw.load_state_dict(cl.state_dict())
+    plain = UNet(config, reference=True).eval()
+    plain.load_state_dict(cl.state_dict())
+    x, labels = torch.rand(3, 3, 16, 16), labels_for("ve", 3)
+    with torch.no_grad():
+        got, want, ref = cl(x, labels), nchw(x, labels), plain(x, labels)
+        truth = copy.deepcopy(plain).double()(x.double(), labels.double())
+    assert cl._channels_last(x) and not nchw._channels_last(x) and not plain._channels_last(x)
+    assert got.is_contiguous() and want.is_contiguous()
+    bound = 2 * err(ref, truth) + 1e-6 * truth.abs().max().item()
+    assert err(got, truth) <= bound and err(want, truth) <= bound
+    with pytest.raises(ValueError, match="memory_format"):
+        UNet(config, memory_format=torch.preserve_format)

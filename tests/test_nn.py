@@ -177,3 +177,17 @@ def test_accelerate_shares_parameters_and_trains():
     assert model.block[0].weight is gn_weight  # optimizers holding GroupNorm parameters keep working
     model(torch.randn(2, 2, 4, 4)).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resnet_block_channels_last(backend):
+    """A channels-last x stays channels-last through the fused block (NIN shortcut included), same numbers."""
+    x, temb = torch.randn(3, 8, 6, 5), torch.randn(3, 20)
+    m = randomize_(ResnetBlock(8, 12, temb_dim=20, dropout=0.0, backend=backend))
+    plain = PlainResnetBlock(8, 12, temb_dim=20, dropout=0.0)
+    plain.load_state_dict(m.state_dict())
+    truth = copy.deepcopy(plain).double()
+    with torch.no_grad():
+        got = m(x.to(memory_format=torch.channels_last), temb)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert_close_measured(got, plain(x, temb), truth(x.double(), temb.double()))

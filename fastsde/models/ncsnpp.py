@@ -83,10 +83,20 @@ class _Level(nn.Module):
 class UNet(nn.Module):
     """Score model: forward(x (B, in_channels, R, R), labels (B,)) -> (B, in_channels, R, R) (see module docstring)."""
 
-    def __init__(self, config: UNetConfig, *, reference: bool = False, backend: str = "auto"):
+    def __init__(self, config: UNetConfig, *, reference: bool = False, backend: str = "auto",
+                 memory_format: torch.memory_format | None = None):
         super().__init__()
         c = self.config = config
         self.reference, self.backend = reference, backend
+        # memory_format: the layout the layers run in. None: the reference build runs NCHW as score_sde writes it;
+        # the fused build runs channels-last on CPU (oneDNN convolutions are faster in NHWC and every fused op
+        # keeps that layout) and NCHW on other devices. The output is NCHW-contiguous either way.
+        if memory_format not in (None, torch.contiguous_format, torch.channels_last):
+            raise ValueError(f"memory_format must be None, torch.contiguous_format or torch.channels_last, got "
+                             f"{memory_format}")
+        self._memory_format_default = memory_format is None
+        self.memory_format = (torch.contiguous_format if reference else None) if memory_format is None \
+            else memory_format
         nf, temb_dim = c.nf, 4 * c.nf
 
         def res(cin, cout):
@@ -138,6 +148,15 @@ class UNet(nn.Module):
         self.head = nn.Sequential(norm, nn.SiLU() if reference else nn.Identity(),
                                   conv3x3(ch, c.in_channels, init_scale=0.0))
 
+    def _on_accelerate(self):
+        """Called by fastsde.accelerate(): a reference build with the default layout takes the fused build's."""
+        if self._memory_format_default:
+            self.memory_format = None
+
+    def _channels_last(self, x) -> bool:
+        fmt = self.memory_format
+        return fmt is torch.channels_last or (fmt is None and x.device.type == "cpu")
+
     def forward(self, x, labels):
         c = self.config
         if labels.dim() != 1 or labels.shape[0] != x.shape[0]:
@@ -149,6 +168,9 @@ class UNet(nn.Module):
         temb = self.Dense_1(torch.nn.functional.silu(self.Dense_0(temb)))
         if not c.centered:
             x = 2 * x - 1.0
+        channels_last = self._channels_last(x)
+        if channels_last:  # one conversion in, one out; every layer keeps the layout in between
+            x = x.contiguous(memory_format=torch.channels_last)
         hs = [self.conv_in(x)]
         for level in self.down:
             for j, block in enumerate(level.res):
@@ -170,7 +192,7 @@ class UNet(nn.Module):
         h = self.head(h)
         if c.scale_by_sigma:
             h = h / labels.to(h.dtype).reshape(-1, *([1] * (h.dim() - 1)))
-        return h
+        return h.contiguous() if channels_last else h
 
 
 def _preset(nf, ch_mult, num_res_blocks, attn_resolutions, resolution, dropout):

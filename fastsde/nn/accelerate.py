@@ -9,6 +9,8 @@ Only patterns visible in the module tree are swapped (what a forward() does with
   groupnorm   any other nn.GroupNorm -> GroupNormAct(act=None): the same math, one fused pass
 Parameters are shared with the original modules where the layout is the same (GroupNorm, convolutions, Dense); the
 attention block gets new fused (3C, C) QKV and (C, C) output tensors, so rebuild optimizers after accelerating.
+A model with an `_on_accelerate()` method has it called afterwards (a reference fastsde UNet uses it to take the fused
+build's default layout, channels-last on CPU).
 """
 from __future__ import annotations
 
@@ -98,5 +100,8 @@ def accelerate(model: nn.Module, backend: str = "auto") -> nn.Module:
         model, swapped = new, [""]
     else:
         _walk(model, "", backend, swapped)
+        hook = getattr(model, "_on_accelerate", None)  # e.g. a reference UNet switches to the fused build's layout
+        if callable(hook):
+            hook()
     model.fastsde_accelerated = list(getattr(model, "fastsde_accelerated", [])) + swapped
     return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -34,6 +35,17 @@ def _build(block, in_ch, out_ch, temb_dim, dropout, skip_rescale, init_scale, no
     block.Conv_2 = None  # a 3x3 shortcut instead of NIN_0, only when converted from such a block (accelerate)
 
 
+def _nin_shortcut(x, W, b):
+    """NIN (W (in, out), b (out,)) on x (B, in, H, W) as one GEMM in x's own layout: channels-last x is a (BHW, in)
+    matrix (addmm, channels-last result), NCHW x a batch of (in, HW) matrices (baddbmm); no einsum permute copies."""
+    B, C, H, Wd = x.shape
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        y = torch.addmm(b, x.permute(0, 2, 3, 1).reshape(B * H * Wd, C), W)
+        return y.view(B, H, Wd, -1).permute(0, 3, 1, 2)
+    y = torch.baddbmm(b[None, :, None], W.T.expand(B, -1, -1), x.reshape(B, C, H * Wd))
+    return y.view(B, -1, H, Wd)
+
+
 class ResnetBlock(nn.Module):
     """DDPM++ residual block on x (B, in_ch, H, W) with time embedding temb (B, temb_dim); returns (B, out_ch, H, W)."""
 
@@ -51,7 +63,7 @@ class ResnetBlock(nn.Module):
         if self.Conv_2 is not None:
             x = self.Conv_2(x)
         elif self.NIN_0 is not None:
-            x = self.NIN_0(x)
+            x = _nin_shortcut(x, self.NIN_0.W, self.NIN_0.b)
         h = h.add_(x)  # in place on the conv output: its backward needs only the conv's input and weight
         return h.mul_(_INV_SQRT2) if self.skip_rescale else h
 

@@ -7,10 +7,11 @@ projections are GEMMs (2 * 4 C^2 HW flops per sample) and attention is 4 C (HW)^
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
-from fastsde.ops._dispatch import register, resolve
+from fastsde.ops._dispatch import _TABLE, register, resolve
 from fastsde.reference import attention as _ref
 
 __all__ = ["attn_block"]
@@ -68,11 +69,55 @@ def _compute_dtype(dtype):
 
 
 def _gn(x, num_groups, weight, bias, eps):
-    """GroupNorm in x's dtype: fastsde's native group_norm when it is registered, else torch's."""
-    if resolve("group_norm", "auto", x.device)[0] == "native":
-        from fastsde.ops.groupnorm import group_norm
-        return group_norm(x, num_groups, weight, bias, eps, backend="native")
+    """GroupNorm in x's dtype (NCHW or channels-last, kept): fastsde's native group_norm when it is registered, else
+    torch's. Only called from the native attn_block, which has already checked that native runs on x's device, so
+    the registered native kernel is called directly (no second resolve, no re-validation of checked arguments)."""
+    impl = _TABLE.get(("group_norm", "native"))
+    if impl is not None:
+        return impl(x, num_groups, weight, bias, eps, None, None, None, None)
     return torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)
+
+
+# Folded single-head weights (w_kv (2C, C), b_kv (2C,), u = Wk^T bq (C,)) cost 2 C^3 flops to build; a sampling loop
+# calls the block with the same parameters hundreds of times, so they are cached per parameter set. An entry is
+# valid while each source tensor is the same live object (weakref) at the same storage address with the same
+# `_version` (any in-place update, e.g. an optimizer step or load_state_dict's copy_, bumps it). Not cached when
+# autograd would record the fold (the folded tensors would carry a stale graph) or for inference tensors (no version
+# counter).
+_FOLD_CACHE: dict = {}
+_FOLD_CACHE_MAX = 64
+
+
+def _fold_key(tensors, dt):
+    try:
+        return (dt,) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    except RuntimeError:  # inference tensors do not track versions
+        return None
+
+
+def _fold_single_head(qkv_weight, qkv_bias, out_weight, out_bias, dt):
+    srcs = (qkv_weight, qkv_bias, out_weight, out_bias)
+    cacheable = not (torch.is_grad_enabled() and any(t.requires_grad for t in srcs))
+    key = _fold_key(srcs, dt) if cacheable else None
+    if key is not None:
+        hit = _FOLD_CACHE.get(key)
+        if hit is not None and all(r() is t for r, t in zip(hit[0], srcs)):
+            return hit[1]
+    wq, wk, wv = qkv_weight.to(dt).chunk(3)
+    bq, bk, bv = qkv_bias.to(dt).chunk(3)
+    wo, bo = out_weight.to(dt), out_bias.to(dt)
+    w_kv = torch.cat([wq.T @ wk, wo @ wv])  # (2C, C)
+    b_kv = torch.cat([torch.zeros_like(bq), torch.addmv(bo, wo, bv)])
+    folded = (w_kv, b_kv, wk.T @ bq)
+    if key is not None:
+        if len(_FOLD_CACHE) >= _FOLD_CACHE_MAX:
+            _FOLD_CACHE.pop(next(iter(_FOLD_CACHE)))
+        _FOLD_CACHE[key] = (tuple(weakref.ref(t) for t in srcs), folded)
+    return folded
+
+
+def _channels_last_only(x):
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 @register("attn_block", "native")
@@ -82,22 +127,36 @@ def _attn_block_native(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, 
     L, dt = H * W, _compute_dtype(x.dtype)
     if x.numel() == 0:
         return torch.empty_like(x)
-    xc = x.to(dt).reshape(B, C, L)
-    wq, wk, wv = qkv_weight.to(dt).chunk(3)
-    bq, bk, bv = qkv_bias.to(dt).chunk(3)
-    wo, bo = out_weight.to(dt), out_bias.to(dt)
-    h = _gn(xc, num_groups, gn_weight.to(dt), gn_bias.to(dt), eps)  # (B, C, L)
     res = 1.0 / math.sqrt(2.0) if skip_rescale else 1.0
+    if num_heads == 1 and _channels_last_only(x):
+        # Token-major (B, L, C) views of a channels-last x: the same folded algebra with the transposed GEMM forms,
+        # no layout copies, and a channels-last result.
+        scale = 1.0 / math.sqrt(C)
+        w_kv, b_kv, u = _fold_single_head(qkv_weight, qkv_bias, out_weight, out_bias, dt)
+        x4 = x.to(dt)
+        xt = x4.permute(0, 2, 3, 1).reshape(B, L, C)  # view
+        h = _gn(x4, num_groups, gn_weight.to(dt), gn_bias.to(dt), eps).permute(0, 2, 3, 1).reshape(B * L, C)
+        kv = torch.addmm(b_kv, h, w_kv.T).view(B, L, 2 * C)  # rows: K'_j | V'_j
+        t = torch.mv(h, u).view(B, 1, L)  # per-key score bias
+        h = h.view(B, L, C)
+        s = torch.baddbmm(t, h, kv[:, :, :C].mT, beta=scale, alpha=scale)  # (B, L, L)
+        torch.softmax(s, -1, out=s)
+        y = torch.baddbmm(xt, s, kv[:, :, C:], beta=res, alpha=res)  # (B, L, C): res (x + P V')
+        return y.view(B, H, W, C).permute(0, 3, 1, 2).to(x.dtype)
+    xc = x.to(dt).reshape(B, C, L)
+    h = _gn(xc, num_groups, gn_weight.to(dt), gn_bias.to(dt), eps)  # (B, C, L)
     if num_heads == 1:
         scale = 1.0 / math.sqrt(C)
-        w_kv = torch.cat([wq.T @ wk, wo @ wv])  # (2C, C)
-        b_kv = torch.cat([torch.zeros_like(bq), torch.addmv(bo, wo, bv)])
+        w_kv, b_kv, u = _fold_single_head(qkv_weight, qkv_bias, out_weight, out_bias, dt)
         kv = torch.baddbmm(b_kv[None, :, None], w_kv.expand(B, -1, -1), h)  # (B, 2C, L): K', V'
-        t = (wk.T @ bq) @ h  # (B, L) per-key score bias
+        t = u @ h  # (B, L) per-key score bias
         s = torch.baddbmm(t[:, None, :], h.mT, kv[:, :C], beta=scale, alpha=scale)  # (B, L, L)
         torch.softmax(s, -1, out=s)
         y = torch.baddbmm(xc, kv[:, C:], s.mT, beta=res, alpha=res)  # res (x + V' P^T)
         return y.reshape(B, C, H, W).to(x.dtype)
+    wq, wk, wv = qkv_weight.to(dt).chunk(3)
+    bq, bk, bv = qkv_bias.to(dt).chunk(3)
+    wo, bo = out_weight.to(dt), out_bias.to(dt)
     d = C // num_heads
     scale = 1.0 / math.sqrt(d)
     w = torch.stack([wq * scale, wk, wv]).reshape(3, num_heads, d, C).transpose(0, 1).reshape(3 * C, C)
