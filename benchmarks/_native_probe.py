@@ -9,19 +9,9 @@ import time
 import torch
 
 from fastsde import _native  # noqa: F401  (loads torch.ops.fastsde)
+from fastsde.benchmarks.common import median_ms
 
 N = 16 * 1024 * 1024
-
-
-def median_ms(fn, reps=15):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main():
@@ -46,12 +36,12 @@ def main():
     print(f"build_info: {_native.build_info()}  threads={torch.get_num_threads()}")
     copy_gbs = None
     for name, (fn, nbytes) in rows.items():
-        ms = median_ms(fn)
+        ms = median_ms(fn, 15)
         gbs = nbytes * N / ms / 1e6
         copy_gbs = copy_gbs or gbs
         print(f"{name:36s} {ms:8.2f} ms  {gbs:6.1f} GB/s  {gbs / copy_gbs:5.2f} of copy")
     torch.set_num_threads(1)
-    print(f"affine_step_ noisy, 1 thread: {median_ms(rows['affine_step_ noisy (12 B/elem)'][0]):.2f} ms")
+    print(f"affine_step_ noisy, 1 thread: {median_ms(rows['affine_step_ noisy (12 B/elem)'][0], 15):.2f} ms")
     small()
 
 

@@ -125,10 +125,11 @@ class ReverseSDE:
         return rev_f, rev_G
 
 
-class VPSDE(SDE):
-    """Variance-preserving SDE: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw, beta linear in t (DDPM)."""
+class _LinearBetaSDE(SDE):
+    """What VP and subVP share: beta(t) = beta_0 + t (beta_1 - beta_0), drift -beta(t) x / 2, the DDPM tables of
+    that schedule, mean coefficient exp(lmc(t)) and the standard normal prior."""
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+    def __init__(self, beta_min: float, beta_max: float, N: int):
         super().__init__(N)
         if not 0 <= beta_min <= beta_max:
             raise ValueError(f"need 0 <= beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
@@ -136,9 +137,6 @@ class VPSDE(SDE):
         self.beta_1 = float(beta_max)
         self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
         self.alphas = 1.0 - self.discrete_betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
-        self.sqrt_1m_alphas_cumprod = torch.sqrt(1.0 - self.alphas_cumprod)
 
     @property
     def T(self) -> float:
@@ -150,6 +148,23 @@ class VPSDE(SDE):
     def _log_mean_coeff(self, t):
         return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
+    def prior_sampling(self, shape, generator=None):
+        return torch.randn(*shape, generator=generator)
+
+    def prior_logp(self, z):
+        D = int(np.prod(z.shape[1:]))
+        return -D / 2.0 * np.log(2 * np.pi) - sum_except_batch(z**2) / 2.0
+
+
+class VPSDE(_LinearBetaSDE):
+    """Variance-preserving SDE: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw, beta linear in t (DDPM)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(beta_min, beta_max, N)
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
+        self.sqrt_1m_alphas_cumprod = torch.sqrt(1.0 - self.alphas_cumprod)
+
     def sde(self, x, t):
         beta_t = self._beta(t)
         return -0.5 * per_sample(beta_t, x) * x, torch.sqrt(beta_t)
@@ -157,13 +172,6 @@ class VPSDE(SDE):
     def marginal_prob(self, x, t):
         lmc = self._log_mean_coeff(t)
         return per_sample(torch.exp(lmc), x) * x, torch.sqrt(1.0 - torch.exp(2.0 * lmc))
-
-    def prior_sampling(self, shape, generator=None):
-        return torch.randn(*shape, generator=generator)
-
-    def prior_logp(self, z):
-        D = int(np.prod(z.shape[1:]))
-        return -D / 2.0 * np.log(2 * np.pi) - sum_except_batch(z**2) / 2.0
 
     def discretize(self, x, t):
         """DDPM discretization: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z_i."""
@@ -181,26 +189,15 @@ class VPSDE(SDE):
         return torch.sqrt(1.0 - beta) - 1.0, torch.sqrt(beta)
 
 
-class subVPSDE(SDE):
-    """Sub-VP SDE: VP drift, diffusion sqrt(beta(t) (1 - exp(-2 int_0^t beta))); variance below VP's."""
+class subVPSDE(_LinearBetaSDE):
+    """Sub-VP SDE: VP drift, diffusion sqrt(beta(t) (1 - exp(-2 int_0^t beta))); variance below VP's.
+
+    Not in the original's subVPSDE: the VP tables of the same schedule (discrete_betas, alphas), so the Langevin
+    corrector's alpha = 1 - beta_i is defined (the original crashes there).
+    """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
-        super().__init__(N)
-        if not 0 <= beta_min <= beta_max:
-            raise ValueError(f"need 0 <= beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
-        self.beta_0 = float(beta_min)
-        self.beta_1 = float(beta_max)
-        # Not in the original's subVPSDE: the VP tables of the same schedule, so the Langevin corrector's
-        # alpha = 1 - beta_i is defined (the original crashes there; see REFERENCE_MATH.md).
-        self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
-        self.alphas = 1.0 - self.discrete_betas
-
-    @property
-    def T(self) -> float:
-        return 1.0
-
-    def _beta(self, t):
-        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+        super().__init__(beta_min, beta_max, N)
 
     def _discount(self, t):
         return 1.0 - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t**2)
@@ -210,16 +207,9 @@ class subVPSDE(SDE):
         return -0.5 * per_sample(beta_t, x) * x, torch.sqrt(beta_t * self._discount(t))
 
     def marginal_prob(self, x, t):
-        lmc = -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
         # std = 1 - exp(2 lmc), no square root: the definition (Song et al. eq. 29), not a typo.
+        lmc = self._log_mean_coeff(t)
         return per_sample(torch.exp(lmc), x) * x, 1.0 - torch.exp(2.0 * lmc)
-
-    def prior_sampling(self, shape, generator=None):
-        return torch.randn(*shape, generator=generator)
-
-    def prior_logp(self, z):
-        D = int(np.prod(z.shape[1:]))
-        return -D / 2.0 * np.log(2 * np.pi) - sum_except_batch(z**2) / 2.0
 
     def linear_sde(self, t):
         t = t.double()
