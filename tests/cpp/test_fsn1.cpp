@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/fsn1_cpu.h"
+#include "expect.h"
 #include "fsn1.h"
 
 #ifndef FSN1_VECTORS_PATH
@@ -20,18 +21,7 @@
 
 namespace {
 
-int g_failures = 0;
-
-#define EXPECT(cond, ...)                                              \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      if (++g_failures <= 20) {                                        \
-        std::fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond); \
-        std::fprintf(stderr, __VA_ARGS__);                             \
-        std::fprintf(stderr, "\n");                                    \
-      }                                                                \
-    }                                                                  \
-  } while (0)
+using fastsde_test::g_failures;
 
 // A tiny JSON reader: objects, arrays, strings without escapes, numbers kept as their text, literals.
 struct Json {

@@ -9,22 +9,12 @@
 #include <vector>
 
 #include "cpu/step_cpu.h"
+#include "expect.h"
 #include "fsn1.h"
 
 namespace {
 
-int g_failures = 0;
-
-#define EXPECT(cond, ...)                                                       \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
-      if (++g_failures <= 20) {                                                 \
-        std::fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond); \
-        std::fprintf(stderr, __VA_ARGS__);                                      \
-        std::fprintf(stderr, "\n");                                             \
-      }                                                                         \
-    }                                                                           \
-  } while (0)
+using fastsde_test::g_failures;
 
 using fastsde::fsn1::fsn1_box_muller;
 
