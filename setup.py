@@ -61,6 +61,7 @@ setup(
         "torch>=2.1",
         "numpy>=1.24",
         "scipy>=1.10",
+        "scikit-learn>=1.2",
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "safetensors>=0.4",

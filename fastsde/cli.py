@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import fastsde
-from fastsde import sampling
+from fastsde import cli_images, sampling
 from fastsde import sde as sde_lib
 from fastsde.models import analytic
 
@@ -121,11 +121,17 @@ def _positive_float(text: str) -> float:
 
 
 def _model_spec(text: str) -> tuple[str, str]:
-    """'gmm' or 'gmm:NAME' -> ('gmm', NAME) with NAME a preset of fastsde.models.analytic."""
+    """'digits' (the shipped digits model of --sde), a score model file PATH.safetensors, or 'gmm[:NAME]' with NAME
+    a preset of fastsde.models.analytic -> (kind, name or path)."""
+    if text == "digits":
+        return "digits", "digits"
+    if text.endswith(".safetensors"):
+        return "file", text
     kind, _, name = text.partition(":")
     known = ", ".join(sorted(analytic.PRESETS))
     if kind != "gmm":
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; known: gmm[:NAME] with NAME one of {known}")
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; known: digits, PATH.safetensors, gmm[:NAME] with "
+                                         f"NAME one of {known}")
     name = name or "ring"
     if name not in analytic.PRESETS:
         raise argparse.ArgumentTypeError(f"unknown mixture preset {name!r}; known: {known}")
@@ -136,12 +142,15 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     predictors = sorted(sampling._PREDICTORS)
     correctors = sorted(sampling._CORRECTORS)
     model = p.add_argument_group("model and SDE")
-    model.add_argument("--model", type=_model_spec, default="gmm:ring", metavar="gmm[:NAME]",
-                       help="score model: the exact score of a Gaussian-mixture preset, NAME one of "
-                            f"{', '.join(sorted(analytic.PRESETS))} (plain 'gmm' means gmm:ring)")
-    model.add_argument("--sde", choices=sorted(_SDES), default="ve", help="forward SDE")
-    model.add_argument("--steps", type=_positive_int, default=1000, metavar="N",
-                       help="discretization steps N of the SDE (= sampler time steps)")
+    model.add_argument("--model", type=_model_spec, default="digits", metavar="MODEL",
+                       help="score model: 'digits' (the shipped 16x16 digits model of --sde), a score model file "
+                            "PATH.safetensors (fastsde train's model.safetensors), or 'gmm[:NAME]': the exact "
+                            f"score of a Gaussian-mixture preset, NAME one of {', '.join(sorted(analytic.PRESETS))}")
+    model.add_argument("--sde", choices=sorted(_SDES), default=None,
+                       help="forward SDE (default: vp for digits, ve for gmm; a model file brings its own)")
+    model.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                       help="discretization steps N of the SDE (= sampler time steps; default: "
+                            f"{cli_images.DIGITS_DEFAULTS['steps']} for digits, 1000 for gmm)")
     model.add_argument("--sigma-min", type=_positive_float, metavar="S", help="VE sigma_min (default: 0.01)")
     model.add_argument("--sigma-max", type=_positive_float, metavar="S",
                        help="VE sigma_max (default: 50, score_sde's; ~5 is plenty for the 2-D presets)")
@@ -185,7 +194,13 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
                               "1 is fastest for the 2-D presets on a busy machine)")
 
     run = p.add_argument_group("samples and output")
-    run.add_argument("--n", type=_positive_int, default=2048, metavar="M", help="number of samples")
+    run.add_argument("--n", type=_positive_int, default=None, metavar="M",
+                     help="number of samples (default: 64 digits, 2048 gmm points)")
+    run.add_argument("--class-label", default=None, metavar="K",
+                     help="digits only: class-conditional sampling of digit K (0-9), or 'all' for n/10 of each, "
+                          "guided by the shipped time-dependent classifier")
+    run.add_argument("--guidance-scale", type=_positive_float, default=None, metavar="W",
+                     help="digits only: classifier guidance weight (default: 1)")
     run.add_argument("--seed", type=_seed, default=0, metavar="K",
                      help="seed of the sampler noise and of the exact reference samples; same seed, same file")
     run.add_argument("--out", default="samples", metavar="PATH",
@@ -197,7 +212,23 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
+_GMM_ONLY = ("sigma_min", "sigma_max", "beta_min", "beta_max")
+_IMAGE_ONLY = ("class_label", "guidance_scale")
+
+
 def _check_applicable(args: argparse.Namespace) -> None:
+    kind = args.model[0]
+    for dest in _GMM_ONLY if kind != "gmm" else _IMAGE_ONLY:
+        if getattr(args, dest) is not None:
+            flag = "--" + dest.replace("_", "-")
+            raise _UsageError(f"{flag} applies to --model {'gmm[:NAME]' if kind != 'gmm' else 'digits or a file'} "
+                              f"only")
+    if kind != "gmm" and not args.continuous:
+        raise _UsageError("--discrete applies to --model gmm only (image models use continuous time labels)")
+    if kind == "file" and args.sde is not None:
+        raise _UsageError("--sde does not apply to a model file: it was trained under its own SDE")
+    if args.sde is None:
+        args.sde = cli_images.DIGITS_DEFAULTS["sde"] if kind == "digits" else "ve"
     for dest, (selector, allowed) in _ONLY_FOR.items():
         if getattr(args, dest) is not None and getattr(args, selector) not in allowed:
             flag = "--" + dest.replace("_", "-")
@@ -222,15 +253,17 @@ def _npz_path(out: str) -> str:
     return out if ext else out + ".npz"
 
 
-def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...]):
+def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None,
+                   defaults: tuple | None = None):
     """(sampler(model) -> (x, nfe), the settings it was built with) from the command line."""
-    default_predictor, default_corrector, default_eps = _SDE_DEFAULTS[args.sde]
+    default_predictor, default_corrector, default_eps = defaults or _SDE_DEFAULTS[args.sde]
+    inverse_scaler = inverse_scaler or (lambda x: x)
     eps = default_eps if args.eps is None else args.eps
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
             "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise}
     if args.sampler == "ode":
         info.update(predictor="none", corrector="none", rtol=args.rtol or 1e-5, atol=args.atol or 1e-5)
-        return sampling.get_ode_sampler(sde, shape, lambda x: x, denoise=args.denoise, rtol=info["rtol"],
+        return sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=args.denoise, rtol=info["rtol"],
                                         atol=info["atol"], eps=eps, device=args.device, seed=args.seed,
                                         noise=args.noise), info
     info.update(predictor=args.predictor or default_predictor, corrector=args.corrector or default_corrector,
@@ -238,7 +271,7 @@ def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int,
                 n_steps_each=1 if args.n_steps_each is None else args.n_steps_each,
                 probability_flow=bool(args.probability_flow), backend=args.backend or "auto")
     return sampling.get_pc_sampler(
-        sde, shape, info["predictor"], info["corrector"], lambda x: x, info["snr"], n_steps=info["n_steps_each"],
+        sde, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"], n_steps=info["n_steps_each"],
         probability_flow=info["probability_flow"], continuous=args.continuous, denoise=args.denoise, eps=eps,
         device=args.device, backend=info["backend"], seed=args.seed, noise=args.noise, progress=args.progress), info
 
@@ -259,6 +292,10 @@ def _run_sample(args: argparse.Namespace) -> int:
     from fastsde import plotting
 
     _check_applicable(args)
+    if args.model[0] != "gmm":
+        return cli_images.run_sample_images(args)
+    args.steps = args.steps or 1000
+    args.n = args.n or 2048
     _, preset = args.model
     mixture = analytic.get_mixture(preset)
     sde = _build_sde(args)
@@ -377,7 +414,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- bench
 
-_BENCH_SUITES = ("steps", "sampler", "attention", "unet", "groupnorm")
+_BENCH_SUITES = ("steps", "sampler", "attention", "unet", "groupnorm", "e2e")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -388,12 +425,19 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("native", "triton"), default="native",
                    help="the fused backend to measure")
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads for every measurement")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (steps suite)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--tradeoff", metavar="STEM", default=None,
+                   help="e2e only: also measure quality vs time across PC step counts and ODE tolerances and write "
+                        "STEM.json and STEM.png")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="e2e only: images per --tradeoff run (default: 256; the timed case is always 64)")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise _UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.suite != "e2e" and (args.tradeoff or args.n):
+        raise _UsageError("--tradeoff and --n apply to the e2e suite only")
     torch.set_num_threads(args.threads)
     from fastsde.benchmarks import bench_attention, bench_sampler, bench_step, bench_unet
     from fastsde.benchmarks.common import print_table, write_json
@@ -409,6 +453,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         from fastsde.benchmarks import bench_groupnorm
 
         records = bench_groupnorm.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
+    elif args.suite == "e2e":
+        from fastsde.benchmarks import bench_e2e
+
+        records = bench_e2e.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
     else:
         records = bench_sampler.run(quick=args.quick, backend=args.backend)
     print()
@@ -417,34 +465,94 @@ def _run_bench(args: argparse.Namespace) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         write_json(records, args.json)
         print(f"wrote {args.json}")
+    if args.tradeoff:
+        from fastsde.benchmarks import bench_e2e
+
+        print("quality vs time (fastsde native):", flush=True)
+        result = bench_e2e.tradeoff(n=args.n or 256, backend=args.backend)
+        os.makedirs(os.path.dirname(os.path.abspath(args.tradeoff)), exist_ok=True)
+        with open(args.tradeoff + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        bench_e2e.plot_tradeoff(result, args.tradeoff + ".png")
+        print(f"wrote {args.tradeoff}.json, {args.tradeoff}.png")
     return 0
 
 
 # --------------------------------------------------------------------------------------------------- the command
 
 COMMANDS: dict[str, Command] = {
+    "train": Command(
+        help="train a score model (or a digit classifier) by denoising score matching, resumably",
+        description="Train a small16 U-Net score model of the 16x16 digits by continuous-time denoising\n"
+                    "score matching (score_sde's weighting; --likelihood-weighting for g^2), with Adam,\n"
+                    "warm-up, gradient clipping and EMA. Checkpoints every --checkpoint-every steps; running\n"
+                    "the same command again resumes from the checkpoint in --out. Writes sample grids during\n"
+                    "training and the EMA weights to OUT/model.safetensors.",
+        add_arguments=cli_images.train_arguments,
+        run=cli_images.run_train,
+        epilog="examples:\n"
+               "  fastsde train --dataset digits --sde vp --preset small16 --steps 4000 --out runs/digits_vp\n"
+               "  fastsde train --classifier clean --steps 1500 --out runs/classifier",
+    ),
     "sample": Command(
-        help="draw samples from a score model, score them against exact samples, write .npz + .png",
-        description="Sample a Gaussian-mixture preset through its exact score with a score_sde sampler,\n"
-                    "print moment errors and the sliced Wasserstein distance to exact samples, and\n"
-                    "write the samples (.npz) and a picture (.png). Sampler defaults follow score_sde:\n"
-                    "ve -> reverse_diffusion + langevin, vp/subvp -> euler_maruyama + none.",
+        help="sample digits from the shipped model (or a mixture's exact score), report time and quality",
+        description="With no arguments: sample 64 digits from the shipped VP digits model with the default\n"
+                    "fast sampler, print the time and the quality (Fréchet distance in a digit classifier's\n"
+                    "features, class histogram) and write samples.png/.npz. --class-label K samples digit K\n"
+                    "with classifier guidance. --model gmm[:NAME] samples a Gaussian-mixture preset through\n"
+                    "its exact score instead and scores it against exact samples (moment errors, sliced\n"
+                    "Wasserstein). Sampler defaults follow score_sde: ve -> reverse_diffusion + langevin,\n"
+                    "vp/subvp -> euler_maruyama + none.",
         add_arguments=_sample_arguments,
         run=_run_sample,
         epilog="examples:\n"
-               "  fastsde sample --out out/ring\n"
+               "  fastsde sample\n"
+               "  fastsde sample --class-label all --n 100 --out out/classes\n"
+               "  fastsde sample --model gmm:ring --out out/ring\n"
                "  fastsde sample --sde vp --steps 500 --model gmm:checkerboard --out out/checkerboard\n"
                "  fastsde sample --sde ve --sigma-max 5 --sampler ode --json --out out/ode",
     ),
+    "eval": Command(
+        help="score generated digits: Fréchet distance in a digit classifier's features, class histogram",
+        description="Sample --n digits from the model (or read --samples NPZ) and report the Fréchet\n"
+                    "distance to the held-out test digits in the shipped classifier's feature space, the\n"
+                    "histogram and entropy of predicted classes, the classifier's accuracy on real test\n"
+                    "digits, and real-vs-real / noise-vs-real distances at the same n for scale.",
+        add_arguments=cli_images.eval_arguments,
+        run=cli_images.run_eval,
+        epilog="examples:\n  fastsde eval --n 256\n  fastsde sample --n 256 --out out/s && fastsde eval --samples "
+               "out/s.npz",
+    ),
+    "inpaint": Command(
+        help="complete partly masked test digits with the score model (known pixels kept exactly)",
+        description="Mask part of --n test digits and generate the rest with score_sde's PC inpainter\n"
+                    "(the projection fused into the update kernels). Writes a picture of the originals,\n"
+                    "the known pixels and the completions, and reports how many completions the classifier\n"
+                    "reads as the original digit.",
+        add_arguments=cli_images.inpaint_arguments,
+        run=cli_images.run_inpaint,
+        epilog="examples:\n  fastsde inpaint --out out/inpaint\n  fastsde inpaint --mask bottom --n 25",
+    ),
+    "likelihood": Command(
+        help="bits/dim of test digits under the model (probability-flow ODE, Hutchinson trace)",
+        description="Exact likelihood of --n test digits through the probability-flow ODE (scipy RK45)\n"
+                    "with a Hutchinson divergence estimate; prints the mean bits/dim and its standard error.",
+        add_arguments=cli_images.likelihood_arguments,
+        run=cli_images.run_likelihood,
+        epilog="examples:\n  fastsde likelihood --n 32 --seed 0",
+    ),
     "bench": Command(
         help="time the fused kernels against the reference, the best eager form and torch.compile",
-        description="Microbenchmarks (suite steps: one sampler update on 16M/1M float32 elements) and\n"
-                    "whole-sampler benchmarks (suite sampler). Prints a table and optionally writes JSON\n"
+        description="Microbenchmarks (steps: one sampler update on 16M/1M float32 elements; groupnorm,\n"
+                    "attention, unet: the U-Net hot paths), whole samplers (sampler: the 2-D ring) and the\n"
+                    "main job end to end (e2e: 64 digits from the shipped model, fastsde native vs the\n"
+                    "reference engine and model build). Prints a table and optionally writes JSON\n"
                     "records with the median time, achieved GB/s, the copy-bandwidth floor measured in the\n"
                     "same run, and the speedup over each baseline.",
         add_arguments=_bench_arguments,
         run=_run_bench,
-        epilog="examples:\n  fastsde bench steps --quick\n  fastsde bench sampler --json out/sampler.json",
+        epilog="examples:\n  fastsde bench steps --quick\n  fastsde bench sampler --json out/sampler.json\n"
+               "  fastsde bench e2e --json out/e2e.json --tradeoff out/tradeoff",
     ),
     "info": Command(
         help="print versions, the native extension and triton status, and the registered components",

@@ -1,4 +1,5 @@
-"""Pictures of samples against the exact density of a `GaussianMixture`, drawn on matplotlib's Agg canvas."""
+"""Pictures, drawn on matplotlib's Agg canvas (no pyplot, no screen): 2-D samples against the exact density of a
+`GaussianMixture`, and grids of images (rows of panels with titles) for the image models."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import torch
 
 from fastsde.models.analytic import GaussianMixture
 
-__all__ = ["plot_samples_2d", "mixture_limits"]
+__all__ = ["plot_samples_2d", "mixture_limits", "image_grid", "save_image_grid", "save_image_panels"]
 
 _GRID = 200  # density grid points per axis
 
@@ -82,3 +83,48 @@ def plot_samples_2d(samples, mixture: GaussianMixture, path, title: str = "") ->
     path = os.fspath(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def image_grid(images, nrow: int | None = None, pad: int = 1, pad_value: float = 0.5) -> np.ndarray:
+    """Tile images (B, C, H, W) (C 1 or 3, values in [0, 1]) into one (rows, cols[, 3]) array, nrow per row."""
+    x = np.asarray(images.detach().cpu().float() if isinstance(images, torch.Tensor) else images, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (B, 1 or 3, H, W), got shape {x.shape}")
+    b, c, h, w = x.shape
+    nrow = int(nrow or max(1, int(np.ceil(np.sqrt(b)))))
+    rows = int(np.ceil(b / nrow))
+    grid = np.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, dtype=np.float32)
+    for i in range(b):
+        r, q = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+    grid = np.clip(np.nan_to_num(grid, nan=0.0), 0.0, 1.0)
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def save_image_panels(panels, path, title: str = "", nrow: int | None = None, scale: float = 0.32) -> str:
+    """One PNG with a titled panel per (caption, images (B, C, H, W) in [0, 1]) pair of `panels`; returns path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grids = [(caption, image_grid(images, nrow)) for caption, images in panels]
+    if not grids:
+        raise ValueError("no panels to draw")
+    width = sum(g.shape[1] for _, g in grids) * scale / 10 + 0.4 * len(grids)
+    height = max(g.shape[0] for _, g in grids) * scale / 10 + (0.9 if title else 0.5)
+    fig = Figure(figsize=(max(width, 3.0), max(height, 2.0)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    for ax, (caption, grid) in zip(axes, grids):
+        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(caption, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    path = os.fspath(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def save_image_grid(images, path, title: str = "", nrow: int | None = None) -> str:
+    """A PNG of images (B, C, H, W) in [0, 1] as one grid, with an optional title; returns path."""
+    return save_image_panels([("", images)], path, title=title, nrow=nrow)

@@ -60,7 +60,8 @@ def test_sample_writes_files_and_matches_exact_samples(capsys, tmp_path, sde, ex
 
 
 def test_sample_human_report(capsys, tmp_path):
-    code, stdout, err = _run(capsys, "sample", "--sde", "vp", "--steps", "20", "--n", "64", "--no-progress",
+    code, stdout, err = _run(capsys, "sample", "--model", "gmm", "--sde", "vp", "--steps", "20", "--n", "64",
+                             "--no-progress",
                              "--threads", "1", "--out", str(tmp_path / "r.npz"))
     assert code == 0, err
     for word in ("samples", "nfe", "wall time", "samples/s", "mean error", "cov error", "relative", "sliced W2",
@@ -70,7 +71,8 @@ def test_sample_human_report(capsys, tmp_path):
 
 def _samples(capsys, tmp_path, seed, name):
     out = tmp_path / name
-    code, _, err = _run(capsys, "sample", "--sde", "vp", "--steps", "20", "--n", "64", "--seed", str(seed),
+    code, _, err = _run(capsys, "sample", "--model", "gmm", "--sde", "vp", "--steps", "20", "--n", "64", "--seed",
+                        str(seed),
                         "--threads", "1", "--no-plot", "--no-progress", "--json", "--out", str(out))
     assert code == 0, err
     with np.load(out.with_suffix(".npz")) as data:
@@ -90,8 +92,13 @@ def test_same_seed_same_samples(capsys, tmp_path):
     (["sample", "--model", "gmm:nosuchpreset"], 2),
     (["sample", "--predictor", "nosuchpredictor"], 2),
     (["sample", "--steps", "0"], 2),
-    (["sample", "--sde", "vp", "--sigma-max", "5"], 2),  # a VE option on a VP SDE
-    (["sample", "--sde", "subvp", "--predictor", "ancestral_sampling", "--steps", "5"], 1),  # raised by the sampler
+    (["sample", "--model", "gmm", "--sde", "vp", "--sigma-max", "5"], 2),  # a VE option on a VP SDE
+    (["sample", "--sigma-max", "5"], 2),  # a mixture option on the digits model
+    (["sample", "--model", "gmm", "--class-label", "3"], 2),  # an image option on a mixture
+    (["sample", "--class-label", "12"], 2),
+    (["sample", "--model", "nosuchfile.safetensors"], 1),
+    (["sample", "--model", "gmm", "--sde", "subvp", "--predictor", "ancestral_sampling", "--steps", "5"],
+     1),  # raised by the sampler
     (["nosuchcommand"], 2),
 ])
 def test_errors_are_one_line(capsys, tmp_path, argv, code):
@@ -112,7 +119,8 @@ def test_error_names_the_known_choices(capsys):
 
 def test_debug_reraises(capsys):
     with pytest.raises(ValueError, match="ancestral_sampling"):
-        cli.main(["--debug", "sample", "--sde", "subvp", "--predictor", "ancestral_sampling", "--steps", "5"])
+        cli.main(["--debug", "sample", "--model", "gmm", "--sde", "subvp", "--predictor", "ancestral_sampling",
+                  "--steps", "5"])
 
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))

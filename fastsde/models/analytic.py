@@ -3,7 +3,8 @@
 p_0 = sum_k w_k N(mu_k, Sigma_k). Every SDE in fastsde has a drift linear in x, so its marginal stays a mixture,
 p_t = sum_k w_k N(m mu_k, m^2 Sigma_k + s^2 I), with (m, s) the marginal mean coefficient and std at t (Song et al.,
 ICLR 2021, eq. 29 and appendix B). `AnalyticScoreModel` wraps that exact score in score_sde's network conventions,
-so that `fastsde.models.utils.get_score_fn` turns it back into the exact score of the SDE's marginal.
+so that `fastsde.models.utils.get_score_fn` turns it back into the exact score of the SDE's marginal;
+`AnalyticClassifier` is the matching exact noisy-data classifier p_t(component k | x) for classifier guidance.
 
 Each covariance is kept as its eigendecomposition Sigma_k = U_k diag(lam_k) U_k^T (U_k = I for diagonal input).
 Then m^2 Sigma_k + s^2 I = U_k diag(m^2 lam_k + s^2) U_k^T for every per-sample (m, s) at the cost of one
@@ -20,7 +21,8 @@ import torch
 from fastsde import sde as sde_lib
 from fastsde._util import per_sample
 
-__all__ = ["GaussianMixture", "AnalyticScoreModel", "PRESETS", "get_mixture", "isotropic_gaussian"]
+__all__ = ["GaussianMixture", "AnalyticScoreModel", "AnalyticClassifier", "PRESETS", "get_mixture",
+           "isotropic_gaussian"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -447,3 +449,40 @@ class AnalyticScoreModel(torch.nn.Module):
         """grad_x log p_t(x) (B, ...) like x at times t (B,), with p_t the marginal of this model's convention."""
         m, s = self.marginal_coefs(t)
         return self.mixture.perturbed_score(x.to(torch.float64), m, s).to(x.dtype)
+
+
+class AnalyticClassifier(torch.nn.Module):
+    """The exact time-dependent classifier of a mixture's components: the guide of class-conditional sampling.
+
+    forward(x (B, ...), labels (B,)) -> logits (B, K) in x's dtype, the log posterior
+    log p_t(k | x) = log w_k + log N(x; m mu_k, m^2 Sigma_k + s^2 I) - log p_t(x), so exp(logits) sums to 1 over k.
+    The time labels are the score model's (get_score_fn's labels_fn(t)), decoded into (m, s) exactly as
+    AnalyticScoreModel(mixture, sde, continuous) decodes them. Float64 inside; differentiable in x, so
+    grad_x log p_t(k | x) = score of component k minus score of the mixture (Song et al., ICLR 2021, eq. 48).
+    """
+
+    def __init__(self, mixture: GaussianMixture, sde: sde_lib.SDE, continuous: bool = True):
+        super().__init__()
+        # The score model of the same mixture owns the label conventions (and validates mixture and sde).
+        self.labels_model = AnalyticScoreModel(mixture, sde, continuous)
+        self.mixture = mixture
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of mixture components (the classes)."""
+        return self.mixture.num_components
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log p_t(k | x) (B, K) in x's dtype (float64 for integer x), t the time the labels (B,) encode."""
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            raise ValueError(f"x must be a (B, ...) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be a tensor of shape ({x.shape[0]},) (one per sample), got {shape}")
+        m, s = self.labels_model.decode_labels(labels.to(x.device))
+        x64 = self.mixture._flatten(x)
+        if self.mixture.isotropic:
+            log_joint = self.mixture._components_isotropic(x64, m, s)[0]
+        else:
+            log_joint = self.mixture._components(x64, m, s)[0]
+        return torch.log_softmax(log_joint, dim=1).to(_out_dtype(x))

@@ -224,14 +224,15 @@ def get_preset(name: str, sde: str = "ve", **overrides) -> UNetConfig:
 _FORMAT = "fastsde.unet/1"
 
 
-def save_checkpoint(model: UNet, path: str) -> None:
-    """Write model's weights as safetensors with its config (JSON) and build in the metadata."""
+def save_checkpoint(model: UNet, path: str, metadata: dict[str, str] | None = None) -> None:
+    """Write model's weights as safetensors with its config (JSON) and build in the metadata (+ `metadata`)."""
     from safetensors.torch import save_file
 
     if not isinstance(model, UNet):
         raise TypeError(f"model must be a fastsde UNet, got {type(model).__name__}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": _FORMAT, "config": model.config.to_json(), "reference": str(bool(model.reference))}
+    meta = {**(metadata or {}), "format": _FORMAT, "config": model.config.to_json(),
+            "reference": str(bool(model.reference))}
     save_file(tensors, path, metadata=meta)
 
 

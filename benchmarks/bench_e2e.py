@@ -1,0 +1,148 @@
+"""Suite "e2e": the main job end to end — sampling digits from the shipped model, fastsde native vs the reference.
+
+digits_pc_b64: 64 digits from fastsde/data/digits_vp.safetensors with the default fast sampler (the settings of
+`fastsde sample` with no arguments: fastsde.cli_images.DIGITS_DEFAULTS), FSN1 noise of seed 0 in both paths.
+  fastsde      the fused build of the U-Net (GN+SiLU(+time embedding) and attention kernels, channels-last on the
+               CPU) driven by the fused PC loop (one update kernel per step on preallocated buffers), backend native
+  reference    the plain-PyTorch build of the same weights (score_sde's layer layout, NCHW) driven by the
+               reference loop (the predictors' and correctors' update_fn exactly as score_sde writes them)
+  compile      the reference loop driving torch.compile of the reference build
+  eager_inplace  none (a whole sampler has no hand-written in-place form)
+Both paths must produce the same images: the record's max_abs_diff (float32 tolerance) is checked before timing.
+
+`tradeoff()` measures the quality/speed trade-off of the fastsde path: PC at several step counts and the
+probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and the Fréchet distance of its
+samples (fastsde.evaluation, classifier features vs the test digits) next to real-vs-real at the same n.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fastsde.benchmarks import common
+from fastsde.benchmarks.common import median_ms, record
+
+SUITE = "e2e"
+
+
+def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str = "pc", rtol: float = 1e-5):
+    from fastsde.cli_images import DIGITS_DEFAULTS
+    from fastsde.datasets import get_data_inverse_scaler
+    from fastsde.sampling import get_ode_sampler, get_pc_sampler
+
+    sde = mf.make_sde(N=steps)
+    inverse = get_data_inverse_scaler(mf.centered)
+    shape = (n, 1, 16, 16)
+    if sampler == "ode":
+        return get_ode_sampler(sde, shape, inverse, denoise=True, rtol=rtol, atol=rtol, eps=1e-3, seed=seed)
+    return get_pc_sampler(sde, shape, DIGITS_DEFAULTS["predictor"], DIGITS_DEFAULTS["corrector"], inverse, 0.16,
+                          continuous=True, eps=DIGITS_DEFAULTS["eps"], backend=backend, seed=seed)
+
+
+def _models(path):
+    from fastsde.pretrained import load_score_model
+
+    return load_score_model(path, backend="native"), load_score_model(path, reference=True)
+
+
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64) -> list[dict]:
+    from fastsde.cli_images import DIGITS_DEFAULTS, score_model_path
+
+    path = score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"])
+    steps = DIGITS_DEFAULTS["steps"]
+    reps = 1 if quick else 3
+    copy_gbps = common.copy_bandwidth_gbps(reps=5)
+    fused, reference = _models(path)
+    fast = _sampler(fused, backend, n, steps)
+    slow = _sampler(reference, "reference", n, steps)
+    with torch.no_grad():
+        a, b = fast(fused.model)[0], slow(reference.model)[0]
+    err = float((a - b).abs().max())
+    ms = median_ms(lambda: fast(fused.model), reps, warmup=1)
+    ref_ms = median_ms(lambda: slow(reference.model), reps, warmup=1)
+    compile_ms = None
+    if use_compile:
+        try:
+            compiled = torch.compile(reference.model, dynamic=False)
+            compile_ms = median_ms(lambda: slow(compiled), reps, warmup=1)
+        except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
+            print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
+    print(f"  digits_pc_b{n}: fastsde {ms / 1e3:.2f} s, reference {ref_ms / 1e3:.2f} s, compile "
+          f"{'-' if compile_ms is None else f'{compile_ms / 1e3:.2f} s'}; max |fastsde - reference| = {err:.2e}",
+          flush=True)
+    rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps,
+                 {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
+    rec.update(max_abs_diff=err, steps=steps, nfe=steps, sampler=f"pc {DIGITS_DEFAULTS['predictor']}+"
+               f"{DIGITS_DEFAULTS['corrector']}", model=path.rsplit("/", 1)[-1])
+    return [rec]
+
+
+PC_STEPS = (50, 100, 200, 1000)
+ODE_RTOLS = (1e-2, 1e-3, 1e-5)
+
+
+def tradeoff(n: int = 256, seed: int = 0, pc_steps=PC_STEPS, ode_rtols=ODE_RTOLS, backend: str = "native") -> dict:
+    """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}."""
+    from fastsde.cli_images import DIGITS_DEFAULTS, score_model_path
+    from fastsde.evaluation import DigitsEvaluator
+    from fastsde.pretrained import load_score_model
+
+    mf = load_score_model(score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"]), backend=backend)
+    evaluator = DigitsEvaluator()
+    rows = []
+    configs = [("pc", s, None) for s in pc_steps] + [("ode", 1000, r) for r in ode_rtols]
+    for kind, steps, rtol in configs:
+        fn = _sampler(mf, backend, n, steps, seed, kind, rtol or 1e-5)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x, nfe = fn(mf.model)
+        wall = time.perf_counter() - t0
+        q = evaluator.evaluate(x.detach().float().clamp(0, 1))
+        row = {"sampler": kind, "steps": steps if kind == "pc" else None, "rtol": rtol, "nfe": int(nfe),
+               "wall_s": wall, "fd": q["fd"], "class_entropy": q["classes"]["entropy"]}
+        print(f"  {kind} {'steps ' + str(steps) if kind == 'pc' else f'rtol {rtol:g}'}: nfe {nfe}, {wall:.1f} s, "
+              f"FD {q['fd']:.2f}, class entropy {q['classes']['entropy']:.3f}", flush=True)
+        rows.append(row)
+    return {"n": n, "seed": seed, "backend": backend, "rows": rows,
+            "fd_real_vs_real": evaluator.real_vs_real(n, seed), "fd_real_vs_noise": evaluator.real_vs_noise(n, seed),
+            "threads": torch.get_num_threads()}
+
+
+def plot_tradeoff(result: dict, path: str) -> str:
+    """FD against wall time (log scale), one line per sampler family, with the real-vs-real level."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for kind, marker in (("pc", "o"), ("ode", "s")):
+        rows = [r for r in result["rows"] if r["sampler"] == kind]
+        if not rows:
+            continue
+        ax.plot([r["wall_s"] for r in rows], [r["fd"] for r in rows], marker=marker,
+                label="PC (Euler-Maruyama)" if kind == "pc" else "probability-flow ODE (RK45)")
+        for r in rows:
+            ax.annotate(f"{r['steps']} steps" if kind == "pc" else f"rtol {r['rtol']:g}\n{r['nfe']} nfe",
+                        (r["wall_s"], r["fd"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(result["fd_real_vs_real"], color="gray", linestyle="--", linewidth=1, label="real vs real")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"wall time for {result['n']} digits (s, {result['threads']} CPU threads)")
+    ax.set_ylabel("Fréchet distance (classifier features)")
+    ax.set_title("digits_vp: quality vs time, fastsde native", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    common.print_table(run(quick=args.quick, use_compile=not args.no_compile))

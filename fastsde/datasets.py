@@ -1,0 +1,82 @@
+"""Data sets that need no download: the handwritten digits that ship inside scikit-learn.
+
+`load_digits(split)` gives scikit-learn's 1,797 8x8 digits (pixel counts 0..16, ten classes, about 180 each) as
+float32 images in [0, 1], upsampled to 16x16 by bilinear interpolation (align_corners=False), with a fixed
+stratified split: per class, a permutation drawn from
+`np.random.default_rng(SPLIT_SEED)` sends round(20 %) to "test" and the rest to "train" (1,438 / 359 images).
+The split depends only on SPLIT_SEED, never on a global random state, so every machine and every run sees the
+same images in the same order.
+
+Scalers follow score_sde's `data.centered`: VE models take data in [0, 1] (the network centres it itself), VP and
+subVP models take [-1, 1]. `get_data_scaler(centered)` / `get_data_inverse_scaler(centered)` convert.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+__all__ = ["DATASETS", "SPLIT_SEED", "TEST_FRACTION", "load_digits", "load_dataset", "get_data_scaler",
+           "get_data_inverse_scaler"]
+
+SPLIT_SEED = 20210112
+TEST_FRACTION = 0.2
+DATASETS = ("digits",)
+_SPLITS = ("train", "test", "all")
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_arrays():
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as exc:  # pragma: no cover - scikit-learn is an install requirement
+        raise RuntimeError("the digits data set needs scikit-learn (pip install scikit-learn)") from exc
+    bunch = sk_load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # (1797, 8, 8), pixel counts 0..16 -> [0, 1]
+    labels = bunch.target.astype(np.int64)
+    rng = np.random.default_rng(SPLIT_SEED)
+    test = np.zeros(len(labels), dtype=bool)
+    for k in range(10):
+        idx = np.flatnonzero(labels == k)
+        idx = idx[rng.permutation(len(idx))]
+        test[idx[: int(round(TEST_FRACTION * len(idx)))]] = True
+    return images, labels, test
+
+
+def load_digits(split: str = "train", size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 1, size, size) float32 in [0, 1], labels (N,) int64) of the fixed digits split.
+
+    split: "train" (1,438 images), "test" (359) or "all" (1,797, in scikit-learn's order). size: 8 gives the
+    original pixels; larger sizes are bilinear upsamplings (16 is what the shipped models use).
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    if int(size) != size or size < 8:
+        raise ValueError(f"size must be an integer >= 8, got {size!r}")
+    images, labels, test = _digits_arrays()
+    if split != "all":
+        keep = test if split == "test" else ~test
+        images, labels = images[keep], labels[keep]
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+    if size != 8:
+        x = torch.nn.functional.interpolate(x, size=(int(size), int(size)), mode="bilinear", align_corners=False)
+        x = x.clamp_(0.0, 1.0)
+    return x.contiguous(), torch.from_numpy(np.ascontiguousarray(labels))
+
+
+def load_dataset(name: str, split: str = "train", size: int = 16):
+    """A data set by name (DATASETS): (images in [0, 1], labels)."""
+    if name != "digits":
+        raise ValueError(f"unknown dataset {name!r}; known: {DATASETS}")
+    return load_digits(split, size)
+
+
+def get_data_scaler(centered: bool):
+    """Data in [0, 1] -> the model's input range: [-1, 1] when centered (VP/subVP), unchanged otherwise (VE)."""
+    return (lambda x: 2.0 * x - 1.0) if centered else (lambda x: x)
+
+
+def get_data_inverse_scaler(centered: bool):
+    """Inverse of get_data_scaler."""
+    return (lambda x: (x + 1.0) / 2.0) if centered else (lambda x: x)

@@ -1,0 +1,107 @@
+"""The models shipped with fastsde (fastsde/data/) and the files that carry trained models around.
+
+A score model file is a UNet safetensors checkpoint (fastsde.models.ncsnpp.save_checkpoint) whose metadata also
+names its SDE and hyper-parameters ("fastsde.sde") and how it was trained ("fastsde.training": the config, the exact
+command, the final loss). A classifier file is safetensors with a ClassifierConfig ("fastsde.classifier") and, for a
+time-dependent classifier, the SDE it was trained under. Nothing is unpickled.
+
+Shipped (each file's metadata holds the command that produced it; README's "Shipped models" lists them):
+  digits_<sde>.safetensors           small16 score models of the 16x16 digits (fastsde.datasets)
+  digits_classifier.safetensors      the clean-image classifier behind `fastsde eval`'s metrics
+  digits_<sde>_tclassifier.safetensors  time-dependent classifiers for class-conditional sampling
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["DATA_DIR", "ScoreModelFile", "save_score_model", "load_score_model", "save_classifier",
+           "load_classifier", "shipped_path", "read_metadata"]
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+_CLASSIFIER_FORMAT = "fastsde.classifier/1"
+
+
+def shipped_path(name: str) -> str:
+    """Path of a shipped file (e.g. "digits_vp.safetensors"); a clear error when it is missing."""
+    path = os.path.join(DATA_DIR, name)
+    if not os.path.exists(path):
+        have = sorted(os.listdir(DATA_DIR)) if os.path.isdir(DATA_DIR) else []
+        raise FileNotFoundError(f"no shipped model {name!r} in {DATA_DIR} (have: {have})")
+    return path
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    with safe_open(path, framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+@dataclass
+class ScoreModelFile:
+    """A loaded score model with what sampling it needs: the SDE (name, hyper-parameters) and provenance."""
+
+    model: torch.nn.Module
+    sde_name: str
+    sde_kwargs: dict
+    training: dict
+    path: str
+
+    def make_sde(self, N: int = 1000):
+        from fastsde.training import make_sde
+
+        return make_sde(self.sde_name, N=N, **self.sde_kwargs)
+
+    @property
+    def centered(self) -> bool:
+        return bool(self.model.config.centered)
+
+
+def save_score_model(model, path: str, *, sde: str, sde_kwargs: dict, training: dict | None = None) -> None:
+    from fastsde.models.ncsnpp import save_checkpoint
+
+    meta = {"fastsde.sde": json.dumps({"name": sde, "kwargs": sde_kwargs}, sort_keys=True),
+            "fastsde.training": json.dumps(training or {}, sort_keys=True)}
+    save_checkpoint(model, path, metadata=meta)
+
+
+def load_score_model(path: str, *, reference: bool = False, backend: str = "auto", device="cpu") -> ScoreModelFile:
+    """A score model file (save_score_model) as a ScoreModelFile; reference=True builds the plain-PyTorch UNet."""
+    from fastsde.models.ncsnpp import load_checkpoint
+
+    meta = read_metadata(path)
+    if "fastsde.sde" not in meta:
+        raise ValueError(f"{path} carries no SDE metadata: not a fastsde score model file")
+    sde = json.loads(meta["fastsde.sde"])
+    model = load_checkpoint(path, reference=reference, backend=backend, device=device)
+    return ScoreModelFile(model, sde["name"], dict(sde["kwargs"]), json.loads(meta.get("fastsde.training", "{}")),
+                          path)
+
+
+def save_classifier(model, path: str, *, sde: str | None = None, training: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": _CLASSIFIER_FORMAT, "fastsde.classifier": model.config.to_json(),
+            "fastsde.sde": json.dumps(sde), "fastsde.training": json.dumps(training or {}, sort_keys=True)}
+    save_file(tensors, path, metadata=meta)
+
+
+def load_classifier(path: str, device="cpu"):
+    """(Classifier in eval mode, sde name or None, training dict) from a save_classifier file."""
+    from safetensors.torch import load_file
+
+    from fastsde.models.classifier import Classifier, ClassifierConfig
+
+    meta = read_metadata(path)
+    if meta.get("format") != _CLASSIFIER_FORMAT:
+        raise ValueError(f"{path} is not a fastsde classifier file (format {meta.get('format')!r})")
+    model = Classifier(ClassifierConfig.from_json(meta["fastsde.classifier"]))
+    model.load_state_dict(load_file(path, device=str(device)))
+    return model.to(device).eval(), json.loads(meta["fastsde.sde"]), json.loads(meta.get("fastsde.training", "{}"))

@@ -1,0 +1,412 @@
+"""Training score models by denoising score matching (Song et al., ICLR 2021, eq. 7), resumable, on the CPU or GPU.
+
+The objective is score_sde's continuous-time one (`get_sde_loss_fn`): t ~ U(eps, T), x_t = mean(t) x_0 + std(t) z,
+  plain weighting        lambda(t) = std(t)^2:  || std(t) s(x_t, t) + z ||^2
+  likelihood weighting   lambda(t) = g(t)^2:    g(t)^2 || s(x_t, t) + z / std(t) ||^2   (Song et al., 2021b)
+summed (VE, reduce_mean=False) or averaged (VP/subVP) over the data dimensions and averaged over the batch. s is
+the score through `get_score_fn(sde, model, train=True, continuous=True)`, so a noise-predicting VP model is trained
+on -eps / std exactly as it is sampled.
+
+`Trainer` adds what a long run needs: Adam with linear warm-up, gradient-norm clipping, an exponential moving
+average of the weights (score_sde's EMA, with its (1 + n) / (10 + n) warm-up of the decay), a progress bar with the
+running loss, sample grids drawn with the EMA weights every `snapshot_every` steps, and checkpoints every
+`checkpoint_every` steps that hold everything needed to continue bit-for-bit: model, EMA, optimizer, step, the
+batch sampler's and the noise generator's states and the loss history. Checkpoints are written to a temporary file
+and renamed, so an interruption at any moment leaves the previous checkpoint intact; `Trainer(config, out_dir)` on
+a directory with a checkpoint resumes from it. The exported model (`model.safetensors`) holds the EMA weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fastsde import sde as sde_lib
+from fastsde._util import per_sample
+from fastsde.models.utils import get_score_fn
+
+__all__ = ["get_sde_loss_fn", "ExponentialMovingAverage", "TrainConfig", "Trainer", "make_sde", "SDE_NAMES"]
+
+SDE_NAMES = ("ve", "vp", "subvp")
+
+
+def get_sde_loss_fn(sde, train: bool = True, reduce_mean: bool = True, continuous: bool = True,
+                    likelihood_weighting: bool = False, eps: float = 1e-5):
+    """loss_fn(model, batch, generator=None) -> scalar DSM loss (module docstring); score_sde's signature."""
+    if not continuous:
+        raise NotImplementedError("fastsde trains in continuous time only (continuous=True)")
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
+
+    def loss_fn(model, batch, generator=None):
+        b = batch.shape[0]
+        t = torch.rand(b, device=batch.device, generator=generator) * (sde.T - eps) + eps
+        z = torch.randn(batch.shape, device=batch.device, dtype=batch.dtype, generator=generator)
+        mean, std = sde.marginal_prob(batch, t)
+        perturbed = mean + per_sample(std, batch) * z
+        score = get_score_fn(sde, model, train=train, continuous=True)(perturbed, t)
+        if likelihood_weighting:
+            g2 = sde.sde(torch.zeros_like(batch), t)[1] ** 2
+            losses = torch.square(score + z / per_sample(std, batch)).reshape(b, -1)
+            losses = (losses.mean(-1) if reduce_mean else losses.sum(-1)) * g2
+        else:
+            losses = torch.square(score * per_sample(std, batch) + z).reshape(b, -1)
+            losses = losses.mean(-1) if reduce_mean else losses.sum(-1)
+        return losses.mean()
+
+    return loss_fn
+
+
+class ExponentialMovingAverage:
+    """shadow <- decay' shadow + (1 - decay') param with decay' = min(decay, (1 + n) / (10 + n)) after n updates."""
+
+    def __init__(self, parameters, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay, self.num_updates = float(decay), 0
+        self.shadow = [p.detach().clone() for p in parameters if p.requires_grad]
+
+    @torch.no_grad()
+    def update(self, parameters) -> None:
+        self.num_updates += 1
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        params = [p for p in parameters if p.requires_grad]
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in params], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, parameters) -> None:
+        for s, p in zip(self.shadow, [p for p in parameters if p.requires_grad]):
+            p.copy_(s)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError(f"EMA state has {len(state['shadow'])} tensors, the model {len(self.shadow)}")
+        self.decay, self.num_updates = float(state["decay"]), int(state["num_updates"])
+        self.shadow = [s.clone() for s in state["shadow"]]
+
+
+# score_sde's SDE hyper-parameters, VE's sigma_max chosen for the data (technique 1 of Song & Ermon 2020: about
+# the largest distance between two training images; digits at 16x16 in [0, 1]: 8.3).
+_SDE_KWARGS = {"ve": {"sigma_min": 0.01, "sigma_max": 10.0}, "vp": {"beta_min": 0.1, "beta_max": 20.0},
+               "subvp": {"beta_min": 0.1, "beta_max": 20.0}}
+_SDE_CLASSES = {"ve": sde_lib.VESDE, "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}
+
+
+def make_sde(name: str, N: int = 1000, **kwargs):
+    """The SDE `name` ("ve", "vp", "subvp") with the digits models' hyper-parameters (overridable) and N steps."""
+    if name not in _SDE_CLASSES:
+        raise ValueError(f"sde must be one of {SDE_NAMES}, got {name!r}")
+    return _SDE_CLASSES[name](**{**_SDE_KWARGS[name], **kwargs}, N=N)
+
+
+def sde_kwargs(name: str) -> dict:
+    """The hyper-parameters make_sde uses for `name`."""
+    return dict(_SDE_KWARGS[name])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (saved in every checkpoint and checked on resume)."""
+
+    dataset: str = "digits"
+    sde: str = "vp"
+    preset: str = "small16"
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    likelihood_weighting: bool = False
+    eps: float = 1e-5
+    seed: int = 0
+    checkpoint_every: int = 500
+    snapshot_every: int = 1000
+    snapshot_steps: int = 100  # PC steps of the sample grids drawn during training
+
+    def __post_init__(self):
+        if self.sde not in SDE_NAMES:
+            raise ValueError(f"sde must be one of {SDE_NAMES}, got {self.sde!r}")
+        for name in ("steps", "batch_size", "checkpoint_every", "snapshot_every", "snapshot_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.warmup < 0 or not self.grad_clip >= 0:
+            raise ValueError(f"need lr > 0, warmup >= 0, grad_clip >= 0; got {self.lr}, {self.warmup}, "
+                             f"{self.grad_clip}")
+
+    @property
+    def reduce_mean(self) -> bool:
+        """score_sde: VE configs sum the per-pixel losses, VP/subVP configs average them."""
+        return self.sde != "ve"
+
+
+_RESUMABLE = ("steps", "checkpoint_every", "snapshot_every", "snapshot_steps")  # may change between sessions
+
+
+class Trainer:
+    """A resumable DSM training run writing into out_dir (module docstring). `run()` trains to config.steps."""
+
+    CHECKPOINT = "checkpoint.pt"
+    EXPORT = "model.safetensors"
+
+    def __init__(self, config: TrainConfig, out_dir: str, *, device="cpu", progress: bool = True, log=print,
+                 command: str | None = None):
+        from fastsde.datasets import get_data_scaler, load_dataset
+        from fastsde.models.ncsnpp import UNet, get_preset
+
+        self.config, self.out_dir, self.device = config, out_dir, torch.device(device)
+        self.progress, self.log = progress, log
+        self.command = command if command is not None else shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+        os.makedirs(out_dir, exist_ok=True)
+        images, _ = load_dataset(config.dataset, "train")
+        self.sde = make_sde(config.sde)
+        self.model_config = get_preset(config.preset, config.sde, in_channels=images.shape[1],
+                                       resolution=images.shape[-1])
+        self.scaler = get_data_scaler(self.model_config.centered)
+        self.data = self.scaler(images).to(self.device)
+        torch.manual_seed(config.seed)  # the initial weights
+        self.model = UNet(self.model_config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.ema = ExponentialMovingAverage(self.model.parameters(), config.ema_decay)
+        self.loss_fn = get_sde_loss_fn(self.sde, train=True, reduce_mean=config.reduce_mean, continuous=True,
+                                       likelihood_weighting=config.likelihood_weighting, eps=config.eps)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.batch_gen = torch.Generator().manual_seed(config.seed + 2)
+        self.step, self.losses, self._order, self._cursor = 0, [], None, 0
+        self.resumed = self._maybe_resume()
+
+    # ------------------------------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.config), "step": self.step, "losses": self.losses,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "noise_gen": self.noise_gen.get_state(), "batch_gen": self.batch_gen.get_state(),
+            "order": self._order, "cursor": self._cursor,
+        }
+
+    def _maybe_resume(self) -> bool:
+        path = os.path.join(self.out_dir, self.CHECKPOINT)
+        if not os.path.exists(path):
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved, mine = dict(state["config"]), dataclasses.asdict(self.config)
+        diff = {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
+        if diff:
+            raise ValueError(f"{path} was written by a different run (saved vs requested: {diff}); use another "
+                             f"--out or the same options")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.noise_gen.set_state(state["noise_gen"])
+        self.batch_gen.set_state(state["batch_gen"])
+        self.step, self.losses = int(state["step"]), list(state["losses"])
+        self._order, self._cursor = state["order"], int(state["cursor"])
+        return True
+
+    def save_checkpoint(self) -> str:
+        path = os.path.join(self.out_dir, self.CHECKPOINT)
+        tmp = path + ".tmp"
+        torch.save(self._state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    # ------------------------------------------------------------------------------------------ training
+    def _next_batch(self) -> torch.Tensor:
+        """Batches of a fresh permutation per epoch (the last partial batch of an epoch is dropped)."""
+        n, b = self.data.shape[0], self.config.batch_size
+        if self._order is None or self._cursor + b > n:
+            self._order, self._cursor = torch.randperm(n, generator=self.batch_gen), 0
+        idx = self._order[self._cursor:self._cursor + b]
+        self._cursor += b
+        return self.data[idx.to(self.device)]
+
+    def _lr(self, step: int) -> float:
+        c = self.config
+        return c.lr * min(1.0, (step + 1) / c.warmup) if c.warmup else c.lr
+
+    def train_step(self) -> float:
+        """One optimisation step; returns the batch loss."""
+        batch = self._next_batch()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model, batch, generator=self.noise_gen)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss is {loss.item()} at step {self.step}; lower --lr or raise --warmup")
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model.parameters())
+        self.step += 1
+        value = float(loss.item())
+        self.losses.append(value)
+        return value
+
+    def ema_model(self):
+        """A copy of the model in eval mode carrying the EMA weights."""
+        import copy
+
+        model = copy.deepcopy(self.model).eval()
+        self.ema.copy_to(model.parameters())
+        return model
+
+    def snapshot(self, n: int = 64) -> str:
+        """Sample an n-image grid with the EMA weights; returns the PNG path."""
+        from fastsde.datasets import get_data_inverse_scaler
+        from fastsde.plotting import save_image_grid
+        from fastsde.sampling import get_pc_sampler
+
+        sde = make_sde(self.config.sde, N=self.config.snapshot_steps)
+        shape = (n,) + tuple(self.data.shape[1:])
+        predictor, corrector = ("reverse_diffusion", "langevin") if self.config.sde == "ve" else \
+            ("euler_maruyama", "none")
+        sampler = get_pc_sampler(sde, shape, predictor, corrector,
+                                 get_data_inverse_scaler(self.model_config.centered), 0.16, continuous=True,
+                                 eps=1e-5 if self.config.sde == "ve" else 1e-3, device=self.device, seed=self.step)
+        x, _ = sampler(self.ema_model())
+        path = os.path.join(self.out_dir, f"samples_{self.step:06d}.png")
+        save_image_grid(x.clamp(0, 1).cpu(), path, title=f"{self.config.sde.upper()} step {self.step}")
+        return path
+
+    def export(self) -> str:
+        """Write the EMA weights with the SDE and training provenance to out_dir/model.safetensors."""
+        from fastsde.pretrained import save_score_model
+
+        path = os.path.join(self.out_dir, self.EXPORT)
+        save_score_model(self.ema_model(), path, sde=self.config.sde, sde_kwargs=sde_kwargs(self.config.sde),
+                         training={"config": dataclasses.asdict(self.config), "command": self.command,
+                                   "final_loss_avg100": _tail_mean(self.losses, 100), "steps_done": self.step})
+        return path
+
+    def run(self) -> dict:
+        """Train to config.steps (from wherever the checkpoint left off); returns a summary."""
+        from fastsde.sampling import _progress
+
+        c = self.config
+        if self.resumed:
+            self.log(f"resuming {self.out_dir} at step {self.step}/{c.steps}")
+        start, t0 = self.step, time.perf_counter()
+        bar = _progress(range(self.step, c.steps), self.progress, f"train {c.sde}")
+        self.model.train()
+        for _ in bar:
+            loss = self.train_step()
+            if hasattr(bar, "set_postfix") and (self.step % 10 == 0 or self.step == c.steps):
+                bar.set_postfix(loss=f"{_tail_mean(self.losses, 50):.4f}")
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                self.save_checkpoint()
+            if self.step % c.snapshot_every == 0 or self.step == c.steps:
+                self.snapshot()
+                self.model.train()
+            if not math.isfinite(loss):  # pragma: no cover - train_step raises first
+                break
+        seconds = time.perf_counter() - t0
+        export = self.export()
+        summary = {"steps": self.step, "trained_now": self.step - start, "seconds": seconds,
+                   "loss_first100": _tail_mean(self.losses[:100], 100), "loss_last100": _tail_mean(self.losses, 100),
+                   "model": export}
+        with open(os.path.join(self.out_dir, "train_summary.json"), "w") as f:
+            json.dump({**summary, "config": dataclasses.asdict(c), "command": self.command}, f, indent=2)
+        return summary
+
+
+def _tail_mean(values, n: int) -> float:
+    tail = values[-n:]
+    return float(sum(tail) / len(tail)) if tail else float("nan")
+
+
+def _shift_augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+    """Shift each image by up to max_shift pixels in x and y (zero fill): the classifier's only augmentation."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+def train_classifier(out_dir: str, *, time_dependent: bool = False, sde: str = "vp", steps: int = 1500,
+                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device="cpu", progress: bool = True,
+                     eps: float = 1e-5, command: str | None = None) -> dict:
+    """Train a digit Classifier on the training split and write out_dir/classifier.safetensors; returns a summary.
+
+    time_dependent=False: clean images in [0, 1] with +-1 pixel shifts (the metric's feature space).
+    time_dependent=True: x_t of `sde` (data scaled as its score models see it) at t ~ U(eps, T), labelled with the
+    score model's time labels, so the classifier can guide that SDE's samplers (fastsde.controllable).
+    Reports test accuracy (time-dependent: at t = eps, 0.25 T, 0.5 T, 0.75 T).
+    """
+    from fastsde.datasets import get_data_scaler, load_digits
+    from fastsde.models.classifier import Classifier, ClassifierConfig
+    from fastsde.models.utils import get_score_parts
+    from fastsde.pretrained import save_classifier
+    from fastsde.sampling import _progress
+
+    device = torch.device(device)
+    command = command if command is not None else shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+    os.makedirs(out_dir, exist_ok=True)
+    images, labels = load_digits("train")
+    test_images, test_labels = load_digits("test")
+    sde_obj = make_sde(sde) if time_dependent else None
+    centered = time_dependent and sde != "ve"
+    config = ClassifierConfig(in_channels=images.shape[1], resolution=images.shape[-1],
+                              time_embedding=(("fourier" if sde == "ve" else "positional") if time_dependent
+                                              else None), centered=centered)
+    scaler = get_data_scaler(centered)
+    labels_fn = get_score_parts(sde_obj, continuous=True)[0] if time_dependent else None
+    torch.manual_seed(seed)
+    model = Classifier(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed + 1)
+    data, targets = scaler(images).to(device), labels.to(device)
+
+    def noisy(x, t, generator):
+        mean, std = sde_obj.marginal_prob(x, t)
+        z = torch.randn(x.shape, generator=generator).to(device)
+        return mean + per_sample(std, x) * z, labels_fn(t)
+
+    losses, t0 = [], time.perf_counter()
+    bar = _progress(range(steps), progress, "train classifier" + (f" ({sde}, noisy)" if time_dependent else ""))
+    model.train()
+    for step in bar:
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen).to(device)
+        x, y = _shift_augment(data[idx], gen), targets[idx]
+        model_labels = None
+        if time_dependent:
+            t = (torch.rand(batch_size, generator=gen) * (sde_obj.T - eps) + eps).to(device)
+            x, model_labels = noisy(x, t, gen)
+        for group in optimizer.param_groups:  # cosine decay to 0
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = torch.nn.functional.cross_entropy(model(x, model_labels), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.item()))
+        if hasattr(bar, "set_postfix") and step % 10 == 0:
+            bar.set_postfix(loss=f"{_tail_mean(losses, 50):.4f}")
+    model.eval()
+    accuracy = {}
+    eval_gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        x_test = scaler(test_images).to(device)
+        if time_dependent:
+            for frac in (0.0, 0.25, 0.5, 0.75):
+                t = torch.full((x_test.shape[0],), max(eps, frac * sde_obj.T), device=device)
+                xt, lab = noisy(x_test, t, eval_gen)
+                accuracy[f"t={frac:g}T"] = float((model(xt, lab).argmax(1).cpu() == test_labels).float().mean())
+        else:
+            accuracy["clean"] = float((model(x_test).argmax(1).cpu() == test_labels).float().mean())
+    seconds = time.perf_counter() - t0
+    path = os.path.join(out_dir, "classifier.safetensors")
+    summary = {"steps": steps, "seconds": seconds, "loss_last100": _tail_mean(losses, 100),
+               "test_accuracy": accuracy, "command": command, "model": path}
+    save_classifier(model.cpu(), path, sde=sde if time_dependent else None,
+                    training={k: v for k, v in summary.items() if k != "model"})
+    return summary
