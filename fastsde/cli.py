@@ -377,6 +377,7 @@ def _triton_status() -> str:
 def _run_info(args: argparse.Namespace) -> int:
     from fastsde import _native
     from fastsde.noise import NOISE_KINDS
+    from fastsde.pretrained import DATA_DIR
 
     native = {"available": _native.available(), "unavailable_reason": _native.unavailable_reason()}
     if native["available"]:
@@ -394,6 +395,7 @@ def _run_info(args: argparse.Namespace) -> int:
         "backends": list(sampling.BACKENDS),
         "noise": list(NOISE_KINDS),
         "mixtures": sorted(analytic.PRESETS),
+        "shipped": sorted(os.listdir(DATA_DIR)) if os.path.isdir(DATA_DIR) else [],
     }
     if args.json:
         print(json.dumps(report, default=str))
@@ -407,7 +409,7 @@ def _run_info(args: argparse.Namespace) -> int:
         ("cuda", "available" if report["cuda"] else "not available"), ("native", native_line),
         ("triton", report["triton"]),
     ] + [(key, ", ".join(report[key])) for key in ("sdes", "predictors", "correctors", "backends", "noise",
-                                                    "mixtures")]
+                                                    "mixtures", "shipped")]
     print("\n".join(f"{name:<11} {value}" for name, value in rows))
     return 0
 

@@ -162,6 +162,12 @@ def run_sample_images(args: argparse.Namespace) -> int:
     from fastsde.datasets import get_data_inverse_scaler
     from fastsde.evaluation import DigitsEvaluator
 
+    if args.class_label is not None:
+        _class_labels(args.class_label, 10)  # a bad label is a usage error, found before loading anything
+        if args.sampler != "pc":
+            raise _usage("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
+    elif args.guidance_scale is not None:
+        raise _usage("--guidance-scale applies with --class-label only")
     mf, backend = load_model_for(args)
     args.sde = mf.sde_name
     args.steps = args.steps or DIGITS_DEFAULTS["steps"]
@@ -172,13 +178,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
     defaults = _sde_defaults(mf.sde_name)
     class_labels = None
     if args.class_label is not None:
-        if args.sampler != "pc":
-            raise _usage("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
         class_labels = _class_labels(args.class_label, args.n)
         sampler, info = _conditional_sampler(args, mf, sde, shape, inverse_scaler, defaults)
     else:
-        if args.guidance_scale is not None:
-            raise _usage("--guidance-scale applies with --class-label only")
         sampler, info = _build_sampler(args, sde, shape, inverse_scaler, defaults)
 
     def draw():
@@ -207,9 +209,11 @@ def run_sample_images(args: argparse.Namespace) -> int:
     np.savez(report["npz"], samples=images.numpy(), **({"class_labels": class_labels.numpy()}
                                                        if class_labels is not None else {}))
     if args.plot:
-        title = (f"{report['model']}: {info['sampler']} {info.get('predictor', '')}+{info.get('corrector', '')}, "
-                 f"{args.steps} steps, {wall:.1f} s  |  FD {report['fd']:.2f} (real vs real "
-                 f"{report['fd_real_vs_real']:.2f})")
+        what = f"{info['predictor']}+{info['corrector']}" if info["sampler"] == "pc" else "ODE"
+        title = (f"{report['model']}: {what}, {args.steps} steps, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
+                 f"real {report['fd_real_vs_real']:.1f}, noise {report['fd_real_vs_noise']:.0f})"
+                 + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
+                    else ""))
         plotting.save_image_grid(images, report["png"], title=title, nrow=10 if args.class_label == "all" else None)
     print(json.dumps(report) if args.json else _format_images_report(report))
     return 0
@@ -383,8 +387,8 @@ def run_inpaint(args: argparse.Namespace) -> int:
              labels=labels.numpy())
     plotting.save_image_panels([("test digits", images), ("known pixels (gray: to generate)", masked_view),
                                 ("completed", completed.clamp(0, 1))], report["png"],
-                               title=f"inpainting the {args.mask} part, {mf.sde_name} {predictor}+{corrector}, "
-                                     f"{steps} steps; completions classified as the original digit: {100 * acc:.0f}%",
+                               title=f"inpainting the {args.mask} part: {mf.sde_name}, {predictor}+{corrector}, "
+                                     f"{steps} steps\ncompletions classified as the original digit: {100 * acc:.0f}%",
                                nrow=int(np.ceil(np.sqrt(args.n))))
     if args.json:
         print(json.dumps(report))

@@ -9,6 +9,15 @@ from fastsde import training
 from fastsde.models.analytic import AnalyticScoreModel, isotropic_gaussian
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Batches of a few images gain nothing from a second thread, which a busy machine makes many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _expected_dsm(sde, s0, eps, likelihood_weighting):
     """E_t E ||...||^2 per dimension for data N(0, s0^2 I) and the exact score (module-level derivation below)."""
     t = torch.linspace(eps, sde.T, 200001, dtype=torch.float64)
