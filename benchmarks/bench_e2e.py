@@ -87,7 +87,7 @@ PC_STEPS = (50, 100, 200, 1000)
 ODE_RTOLS = (1e-2, 1e-3, 1e-5)
 
 
-def tradeoff(n: int = 256, seed: int = 0, pc_steps=PC_STEPS, ode_rtols=ODE_RTOLS, backend: str = "native") -> dict:
+def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend: str = "native") -> dict:
     """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}."""
     from fastsde.cli_images import DIGITS_DEFAULTS, score_model_path
     from fastsde.evaluation import DigitsEvaluator
@@ -96,7 +96,7 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=PC_STEPS, ode_rtols=ODE_RTOLS
     mf = load_score_model(score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"]), backend=backend)
     evaluator = DigitsEvaluator()
     rows = []
-    configs = [("pc", s, None) for s in pc_steps] + [("ode", 1000, r) for r in ode_rtols]
+    configs = [("pc", s, None) for s in pc_steps or PC_STEPS] + [("ode", 1000, r) for r in ode_rtols or ODE_RTOLS]
     for kind, steps, rtol in configs:
         fn = _sampler(mf, backend, n, steps, seed, kind, rtol or 1e-5)
         t0 = time.perf_counter()
@@ -140,14 +140,3 @@ def plot_tradeoff(result: dict, path: str) -> str:
     fig.savefig(path, dpi=110)
     return path
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    common.print_table(run(quick=args.quick, use_compile=not args.no_compile))

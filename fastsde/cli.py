@@ -9,6 +9,7 @@ traceback (`--debug` re-raises instead).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -416,7 +417,9 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- bench
 
-_BENCH_SUITES = ("steps", "sampler", "attention", "unet", "groupnorm", "e2e")
+_BENCH_MODULES = {"steps": "step", "sampler": "sampler", "attention": "attention", "unet": "unet",
+                  "groupnorm": "groupnorm", "e2e": "e2e"}  # suite -> fastsde.benchmarks.bench_<module>
+_BENCH_SUITES = tuple(_BENCH_MODULES)
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -441,26 +444,12 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.suite != "e2e" and (args.tradeoff or args.n):
         raise _UsageError("--tradeoff and --n apply to the e2e suite only")
     torch.set_num_threads(args.threads)
-    from fastsde.benchmarks import bench_attention, bench_sampler, bench_step, bench_unet
     from fastsde.benchmarks.common import print_table, write_json
 
     print(f"fastsde bench {args.suite}: float32, {args.threads} threads, backend {args.backend}", flush=True)
-    if args.suite == "steps":
-        records = bench_step.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
-    elif args.suite == "attention":
-        records = bench_attention.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
-    elif args.suite == "unet":
-        records = bench_unet.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
-    elif args.suite == "groupnorm":
-        from fastsde.benchmarks import bench_groupnorm
-
-        records = bench_groupnorm.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
-    elif args.suite == "e2e":
-        from fastsde.benchmarks import bench_e2e
-
-        records = bench_e2e.run(quick=args.quick, backend=args.backend, use_compile=not args.no_compile)
-    else:
-        records = bench_sampler.run(quick=args.quick, backend=args.backend)
+    module = importlib.import_module(f"fastsde.benchmarks.bench_{_BENCH_MODULES[args.suite]}")
+    kwargs = {} if args.suite == "sampler" else {"use_compile": not args.no_compile}  # the sampler suite has none
+    records = module.run(quick=args.quick, backend=args.backend, **kwargs)
     print()
     print_table(records)
     if args.json:

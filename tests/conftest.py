@@ -13,3 +13,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: batches of a few images or points gain nothing from a second OpenMP thread,
+    which only adds waits (10-50x slower when another process shares the cores). Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -41,3 +41,23 @@ def test_sampler_suite_records(tmp_path, monkeypatch):
     (r,) = json.loads(out.read_text())
     assert set(r) == KEYS and r["case"] == "pc_gmm_2d_1000" and r["baselines"]["reference"] > 0
     assert r["gbps"] is None and r["baselines"]["eager_inplace"] is None
+
+
+def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_thread):
+    from fastsde import cli_images
+    from fastsde.benchmarks import bench_e2e, common
+
+    monkeypatch.setitem(cli_images.DIGITS_DEFAULTS, "steps", 3)
+    monkeypatch.setattr(bench_e2e, "PC_STEPS", (3,))
+    monkeypatch.setattr(bench_e2e, "ODE_RTOLS", (1e-1,))
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    out, trade = tmp_path / "e2e.json", tmp_path / "tradeoff"
+    assert main(["bench", "e2e", "--quick", "--no-compile", "--threads", "1", "--json", str(out), "--tradeoff",
+                 str(trade), "--n", "16"]) == 0
+    (r,) = json.loads(out.read_text())
+    assert set(r) >= KEYS and r["case"] == "digits_pc_b64" and r["steps"] == 3 and r["numel"] == 64 * 256
+    assert r["max_abs_diff"] < 1e-4 and r["baselines"]["reference"] > 0
+    result = json.loads((tmp_path / "tradeoff.json").read_text())
+    assert [row["sampler"] for row in result["rows"]] == ["pc", "ode"] and result["n"] == 16
+    assert all(row["fd"] >= 0 and row["nfe"] > 0 for row in result["rows"])
+    assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"

@@ -21,13 +21,7 @@ SDES = {  # (make(N), continuous labels?)
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Every tensor here is tiny: a second OpenMP thread only adds waits (10-50x slower when the cores are shared).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _eps(sde_name):

@@ -20,12 +20,7 @@ from fastsde.sampling import get_pc_sampler
 BOUND_FILE = os.path.join(os.path.dirname(__file__), "data", "digits_fd_bound.json")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

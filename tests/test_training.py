@@ -9,13 +9,7 @@ from fastsde import training
 from fastsde.models.analytic import AnalyticScoreModel, isotropic_gaussian
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batches of a few images gain nothing from a second thread, which a busy machine makes many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _expected_dsm(sde, s0, eps, likelihood_weighting):
