@@ -22,14 +22,12 @@ import torch
 
 import fastsde
 from fastsde import cli_images, sampling
+from fastsde._cli_common import (_SDE_DEFAULTS, _model_spec, _nonnegative_int, _positive_float, _positive_int, _seed,
+                                 _UsageError)
 from fastsde import sde as sde_lib
 from fastsde.models import analytic
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
-
-
-class _UsageError(Exception):
-    """A bad command line (exit code 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,12 +64,6 @@ class Command:
 
 _SDES = {"ve": sde_lib.VESDE, "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}
 _SDE_TITLES = {"ve": "VE", "vp": "VP", "subvp": "subVP"}
-# score_sde's defaults per SDE: (predictor, corrector, eps).
-_SDE_DEFAULTS = {
-    "ve": ("reverse_diffusion", "langevin", 1e-5),
-    "vp": ("euler_maruyama", "none", 1e-3),
-    "subvp": ("euler_maruyama", "none", 1e-3),
-}
 _BACKEND_NAMES = ("auto", "reference", "native", "triton")
 _NULL_REPEATS = 10
 # Options that mean something only for some --sde / --sampler values: dest -> (allowed values, what they apply to).
@@ -82,61 +74,6 @@ _ONLY_FOR = {
     "n_steps_each": ("sampler", ("pc",)), "probability_flow": ("sampler", ("pc",)), "backend": ("sampler", ("pc",)),
     "rtol": ("sampler", ("ode",)), "atol": ("sampler", ("ode",)),
 }
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _nonnegative_int(text)
-    if value >= 2**64:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _model_spec(text: str) -> tuple[str, str]:
-    """'digits' (the shipped digits model of --sde), a score model file PATH.safetensors, or 'gmm[:NAME]' with NAME
-    a preset of fastsde.models.analytic -> (kind, name or path)."""
-    if text == "digits":
-        return "digits", "digits"
-    if text.endswith(".safetensors"):
-        return "file", text
-    kind, _, name = text.partition(":")
-    known = ", ".join(sorted(analytic.PRESETS))
-    if kind != "gmm":
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; known: digits, PATH.safetensors, gmm[:NAME] with "
-                                         f"NAME one of {known}")
-    name = name or "ring"
-    if name not in analytic.PRESETS:
-        raise argparse.ArgumentTypeError(f"unknown mixture preset {name!r}; known: {known}")
-    return kind, name
 
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -254,10 +191,9 @@ def _npz_path(out: str) -> str:
     return out if ext else out + ".npz"
 
 
-def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None,
-                   defaults: tuple | None = None):
+def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None):
     """(sampler(model) -> (x, nfe), the settings it was built with) from the command line."""
-    default_predictor, default_corrector, default_eps = defaults or _SDE_DEFAULTS[args.sde]
+    default_predictor, default_corrector, default_eps = _SDE_DEFAULTS[args.sde]
     inverse_scaler = inverse_scaler or (lambda x: x)
     eps = default_eps if args.eps is None else args.eps
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,

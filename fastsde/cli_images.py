@@ -11,13 +11,11 @@ import os
 
 import torch
 
-__all__ = ["train_arguments", "run_train"]
+from fastsde._cli_common import _SDE_DEFAULTS, _model_spec, _positive_int, _seed, _UsageError
 
-
-def _positive_int(text: str) -> int:
-    from fastsde.cli import _positive_int as check
-
-    return check(text)
+__all__ = ["DIGITS_DEFAULTS", "train_arguments", "run_train", "run_sample_images", "eval_arguments", "run_eval",
+           "inpaint_arguments", "run_inpaint", "likelihood_arguments", "run_likelihood", "make_mask",
+           "score_model_path", "load_model_for"]
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,15 +74,10 @@ def run_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- shared: models
 
 
-# The default fast sampler for the shipped digits model (fastsde sample with no arguments, bench e2e).
-DIGITS_DEFAULTS = {"sde": "vp", "steps": 200, "predictor": "euler_maruyama", "corrector": "none", "eps": 1e-3,
-                   "n": 64}
-
-
-def _usage(message: str):
-    from fastsde.cli import _UsageError
-
-    return _UsageError(message)
+# The default fast sampler for the shipped digits model (fastsde sample with no arguments, bench e2e): the VP
+# model with score_sde's VP sampler (Euler-Maruyama predictor, no corrector) at 200 steps, 64 digits.
+DIGITS_DEFAULTS = {"sde": "vp", "steps": 200, "n": 64}
+DIGITS_DEFAULTS.update(zip(("predictor", "corrector", "eps"), _SDE_DEFAULTS[DIGITS_DEFAULTS["sde"]]))
 
 
 def score_model_path(kind: str, spec: str, sde: str | None) -> str:
@@ -112,14 +105,6 @@ def load_model_for(args: argparse.Namespace):
     return mf, backend
 
 
-def _sde_defaults(sde_name: str) -> tuple:
-    if sde_name == DIGITS_DEFAULTS["sde"]:
-        return DIGITS_DEFAULTS["predictor"], DIGITS_DEFAULTS["corrector"], DIGITS_DEFAULTS["eps"]
-    from fastsde.cli import _SDE_DEFAULTS
-
-    return _SDE_DEFAULTS[sde_name]
-
-
 def _with_threads(args, fn):
     threads = torch.get_num_threads()
     try:
@@ -142,9 +127,9 @@ def _class_labels(spec: str, n: int) -> torch.Tensor:
     try:
         k = int(spec)
     except ValueError:
-        raise _usage(f"--class-label must be a digit 0-9 or 'all', got {spec!r}") from None
+        raise _UsageError(f"--class-label must be a digit 0-9 or 'all', got {spec!r}") from None
     if not 0 <= k <= 9:
-        raise _usage(f"--class-label must be a digit 0-9 or 'all', got {spec!r}")
+        raise _UsageError(f"--class-label must be a digit 0-9 or 'all', got {spec!r}")
     return torch.full((n,), k, dtype=torch.long)
 
 
@@ -165,9 +150,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
     if args.class_label is not None:
         _class_labels(args.class_label, 10)  # a bad label is a usage error, found before loading anything
         if args.sampler != "pc":
-            raise _usage("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
+            raise _UsageError("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
     elif args.guidance_scale is not None:
-        raise _usage("--guidance-scale applies with --class-label only")
+        raise _UsageError("--guidance-scale applies with --class-label only")
     mf, backend = load_model_for(args)
     args.sde = mf.sde_name
     args.steps = args.steps or DIGITS_DEFAULTS["steps"]
@@ -175,13 +160,12 @@ def run_sample_images(args: argparse.Namespace) -> int:
     sde = mf.make_sde(N=args.steps)
     shape = (args.n, 1, 16, 16)
     inverse_scaler = get_data_inverse_scaler(mf.centered)
-    defaults = _sde_defaults(mf.sde_name)
     class_labels = None
     if args.class_label is not None:
         class_labels = _class_labels(args.class_label, args.n)
-        sampler, info = _conditional_sampler(args, mf, sde, shape, inverse_scaler, defaults)
+        sampler, info = _conditional_sampler(args, mf, sde, shape, inverse_scaler)
     else:
-        sampler, info = _build_sampler(args, sde, shape, inverse_scaler, defaults)
+        sampler, info = _build_sampler(args, sde, shape, inverse_scaler)
 
     def draw():
         start = time.perf_counter()
@@ -219,7 +203,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _conditional_sampler(args, mf, sde, shape, inverse_scaler, defaults):
+def _conditional_sampler(args, mf, sde, shape, inverse_scaler):
     from fastsde import controllable
     from fastsde.pretrained import load_classifier, shipped_path
 
@@ -228,7 +212,7 @@ def _conditional_sampler(args, mf, sde, shape, inverse_scaler, defaults):
     if clf_sde != mf.sde_name:
         raise ValueError(f"the shipped time-dependent classifier was trained under {clf_sde}, the model under "
                          f"{mf.sde_name}")
-    predictor, corrector, eps = defaults
+    predictor, corrector, eps = _SDE_DEFAULTS[mf.sde_name]
     info = {"sde": mf.sde_name, "sampler": "pc", "steps": args.steps, "seed": args.seed, "noise": args.noise,
             "predictor": args.predictor or predictor, "corrector": args.corrector or corrector,
             "eps": args.eps or eps, "snr": args.snr or 0.16, "n_steps_each": 1 if args.n_steps_each is None
@@ -269,28 +253,24 @@ def _format_images_report(r: dict) -> str:
 
 
 def _image_model_arguments(p: argparse.ArgumentParser, n_default: int) -> None:
-    from fastsde.cli import _positive_int as positive, _seed
-
     p.add_argument("--model", default="digits", metavar="MODEL",
                    help="'digits' (the shipped digits model of --sde) or a score model file PATH.safetensors")
     p.add_argument("--sde", choices=("ve", "vp", "subvp"), default=None,
                    help=f"which shipped digits model (default: {DIGITS_DEFAULTS['sde']})")
-    p.add_argument("--n", type=positive, default=n_default, help="number of test digits / samples")
+    p.add_argument("--n", type=_positive_int, default=n_default, help="number of test digits / samples")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the noise (and of the choice of test digits)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
 
 def _parse_model(args) -> None:
-    from fastsde.cli import _model_spec
-
     kind = _model_spec(args.model)
     if kind[0] == "gmm":
-        raise _usage("this command takes an image model: 'digits' or PATH.safetensors")
+        raise _UsageError("this command takes an image model: 'digits' or PATH.safetensors")
     if kind[0] == "file" and args.sde is not None:
-        raise _usage("--sde does not apply to a model file: it was trained under its own SDE")
+        raise _UsageError("--sde does not apply to a model file: it was trained under its own SDE")
     args.model = kind
 
 
@@ -299,7 +279,7 @@ def _test_subset(n: int, seed: int):
 
     images, labels = load_digits("test")
     if n > images.shape[0]:
-        raise _usage(f"--n must be at most {images.shape[0]} (the test split), got {n}")
+        raise _UsageError(f"--n must be at most {images.shape[0]} (the test split), got {n}")
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return images[idx], labels[idx]
 
@@ -329,13 +309,11 @@ def make_mask(kind: str, n: int, size: int = 16) -> torch.Tensor:
 
 
 def inpaint_arguments(p: argparse.ArgumentParser) -> None:
-    from fastsde.cli import _positive_int as positive
-
     _image_model_arguments(p, 16)
     p.add_argument("--mask", choices=_MASKS, default="right",
                    help="what to generate: 'right' half (the left half is known), left, bottom, top, or a 4x4 "
                         "checkerboard")
-    p.add_argument("--steps", type=positive, default=None, help=f"sampler steps (default: {DIGITS_DEFAULTS['steps']})")
+    p.add_argument("--steps", type=_positive_int, default=None, help=f"sampler steps (default: {DIGITS_DEFAULTS['steps']})")
     p.add_argument("--predictor", default=None, help="PC predictor (default: the model's default sampler's)")
     p.add_argument("--corrector", default=None, help="PC corrector (default: the model's default sampler's)")
     p.add_argument("--snr", type=float, default=0.16, help="Langevin corrector signal-to-noise ratio")
@@ -355,7 +333,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     _parse_model(args)
     mf, backend = load_model_for(args)
     steps = args.steps or DIGITS_DEFAULTS["steps"]
-    predictor, corrector, eps = _sde_defaults(mf.sde_name)
+    predictor, corrector, eps = _SDE_DEFAULTS[mf.sde_name]
     predictor, corrector = args.predictor or predictor, args.corrector or corrector
     images, labels = _test_subset(args.n, args.seed)
     mask = make_mask(args.mask, args.n)
@@ -452,12 +430,10 @@ def run_likelihood(args: argparse.Namespace) -> int:
 
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
-    from fastsde.cli import _positive_int as positive
-
     _image_model_arguments(p, 256)
     p.add_argument("--samples", default=None, metavar="NPZ",
                    help="evaluate these images (a `fastsde sample` .npz, key 'samples') instead of sampling")
-    p.add_argument("--steps", type=positive, default=None,
+    p.add_argument("--steps", type=_positive_int, default=None,
                    help=f"sampler steps when sampling (default: {DIGITS_DEFAULTS['steps']})")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
 
@@ -482,7 +458,7 @@ def run_eval(args: argparse.Namespace) -> int:
         _parse_model(args)
         mf, backend = load_model_for(args)
         steps = args.steps or DIGITS_DEFAULTS["steps"]
-        predictor, corrector, eps = _sde_defaults(mf.sde_name)
+        predictor, corrector, eps = _SDE_DEFAULTS[mf.sde_name]
         sampler = get_pc_sampler(mf.make_sde(N=steps), (args.n, 1, 16, 16), predictor, corrector,
                                  get_data_inverse_scaler(mf.centered), 0.16, continuous=True, eps=eps,
                                  device=args.device, backend=backend, seed=args.seed, progress=args.progress)
