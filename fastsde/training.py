@@ -17,11 +17,13 @@ a directory with a checkpoint resumes from it. The exported model (`model.safete
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -290,7 +292,11 @@ class Trainer:
         return path
 
     def run(self) -> dict:
-        """Train to config.steps (from wherever the checkpoint left off); returns a summary."""
+        """Train to config.steps (from wherever the checkpoint left off); returns a summary.
+
+        Ctrl-C / SIGTERM finish the current step, write a checkpoint and raise KeyboardInterrupt: rerunning the
+        same command continues from exactly there. (A hard kill loses the steps since the last periodic one.)
+        """
         from fastsde.sampling import _progress
 
         c = self.config
@@ -299,17 +305,20 @@ class Trainer:
         start, t0 = self.step, time.perf_counter()
         bar = _progress(range(self.step, c.steps), self.progress, f"train {c.sde}")
         self.model.train()
-        for _ in bar:
-            loss = self.train_step()
-            if hasattr(bar, "set_postfix") and (self.step % 10 == 0 or self.step == c.steps):
-                bar.set_postfix(loss=f"{_tail_mean(self.losses, 50):.4f}")
-            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
-                self.save_checkpoint()
-            if self.step % c.snapshot_every == 0 or self.step == c.steps:
-                self.snapshot()
-                self.model.train()
-            if not math.isfinite(loss):  # pragma: no cover - train_step raises first
-                break
+        with _deferred_interrupts() as stop:
+            for _ in bar:
+                self.train_step()
+                if hasattr(bar, "set_postfix") and (self.step % 10 == 0 or self.step == c.steps):
+                    bar.set_postfix(loss=f"{_tail_mean(self.losses, 50):.4f}")
+                if self.step % c.checkpoint_every == 0 or self.step == c.steps or stop:
+                    self.save_checkpoint()
+                if stop:
+                    self.log(f"interrupted at step {self.step}/{c.steps}: checkpoint written to {self.out_dir}; run "
+                             f"the same command again to continue")
+                    raise KeyboardInterrupt
+                if self.step % c.snapshot_every == 0 or self.step == c.steps:
+                    self.snapshot()
+                    self.model.train()
         seconds = time.perf_counter() - t0
         export = self.export()
         summary = {"steps": self.step, "trained_now": self.step - start, "seconds": seconds,
@@ -318,6 +327,28 @@ class Trainer:
         with open(os.path.join(self.out_dir, "train_summary.json"), "w") as f:
             json.dump({**summary, "config": dataclasses.asdict(c), "command": self.command}, f, indent=2)
         return summary
+
+
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Within the block, SIGINT/SIGTERM only append to the yielded list (checked between training steps), so an
+    interrupt never lands in the middle of an optimizer/EMA update. Off the main thread signals cannot be caught
+    and the list stays empty."""
+    received, previous = [], {}
+
+    def handler(signum, frame):
+        received.append(signum)
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _tail_mean(values, n: int) -> float:

@@ -97,19 +97,19 @@ def _weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+def test_killed_run_resumes_from_its_last_checkpoint_bit_for_bit(tmp_path, monkeypatch):
     straight = training.Trainer(_config(), str(tmp_path / "a"), progress=False, command="test")
     straight.run()
 
     step = training.Trainer.train_step
 
-    def interrupting(self):
-        if self.step == 10:  # after the checkpoint at step 8, before the one at 12
-            raise KeyboardInterrupt
+    def killed(self):
+        if self.step == 10:  # a hard stop after the checkpoint at step 8, before the one at 12
+            raise SystemExit("killed")
         return step(self)
 
-    monkeypatch.setattr(training.Trainer, "train_step", interrupting)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(training.Trainer, "train_step", killed)
+    with pytest.raises(SystemExit):
         training.Trainer(_config(), str(tmp_path / "b"), progress=False, command="test").run()
     monkeypatch.setattr(training.Trainer, "train_step", step)
 
@@ -120,6 +120,32 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(x, y) for x, y in zip(straight.ema.shadow, resumed.ema.shadow))
+
+
+def test_ctrl_c_saves_the_step_it_finished_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    straight = training.Trainer(_config(), str(tmp_path / "a"), progress=False, command="test")
+    straight.run()
+    step = training.Trainer.train_step
+
+    def signalled(self):
+        if self.step == 9:  # the signal arrives mid-step: the step completes, then the run stops with a checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(training.Trainer, "train_step", signalled)
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        training.Trainer(_config(), str(tmp_path / "b"), progress=False, command="test", log=logs.append).run()
+    monkeypatch.setattr(training.Trainer, "train_step", step)
+    assert "interrupted at step 10/12" in logs[-1]
+    resumed = training.Trainer(_config(), str(tmp_path / "b"), progress=False, command="test")
+    assert resumed.step == 10
+    resumed.run()
+    a, b = _weights(straight), _weights(resumed)
+    assert resumed.losses == straight.losses and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_more_steps_continue_a_finished_run_and_other_options_are_refused(tmp_path):
