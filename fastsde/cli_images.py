@@ -182,6 +182,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
               "fd": quality["fd"], "fd_real_vs_real": evaluator.real_vs_real(args.n, seed=args.seed),
               "fd_real_vs_noise": evaluator.real_vs_noise(args.n, seed=args.seed), "classes": quality["classes"],
               "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]}
+    if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
+        report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
+                                              + (info["predictor"] != "none"))
     if class_labels is not None:
         predicted = evaluator.logits(images).argmax(1)
         report["class_label"] = args.class_label
@@ -193,8 +196,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
     np.savez(report["npz"], samples=images.numpy(), **({"class_labels": class_labels.numpy()}
                                                        if class_labels is not None else {}))
     if args.plot:
-        what = f"{info['predictor']}+{info['corrector']}" if info["sampler"] == "pc" else "ODE"
-        title = (f"{report['model']}: {what}, {args.steps} steps, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
+        what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
+                f"probability-flow ODE, {report['nfe']} evaluations")
+        title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
                  f"real {report['fd_real_vs_real']:.1f}, noise {report['fd_real_vs_noise']:.0f})"
                  + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
                     else ""))
@@ -231,7 +235,8 @@ def _format_images_report(r: dict) -> str:
     c = r["classes"]
     rows = [
         ("samples", f"{r['n']} x 1 x 16 x 16" + (f"  ({r['nonfinite']} not finite!)" if r["nonfinite"] else "")),
-        ("nfe", f"{r['nfe']}"),
+        ("nfe", f"{r['nfe']}" + (f"  (score_sde's count; {r['model_evals']} model evaluations)"
+                                 if r.get("model_evals", r["nfe"]) != r["nfe"] else "")),
         ("wall time", f"{r['wall_time_s']:.2f} s  ({r['images_per_s']:.1f} images/s, {r['threads']} threads)"),
         ("FD", f"{r['fd']:.2f}  (classifier features vs the 359 test digits; at n={r['n']}: real vs real "
                f"{r['fd_real_vs_real']:.2f}, noise vs real {r['fd_real_vs_noise']:.1f})"),
@@ -244,8 +249,9 @@ def _format_images_report(r: dict) -> str:
     rows.append(("wrote", ", ".join(p for p in (r["npz"], r["png"]) if p)))
     sampler = (f"pc {r['predictor']} + {r['corrector']}" if r["sampler"] == "pc" else
                f"probability-flow ODE (rtol {r['rtol']:g}, atol {r['atol']:g})")
-    head = f"{r['model']}, {r['sde']} SDE, {sampler}, {r['steps']} steps, seed {r['seed']}, backend " \
-           f"{r.get('backend', '-')}"
+    steps = f", {r['steps']} steps" if r["sampler"] == "pc" else ""
+    backend = f", backend {r['backend']}" if r["sampler"] == "pc" else ""
+    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}"
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
 
 
