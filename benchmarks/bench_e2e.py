@@ -12,7 +12,8 @@ digits_pc_b64: 64 digits from fastsde/data/digits_vp.safetensors with the defaul
 Equal output: before timing, both paths run on the same FSN1 noise and the record's max_abs_diff says how far apart
 their images are (float32 rounding, accumulated over the steps).
 
-`tradeoff()` measures the quality/speed trade-off of the fastsde path: PC at several step counts and the
+`tradeoff()` measures the quality/speed trade-off of the fastsde path (fused U-Net on `backend`; the PC loop fused
+too, the ODE integrated by scipy's RK45 around it): PC at several step counts and the
 probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and the Fréchet distance of its
 samples (fastsde.evaluation, classifier features vs the test digits) next to real-vs-real at the same n.
 """
@@ -43,10 +44,16 @@ def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str =
                           continuous=True, eps=DIGITS_DEFAULTS["eps"], backend=backend, seed=seed, noise=noise)
 
 
-def _models(path):
+def _model_evals(steps: int) -> int:
+    from fastsde.cli_images import DIGITS_DEFAULTS
+
+    return steps * ((DIGITS_DEFAULTS["predictor"] != "none") + (DIGITS_DEFAULTS["corrector"] != "none"))
+
+
+def _models(path, backend: str):
     from fastsde.pretrained import load_score_model
 
-    return load_score_model(path, backend="native"), load_score_model(path, reference=True)
+    return load_score_model(path, backend=backend), load_score_model(path, reference=True)
 
 
 def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64) -> list[dict]:
@@ -56,7 +63,7 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
     steps = DIGITS_DEFAULTS["steps"]
     reps = 1 if quick else 3
     copy_gbps = common.copy_bandwidth_gbps(reps=5)
-    fused, reference = _models(path)
+    fused, reference = _models(path, backend)
     fast = _sampler(fused, backend, n, steps)
     with torch.no_grad():  # equal output: both paths on the same FSN1 noise
         a = fast(fused.model)[0]
@@ -78,7 +85,7 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
           flush=True)
     rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps,
                  {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
-    rec.update(max_abs_diff=err, steps=steps, nfe=steps, sampler=f"pc {DIGITS_DEFAULTS['predictor']}+"
+    rec.update(max_abs_diff=err, steps=steps, model_evals=_model_evals(steps), sampler=f"pc {DIGITS_DEFAULTS['predictor']}+"
                f"{DIGITS_DEFAULTS['corrector']}", model=path.rsplit("/", 1)[-1])
     return [rec]
 
@@ -104,6 +111,8 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
             x, nfe = fn(mf.model)
         wall = time.perf_counter() - t0
         q = evaluator.evaluate(x.detach().float().clamp(0, 1))
+        if kind == "pc":  # model evaluations (score_sde's nfe also counts a "none" corrector)
+            nfe = _model_evals(steps)
         row = {"sampler": kind, "steps": steps if kind == "pc" else None, "rtol": rtol, "nfe": int(nfe),
                "wall_s": wall, "fd": q["fd"], "class_entropy": q["classes"]["entropy"]}
         print(f"  {kind} {'steps ' + str(steps) if kind == 'pc' else f'rtol {rtol:g}'}: nfe {nfe}, {wall:.1f} s, "
@@ -135,7 +144,7 @@ def plot_tradeoff(result: dict, path: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel(f"wall time for {result['n']} digits (s, {result['threads']} CPU threads)")
     ax.set_ylabel("Fréchet distance (classifier features)")
-    ax.set_title("digits_vp: quality vs time, fastsde native", fontsize=10)
+    ax.set_title(f"digits_vp: quality vs time, fastsde (fused U-Net, {result['backend']} kernels)", fontsize=10)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     return path

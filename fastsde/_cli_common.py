@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from fastsde.models import analytic
+from fastsde.sampling import PC_DEFAULTS
 
 __all__ = ["_UsageError", "_SDE_DEFAULTS", "_positive_int", "_nonnegative_int", "_seed", "_positive_float",
            "_model_spec"]
@@ -16,12 +17,7 @@ class _UsageError(Exception):
     """A bad command line (exit code 2)."""
 
 
-# score_sde's defaults per SDE: (predictor, corrector, eps).
-_SDE_DEFAULTS = {
-    "ve": ("reverse_diffusion", "langevin", 1e-5),
-    "vp": ("euler_maruyama", "none", 1e-3),
-    "subvp": ("euler_maruyama", "none", 1e-3),
-}
+_SDE_DEFAULTS = PC_DEFAULTS  # score_sde's (predictor, corrector, eps) per SDE name
 
 
 def _positive_int(text: str) -> int:

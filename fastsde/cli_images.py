@@ -40,7 +40,9 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampler steps of those grids")
     p.add_argument("--classifier", choices=("none", "clean", "noisy"), default="none",
                    help="train a digit classifier instead of a score model: 'clean' (the eval metric's feature "
-                        "space) or 'noisy' (time-dependent, for class-conditional sampling under --sde)")
+                        "space) or 'noisy' (time-dependent, for class-conditional sampling under --sde); it uses "
+                        "--steps, --batch-size, --lr, --seed, --sde and --out only (AdamW, cosine decay; a few "
+                        "minutes, so not checkpointed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", required=True, help="run directory (checkpoint, sample grids, exported model)")
@@ -123,6 +125,8 @@ def _stem(out: str) -> str:
 
 def _class_labels(spec: str, n: int) -> torch.Tensor:
     if spec == "all":
+        if n % 10:
+            raise _UsageError(f"--class-label all needs --n a multiple of 10 (n/10 of each digit), got {n}")
         return torch.arange(n) * 10 // n
     try:
         k = int(spec)
@@ -153,10 +157,12 @@ def run_sample_images(args: argparse.Namespace) -> int:
             raise _UsageError("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
     elif args.guidance_scale is not None:
         raise _UsageError("--guidance-scale applies with --class-label only")
-    mf, backend = load_model_for(args)
+    mf, _ = load_model_for(args)
     args.sde = mf.sde_name
     args.steps = args.steps or DIGITS_DEFAULTS["steps"]
     args.n = args.n or DIGITS_DEFAULTS["n"]
+    if args.class_label is not None:
+        _class_labels(args.class_label, args.n)
     sde = mf.make_sde(N=args.steps)
     shape = (args.n, 1, 16, 16)
     inverse_scaler = get_data_inverse_scaler(mf.centered)
@@ -179,8 +185,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
     quality = evaluator.evaluate(images)
     report = {"model": os.path.basename(mf.path), **info, "n": args.n, "nfe": int(nfe), "wall_time_s": wall,
               "images_per_s": args.n / wall, "threads": args.threads or torch.get_num_threads(),
-              "fd": quality["fd"], "fd_real_vs_real": evaluator.real_vs_real(args.n, seed=args.seed),
-              "fd_real_vs_noise": evaluator.real_vs_noise(args.n, seed=args.seed), "classes": quality["classes"],
+              "fd": quality["fd"], **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
               "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]}
     if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
         report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
@@ -199,7 +204,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
         what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
                 f"probability-flow ODE, {report['nfe']} evaluations")
         title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
-                 f"real {report['fd_real_vs_real']:.1f}, noise {report['fd_real_vs_noise']:.0f})"
+                 f"real {_opt(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
                  + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
                     else ""))
         plotting.save_image_grid(images, report["png"], title=title, nrow=10 if args.class_label == "all" else None)
@@ -231,6 +236,10 @@ def _conditional_sampler(args, mf, sde, shape, inverse_scaler):
     return sampler, info
 
 
+def _opt(value, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def _format_images_report(r: dict) -> str:
     c = r["classes"]
     rows = [
@@ -239,7 +248,7 @@ def _format_images_report(r: dict) -> str:
                                  if r.get("model_evals", r["nfe"]) != r["nfe"] else "")),
         ("wall time", f"{r['wall_time_s']:.2f} s  ({r['images_per_s']:.1f} images/s, {r['threads']} threads)"),
         ("FD", f"{r['fd']:.2f}  (classifier features vs the 359 test digits; at n={r['n']}: real vs real "
-               f"{r['fd_real_vs_real']:.2f}, noise vs real {r['fd_real_vs_noise']:.1f})"),
+               f"{_opt(r['fd_real_vs_real'])}, noise vs real {r['fd_real_vs_noise']:.1f})"),
         ("classes", f"{c['histogram']}  entropy {c['entropy']:.3f} of {c['max_entropy']:.3f}, confidence "
                     f"{c['confidence']:.3f}"),
     ]
@@ -272,7 +281,10 @@ def _image_model_arguments(p: argparse.ArgumentParser, n_default: int) -> None:
 
 
 def _parse_model(args) -> None:
-    kind = _model_spec(args.model)
+    try:
+        kind = _model_spec(args.model)
+    except argparse.ArgumentTypeError as err:
+        raise _UsageError(f"--model: {err}") from None
     if kind[0] == "gmm":
         raise _UsageError("this command takes an image model: 'digits' or PATH.safetensors")
     if kind[0] == "file" and args.sde is not None:
@@ -345,8 +357,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     mask = make_mask(args.mask, args.n)
     inpainter = controllable.get_pc_inpainter(mf.make_sde(N=steps), predictor, corrector,
                                               get_data_inverse_scaler(mf.centered), args.snr, continuous=True,
-                                              eps=eps, backend=backend, seed=args.seed, progress=args.progress,
-                                              keep_known=True)
+                                              eps=eps, backend=backend, seed=args.seed, progress=args.progress)
     data = get_data_scaler(mf.centered)(images).to(args.device)
 
     def run():
@@ -355,7 +366,11 @@ def run_inpaint(args: argparse.Namespace) -> int:
         return out, time.perf_counter() - start
 
     out, wall = _with_threads(args, run)
-    completed = out.detach().float().cpu()
+    raw = out.detach().float().cpu()
+    # score_sde's inpainter returns mean_coef(eps) data at the known pixels; report that drift, then put the known
+    # pixels back exactly (in image space, so no scaler round-off either).
+    known_drift = float(((raw - images).abs() * mask).max())
+    completed = raw * (1 - mask) + images * mask
     known_err = float(((completed - images).abs() * mask).max())
     evaluator = DigitsEvaluator()
     acc = float((evaluator.logits(completed.clamp(0, 1)).argmax(1) == labels).double().mean())
@@ -365,6 +380,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     report = {"model": os.path.basename(mf.path), "sde": mf.sde_name, "mask": args.mask, "n": args.n,
               "steps": steps, "predictor": predictor, "corrector": corrector, "backend": backend, "seed": args.seed,
               "wall_time_s": wall, "known_pixels_max_abs_error": known_err,
+              "known_pixels_sampler_drift": known_drift,
               "classifier_accuracy_completed": acc, "classifier_accuracy_masked_zero_filled": acc_masked,
               "npz": stem + ".npz", "png": stem + ".png"}
     np.savez(report["npz"], original=images.numpy(), mask=mask.numpy(), completed=completed.numpy(),
@@ -379,7 +395,8 @@ def run_inpaint(args: argparse.Namespace) -> int:
     else:
         print(f"inpainted {args.n} test digits ({args.mask} part generated) in {wall:.2f} s with "
               f"{report['model']}, {predictor}+{corrector}, {steps} steps\n"
-              f"  known pixels   max |completed - original| = {known_err:.2e}\n"
+              f"  known pixels   max |completed - original| = {known_err:.2e} (the sampler's own output drifts by "
+              f"{known_drift:.1e} there: mean_coef(eps) data)\n"
               f"  classifier     {100 * acc:.1f}% of completions read as the original digit "
               f"(zero-filled masked input: {100 * acc_masked:.1f}%)\n"
               f"  wrote          {report['npz']}, {report['png']}")
@@ -438,7 +455,8 @@ def run_likelihood(args: argparse.Namespace) -> int:
 def eval_arguments(p: argparse.ArgumentParser) -> None:
     _image_model_arguments(p, 256)
     p.add_argument("--samples", default=None, metavar="NPZ",
-                   help="evaluate these images (a `fastsde sample` .npz, key 'samples') instead of sampling")
+                   help="evaluate these images (a `fastsde sample` .npz, key 'samples') instead of sampling; the "
+                        "model and sampler options then do not apply")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help=f"sampler steps when sampling (default: {DIGITS_DEFAULTS['steps']})")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
@@ -472,15 +490,14 @@ def run_eval(args: argparse.Namespace) -> int:
         source = f"{os.path.basename(mf.path)} ({predictor}+{corrector}, {steps} steps, seed {args.seed})"
     q = evaluator.evaluate(images)
     n = q["n"]
-    report = {"source": source, **q, "fd_real_vs_real": evaluator.real_vs_real(n, seed=args.seed),
-              "fd_real_vs_noise": evaluator.real_vs_noise(n, seed=args.seed), "classifier": evaluator.path}
+    report = {"source": source, **q, **evaluator.scale_at(n, seed=args.seed), "classifier": evaluator.path}
     if args.json:
         print(json.dumps(report))
         return 0
     c = q["classes"]
     print(f"{source}: {n} images\n"
           f"  FD          {q['fd']:.2f}  (classifier features vs the 359 test digits; at n={n}: real vs real "
-          f"{report['fd_real_vs_real']:.2f}, noise vs real {report['fd_real_vs_noise']:.1f})\n"
+          f"{_opt(report['fd_real_vs_real'])}, noise vs real {report['fd_real_vs_noise']:.1f})\n"
           f"  classes     {c['histogram']}  entropy {c['entropy']:.3f} of {c['max_entropy']:.3f}, confidence "
           f"{c['confidence']:.3f}\n"
           f"  classifier  {100 * q['test_accuracy']:.1f}% accurate on the real test digits")

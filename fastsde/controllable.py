@@ -29,7 +29,6 @@ import torch
 from fastsde import sampling
 from fastsde import sde as sde_lib
 from fastsde._util import per_sample
-from fastsde.models.utils import get_score_parts
 from fastsde.noise import NoiseStream
 
 __all__ = ["get_pc_inpainter", "get_pc_colorizer", "get_pc_conditional_sampler", "ClassifierGuidedModel",
@@ -219,7 +218,6 @@ class ClassifierGuidedModel(torch.nn.Module):
         self.sde, self.continuous = sde, bool(continuous)
         self.labels, self.scale = labels, float(scale)
         self._max_label = int(labels.max()) if labels.numel() else -1
-        self._std_fn = getattr(get_score_parts(sde, continuous)[0], "std_fn", None)
 
     def _std(self, model_labels: torch.Tensor) -> torch.Tensor:
         """std(t) float64 (B,) from the time labels, in get_score_parts' convention."""
@@ -255,7 +253,7 @@ class ClassifierGuidedModel(torch.nn.Module):
         if self.scale == 0.0:
             return out
         grad = self.classifier_grad(x, model_labels)
-        if self._std_fn is None:  # VE: the model output is the score
+        if isinstance(self.sde, sde_lib.VESDE):  # the model output is the score
             return out + self.scale * grad.to(out.dtype)
         weight = (self._std(model_labels) * self.scale).to(out.dtype)
         return out - per_sample(weight, out) * grad.to(out.dtype)

@@ -37,7 +37,7 @@ class DigitsEvaluator:
             raise ValueError(f"{self.path} is a time-dependent classifier; the metrics need a clean-image one")
         self.device = torch.device(device)
         self.test_images, self.test_labels = load_digits("test")
-        self.train_images, self.train_labels = load_digits("train")
+        self.train_images = load_digits("train")[0]
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,20 +64,28 @@ class DigitsEvaluator:
         return metrics.frechet_distance(self.features(images), self.test_features)
 
     def evaluate(self, images: torch.Tensor) -> dict:
-        """{'fd', 'n', 'classes': class_statistics, 'test_accuracy', 'nonfinite'} for generated images."""
+        """{'fd', 'n', 'classes': class_statistics, 'test_accuracy', 'nonfinite'} for generated images; images with
+        NaN/inf are counted in 'nonfinite' and left out of everything else ('n' counts the finite ones)."""
         images = images.detach().cpu()
         finite = torch.isfinite(images.flatten(1)).all(1)
         if not bool(finite.any()):
             raise ValueError("every generated image contains NaN or inf")
         good = images[finite]
-        return {"n": int(images.shape[0]), "nonfinite": int((~finite).sum()), "fd": self.frechet_distance(good),
+        return {"n": int(good.shape[0]), "nonfinite": int((~finite).sum()), "fd": self.frechet_distance(good),
                 "classes": metrics.class_statistics(self.logits(good)), "test_accuracy": self.test_accuracy}
 
     def real_vs_real(self, n: int, seed: int = 0) -> float:
         """FD of n training digits (a seeded random subset) against the test digits."""
+        if not 2 <= n <= self.train_images.shape[0]:
+            raise ValueError(f"real_vs_real needs 2 <= n <= {self.train_images.shape[0]} (the training split), got {n}")
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(self.train_images.shape[0], generator=g)[:n]
         return self.frechet_distance(self.train_images[idx])
+
+    def scale_at(self, n: int, seed: int = 0) -> dict:
+        """{'fd_real_vs_real', 'fd_real_vs_noise'} at n (real_vs_real None when n exceeds the training split)."""
+        rvr = self.real_vs_real(n, seed) if 2 <= n <= self.train_images.shape[0] else None
+        return {"fd_real_vs_real": rvr, "fd_real_vs_noise": self.real_vs_noise(n, seed)}
 
     def real_vs_noise(self, n: int, seed: int = 0) -> float:
         """FD of n uniform-noise images against the test digits."""

@@ -39,8 +39,11 @@ def read_metadata(path: str) -> dict[str, str]:
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    with safe_open(path, framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) on a damaged file
+        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
 @dataclass

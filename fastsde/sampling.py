@@ -24,7 +24,7 @@ __all__ = [
     "Predictor", "Corrector", "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics", "NoneCorrector", "register_predictor",
     "register_corrector", "get_predictor", "get_corrector", "get_pc_sampler", "get_ode_sampler", "get_sampling_fn",
-    "BACKENDS",
+    "BACKENDS", "PC_DEFAULTS",
 ]
 
 _PREDICTORS: dict[str, type] = {}
@@ -264,6 +264,15 @@ class NoneCorrector(Corrector):
 
     def update_fn(self, x, t):
         return x, x
+
+
+# score_sde's sampling configs per SDE name: (predictor, corrector, eps) — VE: reverse diffusion + Langevin down to
+# 1e-5; VP/subVP: Euler-Maruyama without a corrector down to 1e-3.
+PC_DEFAULTS = {
+    "ve": ("reverse_diffusion", "langevin", 1e-5),
+    "vp": ("euler_maruyama", "none", 1e-3),
+    "subvp": ("euler_maruyama", "none", 1e-3),
+}
 
 
 def _check_backend(backend: str) -> str:

@@ -168,7 +168,7 @@ class Trainer:
 
         self.config, self.out_dir, self.device = config, out_dir, torch.device(device)
         self.progress, self.log = progress, log
-        self.command = command if command is not None else shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+        self.command = command if command is not None else _command_line()
         os.makedirs(out_dir, exist_ok=True)
         images, _ = load_dataset(config.dataset, "train")
         self.sde = make_sde(config.sde)
@@ -193,6 +193,8 @@ class Trainer:
             "config": dataclasses.asdict(self.config), "step": self.step, "losses": self.losses,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
             "noise_gen": self.noise_gen.get_state(), "batch_gen": self.batch_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "order": self._order, "cursor": self._cursor,
         }
 
@@ -200,16 +202,19 @@ class Trainer:
         path = os.path.join(self.out_dir, self.CHECKPOINT)
         if not os.path.exists(path):
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on the CPU
         saved, mine = dict(state["config"]), dataclasses.asdict(self.config)
         diff = {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
         if diff:
             raise ValueError(f"{path} was written by a different run (saved vs requested: {diff}); use another "
                              f"--out or the same options")
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        self.ema.load_state_dict({**state["ema"], "shadow": [s.to(self.device) for s in state["ema"]["shadow"]]})
         self.optimizer.load_state_dict(state["optimizer"])
         self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.batch_gen.set_state(state["batch_gen"])
         self.step, self.losses = int(state["step"]), list(state["losses"])
         self._order, self._cursor = state["order"], int(state["cursor"])
@@ -267,15 +272,14 @@ class Trainer:
         """Sample an n-image grid with the EMA weights; returns the PNG path."""
         from fastsde.datasets import get_data_inverse_scaler
         from fastsde.plotting import save_image_grid
-        from fastsde.sampling import get_pc_sampler
+        from fastsde.sampling import PC_DEFAULTS, get_pc_sampler
 
         sde = make_sde(self.config.sde, N=self.config.snapshot_steps)
         shape = (n,) + tuple(self.data.shape[1:])
-        predictor, corrector = ("reverse_diffusion", "langevin") if self.config.sde == "ve" else \
-            ("euler_maruyama", "none")
+        predictor, corrector, eps = PC_DEFAULTS[self.config.sde]
         sampler = get_pc_sampler(sde, shape, predictor, corrector,
                                  get_data_inverse_scaler(self.model_config.centered), 0.16, continuous=True,
-                                 eps=1e-5 if self.config.sde == "ve" else 1e-3, device=self.device, seed=self.step)
+                                 eps=eps, device=self.device, seed=self.step)
         x, _ = sampler(self.ema_model())
         path = os.path.join(self.out_dir, f"samples_{self.step:06d}.png")
         save_image_grid(x.clamp(0, 1).cpu(), path, title=f"{self.config.sde.upper()} step {self.step}")
@@ -351,15 +355,21 @@ def _deferred_interrupts():
             signal.signal(sig, old)
 
 
+def _command_line() -> str:
+    """This process's command line as a user would type it (provenance stored in the exported files)."""
+    return shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+
+
 def _tail_mean(values, n: int) -> float:
     tail = values[-n:]
     return float(sum(tail) / len(tail)) if tail else float("nan")
 
 
-def _shift_augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
-    """Shift each image by up to max_shift pixels in x and y (zero fill): the classifier's only augmentation."""
+def _shift_augment(x: torch.Tensor, generator: torch.Generator, background: float, max_shift: int = 1) -> torch.Tensor:
+    """Shift each image by up to max_shift pixels in x and y, filling with the background value (0 for data in
+    [0, 1], -1 for data scaled to [-1, 1]): the classifiers' only augmentation."""
     b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, value=background)
     dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)).tolist()
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
@@ -381,7 +391,7 @@ def train_classifier(out_dir: str, *, time_dependent: bool = False, sde: str = "
     from fastsde.sampling import _progress
 
     device = torch.device(device)
-    command = command if command is not None else shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+    command = command if command is not None else _command_line()
     os.makedirs(out_dir, exist_ok=True)
     images, labels = load_digits("train")
     test_images, test_labels = load_digits("test")
@@ -408,7 +418,7 @@ def train_classifier(out_dir: str, *, time_dependent: bool = False, sde: str = "
     model.train()
     for step in bar:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen).to(device)
-        x, y = _shift_augment(data[idx], gen), targets[idx]
+        x, y = _shift_augment(data[idx], gen, background=float(scaler(torch.zeros(())))), targets[idx]
         model_labels = None
         if time_dependent:
             t = (torch.rand(batch_size, generator=gen) * (sde_obj.T - eps) + eps).to(device)
