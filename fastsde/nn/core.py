@@ -15,10 +15,11 @@ __all__ = ["variance_scaling_", "NIN", "conv3x3", "conv1x1", "dense", "num_group
 
 
 def op_backend(backend: str, *tensors) -> str:
-    """The backend a module passes to an op: "auto" becomes "reference" when autograd will record the call (grad
-    enabled and any input requiring grad), because the fused backends are inference kernels without derivatives
-    (e.g. the native attn_block's in-place softmax). Samplers run under no_grad and keep the fused path."""
-    if backend == "auto" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    """The backend a module passes to an op: "reference" whenever autograd will record the call (grad enabled and
+    any input requiring grad), whatever backend was asked for, because the fused backends are inference kernels
+    without derivatives (e.g. the native attn_block's in-place softmax): training and the likelihood's divergence
+    get correct gradients on every build. Samplers run under no_grad and keep the fused path."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return "reference"
     return backend
 
