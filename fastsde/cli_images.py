@@ -332,8 +332,10 @@ def inpaint_arguments(p: argparse.ArgumentParser) -> None:
                    help="what to generate: 'right' half (the left half is known), left, bottom, top, or a 4x4 "
                         "checkerboard")
     p.add_argument("--steps", type=_positive_int, default=None, help=f"sampler steps (default: {DIGITS_DEFAULTS['steps']})")
-    p.add_argument("--predictor", default=None, help="PC predictor (default: the model's default sampler's)")
-    p.add_argument("--corrector", default=None, help="PC corrector (default: the model's default sampler's)")
+    p.add_argument("--predictor", default="reverse_diffusion", help="PC predictor")
+    p.add_argument("--corrector", default="langevin",
+                   help="PC corrector (score_sde's inpainting setup; with 'none' the completions agree less with "
+                        "the known half: 39%% vs 63%% classified as the original digit on 64 test digits, right half)")
     p.add_argument("--snr", type=float, default=0.16, help="Langevin corrector signal-to-noise ratio")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
     p.add_argument("--out", default="inpaint", help="output stem: writes STEM.png and STEM.npz")
@@ -351,8 +353,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     _parse_model(args)
     mf, backend = load_model_for(args)
     steps = args.steps or DIGITS_DEFAULTS["steps"]
-    predictor, corrector, eps = _SDE_DEFAULTS[mf.sde_name]
-    predictor, corrector = args.predictor or predictor, args.corrector or corrector
+    predictor, corrector, eps = args.predictor, args.corrector, _SDE_DEFAULTS[mf.sde_name][2]
     images, labels = _test_subset(args.n, args.seed)
     mask = make_mask(args.mask, args.n)
     inpainter = controllable.get_pc_inpainter(mf.make_sde(N=steps), predictor, corrector,
