@@ -43,8 +43,8 @@ def native_extension():
 
 
 def package_data():
-    """Shipped checkpoints under fastsde/data/, when that directory exists."""
-    return {"fastsde": ["data/*"]} if os.path.isdir(os.path.join(ROOT, "fastsde", "data")) else {}
+    """The digits application's shipped models (fastsde/digits/weights/)."""
+    return {"fastsde.digits": ["weights/*.safetensors"]}
 
 
 setup(
@@ -57,16 +57,18 @@ setup(
     package_data=package_data(),
     ext_modules=[native_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    # The engine (fastsde.sde, sampling, ops, nn, models, likelihood, controllable) needs only these.
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",
         "scipy>=1.10",
-        "scikit-learn>=1.2",
-        "matplotlib>=3.7",
-        "tqdm>=4.60",
         "safetensors>=0.4",
     ],
-    extras_require={"triton": ["triton>=2.1"]},
+    # The digits application (fastsde.digits, the `fastsde` command's image commands, progress bars, pictures).
+    extras_require={
+        "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "tqdm>=4.60"],
+        "triton": ["triton>=2.1"],
+    },
     entry_points={"console_scripts": ["fastsde = fastsde.cli:main"]},
     zip_safe=False,
 )

@@ -31,8 +31,8 @@ SUITE = "e2e"
 
 def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str = "pc", rtol: float = 1e-5,
              noise: str = "fastsde"):
-    from fastsde.cli_images import DIGITS_DEFAULTS
-    from fastsde.datasets import get_data_inverse_scaler
+    from fastsde.digits.pretrained import DIGITS_DEFAULTS
+    from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.sampling import get_ode_sampler, get_pc_sampler
 
     sde = mf.make_sde(N=steps)
@@ -45,19 +45,19 @@ def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str =
 
 
 def _model_evals(steps: int) -> int:
-    from fastsde.cli_images import DIGITS_DEFAULTS
+    from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
     return steps * ((DIGITS_DEFAULTS["predictor"] != "none") + (DIGITS_DEFAULTS["corrector"] != "none"))
 
 
 def _models(path, backend: str):
-    from fastsde.pretrained import load_score_model
+    from fastsde.digits.pretrained import load_score_model
 
     return load_score_model(path, backend=backend), load_score_model(path, reference=True)
 
 
 def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64) -> list[dict]:
-    from fastsde.cli_images import DIGITS_DEFAULTS, score_model_path
+    from fastsde.digits.pretrained import DIGITS_DEFAULTS, score_model_path
 
     path = score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"])
     steps = DIGITS_DEFAULTS["steps"]
@@ -96,9 +96,9 @@ ODE_RTOLS = (1e-2, 1e-3, 1e-5)
 
 def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend: str = "native") -> dict:
     """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}."""
-    from fastsde.cli_images import DIGITS_DEFAULTS, score_model_path
-    from fastsde.evaluation import DigitsEvaluator
-    from fastsde.pretrained import load_score_model
+    from fastsde.digits.pretrained import DIGITS_DEFAULTS, score_model_path
+    from fastsde.digits.evaluation import DigitsEvaluator
+    from fastsde.digits.pretrained import load_score_model
 
     mf = load_score_model(score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"]), backend=backend)
     evaluator = DigitsEvaluator()

@@ -18,7 +18,7 @@ import torch
 from fastsde.benchmarks import common
 from fastsde.benchmarks.common import median_ms, record
 from fastsde.models.ncsnpp import UNet, get_preset
-from fastsde.ops._dispatch import resolve
+from fastsde.ops.dispatch import resolve
 
 SUITE = "unet"
 _OPS = ("group_norm", "attn_block")

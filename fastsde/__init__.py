@@ -2,9 +2,11 @@
 
 The public API mirrors score_sde's: `fastsde.sde`, `fastsde.sampling`, `fastsde.likelihood`,
 `fastsde.models.utils`. Noise comes from the FSN1 counter-based stream (`fastsde.random`), identical on every backend.
+Layers: docs/design.md. `fastsde.accelerate` (fused U-Net modules) loads on first use.
 """
+from __future__ import annotations
+
 from fastsde import likelihood, random, sampling, sde
-from fastsde.nn.accelerate import accelerate
 from fastsde.sampling import get_ode_sampler, get_pc_sampler
 from fastsde.sde import VESDE, VPSDE, subVPSDE
 
@@ -12,3 +14,11 @@ __version__ = "0.1.0"
 
 __all__ = ["sde", "sampling", "likelihood", "random", "VPSDE", "subVPSDE", "VESDE", "get_pc_sampler",
            "get_ode_sampler", "accelerate", "__version__"]
+
+
+def __getattr__(name):
+    if name == "accelerate":
+        from fastsde.nn.accelerate import accelerate
+
+        return accelerate
+    raise AttributeError(f"module 'fastsde' has no attribute {name!r}")

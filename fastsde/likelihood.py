@@ -10,7 +10,7 @@ import torch
 from scipy import integrate
 
 from fastsde._util import sum_except_batch
-from fastsde.models.utils import from_flattened_numpy, get_score_fn, to_flattened_numpy
+from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
 
 __all__ = ["get_div_fn", "get_likelihood_fn", "HUTCHINSON_TYPES"]
 

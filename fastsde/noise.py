@@ -1,9 +1,9 @@
-"""Where a sampler's Gaussian noise comes from.
+"""Where a sampler's Gaussian noise comes from, and which draw id each noise draw of a sampler loop uses.
 
-`NoiseStream("fastsde", seed)` draws from the FSN1 counter-based stream (fastsde/random.py): draw id 0 is the
-prior sample, and sampler step i gives its corrector iterations draw ids 1 + i (n_steps + 1) + j and its predictor
-1 + i (n_steps + 1) + n_steps, so a sample's noise depends only on (seed, its sample id, step), never on batch
-size, batch composition or which predictor/corrector consumed earlier draws.
+`NoiseStream("fastsde", seed)` draws from the FSN1 counter-based stream (fastsde.random is its specification;
+draws go through fastsde.ops.fsn1_normal on the stream's backend, the prior included). `DrawPlan` assigns the draw
+ids: 0 is the prior sample, and step i owns a block of ids, so a sample's noise depends only on (seed, its sample
+id, step), never on batch size, batch composition or which predictor/corrector consumed earlier draws.
 
 `NoiseStream("torch")` draws with torch.randn / torch.randn_like in the original score_sde order (prior, then per
 step: corrector draws, predictor draw), so under the same torch.manual_seed it reproduces the original's numbers.
@@ -12,17 +12,54 @@ from __future__ import annotations
 
 import torch
 
-from fastsde import random as fsn1
+from fastsde import ops
 
-__all__ = ["NoiseStream", "NOISE_KINDS"]
+__all__ = ["NoiseStream", "NOISE_KINDS", "DrawPlan"]
 
 NOISE_KINDS = ("fastsde", "torch")
+
+
+class DrawPlan:
+    """The draw ids of a sampler loop with `n_steps` corrector iterations per step (every loop uses this one plan).
+
+    Id 0 is the prior. Step i owns ids base(i) .. base(i) + per_step - 1 with base(i) = 1 + i per_step:
+      without projection (per_step = n_steps + 1): corrector iteration j at base + j, the predictor at base + n_steps;
+      with the inpainting projection (per_step = n_steps + 3): corrector iterations at base + j, the projection after
+      the corrector at base + n_steps, the predictor at base + n_steps + 1, its projection at base + n_steps + 2.
+    Every id is affine in i, so a compiled loop computes it on the device from the step index (`offset` + i per_step).
+    """
+
+    PRIOR = 0
+
+    def __init__(self, n_steps: int, projection: bool = False):
+        self.n_steps, self.projection = int(n_steps), bool(projection)
+        self.per_step = self.n_steps + (3 if projection else 1)
+
+    def base(self, i: int) -> int:
+        return 1 + i * self.per_step
+
+    def corrector(self, i: int, j: int) -> int:
+        return self.base(i) + j
+
+    def corrector_projection(self, i: int) -> int:
+        return self.base(i) + self.n_steps
+
+    def predictor(self, i: int) -> int:
+        return self.base(i) + self.n_steps + (1 if self.projection else 0)
+
+    def predictor_projection(self, i: int) -> int:
+        return self.base(i) + self.n_steps + 2
+
+    def offset(self, kind: str, j: int = 0) -> int:
+        """The id of draw `kind` ("corrector", "corrector_projection", "predictor", "predictor_projection") at step 0:
+        the id at step i is offset + i * per_step."""
+        return self.corrector(0, j) if kind == "corrector" else getattr(self, kind)(0)
 
 
 class NoiseStream:
     """A source of standard normal tensors shaped like the sampler state."""
 
-    def __init__(self, kind: str = "fastsde", seed: int | None = None, sample_ids=None):
+    def __init__(self, kind: str = "fastsde", seed: int | None = None, sample_ids=None, backend: str = "auto"):
         if kind not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
         self.kind = kind
@@ -34,6 +71,7 @@ class NoiseStream:
         self.seed = None if seed is None else int(seed)
         self.sample_ids = None if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64)
         self.draw = 0
+        self.backend = backend
 
     def seek(self, draw: int) -> None:
         """Set the draw id the next `normal_like` uses (FSN1 only; torch draws are sequential)."""
@@ -50,13 +88,16 @@ class NoiseStream:
         """A standard normal tensor with x's shape, dtype and device; advances the draw id."""
         if self.kind == "torch":
             return torch.randn_like(x)
-        z = fsn1.fsn1_normal_like(x, self.seed, self.draw, self._ids(x.shape[0]))
+        batch = x.shape[0]
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        z = torch.empty(batch, x[0].numel() if batch else 0, dtype=dtype, device=x.device)
+        ops.fsn1_normal(z, self.seed, self._ids(batch), self.draw, backend=self.backend)
         self.draw += 1
-        return z
+        return z.reshape(x.shape).to(x.dtype)
 
     def prior(self, sde, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
         """A sample of the SDE's prior p_T with the given shape (draw id 0)."""
         if self.kind == "torch":
             return sde.prior_sampling(shape).to(device=device, dtype=dtype)
-        self.seek(0)
+        self.seek(DrawPlan.PRIOR)
         return sde.prior_from_normal(self.normal_like(torch.empty(shape, device=device, dtype=dtype)))

@@ -52,7 +52,7 @@ class SDE(abc.ABC):
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """log p_T(z) per sample, summed over all non-batch dims: (B,)."""
 
-    def _table(self, name: str, device) -> torch.Tensor:
+    def table(self, name: str, device) -> torch.Tensor:
         """A discretization table on `device` (built once per device, not per step)."""
         device = torch.device(device)
         key = (name, device)
@@ -60,7 +60,7 @@ class SDE(abc.ABC):
             self._tables[key] = getattr(self, name).to(device)
         return self._tables[key]
 
-    def _timestep(self, t: torch.Tensor) -> torch.Tensor:
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
         """Index into the discrete tables: long(t (N - 1) / T), as the original."""
         return (t * (self.N - 1) / self.T).long()
 
@@ -175,9 +175,9 @@ class VPSDE(_LinearBetaSDE):
 
     def discretize(self, x, t):
         """DDPM discretization: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z_i."""
-        timestep = self._timestep(t)
-        beta = self._table("discrete_betas", x.device)[timestep]
-        alpha = self._table("alphas", x.device)[timestep]
+        timestep = self.timestep(t)
+        beta = self.table("discrete_betas", x.device)[timestep]
+        alpha = self.table("alphas", x.device)[timestep]
         return per_sample(torch.sqrt(alpha), x) * x - x, torch.sqrt(beta)
 
     def linear_sde(self, t):
@@ -185,7 +185,7 @@ class VPSDE(_LinearBetaSDE):
         return -0.5 * beta_t, torch.sqrt(beta_t)
 
     def linear_discretize(self, t):
-        beta = self._table("discrete_betas", t.device)[self._timestep(t)].double()
+        beta = self.table("discrete_betas", t.device)[self.timestep(t)].double()
         return torch.sqrt(1.0 - beta) - 1.0, torch.sqrt(beta)
 
 
@@ -254,21 +254,34 @@ class VESDE(SDE):
         D = int(np.prod(z.shape[1:]))
         return -D / 2.0 * np.log(2 * np.pi * self.sigma_max**2) - sum_except_batch(z**2) / (2 * self.sigma_max**2)
 
-    def _sigma_pair(self, t):
+    def sigma_pair(self, t):
         """(sigma_i, sigma_{i-1}) with sigma_{-1} = 0, from the discrete table."""
-        timestep = self._timestep(t)
-        sigmas = self._table("discrete_sigmas", t.device)
+        timestep = self.timestep(t)
+        sigmas = self.table("discrete_sigmas", t.device)
         adjacent = torch.where(timestep == 0, torch.zeros_like(t), sigmas[(timestep - 1).clamp(min=0)])
         return sigmas[timestep], adjacent
 
     def discretize(self, x, t):
         """SMLD discretization: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z_i."""
-        sigma, adjacent = self._sigma_pair(t)
+        sigma, adjacent = self.sigma_pair(t)
         return torch.zeros_like(x), torch.sqrt(sigma**2 - adjacent**2)
 
     def linear_sde(self, t):
         return torch.zeros_like(t, dtype=torch.float64), self._sigma(t.double()) * self._g_factor()
 
     def linear_discretize(self, t):
-        sigma, adjacent = (s.double() for s in self._sigma_pair(t))
+        sigma, adjacent = (s.double() for s in self.sigma_pair(t))
         return torch.zeros_like(sigma), torch.sqrt(sigma**2 - adjacent**2)
+
+
+#: The one SDE-by-name map: "ve", "vp", "subvp" -> class (command line, model files, training all use it).
+SDE_CLASSES = {"ve": VESDE, "vp": VPSDE, "subvp": subVPSDE}
+SDE_NAMES = tuple(SDE_CLASSES)
+
+
+def make_sde(name: str, N: int = 1000, **kwargs) -> SDE:
+    """The SDE called `name` ("ve", "vp", "subvp") with N steps and hyper-parameters `kwargs` (score_sde's defaults
+    for those not given)."""
+    if name not in SDE_CLASSES:
+        raise ValueError(f"sde must be one of {SDE_NAMES}, got {name!r}")
+    return SDE_CLASSES[name](**kwargs, N=N)

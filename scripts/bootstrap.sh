@@ -29,7 +29,7 @@ fi
 if [[ "$rebuild" == 1 ]]; then
   echo "bootstrap: building fastsde._C (pip install --no-build-isolation -e .)"
   start=$SECONDS
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+  "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[digits]"
   echo "bootstrap: built in $((SECONDS - start)) s"
 else
   echo "bootstrap: fastsde._C is up to date ($stamp)"

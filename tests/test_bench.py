@@ -44,10 +44,10 @@ def test_sampler_suite_records(tmp_path, monkeypatch):
 
 
 def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_thread):
-    from fastsde import cli_images
+    from fastsde.digits import pretrained
     from fastsde.benchmarks import bench_e2e, common
 
-    monkeypatch.setitem(cli_images.DIGITS_DEFAULTS, "steps", 3)
+    monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 3)
     monkeypatch.setattr(bench_e2e, "PC_STEPS", (3,))
     monkeypatch.setattr(bench_e2e, "ODE_RTOLS", (1e-1,))
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)

@@ -156,7 +156,7 @@ def test_info(capsys):
 
 
 def test_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "fastsde.cli", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "fastsde", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "sample" in result.stdout and "info" in result.stdout

@@ -5,7 +5,7 @@ import torch
 from fastsde import controllable
 from fastsde import sde as sde_lib
 from fastsde.models.analytic import AnalyticScoreModel, GaussianMixture
-from fastsde.ops import _dispatch
+from fastsde.ops import dispatch
 
 
 def _two_modes():
@@ -53,8 +53,8 @@ def test_fused_projection_equals_as_written(monkeypatch):
     for p, c in [("euler_maruyama", "langevin"), ("none", "ald"), ("ancestral_sampling", "none")]:
         expected = controllable.get_pc_inpainter(sde, p, c, lambda x: x, 0.16, backend="reference", **kw)(
             model, data, mask)
-        real = _dispatch.backend_available
-        monkeypatch.setattr(_dispatch, "backend_available",
+        real = dispatch.backend_available
+        monkeypatch.setattr(dispatch, "backend_available",
                             lambda b, d: (False, "off") if b != "reference" else real(b, d))
         fused_ref_ops = controllable.get_pc_inpainter(sde, p, c, lambda x: x, 0.16, **kw)(model, data, mask)
         monkeypatch.undo()

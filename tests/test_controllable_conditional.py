@@ -7,7 +7,7 @@ from fastsde import sde as sde_lib
 from fastsde.controllable import COLOR_DECOUPLING, couple_colors, decouple_colors
 from fastsde.models.analytic import AnalyticClassifier, AnalyticScoreModel, GaussianMixture, get_mixture
 from fastsde.models.utils import get_score_fn, get_score_parts
-from fastsde.ops import _dispatch
+from fastsde.ops import dispatch
 
 IDENTITY = lambda x: x  # noqa: E731
 
@@ -186,7 +186,7 @@ def test_scale_zero_is_the_unconditional_sampler():
 
 def _fused_backends():
     names = ["auto"]
-    if _dispatch.backend_available("native", torch.device("cpu"))[0]:
+    if dispatch.backend_available("native", torch.device("cpu"))[0]:
         names.append("native")
     return names
 
@@ -201,7 +201,7 @@ def test_fused_guided_sampler_equals_reference(backend, sde_name, predictor, cor
     run = lambda b, dt=torch.float32: _conditional(sde_name, labels, 30, b, dt, predictor=predictor,  # noqa: E731
                                                    corrector=corrector)[0]
     ref32, got, truth = run("reference"), run(backend), run("reference", torch.float64)
-    # STYLE.md item 4 on the median sample (the odd sample on a ridge between modes amplifies rounding ~100x).
+    # docs/style.md item 4 on the median sample (the odd sample on a ridge between modes amplifies rounding ~100x).
     # truth: the as-written loop on a float64 state. The fused loop tabulates its coefficients in float64, the
     # as-written one in float32 from the float32 time grid: a few ulps apart, ~1e-6 of a state of scale ~2 after
     # 60 updates (the atol).

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastsde import datasets
+from fastsde.digits import data as datasets
 
 
 def test_split_sizes_disjoint_and_stratified():

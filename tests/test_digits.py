@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from fastsde import cli, metrics
-from fastsde.cli_images import DIGITS_DEFAULTS, make_mask
-from fastsde.datasets import get_data_inverse_scaler, get_data_scaler, load_digits
-from fastsde.evaluation import DigitsEvaluator
-from fastsde.pretrained import load_classifier, load_score_model, shipped_path
+from fastsde.digits.data import make_mask
+from fastsde.digits.pretrained import DIGITS_DEFAULTS
+from fastsde.digits.data import get_data_inverse_scaler, get_data_scaler, load_digits
+from fastsde.digits.evaluation import DigitsEvaluator
+from fastsde.digits.pretrained import load_classifier, load_score_model, shipped_path
 from fastsde.sampling import get_pc_sampler
 
 BOUND_FILE = os.path.join(os.path.dirname(__file__), "data", "digits_fd_bound.json")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fastsde import _native
 from fastsde.ops import groupnorm as gn_ops
-from fastsde.ops._dispatch import backend_available
+from fastsde.ops.dispatch import backend_available
 from fastsde.reference import groupnorm as ref
 
 # atol: a few units of the dtype's rounding at the output's magnitude (max-abs errors of small tensors are noisy)
@@ -98,7 +98,7 @@ def _inputs(shape, dtype, *, w=True, b=True, s=True, sh=True, e=True, offset=-2.
 def _check(backend, x, G, w, b, s, sh, e, act, eps=1e-6):
     y = gn_ops.group_norm(x, G, w, b, eps, scale=s, shift=sh, emb_add=e, act=act, backend=backend)
     assert y.shape == x.shape and y.dtype == x.dtype
-    assert y.is_contiguous(memory_format=ref._memory_format(x))
+    assert y.is_contiguous(memory_format=ref.memory_format(x))
     r64 = ref.group_norm(x.double(), G, None if w is None else w.double(), None if b is None else b.double(), eps,
                          scale=s, shift=sh, emb_add=e, act=act)
     err, base = _err(y, r64), _err(_eager32(x, G, w, b, eps, s, sh, e, act), r64)

@@ -1,6 +1,6 @@
 """fastsde.nn: fused modules against torch / the reference ops / their plain twins, and accelerate().
 
-Tolerances come from measured error (STYLE.md 4): err(fast32, truth64) <= 2 err(plain32, truth64) + atol, with
+Tolerances come from measured error (docs/style.md 4): err(fast32, truth64) <= 2 err(plain32, truth64) + atol, with
 truth64 the plain-PyTorch twin run in float64 on the same weights.
 """
 import copy

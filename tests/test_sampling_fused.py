@@ -9,7 +9,7 @@ from fastsde import sampling
 from fastsde import sde as sde_lib
 from fastsde.models.analytic import AnalyticScoreModel, get_mixture
 from fastsde.noise import NoiseStream
-from fastsde.ops import _dispatch
+from fastsde.ops import dispatch
 
 SDES = {
     "ve": (lambda: sde_lib.VESDE(0.01, 10.0, 30), True),
@@ -30,7 +30,7 @@ def _op_backends():
     """Backends the fused loop can use here: the reference ops always, native when built, triton when interpreted."""
     names = ["reference"]
     for name in ("native", "triton"):
-        if _dispatch.backend_available(name, torch.device("cpu"))[0]:
+        if dispatch.backend_available(name, torch.device("cpu"))[0]:
             names.append(name)
     return names
 
@@ -41,8 +41,8 @@ def fused_on(monkeypatch):
 
     def use(op_backend):
         if op_backend == "reference":
-            real = _dispatch.backend_available
-            monkeypatch.setattr(_dispatch, "backend_available",
+            real = dispatch.backend_available
+            monkeypatch.setattr(dispatch, "backend_available",
                                 lambda b, d: (False, "disabled by test") if b != "reference" else real(b, d))
             return "auto"
         return op_backend
@@ -64,7 +64,7 @@ def _run(sde_name, predictor, corrector, pf, backend, noise="fastsde", n=24, dty
 
 
 def _assert_float32_close(got, ref32, truth):
-    """STYLE.md item 4: the fused float32 result is as close to the float64 truth as the float32 reference is.
+    """docs/style.md item 4: the fused float32 result is as close to the float64 truth as the float32 reference is.
 
     Compared on the median sample: a sampler's rounding errors are amplified ~100x in the odd sample that sits on
     a ridge between mixture modes (measured: the max error of either loop varies 10x between batch sizes 24 and

@@ -97,7 +97,7 @@ def test_time_grid_indexing_is_exact():
     # REFERENCE_MATH: timesteps = linspace(T, eps, N) in float32; with N = 1000, long(t_k * 999) = 999 - k.
     sde = sde_lib.VPSDE(N=1000)
     ts = torch.linspace(1.0, 1e-3, 1000)
-    assert torch.equal(sde._timestep(ts), torch.arange(999, -1, -1))
+    assert torch.equal(sde.timestep(ts), torch.arange(999, -1, -1))
 
 
 @pytest.mark.parametrize("name", SDES)
@@ -193,5 +193,5 @@ def test_bad_parameters_raise():
 
 def test_tables_follow_device_and_are_cached():
     sde = sde_lib.VPSDE(N=10)
-    a = sde._table("alphas", "cpu")
-    assert a is sde._table("alphas", torch.device("cpu"))
+    a = sde.table("alphas", "cpu")
+    assert a is sde.table("alphas", torch.device("cpu"))

@@ -55,7 +55,7 @@ def ref_step(x, s, a, b, c, dtype, **kw):
 
 
 def assert_close_to_ref(got, x, s, a, b, c, got_xm=None, atol=1e-6, **kw):
-    """err(native, ref64) <= 2 err(ref32, ref64) + atol (STYLE.md item 4); float64 inputs: ~1e-12."""
+    """err(native, ref64) <= 2 err(ref32, ref64) + atol (docs/style.md item 4); float64 inputs: ~1e-12."""
     r64, xm64 = ref_step(x, s, a, b, c, torch.float64, **kw)
     if x.dtype == torch.float64:
         torch.testing.assert_close(got, r64, rtol=0, atol=1e-12)

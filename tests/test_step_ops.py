@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastsde import _native
-from fastsde.ops import _dispatch
+from fastsde.ops import dispatch
 from fastsde.ops import step as ops
 from fastsde.reference import step as ref
 
@@ -36,11 +36,11 @@ def test_zero_size_returns_at_once():
 
 def test_duplicate_registration_is_an_error():
     with pytest.raises(ValueError, match="already has a 'reference' implementation"):
-        _dispatch.register("affine_step", "reference")(lambda *a: None)
+        dispatch.register("affine_step", "reference")(lambda *a: None)
 
 
 def test_named_backend_that_cannot_run_raises(monkeypatch):
-    monkeypatch.setattr(_dispatch, "backend_available", lambda b, d: (b == "reference", "not built"))
+    monkeypatch.setattr(dispatch, "backend_available", lambda b, d: (b == "reference", "not built"))
     x = torch.randn(2, 3)
     with pytest.raises(RuntimeError, match="backend='native' cannot run 'affine_step': not built"):
         ops.affine_step(x, x, 1.0, 1.0, backend="native")

@@ -25,7 +25,7 @@ from fastsde.reference import step as ref  # noqa: E402
 
 VECTORS = json.loads((pathlib.Path(__file__).parent / "data" / "fsn1_vectors.json").read_text())["vectors"]
 U64 = (1 << 64) - 1
-# FSN1 float32 normals vs the float64 oracle: measured 3.3e-7 over 4 x 1027 draws; DESIGN.md says ~1e-6.
+# FSN1 float32 normals vs the float64 oracle: measured 3.3e-7 over 4 x 1027 draws; docs/design.md says ~1e-6.
 NORMAL_TOL = 2e-6
 SHAPES = [
     (3, 5, 7),  # nothing divides the block (35 elements, not a multiple of 4)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastsde import training
+from fastsde.digits import training
 from fastsde.models.analytic import AnalyticScoreModel, isotropic_gaussian
 
 
@@ -157,7 +157,7 @@ def test_more_steps_continue_a_finished_run_and_other_options_are_refused(tmp_pa
 
 
 def test_exported_model_carries_ema_weights_sde_and_command(tmp_path):
-    from fastsde.pretrained import load_score_model
+    from fastsde.digits.pretrained import load_score_model
 
     trainer = training.Trainer(_config(steps=4), str(tmp_path), progress=False, command="fastsde train --x")
     trainer.run()

@@ -391,16 +391,16 @@ class AnalyticScoreModel(torch.nn.Module):
         """(m, s) float64 (B,) at table indices: VP the DDPM marginal, VE the index-th sigma counted from the top."""
         sde, device = self.sde, index.device
         if isinstance(sde, sde_lib.VESDE):
-            s = sde._table("discrete_sigmas", device)[sde.N - 1 - index].double()
+            s = sde.table("discrete_sigmas", device)[sde.N - 1 - index].double()
             return torch.ones_like(s), s
-        m = sde._table("sqrt_alphas_cumprod", device)[index].double()
-        s = sde._table("sqrt_1m_alphas_cumprod", device)[index].double()
+        m = sde.table("sqrt_alphas_cumprod", device)[index].double()
+        s = sde.table("sqrt_1m_alphas_cumprod", device)[index].double()
         return m, s
 
     def _ve_sigma_list(self) -> list:
         """VE discrete sigmas as Python floats (float64 of the table's values), built once."""
         if "_ve_sigmas_cache" not in self.__dict__:
-            self._ve_sigmas_cache = self.sde._table("discrete_sigmas", "cpu").double().tolist()
+            self._ve_sigmas_cache = self.sde.table("discrete_sigmas", "cpu").double().tolist()
         return self._ve_sigmas_cache
 
     def _uses_continuous_labels(self) -> bool:

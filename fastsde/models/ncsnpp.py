@@ -1,6 +1,6 @@
 """NCSN++ / DDPM++-style U-Net score models (Song et al., ICLR 2021, appendix H) on fastsde's fused modules.
 
-One architecture, two conditionings, both in get_score_fn's label conventions (REFERENCE_MATH.md):
+One architecture, two conditionings, both in get_score_fn's label conventions (docs/reference-math.md):
   embedding="fourier"     (NCSN++, VE): labels are sigma (B,); temb = Fourier(log sigma); with scale_by_sigma the
                           output is divided by sigma, so the network output is the score.
   embedding="positional"  (DDPM++, VP/subVP): labels are 999 t (B,); temb = sinusoidal(labels); output predicts eps.

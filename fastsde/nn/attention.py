@@ -1,7 +1,7 @@
 """The NCSN++/DDPM++ attention block: AttnBlock (one fastsde.ops.attn_block) and its plain-PyTorch twin.
 
     h = GN(x); q, k, v = 1x1 projections of h; h = softmax_keys(q.k / sqrt(C)) v; h = 1x1 out(h) (zero-initialised)
-    return (x + h) / sqrt(2) if skip_rescale else x + h                 (REFERENCE_MATH.md, "U-Net hot paths")
+    return (x + h) / sqrt(2) if skip_rescale else x + h                 (docs/reference-math.md, "U-Net hot paths")
 
 PlainAttnBlock is score_sde's layout (GroupNorm_0, three NIN projections NIN_0..2, NIN_3 out; NIN W is (in, out));
 AttnBlock keeps one fused (3C, C) QKV weight. Each loads the other's state dict: the keys are converted on load

@@ -6,37 +6,16 @@ compute-bound: one Philox call (10 rounds of two 32x32 multiplies) + 2 log, 2 sq
 """
 from __future__ import annotations
 
-import operator
-
 import torch
 
-from fastsde import _native
 from fastsde import random as _random
+from fastsde.ops.checks import as_u64, i64_bits
+from fastsde.ops.dispatch import register, resolve
 
 __all__ = ["fsn1_normal", "BACKENDS"]
 
-#: Backends fsn1_normal accepts; "auto" picks native when it can run on out's device, else reference.
+#: Backends fsn1_normal accepts: Triton has no fsn1_normal of its own (its step kernels generate the stream inline).
 BACKENDS = ("auto", "native", "reference")
-
-_U64 = 1 << 64
-_I64_MIN = 1 << 63
-
-
-def _as_u64(name: str, value) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int in [0, 2**64), got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__}") from None
-    if not 0 <= value < _U64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-    return value
-
-
-def _to_i64_bits(value: int) -> int:
-    """uint64 -> the int64 with the same bits: how the torch.library schema (int = int64) carries it."""
-    return value - _U64 if value >= _I64_MIN else value
 
 
 def _check(out, seed, sample_ids, draw, backend):
@@ -51,7 +30,7 @@ def _check(out, seed, sample_ids, draw, backend):
     batch, numel = out.shape
     if numel > _random.MAX_ELEMENTS:
         raise ValueError(f"out must have at most 2**34 elements per sample, got shape {tuple(out.shape)}")
-    seed, draw = _as_u64("seed", seed), _as_u64("draw", draw)
+    seed, draw = as_u64("seed", seed), as_u64("draw", draw)
 
     if not isinstance(sample_ids, torch.Tensor):
         sample_ids = torch.as_tensor(sample_ids)
@@ -75,42 +54,30 @@ def _check(out, seed, sample_ids, draw, backend):
     return seed, sample_ids, draw
 
 
-def _native_can_run(out: torch.Tensor) -> bool:
-    if not _native.available():
-        return False
-    if out.device.type == "cpu":
-        return True
-    return out.device.type == "cuda" and _native.has_cuda()
-
-
 def fsn1_normal(out: torch.Tensor, seed: int, sample_ids, draw: int, *, backend: str = "auto") -> torch.Tensor:
     """Fill out (batch, numel), float32/float64, in place with out[b, j] = FSN1(seed, sample_ids[b], draw, j).
 
     seed, draw: ints in [0, 2**64); sample_ids: (batch,) integers in [0, 2**32) (tensor or sequence).
-    backend: "native" (fastsde._C; raises if it cannot run), "reference" (fastsde.random), or "auto".
+    backend: "native" (fastsde._C), "reference" (fastsde.random), "auto" (native where it runs, else reference);
+    "triton" has no fsn1_normal of its own (its step kernels generate the same stream in registers).
     Non-contiguous out is filled through a contiguous temporary. Returns out.
     """
     seed, sample_ids, draw = _check(out, seed, sample_ids, draw, backend)
-    if backend == "auto":
-        if _native_can_run(out):
-            backend = "native"
-        else:
-            if not _native.available():
-                _native.warn_once()
-            backend = "reference"
+    _, impl = resolve("fsn1_normal", backend, out.device)
     if out.numel() == 0:
         return out
+    impl(out, seed, sample_ids, draw)
+    return out
 
-    if backend == "reference":
-        out.copy_(_random.fsn1_normal(seed, sample_ids.cpu(), draw, out.shape[1], dtype=out.dtype, device=out.device))
-        return out
 
-    if not _native.available():
-        raise RuntimeError(f"backend='native' requested but fastsde._C is unavailable: {_native.unavailable_reason()}")
-    if not _native_can_run(out):
-        raise RuntimeError(f"backend='native' has no kernel for {out.device} tensors (built with cuda={_native.has_cuda()})")
+@register("fsn1_normal", "reference")
+def _fsn1_normal_reference(out, seed, sample_ids, draw):
+    out.copy_(_random.fsn1_normal(seed, sample_ids.cpu(), draw, out.shape[1], dtype=out.dtype, device=out.device))
+
+
+@register("fsn1_normal", "native")
+def _fsn1_normal_native(out, seed, sample_ids, draw):
     target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
-    torch.ops.fastsde.fsn1_normal_(target, _to_i64_bits(seed), sample_ids, _to_i64_bits(draw))
+    torch.ops.fastsde.fsn1_normal_(target, i64_bits(seed), sample_ids, i64_bits(draw))
     if target is not out:
         out.copy_(target)
-    return out

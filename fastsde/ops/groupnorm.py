@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastsde.ops._dispatch import register, resolve
+from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import groupnorm as _ref
 
 __all__ = ["group_norm"]
@@ -66,7 +66,7 @@ def _group_norm_reference(x, num_groups, weight, bias, eps, scale, shift, emb_ad
 
 @register("group_norm", "native")
 def _group_norm_native(x, num_groups, weight, bias, eps, scale, shift, emb_add, act):
-    if _ref._memory_format(x) is not torch.channels_last and not x.is_contiguous():
+    if _ref.memory_format(x) is not torch.channels_last and not x.is_contiguous():
         x = x.contiguous()
     contig = lambda t: None if t is None else t.contiguous()  # noqa: E731
     return torch.ops.fastsde.group_norm(x, num_groups, contig(weight), contig(bias), eps, contig(scale),

@@ -12,41 +12,17 @@ generated in registers from FSN1 (seed, sample id, draw id, element), never stor
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 
 from fastsde import random as _random
-from fastsde.ops._dispatch import register, resolve
+from fastsde.ops.checks import as_u64, check_like, i64_bits
+from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
-__all__ = ["affine_step", "langevin_step", "step_sq_norms"]
+__all__ = ["affine_step", "langevin_step", "step_sq_norms", "LoopSteps"]
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _u64(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__}") from None
-    if not 0 <= value < 1 << 64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-    return value
-
-
-def _i64_bits(value: int) -> int:
-    """uint64 -> int64 with the same bits (the torch.library schema's int is int64)."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _check_like(name, t, x):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-        raise ValueError(f"{name} must match x: expected shape {tuple(x.shape)} {x.dtype} on {x.device}, "
-                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
 
 
 def _coef(name, v, x) -> torch.Tensor:
@@ -65,11 +41,11 @@ def _noise_args(x, noise, seed, sample_ids, draw):
     """Validated (noise, seed, sample_ids, draw): either an explicit tensor or FSN1 coordinates."""
     batch = x.shape[0]
     if noise is not None:
-        _check_like("noise", noise, x)
+        check_like("noise", noise, x)
         return noise, 0, torch.zeros(batch, dtype=torch.int64, device=x.device), 0
     if seed is None:
         raise ValueError("a noisy step needs noise= or seed= (with optional sample_ids=, draw=)")
-    seed, draw = _u64("seed", seed), _u64("draw", draw)
+    seed, draw = as_u64("seed", seed), as_u64("draw", draw)
     if sample_ids is None:
         sample_ids = torch.arange(batch, device=x.device)
     sample_ids = torch.as_tensor(sample_ids, device=x.device)
@@ -93,7 +69,7 @@ def _check_state(x, score):
         raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x[0].numel() > _random.MAX_ELEMENTS if x.shape[0] else False:
         raise ValueError(f"x has more than 2**34 elements per sample: {tuple(x.shape)}")
-    _check_like("score", score, x)
+    check_like("score", score, x)
 
 
 def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0, out=None,
@@ -114,19 +90,19 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
     if ids is None:
         ids = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     if out is not None:
-        _check_like("out", out, x)
+        check_like("out", out, x)
     if x_mean_out is not None:
-        _check_like("x_mean_out", x_mean_out, x)
+        check_like("x_mean_out", x_mean_out, x)
     project = mask is not None or data is not None
     if project:
         if mask is None or data is None or data_a is None or data_c is None or data_draw is None:
             raise ValueError("the inpainting projection needs mask=, data=, data_a=, data_c= and data_draw=")
-        _check_like("mask", mask, x)
-        _check_like("data", data, x)
+        check_like("mask", mask, x)
+        check_like("data", data, x)
         if noise is not None or seed is None:
             raise ValueError("the inpainting projection draws its noise from FSN1: pass seed=, not noise=")
         data_a, data_c = _coef("data_a", data_a, x), _coef("data_c", data_c, x)
-        data_draw = _u64("data_draw", data_draw)
+        data_draw = as_u64("data_draw", data_draw)
         if c is None:  # a noise-free step still needs the FSN1 coordinates for the projection's draw
             _, seed_, ids, _ = _noise_args(x, None, seed, sample_ids, 0)
     if out is None:
@@ -210,8 +186,8 @@ def _affine_step_native(out, x, score, a, b, c, noise, seed, ids, draw, x_mean_o
     xm = x_mean_out
     xm_target = None if xm is None else (xm if xm.is_contiguous() else torch.empty_like(xm, memory_format=torch.contiguous_format))
     torch.ops.fastsde.affine_step_(target, x.contiguous(), score.contiguous(), a, b, c, _contig(noise),
-                                   _i64_bits(seed), ids, _i64_bits(draw), xm_target, _contig(mask), _contig(data),
-                                   data_a, data_c, _i64_bits(data_draw))
+                                   i64_bits(seed), ids, i64_bits(draw), xm_target, _contig(mask), _contig(data),
+                                   data_a, data_c, i64_bits(data_draw))
     if target is not out:
         out.copy_(target)
     if xm is not None and xm_target is not xm:
@@ -220,7 +196,7 @@ def _affine_step_native(out, x, score, a, b, c, noise, seed, ids, draw, x_mean_o
 
 @register("step_sq_norms", "native")
 def _step_sq_norms_native(score, noise, seed, ids, draw):
-    return torch.ops.fastsde.step_sq_norms(score.contiguous(), _contig(noise), _i64_bits(seed), ids, _i64_bits(draw))
+    return torch.ops.fastsde.step_sq_norms(score.contiguous(), _contig(noise), i64_bits(seed), ids, i64_bits(draw))
 
 
 @register("affine_step", "triton")
@@ -243,16 +219,16 @@ def _step_sq_norms_triton(*args):
 # the public functions) and calls the backend directly. Coefficients are float64 (1,) tensors the caller tabulated.
 
 
-class _LoopSteps:
+class LoopSteps:
     """Unchecked affine/Langevin steps on one contiguous state x updated in place (FSN1 noise, no projection)."""
 
     def __init__(self, x, seed, sample_ids, backend="auto"):
         _check_state(x, x)
         if not x.is_contiguous():
-            raise ValueError("_LoopSteps needs a contiguous x")
+            raise ValueError("LoopSteps needs a contiguous x")
         _, seed, ids, _ = _noise_args(x, None, seed, sample_ids, 0)
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
-        self.seed, self.seed_bits, self.ids = seed, _i64_bits(seed), ids.contiguous()
+        self.seed, self.seed_bits, self.ids = seed, i64_bits(seed), ids.contiguous()
         self.one = torch.ones(1, dtype=torch.float64, device=x.device)
         a_name, self._affine = resolve("affine_step", backend, x.device)
         n_name, self._norms = resolve("step_sq_norms", backend, x.device)
@@ -274,7 +250,7 @@ class _LoopSteps:
     def affine(self, x, score, a, b, c, draw, x_mean):
         """x <- a x + b score + c z(draw) in place, x_mean <- a x + b score; a, b, c float64 (1,), c may be None."""
         if self.native:
-            self._affine_op(x, x, score, a, b, c, None, self.seed_bits, self.ids, _i64_bits(draw), x_mean, None,
+            self._affine_op(x, x, score, a, b, c, None, self.seed_bits, self.ids, i64_bits(draw), x_mean, None,
                             None, None, None, 0)
         else:
             self._affine(x, x, score, a, b, c, None, self.seed, self.ids, draw, x_mean, None, None, None, None, 0)
@@ -282,7 +258,7 @@ class _LoopSteps:
     def langevin(self, x, score, snr, alpha, scale, draw, x_mean):
         """langevin_step with batch-mean norms; alpha and scale (or None) Python floats for this step."""
         if self.native:
-            sq = self._norms_op(score, None, self.seed_bits, self.ids, _i64_bits(draw))
+            sq = self._norms_op(score, None, self.seed_bits, self.ids, i64_bits(draw))
         else:
             sq = self._norms(score, None, self.seed, self.ids, draw)
         means = sq.sqrt_().mean(0)  # (2,): batch means of ||score||, ||z||

@@ -45,10 +45,10 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-6, *, scale=None, s
         h = torch.nn.functional.silu(h)
     elif act is not None:
         raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
-    return h.to(x.dtype).contiguous(memory_format=_memory_format(x))
+    return h.to(x.dtype).contiguous(memory_format=memory_format(x))
 
 
-def _memory_format(x):
+def memory_format(x):
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format

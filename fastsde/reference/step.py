@@ -1,7 +1,7 @@
 """Reference sampler-step ops: the specification the fused kernels (csrc/step.h, kernels/step.py) reproduce.
 
 Every predictor step of VE/VP/subVP is x' = a x + b score + c z with per-sample scalars (a, b, c) computed on the
-host in float64 (REFERENCE_MATH.md, "Predictors"); the Langevin corrector needs whole-batch norms first.
+host in float64 (docs/reference-math.md, "Predictors"); the Langevin corrector needs whole-batch norms first.
 Noise z is either given (`noise=`) or drawn from FSN1 at (seed, sample_ids, draw) — see fastsde/random.py.
 Math runs in float64 for float64 inputs, else in float32 (coefficients rounded once from float64).
 """

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DATA_DIR", "ScoreModelFile", "save_score_model", "load_score_model", "save_classifier",
+from fastsde import sde as sde_lib
+from fastsde.sampling import PC_DEFAULTS
+
+__all__ = ["DATA_DIR", "DIGITS_DEFAULTS", "score_model_path", "ScoreModelFile", "save_score_model", "load_score_model", "save_classifier",
            "load_classifier", "shipped_path", "read_metadata"]
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _CLASSIFIER_FORMAT = "fastsde.classifier/1"
 
 
@@ -57,9 +60,7 @@ class ScoreModelFile:
     path: str
 
     def make_sde(self, N: int = 1000):
-        from fastsde.training import make_sde
-
-        return make_sde(self.sde_name, N=N, **self.sde_kwargs)
+        return sde_lib.make_sde(self.sde_name, N=N, **self.sde_kwargs)
 
     @property
     def centered(self) -> bool:
@@ -108,3 +109,18 @@ def load_classifier(path: str, device="cpu"):
     model = Classifier(ClassifierConfig.from_json(meta["fastsde.classifier"]))
     model.load_state_dict(load_file(path, device=str(device)))
     return model.to(device).eval(), json.loads(meta["fastsde.sde"]), json.loads(meta.get("fastsde.training", "{}"))
+
+
+# The default fast sampler for the shipped digits model (fastsde sample with no arguments, bench e2e): the VP
+# model with score_sde's VP sampler (Euler-Maruyama predictor, no corrector) at 200 steps, 64 digits.
+DIGITS_DEFAULTS = {"sde": "vp", "steps": 200, "n": 64}
+DIGITS_DEFAULTS.update(zip(("predictor", "corrector", "eps"), PC_DEFAULTS[DIGITS_DEFAULTS["sde"]]))
+
+
+def score_model_path(kind: str, spec: str, sde: str | None) -> str:
+    """The file behind --model: the shipped digits_<sde>.safetensors, or the given path."""
+    if kind == "digits":
+        return shipped_path(f"digits_{sde or DIGITS_DEFAULTS['sde']}.safetensors")
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"{spec}: no such score model file")
+    return spec

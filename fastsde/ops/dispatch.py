@@ -1,23 +1,28 @@
 """One dispatch table keyed by (op, backend): which implementation runs an op for a given device.
 
 `backend="auto"` picks the fastest backend that can run on the tensors' device (CUDA: triton, native, reference;
-CPU: native, reference) and says once when it falls back because the native extension is missing. A backend
-named explicitly raises if it cannot run.
+CPU: native, reference). When it falls back because the native extension is not built it says so once per process;
+when it falls back past a native backend that cannot run for another reason (e.g. built without CUDA) it warns once
+per (op, backend) with the reason; skipping Triton, an optional extra on every device, is silent. A backend
+named explicitly raises if it cannot run. Every op family registers here: affine_step, step_sq_norms, fsn1_normal,
+group_norm, attn_block (fastsde/ops/*.py).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Callable
 
 import torch
 
 from fastsde import _native
 
-__all__ = ["BACKENDS", "register", "resolve", "backend_available"]
+__all__ = ["BACKENDS", "register", "resolve", "backend_available", "implementation"]
 
 BACKENDS = ("auto", "reference", "native", "triton")
 _TABLE: dict[tuple[str, str], Callable] = {}
+_WARNED: set[tuple[str, str]] = set()
 
 
 def register(op: str, backend: str):
@@ -66,8 +71,17 @@ def resolve(op: str, backend: str, device: torch.device) -> tuple[str, Callable]
     if backend == "auto":
         order = ("triton", "native", "reference") if device.type == "cuda" else ("native", "reference")
         for name in order:
-            if (op, name) in _TABLE and backend_available(name, device)[0]:
+            if (op, name) not in _TABLE:
+                continue
+            ok, why = backend_available(name, device)
+            if ok:
                 return name, _TABLE[(op, name)]
+            if name == "native" and not _native.available():
+                _native.warn_once()  # the extension is missing: said once per process, for every op
+            elif name != "triton" and (op, name) not in _WARNED:  # triton is optional everywhere: no warning
+                _WARNED.add((op, name))
+                warnings.warn(f"fastsde: {op}: the {name} backend cannot run here ({why}); using the next one",
+                              RuntimeWarning, stacklevel=3)
         raise RuntimeError(f"no backend can run {op!r} on {device}")  # unreachable: reference runs anywhere
     if (op, backend) not in _TABLE:
         known = sorted(b for (o, b) in _TABLE if o == op)
@@ -76,3 +90,9 @@ def resolve(op: str, backend: str, device: torch.device) -> tuple[str, Callable]
     if not ok:
         raise RuntimeError(f"backend={backend!r} cannot run {op!r}: {why}")
     return backend, _TABLE[(op, backend)]
+
+
+def implementation(op: str, backend: str) -> Callable | None:
+    """The function registered for (op, backend), or None: for an op calling another op's kernel directly after it
+    has already resolved the backend (no second resolve, no re-validation)."""
+    return _TABLE.get((op, backend))

@@ -32,39 +32,11 @@ import torch
 
 from fastsde import sde as sde_lib
 from fastsde._util import per_sample
-from fastsde.models.utils import get_score_fn
+from fastsde.losses import get_sde_loss_fn
+from fastsde.sde import SDE_NAMES
 
-__all__ = ["get_sde_loss_fn", "ExponentialMovingAverage", "TrainConfig", "Trainer", "make_sde", "SDE_NAMES"]
-
-SDE_NAMES = ("ve", "vp", "subvp")
-
-
-def get_sde_loss_fn(sde, train: bool = True, reduce_mean: bool = True, continuous: bool = True,
-                    likelihood_weighting: bool = False, eps: float = 1e-5):
-    """loss_fn(model, batch, generator=None) -> scalar DSM loss (module docstring); score_sde's signature."""
-    if not continuous:
-        raise NotImplementedError("fastsde trains in continuous time only (continuous=True)")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
-
-    def loss_fn(model, batch, generator=None):
-        b = batch.shape[0]
-        t = torch.rand(b, device=batch.device, generator=generator) * (sde.T - eps) + eps
-        z = torch.randn(batch.shape, device=batch.device, dtype=batch.dtype, generator=generator)
-        mean, std = sde.marginal_prob(batch, t)
-        perturbed = mean + per_sample(std, batch) * z
-        score = get_score_fn(sde, model, train=train, continuous=True)(perturbed, t)
-        if likelihood_weighting:
-            g2 = sde.sde(torch.zeros_like(batch), t)[1] ** 2
-            losses = torch.square(score + z / per_sample(std, batch)).reshape(b, -1)
-            losses = (losses.mean(-1) if reduce_mean else losses.sum(-1)) * g2
-        else:
-            losses = torch.square(score * per_sample(std, batch) + z).reshape(b, -1)
-            losses = losses.mean(-1) if reduce_mean else losses.sum(-1)
-        return losses.mean()
-
-    return loss_fn
-
+__all__ = ["get_sde_loss_fn", "ExponentialMovingAverage", "TrainConfig", "Trainer", "make_sde", "sde_kwargs",
+           "SDE_NAMES"]
 
 class ExponentialMovingAverage:
     """shadow <- decay' shadow + (1 - decay') param with decay' = min(decay, (1 + n) / (10 + n)) after n updates."""
@@ -101,14 +73,13 @@ class ExponentialMovingAverage:
 # the largest distance between two training images; digits at 16x16 in [0, 1]: 8.3).
 _SDE_KWARGS = {"ve": {"sigma_min": 0.01, "sigma_max": 10.0}, "vp": {"beta_min": 0.1, "beta_max": 20.0},
                "subvp": {"beta_min": 0.1, "beta_max": 20.0}}
-_SDE_CLASSES = {"ve": sde_lib.VESDE, "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}
 
 
 def make_sde(name: str, N: int = 1000, **kwargs):
     """The SDE `name` ("ve", "vp", "subvp") with the digits models' hyper-parameters (overridable) and N steps."""
-    if name not in _SDE_CLASSES:
+    if name not in SDE_NAMES:
         raise ValueError(f"sde must be one of {SDE_NAMES}, got {name!r}")
-    return _SDE_CLASSES[name](**{**_SDE_KWARGS[name], **kwargs}, N=N)
+    return sde_lib.make_sde(name, N, **{**_SDE_KWARGS[name], **kwargs})
 
 
 def sde_kwargs(name: str) -> dict:
@@ -163,7 +134,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: str, *, device="cpu", progress: bool = True, log=print,
                  command: str | None = None):
-        from fastsde.datasets import get_data_scaler, load_dataset
+        from fastsde.digits.data import get_data_scaler, load_dataset
         from fastsde.models.ncsnpp import UNet, get_preset
 
         self.config, self.out_dir, self.device = config, out_dir, torch.device(device)
@@ -270,8 +241,8 @@ class Trainer:
 
     def snapshot(self, n: int = 64) -> str:
         """Sample an n-image grid with the EMA weights; returns the PNG path."""
-        from fastsde.datasets import get_data_inverse_scaler
-        from fastsde.plotting import save_image_grid
+        from fastsde.digits.data import get_data_inverse_scaler
+        from fastsde.digits.plotting import save_image_grid
         from fastsde.sampling import PC_DEFAULTS, get_pc_sampler
 
         sde = make_sde(self.config.sde, N=self.config.snapshot_steps)
@@ -287,7 +258,7 @@ class Trainer:
 
     def export(self) -> str:
         """Write the EMA weights with the SDE and training provenance to out_dir/model.safetensors."""
-        from fastsde.pretrained import save_score_model
+        from fastsde.digits.pretrained import save_score_model
 
         path = os.path.join(self.out_dir, self.EXPORT)
         save_score_model(self.ema_model(), path, sde=self.config.sde, sde_kwargs=sde_kwargs(self.config.sde),
@@ -301,7 +272,7 @@ class Trainer:
         Ctrl-C / SIGTERM finish the current step, write a checkpoint and raise KeyboardInterrupt: rerunning the
         same command continues from exactly there. (A hard kill loses the steps since the last periodic one.)
         """
-        from fastsde.sampling import _progress
+        from fastsde.sampling.registry import progress_bar as _progress
 
         c = self.config
         if self.resumed:
@@ -384,11 +355,11 @@ def train_classifier(out_dir: str, *, time_dependent: bool = False, sde: str = "
     score model's time labels, so the classifier can guide that SDE's samplers (fastsde.controllable).
     Reports test accuracy (time-dependent: at t = eps, 0.25 T, 0.5 T, 0.75 T).
     """
-    from fastsde.datasets import get_data_scaler, load_digits
+    from fastsde.digits.data import get_data_scaler, load_digits
     from fastsde.models.classifier import Classifier, ClassifierConfig
-    from fastsde.models.utils import get_score_parts
-    from fastsde.pretrained import save_classifier
-    from fastsde.sampling import _progress
+    from fastsde.score import get_score_parts
+    from fastsde.digits.pretrained import save_classifier
+    from fastsde.sampling.registry import progress_bar as _progress
 
     device = torch.device(device)
     command = command if command is not None else _command_line()

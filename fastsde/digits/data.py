@@ -80,3 +80,25 @@ def get_data_scaler(centered: bool):
 def get_data_inverse_scaler(centered: bool):
     """Inverse of get_data_scaler."""
     return (lambda x: (x + 1.0) / 2.0) if centered else (lambda x: x)
+
+
+MASKS = ("right", "left", "bottom", "top", "checker")
+
+
+def make_mask(kind: str, n: int, size: int = 16) -> torch.Tensor:
+    """(n, 1, size, size) mask, 1 where the pixel is known: 'right' keeps the left half known and so on."""
+    m = torch.zeros(size, size)
+    half = size // 2
+    if kind == "right":
+        m[:, :half] = 1
+    elif kind == "left":
+        m[:, half:] = 1
+    elif kind == "bottom":
+        m[:half, :] = 1
+    elif kind == "top":
+        m[half:, :] = 1
+    elif kind == "checker":
+        m = ((torch.arange(size)[:, None] // 4 + torch.arange(size)[None, :] // 4) % 2).float()
+    else:
+        raise ValueError(f"mask must be one of {MASKS}, got {kind!r}")
+    return m.expand(n, 1, size, size).contiguous()

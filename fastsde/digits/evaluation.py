@@ -28,8 +28,8 @@ class DigitsEvaluator:
     """Metrics of generated 16x16 digits in [0, 1] (module docstring). classifier_path: default the shipped one."""
 
     def __init__(self, classifier_path: str | None = None, device="cpu"):
-        from fastsde.datasets import load_digits
-        from fastsde.pretrained import load_classifier, shipped_path
+        from fastsde.digits.data import load_digits
+        from fastsde.digits.pretrained import load_classifier, shipped_path
 
         self.path = classifier_path or shipped_path(CLASSIFIER_FILE)
         self.classifier, sde, self.training = load_classifier(self.path, device=device)

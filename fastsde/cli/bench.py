@@ -1,0 +1,67 @@
+"""`fastsde bench SUITE`: the benchmark suites of fastsde.benchmarks, as a table and JSON records."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+
+import torch
+
+from fastsde.cli.common import UsageError, positive_int
+
+__all__ = ["add_arguments", "run", "SUITES"]
+
+
+_BENCH_MODULES = {"steps": "step", "sampler": "sampler", "attention": "attention", "unet": "unet",
+                  "groupnorm": "groupnorm", "e2e": "e2e"}  # suite -> fastsde.benchmarks.bench_<module>
+SUITES = tuple(_BENCH_MODULES)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", choices=SUITES, metavar="SUITE",
+                   help=f"which suite to run: {', '.join(SUITES)}")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a rough number in less time)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the records as a JSON list to PATH")
+    p.add_argument("--backend", choices=("native", "triton"), default="native",
+                   help="the fused backend to measure")
+    p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads for every measurement")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--tradeoff", metavar="STEM", default=None,
+                   help="e2e only: also measure quality vs time across PC step counts and ODE tolerances and write "
+                        "STEM.json and STEM.png")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="e2e only: images per --tradeoff run (default: 256; the timed case is always 64)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.suite != "e2e" and (args.tradeoff or args.n):
+        raise UsageError("--tradeoff and --n apply to the e2e suite only")
+    torch.set_num_threads(args.threads)
+    from fastsde.benchmarks.common import print_table, write_json
+
+    print(f"fastsde bench {args.suite}: float32, {args.threads} threads, backend {args.backend}", flush=True)
+    module = importlib.import_module(f"fastsde.benchmarks.bench_{_BENCH_MODULES[args.suite]}")
+    kwargs = {} if args.suite == "sampler" else {"use_compile": not args.no_compile}  # the sampler suite has none
+    records = module.run(quick=args.quick, backend=args.backend, **kwargs)
+    print()
+    print_table(records)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        write_json(records, args.json)
+        print(f"wrote {args.json}")
+    if args.tradeoff:
+        from fastsde.benchmarks import bench_e2e
+
+        print("quality vs time (fastsde native):", flush=True)
+        result = bench_e2e.tradeoff(n=args.n or 256, backend=args.backend)
+        os.makedirs(os.path.dirname(os.path.abspath(args.tradeoff)), exist_ok=True)
+        with open(args.tradeoff + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        bench_e2e.plot_tradeoff(result, args.tradeoff + ".png")
+        print(f"wrote {args.tradeoff}.json, {args.tradeoff}.png")
+    return 0
+
+

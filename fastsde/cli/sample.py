@@ -1,0 +1,364 @@
+"""`fastsde sample`: draw from a score model (the shipped digits models, a model file, or a mixture's exact score),
+time it and score the result (Fréchet distance and class histogram for digits; moment errors and sliced Wasserstein
+against exact samples for mixtures); `--class-label` for classifier-guided digits."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+import fastsde
+from fastsde import sampling
+from fastsde import sde as sde_lib
+from fastsde.cli.common import (SDE_DEFAULTS, UsageError, build_sampler, fmt_optional, load_model_for,
+                                model_spec, nonnegative_int, npz_path, output_stem, positive_float, positive_int,
+                                seed_value, with_threads)
+from fastsde.digits.pretrained import DIGITS_DEFAULTS
+from fastsde.models import analytic
+
+__all__ = ["add_arguments", "run"]
+
+
+SDE_TITLES = {"ve": "VE", "vp": "VP", "subvp": "subVP"}
+BACKEND_NAMES = ("auto", "reference", "native", "triton")
+_NULL_REPEATS = 10
+# Options that mean something only for some --sde / --sampler values: dest -> (allowed values, what they apply to).
+_ONLY_FOR = {
+    "sigma_min": ("sde", ("ve",)), "sigma_max": ("sde", ("ve",)),
+    "beta_min": ("sde", ("vp", "subvp")), "beta_max": ("sde", ("vp", "subvp")),
+    "predictor": ("sampler", ("pc",)), "corrector": ("sampler", ("pc",)), "snr": ("sampler", ("pc",)),
+    "n_steps_each": ("sampler", ("pc",)), "probability_flow": ("sampler", ("pc",)), "backend": ("sampler", ("pc",)),
+    "rtol": ("sampler", ("ode",)), "atol": ("sampler", ("ode",)),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    predictors = sampling.predictor_names()
+    correctors = sampling.corrector_names()
+    model = p.add_argument_group("model and SDE")
+    model.add_argument("--model", type=model_spec, default="digits", metavar="MODEL",
+                       help="score model: 'digits' (the shipped 16x16 digits model of --sde), a score model file "
+                            "PATH.safetensors (fastsde train's model.safetensors), or 'gmm[:NAME]': the exact "
+                            f"score of a Gaussian-mixture preset, NAME one of {', '.join(sorted(analytic.PRESETS))}")
+    model.add_argument("--sde", choices=sorted(sde_lib.SDE_NAMES), default=None,
+                       help="forward SDE (default: vp for digits, ve for gmm; a model file brings its own)")
+    model.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                       help="discretization steps N of the SDE (= sampler time steps; default: "
+                            f"{DIGITS_DEFAULTS['steps']} for digits, 1000 for gmm)")
+    model.add_argument("--sigma-min", type=positive_float, metavar="S", help="VE sigma_min (default: 0.01)")
+    model.add_argument("--sigma-max", type=positive_float, metavar="S",
+                       help="VE sigma_max (default: 50, score_sde's; ~5 is plenty for the 2-D presets)")
+    model.add_argument("--beta-min", type=float, metavar="B", help="VP/subVP beta_min (default: 0.1)")
+    model.add_argument("--beta-max", type=float, metavar="B", help="VP/subVP beta_max (default: 20)")
+    cont = model.add_mutually_exclusive_group()
+    cont.add_argument("--continuous", dest="continuous", action="store_true", default=True,
+                      help="condition the model on continuous time labels (default)")
+    cont.add_argument("--discrete", dest="continuous", action="store_false",
+                      help="condition the model on discrete timestep labels (score_sde's DDPM/SMLD models; pc only)")
+
+    sampler = p.add_argument_group("sampler")
+    sampler.add_argument("--sampler", choices=("pc", "ode"), default="pc",
+                         help="predictor-corrector or probability-flow ODE (scipy RK45)")
+    sampler.add_argument("--predictor", choices=predictors, metavar="P",
+                         help=f"pc predictor, one of {', '.join(predictors)} "
+                              "(default: reverse_diffusion for ve, euler_maruyama for vp/subvp)")
+    sampler.add_argument("--corrector", choices=correctors, metavar="C",
+                         help=f"pc corrector, one of {', '.join(correctors)} "
+                              "(default: langevin for ve, none for vp/subvp)")
+    sampler.add_argument("--snr", type=positive_float, metavar="R",
+                         help="corrector signal-to-noise ratio (default: 0.16)")
+    sampler.add_argument("--n-steps-each", type=nonnegative_int, metavar="K",
+                         help="corrector iterations per time step (default: 1)")
+    sampler.add_argument("--probability-flow", action="store_true", default=None,
+                         help="pc predictor follows the probability-flow ODE instead of the reverse SDE")
+    sampler.add_argument("--rtol", type=positive_float, metavar="TOL", help="ode relative tolerance (default: 1e-5)")
+    sampler.add_argument("--atol", type=positive_float, metavar="TOL", help="ode absolute tolerance (default: 1e-5)")
+    sampler.add_argument("--eps", type=positive_float, metavar="E",
+                         help="last time step eps (default: 1e-5 for ve, 1e-3 for vp/subvp)")
+    sampler.add_argument("--no-denoise", dest="denoise", action="store_false", default=True,
+                         help="return the last noisy iterate instead of its mean (score_sde's noise_removal=False)")
+    sampler.add_argument("--noise", choices=("fastsde", "torch"), default="fastsde",
+                         help="noise source: the FSN1 counter-based stream, or torch.randn seeded with --seed")
+    sampler.add_argument("--backend", choices=BACKEND_NAMES, metavar="B",
+                         help=f"pc update-step implementation, one of {', '.join(BACKEND_NAMES)}; the sampler "
+                              "rejects one that is not available (default: auto)")
+    sampler.add_argument("--device", default="cpu", help="torch device to sample on")
+    sampler.add_argument("--threads", type=positive_int, metavar="T",
+                         help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
+                              "1 is fastest for the 2-D presets on a busy machine)")
+
+    run = p.add_argument_group("samples and output")
+    run.add_argument("--n", type=positive_int, default=None, metavar="M",
+                     help="number of samples (default: 64 digits, 2048 gmm points)")
+    run.add_argument("--class-label", default=None, metavar="K",
+                     help="digits only: class-conditional sampling of digit K (0-9), or 'all' for n/10 of each, "
+                          "guided by the shipped time-dependent classifier")
+    run.add_argument("--guidance-scale", type=positive_float, default=None, metavar="W",
+                     help="digits only: classifier guidance weight (default: 1)")
+    run.add_argument("--seed", type=seed_value, default=0, metavar="K",
+                     help="seed of the sampler noise and of the exact reference samples; same seed, same file")
+    run.add_argument("--out", default="samples", metavar="PATH",
+                     help="output .npz path ('.npz' added when there is no extension); a PNG with the same "
+                          "stem is written next to it; parent directories are created")
+    run.add_argument("--no-plot", dest="plot", action="store_false", default=True, help="skip the PNG")
+    run.add_argument("--no-progress", dest="progress", action="store_false", default=True,
+                     help="no progress bar on stderr")
+    run.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+_GMM_ONLY = ("sigma_min", "sigma_max", "beta_min", "beta_max")
+_IMAGE_ONLY = ("class_label", "guidance_scale")
+
+
+def _check_applicable(args: argparse.Namespace) -> None:
+    kind = args.model[0]
+    for dest in _GMM_ONLY if kind != "gmm" else _IMAGE_ONLY:
+        if getattr(args, dest) is not None:
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"{flag} applies to --model {'gmm[:NAME]' if kind != 'gmm' else 'digits or a file'} "
+                              f"only")
+    if kind != "gmm" and not args.continuous:
+        raise UsageError("--discrete applies to --model gmm only (image models use continuous time labels)")
+    if kind == "file" and args.sde is not None:
+        raise UsageError("--sde does not apply to a model file: it was trained under its own SDE")
+    if args.sde is None:
+        args.sde = DIGITS_DEFAULTS["sde"] if kind == "digits" else "ve"
+    for dest, (selector, allowed) in _ONLY_FOR.items():
+        if getattr(args, dest) is not None and getattr(args, selector) not in allowed:
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"{flag} applies to --{selector} {'/'.join(allowed)} only, "
+                              f"not --{selector} {getattr(args, selector)}")
+    if args.sampler == "ode" and not args.continuous:
+        raise UsageError("--discrete applies to --sampler pc only (the ODE sampler uses continuous time labels)")
+
+
+def _build_sde(args: argparse.Namespace) -> sde_lib.SDE:
+    if args.sde == "ve":
+        sigma_min = 0.01 if args.sigma_min is None else args.sigma_min
+        sigma_max = 50.0 if args.sigma_max is None else args.sigma_max
+        return sde_lib.VESDE(sigma_min=sigma_min, sigma_max=sigma_max, N=args.steps)
+    beta_min = 0.1 if args.beta_min is None else args.beta_min
+    beta_max = 20.0 if args.beta_max is None else args.beta_max
+    return sde_lib.SDE_CLASSES[args.sde](beta_min=beta_min, beta_max=beta_max, N=args.steps)
+
+
+def _quality(samples: torch.Tensor, reference: torch.Tensor, mixture, seed: int) -> dict:
+    """Moment errors, sliced W2 to the exact reference and, for scale, the median exact-vs-exact SW at this n."""
+    from fastsde import metrics
+
+    null = metrics.sliced_wasserstein_null(mixture, len(samples), repeats=_NULL_REPEATS,
+                                           sample_seed=(seed + 1) % 2**64)
+    return dict(nonfinite=int((~torch.isfinite(samples).all(dim=1)).sum()),
+                **metrics.moment_errors(samples, mixture),
+                sliced_wasserstein=metrics.sliced_wasserstein(samples, reference),
+                sliced_wasserstein_null_median=float(np.median(null)))
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastsde.digits import plotting
+
+    _check_applicable(args)
+    if args.model[0] != "gmm":
+        return run_sample_images(args)
+    args.steps = args.steps or 1000
+    args.n = args.n or 2048
+    _, preset = args.model
+    mixture = analytic.get_mixture(preset)
+    sde = _build_sde(args)
+    sampler, info = build_sampler(args, sde, (args.n, mixture.dim))
+    model = analytic.AnalyticScoreModel(mixture, sde, continuous=args.continuous).to(args.device)
+
+    threads = torch.get_num_threads()
+    try:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        if args.noise == "torch":
+            torch.manual_seed(args.seed)  # torch noise comes from the global generator
+        start = time.perf_counter()
+        x, nfe = sampler(model)
+        wall = time.perf_counter() - start
+        report = dict(model=f"gmm:{preset}", **info, n=args.n, dim=mixture.dim, threads=torch.get_num_threads(),
+                      nfe=int(nfe), wall_time_s=wall, samples_per_s=args.n / wall, version=fastsde.__version__)
+    finally:
+        torch.set_num_threads(threads)
+    samples = x.detach().cpu().to(torch.float32).reshape(args.n, mixture.dim)
+    reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    report.update(_quality(samples, reference, mixture, args.seed))
+
+    npz = npz_path(args.out)
+    os.makedirs(os.path.dirname(npz) or ".", exist_ok=True)
+    np.savez(npz, samples=samples.numpy(), reference=reference.numpy(),
+             **{key: np.asarray(value) for key, value in report.items()})
+    report["npz"] = npz
+    report["png"] = os.path.splitext(npz)[0] + ".png" if args.plot else None
+    if args.plot:
+        plotting.plot_samples_2d(samples, mixture, report["png"], _plot_title(report))
+    print(json.dumps(report) if args.json else _format_report(report))
+    return 0
+
+
+def _sampler_words(r: dict) -> str:
+    if r["sampler"] == "ode":
+        return f"probability-flow ODE (rtol {r['rtol']:g}, atol {r['atol']:g})"
+    return f"pc {r['predictor']} + {r['corrector']}"
+
+
+def _plot_title(r: dict) -> str:
+    return (f"{r['model']}: {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps  |  "
+            f"sliced W2 {r['sliced_wasserstein']:.4f} "
+            f"(exact-vs-exact median {r['sliced_wasserstein_null_median']:.4f})")
+
+
+def _format_report(r: dict) -> str:
+    ratio = r["sliced_wasserstein"] / r["sliced_wasserstein_null_median"]
+    rows = [
+        ("samples", f"{r['n']} x {r['dim']}" + (f"  ({r['nonfinite']} not finite!)" if r["nonfinite"] else "")),
+        ("nfe", f"{r['nfe']}"),
+        ("wall time", f"{r['wall_time_s']:.2f} s  ({r['samples_per_s']:.0f} samples/s)"),
+        ("mean error", f"{r['mean_err']:.4f}  (L2 norm)"),
+        ("cov error", f"{r['cov_err']:.4f}  (Frobenius), {100 * r['cov_rel_err']:.2f}% relative"),
+        ("sliced W2", f"{r['sliced_wasserstein']:.4f}  (to {r['n']} exact samples; exact-vs-exact median "
+                      f"{r['sliced_wasserstein_null_median']:.4f}, ratio {ratio:.2f})"),
+        ("wrote", ", ".join(p for p in (r["npz"], r["png"]) if p)),
+    ]
+    head = f"{r['model']}, {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps, seed {r['seed']}"
+    return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
+
+
+def _class_labels(spec: str, n: int) -> torch.Tensor:
+    if spec == "all":
+        if n % 10:
+            raise UsageError(f"--class-label all needs --n a multiple of 10 (n/10 of each digit), got {n}")
+        return torch.arange(n) * 10 // n
+    try:
+        k = int(spec)
+    except ValueError:
+        raise UsageError(f"--class-label must be a digit 0-9 or 'all', got {spec!r}") from None
+    if not 0 <= k <= 9:
+        raise UsageError(f"--class-label must be a digit 0-9 or 'all', got {spec!r}")
+    return torch.full((n,), k, dtype=torch.long)
+
+
+def run_sample_images(args: argparse.Namespace) -> int:
+    """`fastsde sample` for image models: sample a grid, time it, score it with the digits metrics, write png/npz."""
+    import time
+
+    import numpy as np
+
+    from fastsde.digits import plotting
+    from fastsde.digits.data import get_data_inverse_scaler
+    from fastsde.digits.evaluation import DigitsEvaluator
+
+    if args.class_label is not None:
+        _class_labels(args.class_label, 10)  # a bad label is a usage error, found before loading anything
+        if args.sampler != "pc":
+            raise UsageError("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
+    elif args.guidance_scale is not None:
+        raise UsageError("--guidance-scale applies with --class-label only")
+    mf, _ = load_model_for(args)
+    args.sde = mf.sde_name
+    args.steps = args.steps or DIGITS_DEFAULTS["steps"]
+    args.n = args.n or DIGITS_DEFAULTS["n"]
+    if args.class_label is not None:
+        _class_labels(args.class_label, args.n)
+    sde = mf.make_sde(N=args.steps)
+    shape = (args.n, 1, 16, 16)
+    inverse_scaler = get_data_inverse_scaler(mf.centered)
+    class_labels = None
+    if args.class_label is not None:
+        class_labels = _class_labels(args.class_label, args.n)
+        sampler, info = _conditional_sampler(args, mf, sde, shape, inverse_scaler)
+    else:
+        sampler, info = build_sampler(args, sde, shape, inverse_scaler)
+
+    def draw():
+        start = time.perf_counter()
+        out = sampler(mf.model) if class_labels is None else sampler(mf.model, class_labels)
+        return out, time.perf_counter() - start
+
+    out, wall = with_threads(args, draw)
+    x, nfe = out if class_labels is None else (out, info["nfe"])
+    images = x.detach().float().cpu().clamp(0.0, 1.0)
+    evaluator = DigitsEvaluator()
+    quality = evaluator.evaluate(images)
+    report = {"model": os.path.basename(mf.path), **info, "n": args.n, "nfe": int(nfe), "wall_time_s": wall,
+              "images_per_s": args.n / wall, "threads": args.threads or torch.get_num_threads(),
+              "fd": quality["fd"], **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
+              "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]}
+    if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
+        report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
+                                              + (info["predictor"] != "none"))
+    if class_labels is not None:
+        predicted = evaluator.logits(images).argmax(1)
+        report["class_label"] = args.class_label
+        report["guidance_scale"] = info["guidance_scale"]
+        report["requested_class_accuracy"] = float((predicted == class_labels).double().mean())
+    stem = output_stem(args.out)
+    report["npz"] = stem + ".npz"
+    report["png"] = stem + ".png" if args.plot else None
+    np.savez(report["npz"], samples=images.numpy(), **({"class_labels": class_labels.numpy()}
+                                                       if class_labels is not None else {}))
+    if args.plot:
+        what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
+                f"probability-flow ODE, {report['nfe']} evaluations")
+        title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
+                 f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
+                 + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
+                    else ""))
+        plotting.save_image_grid(images, report["png"], title=title, nrow=10 if args.class_label == "all" else None)
+    print(json.dumps(report) if args.json else _format_images_report(report))
+    return 0
+
+
+def _conditional_sampler(args, mf, sde, shape, inverse_scaler):
+    from fastsde import controllable
+    from fastsde.digits.pretrained import load_classifier, shipped_path
+
+    classifier, clf_sde, _ = load_classifier(shipped_path(f"digits_{mf.sde_name}_tclassifier.safetensors"),
+                                             device=args.device)
+    if clf_sde != mf.sde_name:
+        raise ValueError(f"the shipped time-dependent classifier was trained under {clf_sde}, the model under "
+                         f"{mf.sde_name}")
+    predictor, corrector, eps = SDE_DEFAULTS[mf.sde_name]
+    info = {"sde": mf.sde_name, "sampler": "pc", "steps": args.steps, "seed": args.seed, "noise": args.noise,
+            "predictor": args.predictor or predictor, "corrector": args.corrector or corrector,
+            "eps": args.eps or eps, "snr": args.snr or 0.16, "n_steps_each": 1 if args.n_steps_each is None
+            else args.n_steps_each, "backend": args.backend or "auto", "denoise": args.denoise,
+            "guidance_scale": args.guidance_scale or 1.0}
+    info["nfe"] = args.steps * (info["n_steps_each"] + 1)
+    sampler = controllable.get_pc_conditional_sampler(
+        sde, classifier, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"],
+        n_steps=info["n_steps_each"], probability_flow=bool(args.probability_flow), continuous=True,
+        denoise=args.denoise, eps=info["eps"], device=args.device, scale=info["guidance_scale"],
+        backend=info["backend"], seed=args.seed, noise=args.noise, progress=args.progress)
+    return sampler, info
+
+
+def _format_images_report(r: dict) -> str:
+    c = r["classes"]
+    rows = [
+        ("samples", f"{r['n']} x 1 x 16 x 16" + (f"  ({r['nonfinite']} not finite!)" if r["nonfinite"] else "")),
+        ("nfe", f"{r['nfe']}" + (f"  (score_sde's count; {r['model_evals']} model evaluations)"
+                                 if r.get("model_evals", r["nfe"]) != r["nfe"] else "")),
+        ("wall time", f"{r['wall_time_s']:.2f} s  ({r['images_per_s']:.1f} images/s, {r['threads']} threads)"),
+        ("FD", f"{r['fd']:.2f}  (classifier features vs the 359 test digits; at n={r['n']}: real vs real "
+               f"{fmt_optional(r['fd_real_vs_real'])}, noise vs real {r['fd_real_vs_noise']:.1f})"),
+        ("classes", f"{c['histogram']}  entropy {c['entropy']:.3f} of {c['max_entropy']:.3f}, confidence "
+                    f"{c['confidence']:.3f}"),
+    ]
+    if "requested_class_accuracy" in r:
+        rows.append(("requested", f"class {r['class_label']}: {100 * r['requested_class_accuracy']:.1f}% of samples "
+                                  f"classified as requested (guidance scale {r['guidance_scale']:g})"))
+    rows.append(("wrote", ", ".join(p for p in (r["npz"], r["png"]) if p)))
+    sampler = (f"pc {r['predictor']} + {r['corrector']}" if r["sampler"] == "pc" else
+               f"probability-flow ODE (rtol {r['rtol']:g}, atol {r['atol']:g})")
+    steps = f", {r['steps']} steps" if r["sampler"] == "pc" else ""
+    backend = f", backend {r['backend']}" if r["sampler"] == "pc" else ""
+    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}"
+    return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
+
+

@@ -1,0 +1,195 @@
+"""Registries of predictors and correctors (score_sde's `register_predictor` / `register_corrector`), their base
+classes, and the argument checks every sampler factory shares.
+
+A predictor or corrector is a class registered by name. Its `update_fn(x, t) -> (x, x_mean)` is the reference form,
+exactly as score_sde writes it; `coefficients(t)` (predictors, affine correctors) gives the float64 (a, b, c) of the
+same update written as x_mean = a x + b score, x = x_mean + c z, which the fused loop runs as one kernel.
+See docs/design.md, "How to add a sampler step".
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from fastsde import sde as sde_lib
+from fastsde.noise import NoiseStream
+from fastsde.ops import dispatch
+
+__all__ = ["Predictor", "Corrector", "register_predictor", "register_corrector", "get_predictor", "get_corrector",
+           "predictor_names", "corrector_names", "resolve_predictor", "resolve_corrector", "langevin_alpha",
+           "check_backend", "check_shape", "check_pc_args", "progress_bar", "BACKENDS", "PC_DEFAULTS"]
+
+BACKENDS = dispatch.BACKENDS
+
+_PREDICTORS: dict[str, type] = {}
+_CORRECTORS: dict[str, type] = {}
+
+
+def _register(registry: dict, kind: str, cls=None, *, name=None):
+    def deco(c):
+        key = c.__name__ if name is None else name
+        if key in registry:
+            raise ValueError(f"{kind} {key!r} is already registered")
+        registry[key] = c
+        return c
+
+    return deco if cls is None else deco(cls)
+
+
+def register_predictor(cls=None, *, name=None):
+    """Class decorator registering a Predictor under `name` (default: the class name)."""
+    return _register(_PREDICTORS, "predictor", cls, name=name)
+
+
+def register_corrector(cls=None, *, name=None):
+    """Class decorator registering a Corrector under `name` (default: the class name)."""
+    return _register(_CORRECTORS, "corrector", cls, name=name)
+
+
+def _lookup(registry: dict, kind: str, name: str):
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; known: {sorted(registry)}")
+    return registry[name]
+
+
+def get_predictor(name: str) -> type:
+    return _lookup(_PREDICTORS, "predictor", name)
+
+
+def get_corrector(name: str) -> type:
+    return _lookup(_CORRECTORS, "corrector", name)
+
+
+def _resolve(registry: dict, kind: str, spec, none_cls):
+    """A predictor/corrector class from a registered name, a class, or None."""
+    if spec is None:
+        return none_cls
+    if isinstance(spec, str):
+        return _lookup(registry, kind, spec)
+    if isinstance(spec, type):
+        return spec
+    raise TypeError(f"{kind} must be a registered name, a class or None, got {type(spec).__name__}")
+
+
+def predictor_names() -> list[str]:
+    """The registered predictor names, sorted."""
+    return sorted(_PREDICTORS)
+
+
+def corrector_names() -> list[str]:
+    """The registered corrector names, sorted."""
+    return sorted(_CORRECTORS)
+
+
+def resolve_predictor(spec) -> type:
+    """A predictor class from a registered name, a class, or None (the identity)."""
+    return _resolve(_PREDICTORS, "predictor", spec, _PREDICTORS["none"])
+
+
+def resolve_corrector(spec) -> type:
+    """A corrector class from a registered name, a class, or None (the identity)."""
+    return _resolve(_CORRECTORS, "corrector", spec, _CORRECTORS["none"])
+
+
+def langevin_alpha(sde, t: torch.Tensor) -> torch.Tensor:
+    """Langevin step scale alpha_i = 1 - beta_i for VP/subVP (VP tables of the same schedule), 1 for VE."""
+    if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
+        return sde.table("alphas", t.device)[sde.timestep(t)]
+    return torch.ones_like(t)
+
+
+class Predictor(abc.ABC):
+    """One step of a numerical solver of the reverse SDE: update_fn(x, t) -> (x, x_mean)."""
+
+    def __init__(self, sde, score_fn, probability_flow: bool = False, noise: NoiseStream | None = None):
+        self.sde = sde
+        self.rsde = sde.reverse(score_fn, probability_flow)
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+        self.noise = NoiseStream("torch") if noise is None else noise
+
+    @abc.abstractmethod
+    def update_fn(self, x: torch.Tensor, t: torch.Tensor):
+        """x (B, ...), t (B,) -> (x, x_mean), both (B, ...)."""
+
+    #: True for the identity predictor: the fused sampler skips it.
+    is_identity = False
+
+    def coefficients(self, t: torch.Tensor):
+        """(a, b, c) float64 like t with update x_mean = a x + b score, x = x_mean + c z (c None: no noise),
+        for the fused steps; None when this predictor is not of that form (the sampler then runs update_fn)."""
+        return None
+
+
+class Corrector(abc.ABC):
+    """MCMC refinement at fixed t: update_fn(x, t) -> (x, x_mean)."""
+
+    def __init__(self, sde, score_fn, snr: float, n_steps: int, noise: NoiseStream | None = None):
+        self.sde = sde
+        self.score_fn = score_fn
+        self.snr = snr
+        self.n_steps = n_steps
+        self.noise = NoiseStream("torch") if noise is None else noise
+
+    @abc.abstractmethod
+    def update_fn(self, x: torch.Tensor, t: torch.Tensor):
+        """x (B, ...), t (B,) -> (x, x_mean), both (B, ...)."""
+
+    #: How the fused sampler runs this corrector: "affine" (coefficients(t) per iteration), "langevin" (norms
+    #: pass, then an affine step), "none" (skipped), or None (not fusable: the sampler runs update_fn).
+    fused_kind: str | None = None
+
+    def coefficients(self, t: torch.Tensor):
+        """(a, b, c) float64 like t for fused_kind "affine"."""
+        return None
+
+
+# score_sde's sampling configs per SDE name: (predictor, corrector, eps) — VE: reverse diffusion + Langevin down to
+# 1e-5; VP/subVP: Euler-Maruyama without a corrector down to 1e-3.
+PC_DEFAULTS = {
+    "ve": ("reverse_diffusion", "langevin", 1e-5),
+    "vp": ("euler_maruyama", "none", 1e-3),
+    "subvp": ("euler_maruyama", "none", 1e-3),
+}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (batch, ...) with rank >= 2 and positive sizes, got {shape}")
+    return shape
+
+
+def progress_bar(iterable, enabled: bool, desc: str):
+    """`iterable` wrapped in a tqdm progress bar when enabled and tqdm is installed (the `digits` extra)."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, unit="step", leave=False)
+
+
+def check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow, eps, backend, noise, sample_ids):
+    """Validate the PC options before any sampling (every PC factory calls this once); returns (backend,
+    predictor_cls, corrector_cls)."""
+    backend = check_backend(backend)
+    NoiseStream(noise, 0, sample_ids)
+    predictor_cls = resolve_predictor(predictor)
+    corrector_cls = resolve_corrector(corrector)
+    if int(n_steps) < 0:
+        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
+    # Building the objects checks the combination (e.g. ancestral sampling of a subVP SDE).
+    predictor_cls(sde, lambda x, t: x, probability_flow)
+    corrector_cls(sde, lambda x, t: x, snr, int(n_steps))
+    return backend, predictor_cls, corrector_cls
