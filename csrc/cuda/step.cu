@@ -7,9 +7,7 @@
 // bit-identical to the CPU's.
 #include "cuda/step_cuda.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "cuda/dtype_io.cuh"
 #include "fsn1.h"
 #include "step.h"
 
@@ -21,41 +19,8 @@ constexpr int64_t kMaxGrid = int64_t(1) << 20;
 // step_sq_norms: elements per (sample, chunk) thread block.
 constexpr int64_t kNormChunk = 16384;
 
-enum class NoiseMode { kNone, kExplicit, kFsn1 };
-
-// Storage <-> compute type: float32 / float64 as is, float16 / bfloat16 as raw uint16 bits through float32.
-template <Dtype D>
-struct Io;
-template <>
-struct Io<Dtype::kFloat32> {
-  using T = float;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return *p; }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = v; }
-};
-template <>
-struct Io<Dtype::kFloat64> {
-  using T = double;
-  using C = double;
-  static __device__ __forceinline__ C ld(const T* p) { return *p; }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = v; }
-};
-template <>
-struct Io<Dtype::kFloat16> {
-  using T = uint16_t;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return __half2float(__ushort_as_half(*p)); }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = __half_as_ushort(__float2half_rn(v)); }
-};
-template <>
-struct Io<Dtype::kBFloat16> {
-  using T = uint16_t;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return __bfloat162float(__ushort_as_bfloat16(*p)); }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
-
-__device__ __forceinline__ int64_t coef_index(int64_t len, int64_t row) { return len == 1 ? 0 : row; }
+using step::coef_index;
+using step::NoiseMode;
 
 template <typename C>
 __device__ __forceinline__ fsn1::Normals4<C> normals(uint64_t seed, uint32_t n, uint64_t draw, uint32_t blk) {
