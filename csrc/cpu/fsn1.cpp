@@ -49,4 +49,11 @@ void fsn1_normal_cpu(double* out, int64_t batch, int64_t numel, uint64_t seed, c
   fsn1_normal_cpu_impl(out, batch, numel, seed, sample_ids, draw, fsn1_normal_f64_range);
 }
 
+void fsn1_normal_cpu(const Fsn1NormalArgs& a) {
+  if (a.dtype == Dtype::kFloat64)
+    fsn1_normal_cpu(static_cast<double*>(a.out), a.batch, a.numel, a.seed, a.sample_ids, a.draw);
+  else
+    fsn1_normal_cpu(static_cast<float*>(a.out), a.batch, a.numel, a.seed, a.sample_ids, a.draw);
+}
+
 }  // namespace fastsde
