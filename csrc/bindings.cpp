@@ -237,7 +237,7 @@ void affine_step_cpu_op(const at::Tensor& out, const at::Tensor& x, const at::Te
   TORCH_CHECK(x.device().is_cpu(), "affine_step_: x must be a CPU tensor here, got ", x.device());
   check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
   if (x.numel() == 0) return;
-  const at::Tensor& ids = sample_ids;
+  const at::Tensor ids = sample_ids.contiguous();
   if ((c && !noise) || mask) check_id_values("affine_step_", ids);
   affine_step_cpu(
       make_affine_args(out, x, score, a, b, c, noise, seed, ids, draw, x_mean, mask, data, data_a, data_c, data_draw));
@@ -284,7 +284,7 @@ at::Tensor step_sq_norms_cpu_op(const at::Tensor& score, const c10::optional<at:
   if (score.numel() == 0) return at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
   // Every entry is written by the kernel: no zero fill.
   at::Tensor out = at::empty({score.size(0), 2}, score.options().dtype(at::kDouble));
-  const at::Tensor& ids = sample_ids;
+  const at::Tensor ids = sample_ids.contiguous();
   if (!noise) check_id_values("step_sq_norms", ids);
   step_sq_norms_cpu(make_sq_norms_args(score, noise, seed, ids, draw), out.data_ptr<double>());
   return out;
@@ -311,7 +311,7 @@ void fsn1_bits_cpu_op(const at::Tensor& out, int64_t seed, const at::Tensor& sam
   TORCH_CHECK(out.device().is_cpu(), "fsn1_bits_: out must be a CPU tensor, got ", out.device());
   check_fsn1_bits_args(out, sample_ids);
   if (out.numel() == 0) return;
-  const at::Tensor& ids = sample_ids;
+  const at::Tensor ids = sample_ids.contiguous();
   check_id_values("fsn1_bits_", ids);
   fsn1_bits_cpu(reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), out.size(0), out.size(1), as_u64(seed),
                 ids.data_ptr<int64_t>(), as_u64(draw));
@@ -334,7 +334,7 @@ void affine_step_cuda_op(const at::Tensor& out, const at::Tensor& x, const at::T
   check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor& ids = sample_ids;
+  const at::Tensor ids = sample_ids.contiguous();
   C10_CUDA_CHECK(affine_step_cuda(
       make_affine_args(out, x, score, a, b, c, noise, seed, ids, draw, x_mean, mask, data, data_a, data_c, data_draw),
       current_stream()));
@@ -347,7 +347,7 @@ at::Tensor step_sq_norms_cuda_op(const at::Tensor& score, const c10::optional<at
   at::Tensor out = at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
   if (score.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(score.device());
-  const at::Tensor& ids = sample_ids;
+  const at::Tensor ids = sample_ids.contiguous();
   const SqNormsArgs args = make_sq_norms_args(score, noise, seed, ids, draw);
   at::Tensor partial = at::empty({step_sq_norms_cuda_partials(args) * 2}, out.options());
   C10_CUDA_CHECK(step_sq_norms_cuda(args, partial.data_ptr<double>(), out.data_ptr<double>(), current_stream()));
