@@ -91,8 +91,9 @@ cudaError_t launch_affine_dtype(const AffineStepArgs& A, cudaStream_t stream) {
   return launch_affine_proj<D, NoiseMode::kFsn1>(A, stream);
 }
 
-// One thread block per (chunk, sample): each thread sums squares of its blocks in float64, then a fixed-order
-// shared-memory tree; partial[(row * chunks + chunk) * 2 + {0, 1}].
+// One thread block per (sample, chunk), numbered row * chunks + chunk on a 1-D grid (grid.y would cap the batch at
+// 65535): each thread sums squares of its blocks in float64, then a fixed-order shared-memory tree;
+// partial[(row * chunks + chunk) * 2 + {0, 1}].
 template <Dtype D>
 __global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArgs A, int64_t chunks,
                                                                       double* __restrict__ partial) {
@@ -101,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArg
   using C = typename IO::C;
   const T* s = static_cast<const T*>(A.score);      // (B, M) score
   const T* noise = static_cast<const T*>(A.noise);  // (B, M) explicit noise or null
-  const int64_t chunk = blockIdx.x, row = blockIdx.y;
+  const int64_t row = int64_t(blockIdx.x) / chunks, chunk = int64_t(blockIdx.x) - row * chunks;
   const uint32_t n = uint32_t(A.sample_ids[row]);
   const int64_t j0 = chunk * kNormChunk;
   const int64_t j1 = j0 + kNormChunk < A.numel ? j0 + kNormChunk : A.numel;
@@ -154,8 +155,8 @@ __global__ void _step_sq_norms_finish_kernel(const double* __restrict__ partial,
 template <Dtype D>
 cudaError_t launch_sq_norms(const SqNormsArgs& A, double* partial, double* out, cudaStream_t stream) {
   const int64_t chunks = (A.numel + kNormChunk - 1) / kNormChunk;
-  if (A.batch > 65535) return cudaErrorInvalidConfiguration;  // grid.y limit
-  _step_sq_norms_fwd_kernel<D><<<dim3(unsigned(chunks), unsigned(A.batch)), kThreads, 0, stream>>>(A, chunks, partial);
+  if (A.batch * chunks > int64_t(0x7fffffff)) return cudaErrorInvalidConfiguration;  // grid.x limit
+  _step_sq_norms_fwd_kernel<D><<<unsigned(A.batch * chunks), kThreads, 0, stream>>>(A, chunks, partial);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   _step_sq_norms_finish_kernel<<<unsigned((A.batch + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
