@@ -84,6 +84,7 @@ def _attn_fwd_kernel(
 # Launchers.
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_GRID_Y = MAX_GRID_Y  # a module global the launchers read at each call, so a test can shrink it
 
 
 def _config(d: int, dtype: torch.dtype) -> tuple[int, int, int]:
@@ -113,8 +114,8 @@ def _attention_op(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     if out.numel() == 0 or Lk == 0 or tracing_interpreted(q):
         return
     block_m, block_n, num_warps = _config(d, q.dtype)
-    for z0 in range(0, Z, MAX_GRID_Y):
-        z1 = min(Z, z0 + MAX_GRID_Y)
+    for z0 in range(0, Z, _MAX_GRID_Y):
+        z1 = min(Z, z0 + _MAX_GRID_Y)
         qz, kz, vz, oz = q[z0:z1], k[z0:z1], v[z0:z1], out[z0:z1]
         grid = (triton.cdiv(Lq, block_m), z1 - z0)
         wrap_triton(_attn_fwd_kernel)[grid](

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, signed_u64, split_u64, \
-    tracing_interpreted
+from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, signed_u64, split_u64,
+                      tracing_interpreted)
 from .fsn1 import fsn1_normals
 
 __all__ = ["affine_step", "step_sq_norms"]
@@ -138,6 +138,7 @@ def _step_sq_norms_kernel(
 
 _BLOCK = 1024  # 4 elements, i.e. one Philox call (per draw), per thread at 8 warps
 _NUM_WARPS = 8  # at 4 warps the fp32 projection variant (two draws per element) spills 8 B on sm_80/sm_90
+_MAX_GRID_Y = MAX_GRID_Y  # a module global the launchers read at each call, so a test can shrink it
 
 
 def _check_tensor(name: str, t: Optional[torch.Tensor], x: torch.Tensor) -> None:
@@ -173,8 +174,8 @@ def _affine_step_op(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor, a: 
     seed_lo, seed_hi = split_u64(seed)
     draw_lo, draw_hi = split_u64(draw)
     ddraw_lo, ddraw_hi = split_u64(data_draw)
-    for n0 in range(0, batch, MAX_GRID_Y):
-        grid = (triton.cdiv(numel, _BLOCK), min(batch - n0, MAX_GRID_Y))
+    for n0 in range(0, batch, _MAX_GRID_Y):
+        grid = (triton.cdiv(numel, _BLOCK), min(batch - n0, _MAX_GRID_Y))
         wrap_triton(_affine_step_fwd_kernel)[grid](
             out, x, score, a, b, a if c is None else c, x if noise is None else noise, sample_ids,
             x if x_mean_out is None else x_mean_out, x if mask is None else mask, x if data is None else data,
@@ -235,8 +236,8 @@ def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: 
     partial = torch.empty(batch, programs, 2, dtype=compute, device=score.device)
     seed_lo, seed_hi = split_u64(seed)
     draw_lo, draw_hi = split_u64(draw)
-    for n0 in range(0, 0 if numel == 0 or tracing_interpreted(score) else batch, MAX_GRID_Y):
-        grid = (programs, min(batch - n0, MAX_GRID_Y))
+    for n0 in range(0, 0 if numel == 0 or tracing_interpreted(score) else batch, _MAX_GRID_Y):
+        grid = (programs, min(batch - n0, _MAX_GRID_Y))
         wrap_triton(_step_sq_norms_kernel)[grid](
             score, score if noise is None else noise, sample_ids, partial, numel, programs, n0,
             seed_lo, seed_hi, draw_lo, draw_hi,
