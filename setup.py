@@ -18,6 +18,19 @@ def _rel(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _has_nvcc():
+    """True when torch was built with CUDA and its CUDA_HOME has nvcc. torch falls back to /usr/local/cuda when nvcc
+    is not on PATH; a runtime-only install there has no compiler, and the build stays CPU-only (CUDA tensors then
+    run the Triton or reference backend)."""
+    if not torch.version.cuda or CUDA_HOME is None:
+        return False
+    if not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        print(f"fastsde: torch has CUDA {torch.version.cuda} but {CUDA_HOME} has no bin/nvcc: building the CPU "
+              "extension only")
+        return False
+    return True
+
+
 def native_extension():
     """fastsde._C: CppExtension on CPU-only torch, CUDAExtension when torch has CUDA and nvcc is found."""
     sources = _rel("csrc/bindings.cpp") + _rel("csrc/cpu/*.cpp")
@@ -30,7 +43,10 @@ def native_extension():
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_link_args=["-fopenmp"],
     )
-    if torch.version.cuda and CUDA_HOME is not None:
+    if _has_nvcc():
+        # The torch-free kernels of csrc/cuda; bindings.cpp registers them under FASTSDE_WITH_CUDA. BuildExtension
+        # adds the CUDA include dir, cudart, the __CUDA_NO_HALF* defines and the -gencode flags (TORCH_CUDA_ARCH_LIST);
+        # CMakeLists.txt compile-checks both halves with the same flags where no GPU torch is installed.
         return CUDAExtension(
             sources=sources + _rel("csrc/cuda/*.cu"),
             extra_compile_args={

@@ -4,7 +4,7 @@
 //
 // 64-bit seeds and draw ids: the schema type `int` is a signed int64, but FSN1 seeds and draw ids range over
 // [0, 2^64). The Python side (fastsde/ops/fsn1.py) passes a value >= 2^63 as its two's-complement int64
-// (value - 2^64), and the C++ side reinterprets the int64 bits as uint64 (static_cast, which is modular).
+// (value - 2^64), and the C++ side reinterprets the int64 bits as uint64 (as_u64 below).
 #include <torch/extension.h>
 
 #include <cstdint>
@@ -35,6 +35,36 @@ namespace {
 constexpr int64_t kMaxSampleId = int64_t(1) << 32;
 constexpr int64_t kMaxElementsPerSample = int64_t(1) << 34;
 
+// A uint64 seed or draw id from the int64 the schema carries: the same 64 bits (the conversion is modular).
+uint64_t as_u64(int64_t bits) { return static_cast<uint64_t>(bits); }
+
+Dtype to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return Dtype::kFloat64;
+    case at::kHalf: return Dtype::kFloat16;
+    case at::kBFloat16: return Dtype::kBFloat16;
+    default: return Dtype::kFloat32;
+  }
+}
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// The range of sample ids, on the CPU only (a CUDA check would synchronize; fastsde.ops checks it in Python).
+// ids: contiguous int64.
+void check_id_values(const char* op, const at::Tensor& ids) {
+  const int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t b = 0; b < ids.numel(); ++b)
+    TORCH_CHECK(p[b] >= 0 && p[b] < kMaxSampleId, op, ": sample_ids must be in [0, 2^32), got ", p[b], " at index ",
+                b);
+}
+
+#ifdef FASTSDE_WITH_CUDA
+// The stream every CUDA op enqueues on: the caller's current stream on the current device (set by a CUDAGuard).
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
 // Shape/dtype/device checks shared by every backend of fsn1_normal_ (no data access: Meta-safe).
 void check_fsn1_normal_args(const at::Tensor& out, const at::Tensor& sample_ids) {
   TORCH_CHECK(out.dim() == 2, "fsn1_normal_: out must be 2-D (batch, numel), got shape ", out.sizes());
@@ -52,20 +82,26 @@ void check_fsn1_normal_args(const at::Tensor& out, const at::Tensor& sample_ids)
               out.size(1));
 }
 
+// The kernel arguments; ids: sample_ids made contiguous (kept alive by the caller).
+Fsn1NormalArgs make_fsn1_normal_args(const at::Tensor& out, int64_t seed, const at::Tensor& ids, int64_t draw) {
+  Fsn1NormalArgs args;
+  args.dtype = to_dtype(out.scalar_type());
+  args.batch = out.size(0);
+  args.numel = out.size(1);
+  args.out = out.data_ptr();
+  args.seed = as_u64(seed);
+  args.draw = as_u64(draw);
+  args.sample_ids = ids.data_ptr<int64_t>();
+  return args;
+}
+
 void fsn1_normal_cpu_op(const at::Tensor& out, int64_t seed, const at::Tensor& sample_ids, int64_t draw) {
   TORCH_CHECK(out.device().is_cpu(), "fsn1_normal_: out must be a CPU tensor here, got ", out.device());
   check_fsn1_normal_args(out, sample_ids);
   if (out.numel() == 0) return;
   const at::Tensor ids = sample_ids.contiguous();
-  const int64_t* id_ptr = ids.data_ptr<int64_t>();
-  for (int64_t b = 0; b < ids.size(0); ++b)
-    TORCH_CHECK(id_ptr[b] >= 0 && id_ptr[b] < kMaxSampleId, "fsn1_normal_: sample_ids must be in [0, 2^32), got ",
-                id_ptr[b], " at index ", b);
-  const uint64_t useed = static_cast<uint64_t>(seed), udraw = static_cast<uint64_t>(draw);
-  if (out.scalar_type() == at::kFloat)
-    fsn1_normal_cpu(out.data_ptr<float>(), out.size(0), out.size(1), useed, id_ptr, udraw);
-  else
-    fsn1_normal_cpu(out.data_ptr<double>(), out.size(0), out.size(1), useed, id_ptr, udraw);
+  check_id_values("fsn1_normal_", ids);
+  fsn1_normal_cpu(make_fsn1_normal_args(out, seed, ids, draw));
 }
 
 // Fake/meta implementation for torch.compile tracing: the checks, no data.
@@ -84,33 +120,11 @@ void fsn1_normal_cuda_op(const at::Tensor& out, int64_t seed, const at::Tensor& 
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
   const at::Tensor ids = sample_ids.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const uint64_t useed = static_cast<uint64_t>(seed), udraw = static_cast<uint64_t>(draw);
-  cudaError_t err;
-  if (out.scalar_type() == at::kFloat)
-    err = fsn1_normal_cuda(out.data_ptr<float>(), out.size(0), out.size(1), useed, ids.data_ptr<int64_t>(), udraw,
-                           stream);
-  else
-    err = fsn1_normal_cuda(out.data_ptr<double>(), out.size(0), out.size(1), useed, ids.data_ptr<int64_t>(), udraw,
-                           stream);
-  C10_CUDA_CHECK(err);
+  C10_CUDA_CHECK(fsn1_normal_cuda(make_fsn1_normal_args(out, seed, ids, draw), current_stream()));
 }
 #endif
 
 // ---- fused sampler step: affine_step_, step_sq_norms, fsn1_bits_ ----------------------------------------------
-
-bool is_step_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-Dtype to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble: return Dtype::kFloat64;
-    case at::kHalf: return Dtype::kFloat16;
-    case at::kBFloat16: return Dtype::kBFloat16;
-    default: return Dtype::kFloat32;
-  }
-}
 
 // A (B, ...) state-like tensor: the shape, dtype and device of x, contiguous.
 void check_like_x(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
@@ -134,7 +148,7 @@ void check_coef(const char* op, const char* name, const at::Tensor& t, const at:
 
 void check_state(const char* op, const char* name, const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 1, op, ": ", name, " must be (batch, ...), got shape ", x.sizes());
-  TORCH_CHECK(is_step_dtype(x.scalar_type()), op, ": ", name, " must be float32, float64, float16 or bfloat16, got ",
+  TORCH_CHECK(is_float_dtype(x.scalar_type()), op, ": ", name, " must be float32, float64, float16 or bfloat16, got ",
               x.scalar_type());
   TORCH_CHECK(x.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", x.strides());
   TORCH_CHECK(x.size(0) == 0 || x.numel() / x.size(0) <= kMaxElementsPerSample, op,
@@ -146,14 +160,6 @@ void check_ids(const char* op, const at::Tensor& ids, const at::Tensor& x) {
   TORCH_CHECK(ids.dim() == 1 && ids.size(0) == x.size(0), op, ": sample_ids must have shape (", x.size(0),
               ",) (the batch size), got ", ids.sizes());
   TORCH_CHECK(ids.device() == x.device(), op, ": sample_ids must be on ", x.device(), ", got ", ids.device());
-}
-
-// The range of sample ids, on the CPU only (a CUDA check would synchronize; fastsde.ops checks it in Python).
-void check_id_values(const char* op, const at::Tensor& ids) {
-  const int64_t* p = ids.data_ptr<int64_t>();
-  for (int64_t b = 0; b < ids.numel(); ++b)
-    TORCH_CHECK(p[b] >= 0 && p[b] < kMaxSampleId, op, ": sample_ids must be in [0, 2^32), got ", p[b], " at index ",
-                b);
 }
 
 void check_affine_step_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
@@ -215,9 +221,9 @@ AffineStepArgs make_affine_args(const at::Tensor& out, const at::Tensor& x, cons
   args.c_len = opt_len(c);
   args.data_a_len = mask ? opt_len(data_a) : 0;
   args.data_c_len = mask ? opt_len(data_c) : 0;
-  args.seed = static_cast<uint64_t>(seed);
-  args.draw = static_cast<uint64_t>(draw);
-  args.data_draw = static_cast<uint64_t>(data_draw);
+  args.seed = as_u64(seed);
+  args.draw = as_u64(draw);
+  args.data_draw = as_u64(data_draw);
   args.sample_ids = ids.data_ptr<int64_t>();
   return args;
 }
@@ -231,9 +237,10 @@ void affine_step_cpu_op(const at::Tensor& out, const at::Tensor& x, const at::Te
   TORCH_CHECK(x.device().is_cpu(), "affine_step_: x must be a CPU tensor here, got ", x.device());
   check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
   if (x.numel() == 0) return;
-  if ((c && !noise) || mask) check_id_values("affine_step_", sample_ids);
-  affine_step_cpu(make_affine_args(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean, mask, data, data_a,
-                                   data_c, data_draw));
+  const at::Tensor ids = sample_ids.contiguous();
+  if ((c && !noise) || mask) check_id_values("affine_step_", ids);
+  affine_step_cpu(
+      make_affine_args(out, x, score, a, b, c, noise, seed, ids, draw, x_mean, mask, data, data_a, data_c, data_draw));
 }
 
 void affine_step_meta_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
@@ -246,6 +253,21 @@ void affine_step_meta_op(const at::Tensor& out, const at::Tensor& x, const at::T
   (void)draw;
   (void)data_draw;
   check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
+}
+
+// ids: sample_ids made contiguous (kept alive by the caller).
+SqNormsArgs make_sq_norms_args(const at::Tensor& score, const c10::optional<at::Tensor>& noise, int64_t seed,
+                               const at::Tensor& ids, int64_t draw) {
+  SqNormsArgs args;
+  args.dtype = to_dtype(score.scalar_type());
+  args.batch = score.size(0);
+  args.numel = score.size(0) ? score.numel() / score.size(0) : 0;
+  args.score = score.data_ptr();
+  args.noise = opt_data(noise);
+  args.seed = as_u64(seed);
+  args.draw = as_u64(draw);
+  args.sample_ids = ids.data_ptr<int64_t>();
+  return args;
 }
 
 void check_sq_norms_args(const at::Tensor& score, const c10::optional<at::Tensor>& noise,
@@ -262,17 +284,9 @@ at::Tensor step_sq_norms_cpu_op(const at::Tensor& score, const c10::optional<at:
   if (score.numel() == 0) return at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
   // Every entry is written by the kernel: no zero fill.
   at::Tensor out = at::empty({score.size(0), 2}, score.options().dtype(at::kDouble));
-  if (!noise) check_id_values("step_sq_norms", sample_ids);
-  SqNormsArgs args;
-  args.dtype = to_dtype(score.scalar_type());
-  args.batch = score.size(0);
-  args.numel = score.numel() / score.size(0);
-  args.score = score.data_ptr();
-  args.noise = opt_data(noise);
-  args.seed = static_cast<uint64_t>(seed);
-  args.draw = static_cast<uint64_t>(draw);
-  args.sample_ids = sample_ids.data_ptr<int64_t>();
-  step_sq_norms_cpu(args, out.data_ptr<double>());
+  const at::Tensor ids = sample_ids.contiguous();
+  if (!noise) check_id_values("step_sq_norms", ids);
+  step_sq_norms_cpu(make_sq_norms_args(score, noise, seed, ids, draw), out.data_ptr<double>());
   return out;
 }
 
@@ -297,9 +311,10 @@ void fsn1_bits_cpu_op(const at::Tensor& out, int64_t seed, const at::Tensor& sam
   TORCH_CHECK(out.device().is_cpu(), "fsn1_bits_: out must be a CPU tensor, got ", out.device());
   check_fsn1_bits_args(out, sample_ids);
   if (out.numel() == 0) return;
-  check_id_values("fsn1_bits_", sample_ids);
-  fsn1_bits_cpu(reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), out.size(0), out.size(1),
-                static_cast<uint64_t>(seed), sample_ids.data_ptr<int64_t>(), static_cast<uint64_t>(draw));
+  const at::Tensor ids = sample_ids.contiguous();
+  check_id_values("fsn1_bits_", ids);
+  fsn1_bits_cpu(reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), out.size(0), out.size(1), as_u64(seed),
+                ids.data_ptr<int64_t>(), as_u64(draw));
 }
 
 void fsn1_bits_meta_op(const at::Tensor& out, int64_t seed, const at::Tensor& sample_ids, int64_t draw) {
@@ -319,9 +334,10 @@ void affine_step_cuda_op(const at::Tensor& out, const at::Tensor& x, const at::T
   check_affine_step_args(out, x, score, a, b, c, noise, sample_ids, x_mean, mask, data, data_a, data_c);
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  C10_CUDA_CHECK(affine_step_cuda(make_affine_args(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean,
-                                                   mask, data, data_a, data_c, data_draw),
-                                  c10::cuda::getCurrentCUDAStream()));
+  const at::Tensor ids = sample_ids.contiguous();
+  C10_CUDA_CHECK(affine_step_cuda(
+      make_affine_args(out, x, score, a, b, c, noise, seed, ids, draw, x_mean, mask, data, data_a, data_c, data_draw),
+      current_stream()));
 }
 
 at::Tensor step_sq_norms_cuda_op(const at::Tensor& score, const c10::optional<at::Tensor>& noise, int64_t seed,
@@ -331,18 +347,10 @@ at::Tensor step_sq_norms_cuda_op(const at::Tensor& score, const c10::optional<at
   at::Tensor out = at::zeros({score.size(0), 2}, score.options().dtype(at::kDouble));
   if (score.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(score.device());
-  SqNormsArgs args;
-  args.dtype = to_dtype(score.scalar_type());
-  args.batch = score.size(0);
-  args.numel = score.numel() / score.size(0);
-  args.score = score.data_ptr();
-  args.noise = opt_data(noise);
-  args.seed = static_cast<uint64_t>(seed);
-  args.draw = static_cast<uint64_t>(draw);
-  args.sample_ids = sample_ids.data_ptr<int64_t>();
+  const at::Tensor ids = sample_ids.contiguous();
+  const SqNormsArgs args = make_sq_norms_args(score, noise, seed, ids, draw);
   at::Tensor partial = at::empty({step_sq_norms_cuda_partials(args) * 2}, out.options());
-  C10_CUDA_CHECK(step_sq_norms_cuda(args, partial.data_ptr<double>(), out.data_ptr<double>(),
-                                    c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(step_sq_norms_cuda(args, partial.data_ptr<double>(), out.data_ptr<double>(), current_stream()));
   return out;
 }
 #endif
@@ -355,9 +363,8 @@ void check_group_norm_args(const at::Tensor& x, int64_t num_groups, const c10::o
                            const c10::optional<at::Tensor>& shift, const c10::optional<at::Tensor>& emb_add,
                            int64_t act) {
   TORCH_CHECK(x.dim() >= 2, "group_norm: x must be (N, C, *spatial), got shape ", x.sizes());
-  const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "group_norm: x must be float32, float64, float16 or bfloat16, got ", st);
+  TORCH_CHECK(is_float_dtype(x.scalar_type()), "group_norm: x must be float32, float64, float16 or bfloat16, got ",
+              x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1);
   TORCH_CHECK(num_groups >= 1 && C % num_groups == 0, "group_norm: num_groups must divide the channels (", C,
               "), got ", num_groups);
@@ -451,7 +458,7 @@ at::Tensor group_norm_cuda_op(const at::Tensor& x_in, int64_t num_groups, const 
   std::vector<at::Tensor> keep;
   GroupNormArgs args;
   at::Tensor y = prepare_group_norm(x_in, num_groups, weight, bias, eps, scale, shift, emb_add, act, x, keep, args);
-  if (x.numel() > 0) C10_CUDA_CHECK(group_norm_cuda(args, c10::cuda::getCurrentCUDAStream()));
+  if (x.numel() > 0) C10_CUDA_CHECK(group_norm_cuda(args, current_stream()));
   return y;
 }
 #endif

@@ -23,6 +23,12 @@ using fsn1::f_fma;
 using fsn1::f_mul;
 using fsn1::f_sub;
 
+// Where z comes from: no noise (c absent), an explicit tensor, or FSN1.
+enum class NoiseMode { kNone, kExplicit, kFsn1 };
+
+// The index of row's entry in a per-sample coefficient array of length len (1: broadcast to every row).
+FASTSDE_HD FASTSDE_INLINE int64_t coef_index(int64_t len, int64_t row) { return len == 1 ? 0 : row; }
+
 // float64 twins of the float32 lane operations (the float64 compute type).
 FASTSDE_HD FASTSDE_INLINE double f_mul(double a, double b) { return a * b; }
 FASTSDE_HD FASTSDE_INLINE double f_sub(double a, double b) { return a - b; }

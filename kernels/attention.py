@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .step import _check_runnable, _tracing_interpreted
+from ._common import MAX_GRID_Y, check_runnable, tracing_interpreted
 
 __all__ = ["attention", "attn_block"]
 
@@ -84,7 +84,7 @@ def _attn_fwd_kernel(
 # Launchers.
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_GRID_Y = 65535
+_MAX_GRID_Y = MAX_GRID_Y  # a module global the launchers read at each call, so a test can shrink it
 
 
 def _config(d: int, dtype: torch.dtype) -> tuple[int, int, int]:
@@ -111,7 +111,7 @@ def _attention_op(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     """out = softmax(q k^T / sqrt(d)) v on (Z, L, d) tensors with any strides (out: q's shape and dtype)."""
     Z, Lq, d = q.shape
     Lk = k.shape[1]
-    if out.numel() == 0 or Lk == 0 or _tracing_interpreted(q):
+    if out.numel() == 0 or Lk == 0 or tracing_interpreted(q):
         return
     block_m, block_n, num_warps = _config(d, q.dtype)
     for z0 in range(0, Z, _MAX_GRID_Y):
@@ -131,7 +131,7 @@ def attention(q, k, v, out=None) -> torch.Tensor:
     q: (..., Lq, d), k, v: (..., Lk, d), one float32/float16/bfloat16 dtype and device, any strides (the leading
     dimensions are flattened: a view when they allow one, else a copy). out: q's shape and dtype, or None.
     """
-    _check_runnable(q)
+    check_runnable(q)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() < 2:
             raise ValueError(f"{name} must be a (..., L, d) tensor, got {getattr(t, 'shape', type(t).__name__)}")
@@ -163,7 +163,7 @@ def attn_block(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, out_bias
     """The attention block (fastsde.reference.attention.attn_block) with arguments validated by fastsde.ops:
     GN (torch) -> one QKV GEMM (cuBLAS) -> _attn_fwd_kernel -> output GEMM with the residual as its beta input.
     x: (B, C, H, W) float32/float16/bfloat16; computes in x's dtype with float32 accumulation."""
-    _check_runnable(x)
+    check_runnable(x)
     if x.dtype not in _DTYPES:
         raise TypeError(f"the triton attn_block takes float32, float16 or bfloat16 x, got {x.dtype} "
                         f"(use backend='native' or 'reference' for float64)")

@@ -25,13 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import split_u64
+
 __all__ = ["fsn1_words", "fsn1_uniform_u", "fsn1_uniform_v", "fsn1_normals", "fsn1_words_debug", "fsn1_normal_debug", "split_u64"]
-
-
-def split_u64(value: int) -> tuple[int, int]:
-    """A uint64 as (lo, hi) 32-bit halves, each carried as the int32 with the same bits (a stable kernel arg type)."""
-    lo, hi = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
-    return (lo - (1 << 32) if lo >= 1 << 31 else lo), (hi - (1 << 32) if hi >= 1 << 31 else hi)
 
 
 @triton.jit

@@ -16,14 +16,14 @@ b_c = bias_c (1 + s_c) + shift_c; SiLU is y / (1 + exp(-y)).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
+
+from ._common import FLOATS, check_runnable, compute_dtype, contiguous, tracing_interpreted
 
 __all__ = ["group_norm"]
 
@@ -145,8 +145,6 @@ def _group_norm_fwd_kernel(
 
 _TILE = 4096  # elements per tile: 16 KiB of float32, 16 (8) values per thread at 8 (16) warps
 _MAX_BLOCK_C = 16
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _config(cpg: int, hw: int) -> tuple[int, int, bool, int]:
@@ -179,7 +177,7 @@ def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
                    emb_add: Optional[torch.Tensor], act: int) -> torch.Tensor:
     """group_norm on any strided x; vectors contiguous; act 0 none, 1 SiLU. Returns y laid out like the reference."""
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-    if x.numel() == 0 or (_INTERPRETED and is_fake(x)):
+    if x.numel() == 0 or tracing_interpreted(x):
         return y
     N, C = x.shape[:2]
     x3, y3 = _as_nchw(x), y.view(N, C, -1)
@@ -192,30 +190,22 @@ def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
         C, hw, *x3.stride(), *y3.stride(), eps,
         GROUPS=num_groups, CPG=cpg, HAS_W=weight is not None, HAS_B=bias is not None, HAS_SCALE=scale is not None,
         HAS_SHIFT=shift is not None, HAS_EMB=emb_add is not None, ACT=act,
-        COMPUTE=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        COMPUTE=compute_dtype(x.dtype),
         BLOCK_C=block_c, BLOCK_HW=block_hw, ONE_TILE=one_tile, num_warps=num_warps,
     )
     return y
 
 
-def _check_runnable(x: torch.Tensor) -> None:
-    if x.device.type == "cuda":
-        return
-    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    raise RuntimeError(f"Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {x.device}")
-
-
 def group_norm(x, num_groups, weight, bias, eps, scale, shift, emb_add, act) -> torch.Tensor:
     """fastsde.reference.groupnorm.group_norm on Triton. x: (N, C, *spatial) any layout, float32/64/16, bfloat16;
     weight, bias: (C,) or None; scale, shift, emb_add: (N, C) or None; act: None or "silu". Returns y like x."""
-    _check_runnable(x)
-    if x.dtype not in _FLOATS:
+    check_runnable(x)
+    if x.dtype not in FLOATS:
         raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.dim() < 2 or x.shape[1] % num_groups:
         raise ValueError(f"x must be (N, C, *spatial) with num_groups ({num_groups}) dividing C, got {tuple(x.shape)}")
     if act not in (None, "silu"):
         raise ValueError(f"act must be None or 'silu', got {act!r}")
-    contig = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    return torch.ops.fastsde.group_norm_triton(x, num_groups, contig(weight), contig(bias), float(eps), contig(scale),
-                                               contig(shift), contig(emb_add), _ACT_SILU if act == "silu" else 0)
+    return torch.ops.fastsde.group_norm_triton(x, num_groups, contiguous(weight), contiguous(bias), float(eps),
+                                               contiguous(scale), contiguous(shift), contiguous(emb_add),
+                                               _ACT_SILU if act == "silu" else 0)

@@ -19,16 +19,16 @@ side in float64 in a fixed order: deterministic, no atomics.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
-from .fsn1 import fsn1_normals, split_u64
+from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, signed_u64, split_u64,
+                      tracing_interpreted)
+from .fsn1 import fsn1_normals
 
 __all__ = ["affine_step", "step_sq_norms"]
 
@@ -138,33 +138,7 @@ def _step_sq_norms_kernel(
 
 _BLOCK = 1024  # 4 elements, i.e. one Philox call (per draw), per thread at 8 warps
 _NUM_WARPS = 8  # at 4 warps the fp32 projection variant (two draws per element) spills 8 B on sm_80/sm_90
-_MAX_GRID_Y = 65535
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _compute_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _u64_bits(value: int) -> int:
-    return value & 0xFFFFFFFFFFFFFFFF
-
-
-def _signed(value: int) -> int:
-    """uint64 -> int64 with the same bits (the torch.library schema's int is int64)."""
-    value = int(value)
-    if not 0 <= value < 1 << 64:
-        raise ValueError(f"seed/draw must be in [0, 2**64), got {value}")
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _check_runnable(x: torch.Tensor) -> None:
-    if x.device.type == "cuda":
-        return
-    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    raise RuntimeError(f"Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {x.device}")
+_MAX_GRID_Y = MAX_GRID_Y  # a module global the launchers read at each call, so a test can shrink it
 
 
 def _check_tensor(name: str, t: Optional[torch.Tensor], x: torch.Tensor) -> None:
@@ -180,12 +154,6 @@ def _check_coef(name: str, t: Optional[torch.Tensor], x: torch.Tensor) -> None:
                          f"got {t.dtype} {tuple(t.shape)} on {t.device}")
 
 
-def _tracing_interpreted(t: torch.Tensor) -> bool:
-    """True when t is a FakeTensor and the kernels are interpreted: the interpreter would run the kernel on
-    fake storage, while a compiled kernel goes through wrap_triton's traceable wrapper. Metadata needs no launch."""
-    return _INTERPRETED and is_fake(t)
-
-
 def _stride(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None or t.shape[0] == 1 else 1
 
@@ -199,13 +167,13 @@ def _affine_step_op(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor, a: 
     """affine_step on contiguous tensors; seed, draw, data_draw carry uint64 bits as int64."""
     batch = x.shape[0]
     numel = x.numel() // batch if batch else 0
-    if numel == 0 or _tracing_interpreted(x):
+    if numel == 0 or tracing_interpreted(x):
         return
     project = mask is not None
     mode = _NO_NOISE if c is None else (_EXPLICIT if noise is not None else _FSN1)
-    seed_lo, seed_hi = split_u64(_u64_bits(seed))
-    draw_lo, draw_hi = split_u64(_u64_bits(draw))
-    ddraw_lo, ddraw_hi = split_u64(_u64_bits(data_draw))
+    seed_lo, seed_hi = split_u64(seed)
+    draw_lo, draw_hi = split_u64(draw)
+    ddraw_lo, ddraw_hi = split_u64(data_draw)
     for n0 in range(0, batch, _MAX_GRID_Y):
         grid = (triton.cdiv(numel, _BLOCK), min(batch - n0, _MAX_GRID_Y))
         wrap_triton(_affine_step_fwd_kernel)[grid](
@@ -214,7 +182,7 @@ def _affine_step_op(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor, a: 
             a if data_a is None else data_a, a if data_c is None else data_c,
             numel, n0, _stride(a), _stride(b), _stride(c), _stride(data_a), _stride(data_c),
             seed_lo, seed_hi, draw_lo, draw_hi, ddraw_lo, ddraw_hi,
-            NOISE=mode, WRITE_MEAN=x_mean_out is not None, PROJECT=project, COMPUTE=_compute_dtype(x.dtype),
+            NOISE=mode, WRITE_MEAN=x_mean_out is not None, PROJECT=project, COMPUTE=compute_dtype(x.dtype),
             BLOCK=_BLOCK, num_warps=_NUM_WARPS,
         )
 
@@ -228,8 +196,8 @@ def affine_step(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean_ou
     noise None: FSN1 at (seed, sample_ids (B,) int64, draw); the projection's z2 at (seed, sample_ids, data_draw).
     Non-contiguous tensors are copied. Returns out.
     """
-    _check_runnable(x)
-    if x.dtype not in _FLOATS:
+    check_runnable(x)
+    if x.dtype not in FLOATS:
         raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     for name, t in (("out", out), ("score", score), ("noise", noise), ("x_mean_out", x_mean_out), ("mask", mask),
                     ("data", data)):
@@ -246,11 +214,10 @@ def affine_step(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean_ou
     mean_target = x_mean_out
     if x_mean_out is not None and not x_mean_out.is_contiguous():
         mean_target = torch.empty_like(x_mean_out, memory_format=torch.contiguous_format)
-    contig = lambda t: None if t is None else t.contiguous()  # noqa: E731
     torch.ops.fastsde.affine_step_triton(
-        target, x.contiguous(), score.contiguous(), a, b, c, contig(noise), _signed(seed),
-        sample_ids.to(torch.int64).contiguous(), _signed(draw), mean_target, contig(mask), contig(data), data_a,
-        data_c, _signed(data_draw))
+        target, x.contiguous(), score.contiguous(), a, b, c, contiguous(noise), signed_u64(seed),
+        sample_ids.to(torch.int64).contiguous(), signed_u64(draw), mean_target, contiguous(mask), contiguous(data),
+        data_a, data_c, signed_u64(data_draw))
     if target is not out:
         out.copy_(target)
     if mean_target is not x_mean_out:
@@ -267,14 +234,14 @@ def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: 
     programs = triton.cdiv(numel, _BLOCK)
     compute = torch.float64 if score.dtype == torch.float64 else torch.float32
     partial = torch.empty(batch, programs, 2, dtype=compute, device=score.device)
-    seed_lo, seed_hi = split_u64(_u64_bits(seed))
-    draw_lo, draw_hi = split_u64(_u64_bits(draw))
-    for n0 in range(0, 0 if numel == 0 or _tracing_interpreted(score) else batch, _MAX_GRID_Y):
+    seed_lo, seed_hi = split_u64(seed)
+    draw_lo, draw_hi = split_u64(draw)
+    for n0 in range(0, 0 if numel == 0 or tracing_interpreted(score) else batch, _MAX_GRID_Y):
         grid = (programs, min(batch - n0, _MAX_GRID_Y))
         wrap_triton(_step_sq_norms_kernel)[grid](
             score, score if noise is None else noise, sample_ids, partial, numel, programs, n0,
             seed_lo, seed_hi, draw_lo, draw_hi,
-            NOISE=_EXPLICIT if noise is not None else _FSN1, COMPUTE=_compute_dtype(score.dtype), BLOCK=_BLOCK,
+            NOISE=_EXPLICIT if noise is not None else _FSN1, COMPUTE=compute_dtype(score.dtype), BLOCK=_BLOCK,
             num_warps=_NUM_WARPS,
         )
     return partial.to(torch.float64).sum(dim=1)
@@ -286,8 +253,8 @@ def step_sq_norms(score, noise, seed, sample_ids, draw) -> torch.Tensor:
     score, noise: (B, ...) (noise None: FSN1 at (seed, sample_ids (B,) int64, draw)). Partial sums per
     BLOCK elements in float32 (float64 for float64 score), summed across programs in float64.
     """
-    _check_runnable(score)
-    if score.dtype not in _FLOATS:
+    check_runnable(score)
+    if score.dtype not in FLOATS:
         raise TypeError(f"score must be float32, float64, float16 or bfloat16, got {score.dtype}")
     _check_tensor("noise", noise, score)
     if score.numel() == 0:
@@ -295,5 +262,5 @@ def step_sq_norms(score, noise, seed, sample_ids, draw) -> torch.Tensor:
     if sample_ids is None:
         sample_ids = torch.zeros(score.shape[0], dtype=torch.int64, device=score.device)
     return torch.ops.fastsde.step_sq_norms_triton(
-        score.contiguous(), None if noise is None else noise.contiguous(), _signed(seed),
-        sample_ids.to(torch.int64).contiguous(), _signed(draw))
+        score.contiguous(), contiguous(noise), signed_u64(seed),
+        sample_ids.to(torch.int64).contiguous(), signed_u64(draw))

@@ -2,6 +2,7 @@
 // (csrc/cpu/step_kernels.h: one Philox call per lane, four outputs each), float64 through scalar libm math.
 #include "cpu/fsn1_cpu.h"
 
+#include "cpu/parallel.h"
 #include "cpu/step_cpu.h"
 #include "fsn1.h"
 
@@ -10,8 +11,9 @@ namespace {
 
 // Elements per unit of parallel work (a multiple of 64: every SIMD level's groups line up with chunk starts).
 constexpr int64_t kChunk = 8192;
-// Below this many elements in total, stay on one thread (a parallel region costs a few microseconds).
-constexpr int64_t kMinParallel = 16384;
+// Below this many elements in total, stay on one thread: generation costs more per element than a step's memory
+// traffic, so the parallel region pays off sooner than the default csrc/cpu/parallel.h assumes.
+constexpr int64_t kMinParallelFsn1 = 16384;
 
 void fsn1_normal_f64_range(double* row, uint64_t seed, uint32_t n, uint64_t draw, int64_t j0, int64_t j1) {
   for (int64_t blk = j0 / 4; blk * 4 < j1; ++blk) {
@@ -23,21 +25,12 @@ void fsn1_normal_f64_range(double* row, uint64_t seed, uint32_t n, uint64_t draw
 template <typename T, typename Fn>
 void fsn1_normal_cpu_impl(T* out, int64_t batch, int64_t numel, uint64_t seed, const int64_t* sample_ids,
                           uint64_t draw, const Fn& range) {
-  if (batch <= 0 || numel <= 0) return;
-  const int64_t chunks = (numel + kChunk - 1) / kChunk;
-  const int64_t work = batch * chunks;
-  auto item_fn = [&](int64_t item) {
-    const int64_t b = item / chunks;
-    const int64_t j0 = (item - b * chunks) * kChunk;
-    const int64_t j1 = j0 + kChunk < numel ? j0 + kChunk : numel;
-    range(out + b * numel, seed, uint32_t(sample_ids[b]), draw, j0, j1);
-  };
-  if (batch * numel < kMinParallel) {  // no parallel region at all for small outputs
-    for (int64_t item = 0; item < work; ++item) item_fn(item);
-    return;
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t item = 0; item < work; ++item) item_fn(item);
+  parallel_for_chunks(
+      batch, numel, kChunk,
+      [&](int64_t b, int64_t, int64_t j0, int64_t j1) {
+        range(out + b * numel, seed, uint32_t(sample_ids[b]), draw, j0, j1);
+      },
+      kMinParallelFsn1);
 }
 
 }  // namespace
@@ -54,6 +47,13 @@ void fsn1_normal_cpu(float* out, int64_t batch, int64_t numel, uint64_t seed, co
 void fsn1_normal_cpu(double* out, int64_t batch, int64_t numel, uint64_t seed, const int64_t* sample_ids,
                      uint64_t draw) {
   fsn1_normal_cpu_impl(out, batch, numel, seed, sample_ids, draw, fsn1_normal_f64_range);
+}
+
+void fsn1_normal_cpu(const Fsn1NormalArgs& a) {
+  if (a.dtype == Dtype::kFloat64)
+    fsn1_normal_cpu(static_cast<double*>(a.out), a.batch, a.numel, a.seed, a.sample_ids, a.draw);
+  else
+    fsn1_normal_cpu(static_cast<float*>(a.out), a.batch, a.numel, a.seed, a.sample_ids, a.draw);
 }
 
 }  // namespace fastsde

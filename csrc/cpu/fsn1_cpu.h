@@ -3,6 +3,8 @@
 
 #include <stdint.h>
 
+#include "fsn1_args.h"
+
 namespace fastsde {
 
 // out: (batch, numel) row-major, contiguous. Row b receives FSN1(seed, sample_ids[b], draw, j) for
@@ -13,5 +15,7 @@ void fsn1_normal_cpu(float* out, int64_t batch, int64_t numel, uint64_t seed, co
                      uint64_t draw);
 void fsn1_normal_cpu(double* out, int64_t batch, int64_t numel, uint64_t seed, const int64_t* sample_ids,
                      uint64_t draw);
+// The same, the dtype taken from args.
+void fsn1_normal_cpu(const Fsn1NormalArgs& args);
 
 }  // namespace fastsde

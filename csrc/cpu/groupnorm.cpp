@@ -10,14 +10,12 @@
 
 #include <vector>
 
+#include "cpu/parallel.h"
 #include "cpu/step_cpu.h"  // simd_level()
 #include "groupnorm.h"
 
 namespace fastsde {
 namespace {
-
-// Below this many elements in total, stay on one thread (a parallel region costs a few microseconds).
-constexpr int64_t kMinParallel = 32768;
 
 const GroupNormKernels& kernels() {
   switch (simd_level()) {
@@ -59,31 +57,21 @@ void group_norm_f64(const GroupNormArgs& A, int64_t n, int64_t g) {
   }
 }
 
-template <typename Fn>
-void parallel_items(int64_t items, int64_t total, const Fn& fn) {
-  if (total < kMinParallel || items == 1) {
-    for (int64_t i = 0; i < items; ++i) fn(i);
-    return;
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < items; ++i) fn(i);
-}
-
 }  // namespace
 
 void group_norm_cpu(const GroupNormArgs& A) {
   if (A.N <= 0 || A.C <= 0 || A.HW <= 0) return;
   const int64_t total = A.N * A.C * A.HW;
   if (A.dtype == Dtype::kFloat64) {
-    parallel_items(A.N * A.groups, total, [&](int64_t i) { group_norm_f64(A, i / A.groups, i % A.groups); });
+    parallel_for(A.N * A.groups, total, [&](int64_t i) { group_norm_f64(A, i / A.groups, i % A.groups); });
     return;
   }
   const GroupNormKernels& k = kernels();
   if (A.channels_last) {
-    parallel_items(A.N, total, [&](int64_t n) { k.nhwc(A, n); });
+    parallel_for(A.N, total, [&](int64_t n) { k.nhwc(A, n); });
     return;
   }
-  parallel_items(A.N * A.groups, total, [&](int64_t i) { k.nchw(A, i / A.groups, i % A.groups); });
+  parallel_for(A.N * A.groups, total, [&](int64_t i) { k.nchw(A, i / A.groups, i % A.groups); });
 }
 
 }  // namespace fastsde

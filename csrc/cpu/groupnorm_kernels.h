@@ -1,7 +1,8 @@
 // The CPU GroupNorm kernels of csrc/cpu/groupnorm_cpu.h, written once over the lane types of one ISA. Included (no
 // include guard) by csrc/cpu/groupnorm_{scalar,avx2,avx512}.cpp inside namespace fastsde::simd_<isa>, after that
 // ISA's simd_<isa>.h and its gn_div / gn_min / gn_max, so F, U, kLanes and the lane operations resolve to it.
-// Names carry a gn_ / Gn prefix: step_kernels.h defines its own helpers in the same namespaces.
+// Names carry a gn_ / Gn prefix: step_kernels.h defines its own helpers in the same namespaces (both take Io<D>
+// from csrc/cpu/dtype_io.h).
 //
 // Sums run in kLanes float32 lanes (x4 for independent chains), each lane's values added in element order, then
 // the lanes in lane order into float64: a fixed order for a given ISA. Partial vectors (row tails, channel tails)
@@ -11,38 +12,19 @@ using groupnorm::ChannelCoef;
 using groupnorm::f_add;
 using groupnorm::f_fma;
 
-template <Dtype D>
-struct GnIo;
-template <>
-struct GnIo<Dtype::kFloat32> {
-  using T = float;
-  static FASTSDE_SIMD_INLINE F ld(const T* p) { return load(p); }
-  static FASTSDE_SIMD_INLINE void st(T* p, F v) { store(p, v); }
-};
-template <>
-struct GnIo<Dtype::kFloat16> {
-  using T = uint16_t;
-  static FASTSDE_SIMD_INLINE F ld(const T* p) { return load_half(p); }
-  static FASTSDE_SIMD_INLINE void st(T* p, F v) { store_half(p, v); }
-};
-template <>
-struct GnIo<Dtype::kBFloat16> {
-  using T = uint16_t;
-  static FASTSDE_SIMD_INLINE F ld(const T* p) { return load_bf16(p); }
-  static FASTSDE_SIMD_INLINE void st(T* p, F v) { store_bf16(p, v); }
-};
+#include "cpu/dtype_io.h"  // Io<D>: storage <-> float32 lanes
 
 // count < kLanes values, zero-padded.
 template <Dtype D>
-FASTSDE_SIMD_INLINE F gn_ld_part(const typename GnIo<D>::T* p, int64_t count) {
-  typename GnIo<D>::T buf[kLanes] = {};
+FASTSDE_SIMD_INLINE F gn_ld_part(const typename Io<D>::T* p, int64_t count) {
+  typename Io<D>::T buf[kLanes] = {};
   for (int64_t i = 0; i < count; ++i) buf[i] = p[i];
-  return GnIo<D>::ld(buf);
+  return Io<D>::ld(buf);
 }
 template <Dtype D>
-FASTSDE_SIMD_INLINE void gn_st_part(typename GnIo<D>::T* p, F v, int64_t count) {
-  typename GnIo<D>::T buf[kLanes];
-  GnIo<D>::st(buf, v);
+FASTSDE_SIMD_INLINE void gn_st_part(typename Io<D>::T* p, F v, int64_t count) {
+  typename Io<D>::T buf[kLanes];
+  Io<D>::st(buf, v);
   for (int64_t i = 0; i < count; ++i) p[i] = buf[i];
 }
 // Lanes >= count set to 0.
@@ -70,8 +52,8 @@ FASTSDE_SIMD_INLINE F gn_acc(F a, F v, F d) {
 
 // sum_j x[j] over one contiguous row (kSq: sum_j (x[j] + d)^2).
 template <Dtype D, bool kSq>
-double gn_row_sum(const typename GnIo<D>::T* x, int64_t len, float d) {
-  using IO = GnIo<D>;
+double gn_row_sum(const typename Io<D>::T* x, int64_t len, float d) {
+  using IO = Io<D>;
   const F dv(d);
   F acc[4] = {F(0.0f), F(0.0f), F(0.0f), F(0.0f)};
   int64_t j = 0;
@@ -98,8 +80,8 @@ FASTSDE_SIMD_INLINE F gn_apply(F x, F d, F a, F b) {
 
 // y = act((x + d) a + b) over one contiguous row.
 template <Dtype D, bool kSilu>
-void gn_row_apply(const typename GnIo<D>::T* x, typename GnIo<D>::T* y, int64_t len, const ChannelCoef<float>& k) {
-  using IO = GnIo<D>;
+void gn_row_apply(const typename Io<D>::T* x, typename Io<D>::T* y, int64_t len, const ChannelCoef<float>& k) {
+  using IO = Io<D>;
   const F d(k.d), a(k.a), b(k.b);
   int64_t j = 0;
   for (; j + kLanes <= len; j += kLanes) IO::st(y + j, gn_apply<kSilu>(IO::ld(x + j), d, a, b));
@@ -109,7 +91,7 @@ void gn_row_apply(const typename GnIo<D>::T* x, typename GnIo<D>::T* y, int64_t 
 // NCHW, one (sample n, group g): its C/G channels are contiguous rows of HW elements.
 template <Dtype D, bool kSilu>
 void gn_nchw_dtype(const GroupNormArgs& A, int64_t n, int64_t g) {
-  using T = typename GnIo<D>::T;
+  using T = typename Io<D>::T;
   const int64_t cpg = A.C / A.groups, hw = A.HW, c0 = g * cpg, count = cpg * hw;
   const T* x = static_cast<const T*>(A.x) + (n * A.C + c0) * hw;
   T* y = static_cast<T*>(A.y) + (n * A.C + c0) * hw;
@@ -138,15 +120,15 @@ void gn_nchw_dtype(const GroupNormArgs& A, int64_t n, int64_t g) {
 constexpr int64_t kGnFlush = 64;
 
 template <Dtype D, bool kSq>
-void gn_channel_sums(const typename GnIo<D>::T* x, int64_t C, int64_t hw, const float* d, float* acc, double* out) {
-  using IO = GnIo<D>;
+void gn_channel_sums(const typename Io<D>::T* x, int64_t C, int64_t hw, const float* d, float* acc, double* out) {
+  using IO = Io<D>;
   const int64_t body = C / kLanes * kLanes;
   for (int64_t c = 0; c < C; ++c) out[c] = 0.0;
   for (int64_t p0 = 0; p0 < hw; p0 += kGnFlush) {
     const int64_t p1 = p0 + kGnFlush < hw ? p0 + kGnFlush : hw;
     for (int64_t c = 0; c < C + kLanes; ++c) acc[c] = 0.0f;
     for (int64_t p = p0; p < p1; ++p) {
-      const typename GnIo<D>::T* row = x + p * C;
+      const typename Io<D>::T* row = x + p * C;
       // d is zero past C and so is the padding of a partial vector: t = 0 there
       for (int64_t c = 0; c < body; c += kLanes)
         store(acc + c, gn_acc<kSq>(load(acc + c), IO::ld(row + c), load(d + c)));
@@ -159,7 +141,7 @@ void gn_channel_sums(const typename GnIo<D>::T* x, int64_t C, int64_t hw, const 
 
 template <Dtype D, bool kSilu>
 void gn_nhwc_dtype(const GroupNormArgs& A, int64_t n) {
-  using IO = GnIo<D>;
+  using IO = Io<D>;
   using T = typename IO::T;
   const int64_t C = A.C, hw = A.HW, G = A.groups, cpg = C / G, padded = C + kLanes;
   const T* x = static_cast<const T*>(A.x) + n * hw * C;

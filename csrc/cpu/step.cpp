@@ -11,13 +11,13 @@
 
 #include <vector>
 
+#include "cpu/parallel.h"
+
 namespace fastsde {
 namespace {
 
 // Elements per work item: 32 KiB of float32 per stream, enough to amortize the scheduling.
 constexpr int64_t kChunk = 8192;
-// Below this many elements in total, stay on one thread (a parallel region costs a few microseconds).
-constexpr int64_t kMinParallel = 32768;
 
 SimdLevel detect_level() {
   SimdLevel best = SimdLevel::kScalar;
@@ -33,45 +33,22 @@ SimdLevel detect_level() {
   return best;
 }
 
-// Run fn(row, c, j0, j1) over every (row, chunk) of a (batch, numel) problem; chunk c of a row is its elements
-// [c kChunk, min((c + 1) kChunk, numel)). Small problems run on the calling thread without entering a parallel
-// region at all (even an if(false) region costs a team setup).
+// fn(row, c, j0, j1) over every (row, chunk of kChunk elements): csrc/cpu/parallel.h.
 template <typename Fn>
 void for_each_chunk(int64_t batch, int64_t numel, const Fn& fn) {
-  if (batch <= 0 || numel <= 0) return;
-  const int64_t chunks = (numel + kChunk - 1) / kChunk;
-  const int64_t work = batch * chunks;
-  auto item_fn = [&](int64_t item) {
-    const int64_t row = item / chunks;
-    const int64_t c = item - row * chunks;
-    const int64_t j0 = c * kChunk;
-    const int64_t j1 = j0 + kChunk < numel ? j0 + kChunk : numel;
-    fn(row, c, j0, j1);
-  };
-  if (batch * numel < kMinParallel) {
-    for (int64_t item = 0; item < work; ++item) item_fn(item);
-    return;
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t item = 0; item < work; ++item) item_fn(item);
+  parallel_for_chunks(batch, numel, kChunk, fn);
 }
 
-// Short rows: run fn(r0, r1) over blocks of whole rows, about kChunk elements each (the whole batch at once when
-// the problem is small).
+// Short rows: fn(r0, r1) over blocks of whole rows, about kChunk elements each (the whole batch at once when the
+// problem is too small to go parallel).
 template <typename Fn>
 void for_each_row_block(int64_t batch, int64_t numel, const Fn& fn) {
   if (batch <= 0 || numel <= 0) return;
-  if (batch * numel < kMinParallel) {
-    fn(int64_t(0), batch);
-    return;
-  }
-  const int64_t rows = kChunk / numel > 0 ? kChunk / numel : 1;
-  const int64_t work = (batch + rows - 1) / rows;
-#pragma omp parallel for schedule(static)
-  for (int64_t item = 0; item < work; ++item) {
+  const int64_t rows = batch * numel < kMinParallel ? batch : (kChunk / numel > 0 ? kChunk / numel : 1);
+  parallel_for((batch + rows - 1) / rows, batch * numel, [&](int64_t item) {
     const int64_t r0 = item * rows;
     fn(r0, r0 + rows < batch ? r0 + rows : batch);
-  }
+  });
 }
 
 }  // namespace

@@ -8,27 +8,7 @@
 
 constexpr int G = 4 * kLanes;
 
-// Storage of one dtype and its loads/stores to and from float32 lanes.
-template <Dtype D>
-struct Io;
-template <>
-struct Io<Dtype::kFloat32> {
-  using T = float;
-  static FASTSDE_SIMD_INLINE F ld(const T* p) { return load(p); }
-  static FASTSDE_SIMD_INLINE void st(T* p, F v) { store(p, v); }
-};
-template <>
-struct Io<Dtype::kFloat16> {
-  using T = uint16_t;
-  static FASTSDE_SIMD_INLINE F ld(const T* p) { return load_half(p); }
-  static FASTSDE_SIMD_INLINE void st(T* p, F v) { store_half(p, v); }
-};
-template <>
-struct Io<Dtype::kBFloat16> {
-  using T = uint16_t;
-  static FASTSDE_SIMD_INLINE F ld(const T* p) { return load_bf16(p); }
-  static FASTSDE_SIMD_INLINE void st(T* p, F v) { store_bf16(p, v); }
-};
+#include "cpu/dtype_io.h"  // Io<D>: storage <-> float32 lanes
 
 // FSN1 float32 normals of the G elements starting at block blk0 (elements 4 blk0 ..), in element order:
 // out[r] holds elements 4 blk0 + r kLanes + (0 .. kLanes-1).
@@ -52,9 +32,8 @@ FASTSDE_SIMD_INLINE void fsn1_group(F out[4], uint32_t blk0, uint32_t n, uint64_
   fsn1_group_lanes(out, u_add(U(blk0), lane_index()), U(n), draw, k0, k1);
 }
 
-inline int64_t coef_index(int64_t len, int64_t row) { return len == 1 ? 0 : row; }
-
-enum class NoiseMode { kNone, kExplicit, kFsn1 };
+using step::coef_index;
+using step::NoiseMode;
 
 // Row pointers of one affine_step_ group (already offset to the group's first element).
 template <typename T>

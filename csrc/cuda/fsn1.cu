@@ -60,4 +60,10 @@ cudaError_t fsn1_normal_cuda(double* out, int64_t batch, int64_t numel, uint64_t
   return fsn1_normal_cuda_impl<double>(out, batch, numel, seed, sample_ids, draw, stream);
 }
 
+cudaError_t fsn1_normal_cuda(const Fsn1NormalArgs& a, cudaStream_t stream) {
+  if (a.dtype == Dtype::kFloat64)
+    return fsn1_normal_cuda(static_cast<double*>(a.out), a.batch, a.numel, a.seed, a.sample_ids, a.draw, stream);
+  return fsn1_normal_cuda(static_cast<float*>(a.out), a.batch, a.numel, a.seed, a.sample_ids, a.draw, stream);
+}
+
 }  // namespace fastsde

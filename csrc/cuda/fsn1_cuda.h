@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "fsn1_args.h"
+
 namespace fastsde {
 
 // out: (batch, numel) row-major, contiguous, device memory. Row b receives FSN1(seed, sample_ids[b], draw, j)
@@ -14,5 +16,7 @@ cudaError_t fsn1_normal_cuda(float* out, int64_t batch, int64_t numel, uint64_t 
                              uint64_t draw, cudaStream_t stream);
 cudaError_t fsn1_normal_cuda(double* out, int64_t batch, int64_t numel, uint64_t seed, const int64_t* sample_ids,
                              uint64_t draw, cudaStream_t stream);
+// The same, the dtype taken from args (device pointers).
+cudaError_t fsn1_normal_cuda(const Fsn1NormalArgs& args, cudaStream_t stream);
 
 }  // namespace fastsde

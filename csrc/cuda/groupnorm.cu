@@ -6,47 +6,13 @@
 // ones of csrc/groupnorm.h, as on the CPU.
 #include "cuda/groupnorm_cuda.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "cuda/dtype_io.cuh"
 #include "groupnorm.h"
 
 namespace fastsde {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Storage <-> compute type: float32 / float64 as is, float16 / bfloat16 as raw uint16 bits through float32.
-template <Dtype D>
-struct GnIo;
-template <>
-struct GnIo<Dtype::kFloat32> {
-  using T = float;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return *p; }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = v; }
-};
-template <>
-struct GnIo<Dtype::kFloat64> {
-  using T = double;
-  using C = double;
-  static __device__ __forceinline__ C ld(const T* p) { return *p; }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = v; }
-};
-template <>
-struct GnIo<Dtype::kFloat16> {
-  using T = uint16_t;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return __half2float(__ushort_as_half(*p)); }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = __half_as_ushort(__float2half_rn(v)); }
-};
-template <>
-struct GnIo<Dtype::kBFloat16> {
-  using T = uint16_t;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return __bfloat162float(__ushort_as_bfloat16(*p)); }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
 
 __device__ __forceinline__ float gn_act(float y, int act) {
   return act == 1 ? groupnorm::gn_silu<float, uint32_t>(y) : y;
@@ -68,7 +34,7 @@ __device__ double block_sum(double v, double* shared) {
 
 template <Dtype D>
 __global__ void __launch_bounds__(kThreads) _group_norm_fwd_kernel(GroupNormArgs A) {
-  using IO = GnIo<D>;
+  using IO = Io<D>;
   using T = typename IO::T;
   using C = typename IO::C;
   __shared__ double shared[kThreads];

@@ -7,9 +7,7 @@
 // bit-identical to the CPU's.
 #include "cuda/step_cuda.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "cuda/dtype_io.cuh"
 #include "fsn1.h"
 #include "step.h"
 
@@ -21,41 +19,8 @@ constexpr int64_t kMaxGrid = int64_t(1) << 20;
 // step_sq_norms: elements per (sample, chunk) thread block.
 constexpr int64_t kNormChunk = 16384;
 
-enum class NoiseMode { kNone, kExplicit, kFsn1 };
-
-// Storage <-> compute type: float32 / float64 as is, float16 / bfloat16 as raw uint16 bits through float32.
-template <Dtype D>
-struct Io;
-template <>
-struct Io<Dtype::kFloat32> {
-  using T = float;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return *p; }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = v; }
-};
-template <>
-struct Io<Dtype::kFloat64> {
-  using T = double;
-  using C = double;
-  static __device__ __forceinline__ C ld(const T* p) { return *p; }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = v; }
-};
-template <>
-struct Io<Dtype::kFloat16> {
-  using T = uint16_t;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return __half2float(__ushort_as_half(*p)); }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = __half_as_ushort(__float2half_rn(v)); }
-};
-template <>
-struct Io<Dtype::kBFloat16> {
-  using T = uint16_t;
-  using C = float;
-  static __device__ __forceinline__ C ld(const T* p) { return __bfloat162float(__ushort_as_bfloat16(*p)); }
-  static __device__ __forceinline__ void st(T* p, C v) { *p = __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
-
-__device__ __forceinline__ int64_t coef_index(int64_t len, int64_t row) { return len == 1 ? 0 : row; }
+using step::coef_index;
+using step::NoiseMode;
 
 template <typename C>
 __device__ __forceinline__ fsn1::Normals4<C> normals(uint64_t seed, uint32_t n, uint64_t draw, uint32_t blk) {
@@ -126,8 +91,9 @@ cudaError_t launch_affine_dtype(const AffineStepArgs& A, cudaStream_t stream) {
   return launch_affine_proj<D, NoiseMode::kFsn1>(A, stream);
 }
 
-// One thread block per (chunk, sample): each thread sums squares of its blocks in float64, then a fixed-order
-// shared-memory tree; partial[(row * chunks + chunk) * 2 + {0, 1}].
+// One thread block per (sample, chunk), numbered row * chunks + chunk on a 1-D grid (grid.y would cap the batch at
+// 65535): each thread sums squares of its blocks in float64, then a fixed-order shared-memory tree;
+// partial[(row * chunks + chunk) * 2 + {0, 1}].
 template <Dtype D>
 __global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArgs A, int64_t chunks,
                                                                       double* __restrict__ partial) {
@@ -136,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArg
   using C = typename IO::C;
   const T* s = static_cast<const T*>(A.score);      // (B, M) score
   const T* noise = static_cast<const T*>(A.noise);  // (B, M) explicit noise or null
-  const int64_t chunk = blockIdx.x, row = blockIdx.y;
+  const int64_t row = int64_t(blockIdx.x) / chunks, chunk = int64_t(blockIdx.x) - row * chunks;
   const uint32_t n = uint32_t(A.sample_ids[row]);
   const int64_t j0 = chunk * kNormChunk;
   const int64_t j1 = j0 + kNormChunk < A.numel ? j0 + kNormChunk : A.numel;
@@ -189,8 +155,8 @@ __global__ void _step_sq_norms_finish_kernel(const double* __restrict__ partial,
 template <Dtype D>
 cudaError_t launch_sq_norms(const SqNormsArgs& A, double* partial, double* out, cudaStream_t stream) {
   const int64_t chunks = (A.numel + kNormChunk - 1) / kNormChunk;
-  if (A.batch > 65535) return cudaErrorInvalidConfiguration;  // grid.y limit
-  _step_sq_norms_fwd_kernel<D><<<dim3(unsigned(chunks), unsigned(A.batch)), kThreads, 0, stream>>>(A, chunks, partial);
+  if (A.batch * chunks > int64_t(0x7fffffff)) return cudaErrorInvalidConfiguration;  // grid.x limit
+  _step_sq_norms_fwd_kernel<D><<<unsigned(A.batch * chunks), kThreads, 0, stream>>>(A, chunks, partial);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   _step_sq_norms_finish_kernel<<<unsigned((A.batch + kThreads - 1) / kThreads), kThreads, 0, stream>>>(

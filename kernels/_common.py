@@ -1,0 +1,57 @@
+"""What the Triton launchers share (kernels/step.py, fsn1.py, groupnorm.py, attention.py): where a kernel may run,
+the interpreter's tracing guard, the compute dtype, grid limits and uint64 kernel arguments."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+
+__all__ = ["FLOATS", "INTERPRETED", "MAX_GRID_Y", "check_runnable", "compute_dtype", "contiguous", "signed_u64",
+           "split_u64", "tracing_interpreted"]
+
+FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+MAX_GRID_Y = 65535  # CUDA's limit on grid axes 1 and 2: larger batches launch in chunks
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_runnable(x: torch.Tensor) -> None:
+    """Raise unless x's device can run a Triton kernel: CUDA, or the CPU under TRITON_INTERPRET=1."""
+    if x.device.type == "cuda":
+        return
+    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    raise RuntimeError(f"Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {x.device}")
+
+
+def tracing_interpreted(t: torch.Tensor) -> bool:
+    """True when t is a FakeTensor and the kernels are interpreted: the interpreter would run the kernel on
+    fake storage, while a compiled kernel goes through wrap_triton's traceable wrapper. Metadata needs no launch."""
+    return INTERPRETED and is_fake(t)
+
+
+def compute_dtype(dtype: torch.dtype):
+    """The kernels' math type for a storage dtype: float64 for float64, float32 for the rest."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t.contiguous(), passing None through (optional kernel inputs)."""
+    return None if t is None else t.contiguous()
+
+
+def signed_u64(value: int) -> int:
+    """uint64 -> int64 with the same bits (the torch.library schema's int is int64)."""
+    value = int(value)
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"seed/draw must be in [0, 2**64), got {value}")
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def split_u64(value: int) -> tuple[int, int]:
+    """A uint64 (or its int64 bits) as (lo, hi) 32-bit halves, each carried as the int32 with the same bits (a
+    stable kernel argument type)."""
+    lo, hi = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
+    return (lo - (1 << 32) if lo >= 1 << 31 else lo), (hi - (1 << 32) if hi >= 1 << 31 else hi)
