@@ -71,11 +71,16 @@ class NoiseStream:
         self.seed = None if seed is None else int(seed)
         self.sample_ids = None if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64)
         self.draw = 0
-        self.backend = backend
+        # FSN1 is the same stream on every backend; triton has no standalone draw op, so its loops draw with "auto"
+        self.backend = backend if backend in ops.fsn1.BACKENDS else "auto"
 
     def seek(self, draw: int) -> None:
         """Set the draw id the next `normal_like` uses (FSN1 only; torch draws are sequential)."""
         self.draw = int(draw)
+
+    def sample_ids_for(self, batch: int) -> torch.Tensor:
+        """The global sample ids (batch,) int64 of a batch: the given sample_ids, or 0..batch-1."""
+        return self._ids(batch)
 
     def _ids(self, batch: int) -> torch.Tensor:
         if self.sample_ids is None:

@@ -1,8 +1,12 @@
-"""The predictor-corrector sampler (Song et al. algorithm 1): score_sde's reference loop and the fused loop.
+"""The predictor-corrector sampler (Song et al. algorithm 1): score_sde's reference loop and the one fused loop.
 
-backend="reference" runs the predictors' and correctors' update_fn exactly as score_sde writes them; any other
-backend runs each update as one fused op (fastsde.ops.step) on preallocated buffers. Both draw the same FSN1 noise
-at the draw ids of fastsde.noise.DrawPlan, so they agree to float tolerance.
+backend="reference" runs the predictors' and correctors' update_fn exactly as score_sde writes them (the
+specification). Every other backend runs `FusedLoop`: per step, the model evaluation(s), each followed by one fused
+update (fastsde.ops.loop) that reads its coefficients from float64 tables and its step index and seed from tensors,
+so the loop has no host values that change from step to step. It runs eagerly, compiled whole with the model
+(`compile=True`: torch.compile(fullgraph=True), one graph for all N steps) or captured (`capture=True`: CUDA graphs
+of K steps replayed; on the CPU the compiled loop). Both loops draw the same FSN1 noise at the draw ids of
+fastsde.noise.DrawPlan, so they agree to float tolerance.
 """
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from __future__ import annotations
 import torch
 
 from fastsde._util import per_sample
-from fastsde.noise import NoiseStream
-from fastsde.ops import step as step_ops
+from fastsde.capture_safety import step_boundary
+from fastsde.noise import DrawPlan, NoiseStream
+from fastsde.ops import loop as loop_ops
 from fastsde.ops.checks import check_like
+from fastsde.ops.loop import seed_tensor
 from fastsde.sampling.registry import check_pc_args, check_shape, langevin_alpha, progress_bar
 from fastsde.score import get_score_fn, get_score_parts
 
@@ -21,7 +27,8 @@ __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
 
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1, probability_flow=False,
                    continuous=False, denoise=True, eps=1e-3, device="cpu", *, backend="auto", seed=None,
-                   noise="fastsde", sample_ids=None, dtype=torch.float32, progress=False):
+                   noise="fastsde", sample_ids=None, dtype=torch.float32, progress=False, compile=False,
+                   capture=False, capture_steps=None):
     """Predictor-corrector sampler (Song et al. algorithm 1): returns sampler(model) -> (x (shape), nfe).
 
     predictor/corrector: registered names ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none";
@@ -29,24 +36,44 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     n_steps Langevin iterations, then the predictor takes one step. nfe = N (n_steps + 1), as score_sde counts.
 
     backend="reference" runs the predictors' and correctors' update_fn exactly as score_sde writes them; any other
-    backend runs each update as one fused op (fastsde.ops.step) on preallocated buffers, with per-step
-    coefficients tabulated once in float64 and a noise-predicting model's -1/std folded into them. Both draw the
-    same FSN1 noise (draw ids in fastsde/noise.py), so they agree to float tolerance.
+    backend runs the fused loop (module docstring), with per-step coefficients tabulated once in float64 and a
+    noise-predicting model's -1/std folded into them. compile=True compiles one step (model + fused updates) with
+    torch.compile(fullgraph=True); capture=True records `capture_steps` steps (default: all N) in a CUDA graph and
+    replays it (on the CPU: the compiled loop). Both need FSN1 noise (noise="fastsde") and a fused backend.
     """
     shape = check_shape(shape)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
+    mode = check_loop_mode(backend, noise, compile, capture, capture_steps)
     n_steps = int(n_steps)
+    loops = {}  # the fused loop of a model, built on the first call and reused (compiled graphs, captured graphs)
 
     def pc_sampler(model):
-        stream = NoiseStream(noise, seed, sample_ids)
+        stream = NoiseStream(noise, seed, sample_ids, backend=backend)
         with torch.no_grad():
             x = stream.prior(sde, shape, device=device, dtype=dtype)
             x, x_mean = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow,
-                                 continuous, eps, backend, progress)
+                                continuous, eps, backend, progress, mode=mode, cache=loops)
             return inverse_scaler(x_mean if denoise else x), sde.N * (n_steps + 1)
 
     return pc_sampler
+
+
+def check_loop_mode(backend, noise, compile, capture, capture_steps) -> dict:
+    """The fused loop's execution mode from the factory arguments, checked before any sampling."""
+    for name, value in (("compile", compile), ("capture", capture)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if (compile or capture) and backend == "reference":
+        raise ValueError("compile=True/capture=True run the fused loop: use a fused backend (auto, native, triton), "
+                         "not backend='reference'")
+    if (compile or capture) and noise != "fastsde":
+        raise ValueError(f"compile=True/capture=True need noise='fastsde' (torch.randn is drawn on the host), "
+                         f"got noise={noise!r}")
+    if capture_steps is not None and (isinstance(capture_steps, bool) or not isinstance(capture_steps, int)
+                                      or capture_steps < 1):
+        raise ValueError(f"capture_steps must be a positive int or None, got {capture_steps!r}")
+    return {"compile": compile or capture, "capture": capture, "capture_steps": capture_steps}
 
 
 class Projection:
@@ -57,7 +84,7 @@ class Projection:
         self.data, self.mask = data, mask
         ones = torch.ones(timesteps.shape[0], 1, dtype=torch.float64, device=timesteps.device)
         coef, std = sde.marginal_prob(ones, timesteps.double())
-        self.coef, self.std = coef[:, 0], std  # (N,) float64
+        self.table = torch.stack([coef[:, 0], std]).contiguous()  # (2, N) float64: [data_a; data_c]
 
     def apply(self, x, t, stream, sde):
         """The reference form, as score_sde writes it (noise from the stream's next draw)."""
@@ -65,177 +92,212 @@ class Projection:
         x = x * (1.0 - self.mask) + (known + stream.normal_like(x) * per_sample(std, x)) * self.mask
         return x, x * (1.0 - self.mask) + known * self.mask
 
-    def kwargs(self, i, draw):
-        """affine_step keywords that fuse the projection of step i (noise at `draw`) into the update."""
-        return {"mask": self.mask, "data": self.data, "data_a": self.coef[i : i + 1], "data_c": self.std[i : i + 1],
-                "data_draw": draw}
-
 
 def pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow, continuous, eps,
-             backend, progress, projection=None):
-    """Run the N PC steps from x; returns (x, x_mean). projection: inpainting data/mask (controllable.py).
+            backend, progress, projection=None, mode=None, cache=None):
+    """Run the N PC steps from x; returns (x, x_mean). projection: inpainting (data, mask) (controllable.py).
 
-    Draw ids, step i: without projection, corrector iterations 1 + i (n_steps + 1) + j, predictor the next;
-    with projection, 1 + i (n_steps + 3) + (corrector iterations j, its projection, predictor, its projection).
+    The fused loop runs unless backend="reference", a predictor/corrector has no fused form (a user class), the model
+    conventions are unknown, or the projection is asked for with torch noise. Draw ids: fastsde.noise.DrawPlan.
+    `cache` (a dict) keeps the fused loop of a model between calls of one sampler (compiled/captured graphs).
     """
     device = x.device
+    mode = mode or {"compile": False, "capture": False, "capture_steps": None}
     score_fn = get_score_fn(sde, model, train=False, continuous=continuous)
     predictor_obj = predictor_cls(sde, score_fn, probability_flow, noise=stream)
     corrector_obj = corrector_cls(sde, score_fn, snr, n_steps, noise=stream)
     timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
     proj = None if projection is None else Projection(sde, *projection, timesteps)
-    steps = progress_bar(range(sde.N), progress, "pc sampling")
-    fused = None
+    plan = DrawPlan(n_steps, projection=proj is not None)
     if backend != "reference" and not (proj is not None and stream.kind == "torch"):
-        fused = _FusedPC.build(sde, predictor_obj, corrector_obj, model, continuous, timesteps, backend)
-    if fused is not None:
-        return fused.run(x, stream, steps, proj)
-    per_step = n_steps + 1 if proj is None else n_steps + 3
+        key = (id(model), x.shape, x.dtype, x.device, proj is not None)
+        fused = None if cache is None else cache.get(key)
+        if fused is None:
+            fused = FusedLoop.build(sde, predictor_obj, corrector_obj, model, continuous, timesteps, backend, plan,
+                                    proj, x, mode)
+            if fused is not None and cache is not None:
+                cache[key] = fused
+        if fused is not None:
+            return fused.run(x, stream, progress)
+        if mode["compile"]:
+            raise ValueError("compile=True/capture=True need a predictor and corrector with fused forms (the "
+                             "registered ones) and a VE/VP/subVP SDE")
     x_mean = x
-    for i in steps:
+    for i in progress_bar(range(sde.N), progress, "pc sampling"):
         vec_t = torch.ones(x.shape[0], device=device) * timesteps[i]
-        base = 1 + i * per_step
-        stream.seek(base)
+        stream.seek(plan.corrector(i, 0))
         x, x_mean = corrector_obj.update_fn(x, vec_t)
         if proj is not None:
-            stream.seek(base + n_steps)
+            stream.seek(plan.corrector_projection(i))
             x, x_mean = proj.apply(x, vec_t, stream, sde)
-        stream.seek(base + n_steps + (0 if proj is None else 1))
+        stream.seek(plan.predictor(i))
         x, x_mean = predictor_obj.update_fn(x, vec_t)
         if proj is not None:
-            stream.seek(base + n_steps + 2)
+            stream.seek(plan.predictor_projection(i))
             x, x_mean = proj.apply(x, vec_t, stream, sde)
     return x, x_mean
 
 
-class _FusedPC:
-    """The PC loop on fused ops: x and x_mean updated in place, coefficients tabulated for all steps at once."""
+class FusedLoop:
+    """The PC loop on fused ops: x and x_mean updated in place, every per-step value in a tensor.
 
-    def __init__(self, predictor, corrector, model, labels, scale, pred_coefs, corr_coefs, alphas, backend):
-        self.predictor, self.corrector, self.model = predictor, corrector, model
-        self.labels, self.scale = labels, scale
-        self.pred_coefs, self.corr_coefs, self.alphas = pred_coefs, corr_coefs, alphas
-        self.backend = backend
+    Step i (`step(x, x_mean)`, with the step index in the 0-d int64 tensor `self.i`): the time label is gathered from
+    the label table; each corrector iteration and the predictor evaluate the model once and run one fused update
+    (fastsde.ops.loop) that reads its coefficients at i and its draw id offset + i per_step; the inpainting
+    projection rides in the same kernel. The step ends with i += 1 on the device. Nothing in a step depends on a
+    host value that changes with i, so the same Python code runs eagerly, compiles to one graph, or is captured.
+    """
+
+    def __init__(self, model, labels, pred, corr, corr_kind, snr, iterations, plan, proj, backend, x, mode):
+        device, batch = x.device, x.shape[0]
+        self.model, self.labels, self.pred, self.corr, self.corr_kind = model, labels, pred, corr, corr_kind
+        self.snr, self.iterations, self.plan, self.proj, self.backend = snr, iterations, plan, proj, backend
+        self.mode, self.n = mode, labels.shape[0]
+        self.i = torch.zeros((), dtype=torch.int64, device=device)
+        self.label = torch.empty(1, dtype=labels.dtype, device=device)
+        self.scratch = torch.empty(3, dtype=torch.float64, device=device)
+        self.x = torch.empty_like(x, memory_format=torch.contiguous_format)  # the loop's state: static buffers
+        self.x_mean = torch.empty_like(self.x)
+        self.seed = torch.zeros((), dtype=torch.int64, device=device)
+        self.ids = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.batch = batch
+        # the identity update that carries a projection when there is no corrector / predictor update before it
+        self.identity = torch.stack([torch.ones(self.n, dtype=torch.float64, device=device),
+                                     torch.zeros(self.n, dtype=torch.float64, device=device)])
+        self._compiled = None
+        self._graphs = None
 
     @classmethod
-    def build(cls, sde, predictor, corrector, model, continuous, timesteps, backend):
-        """The fused loop, or None when a predictor/corrector has no fused form (custom classes)."""
+    def build(cls, sde, predictor, corrector, model, continuous, timesteps, backend, plan, proj, x, mode):
+        """The fused loop, or None when a predictor/corrector has no fused form (user classes) or the model
+        conventions are unknown."""
         if corrector.fused_kind is None or (not predictor.is_identity and predictor.coefficients(timesteps[:1]) is None):
             return None
         try:
             labels_fn, scale_fn = get_score_parts(sde, continuous)
         except NotImplementedError:
             return None
+        device = x.device
         scale = scale_fn(timesteps)
-        pred = None if predictor.is_identity else predictor.coefficients(timesteps)
-        corr = corrector.coefficients(timesteps) if corrector.fused_kind == "affine" else None
-        alphas = langevin_alpha(sde, timesteps).double() if corrector.fused_kind == "langevin" else None
-        return cls(predictor, corrector, model, labels_fn(timesteps), scale, pred, corr, alphas, backend)
+        scale = None if scale is None else scale.double().to(device)
 
-    def _step(self, x, x_mean, i, coefs, stream, draw, proj=None):
-        """x <- a x + b s + c z in place, s = scale * model(x, labels_i), noise at `draw` (+ projection)."""
-        out = self.model(x, self.labels[i].expand(x.shape[0]))
-        a, b, c = (None if v is None else v[i : i + 1] for v in coefs)
-        if self.scale is not None:
-            b = b * self.scale[i]
-        step_ops.affine_step(x, out, a, b, c, **self._noise(x, stream, draw), out=x, x_mean_out=x_mean,
-                             backend=self.backend, **(proj or {}))
-
-    def _project(self, x, x_mean, stream, proj):
-        """A projection with no update before it (identity predictor or corrector): x <- 1 x + 0 x, projected."""
-        step_ops.affine_step(x, x, 1.0, 0.0, None, seed=stream.seed, sample_ids=self.ids, out=x, x_mean_out=x_mean,
-                             backend=self.backend, **proj)
-
-    def _noise(self, x, stream, draw):
-        if stream.kind == "torch":
-            return {"noise": torch.randn_like(x)}
-        return {"seed": stream.seed, "sample_ids": self.ids, "draw": draw}
-
-    def _run_fast(self, x, stream, steps):
-        """run() without projection on FSN1 noise: per-step coefficients tabulated once as (1,) views, arguments
-        validated once (step_ops.LoopSteps), Langevin step sizes from the norms with a handful of host ops.
-        Any step whose model output is not x-like and contiguous goes through the public (checked) ops instead."""
-        ops = step_ops.LoopSteps(x, stream.seed, self.ids, self.backend)
-        batch = x.shape[0]
-        x_mean = torch.empty_like(x)
-        n_steps, kind = self.corrector.n_steps, self.corrector.fused_kind
-        iterations = n_steps if kind != "none" else 0
-        per_step = n_steps + 1
-        labels = [lab.expand(batch) for lab in self.labels]
-        scale = None if self.scale is None else self.scale.double()
-
-        def table(coefs):
-            if coefs is None:
-                return None
+        def table(coefs, fold_scale=True):
             a, b, c = coefs
-            if scale is not None:
+            if scale is not None and fold_scale:
                 b = b * scale
-            return tuple(None if v is None else list(v.to(device=x.device, dtype=torch.float64).split(1))
-                         for v in (a, b, c))
+            rows = [a, b] + ([] if c is None else [c])
+            return torch.stack([r.to(device=device, dtype=torch.float64) for r in rows]).contiguous()
 
-        pred, corr = table(self.pred_coefs), table(self.corr_coefs) if kind == "affine" else None
-        if kind == "langevin":
-            alphas = self.alphas.tolist()
-            scales = None if scale is None else scale.tolist()
-        snr = self.corrector.snr
-        for i in steps:
-            base = 1 + i * per_step
-            lab = labels[i]
-            for j in range(iterations):
-                out = self.model(x, lab)
-                if not ops.accepts(out):
-                    check_like("score", out, x)
-                    out = out.contiguous()
-                if kind == "affine":
-                    ops.affine(x, out, corr[0][i], corr[1][i], None if corr[2] is None else corr[2][i], base + j,
-                               x_mean)
-                else:
-                    ops.langevin(x, out, snr, alphas[i], None if scales is None else scales[i], base + j, x_mean)
-            if pred is not None:
-                out = self.model(x, lab)
-                if not ops.accepts(out):
-                    check_like("score", out, x)
-                    out = out.contiguous()
-                ops.affine(x, out, pred[0][i], pred[1][i], None if pred[2] is None else pred[2][i], base + n_steps,
-                           x_mean)
-        if self.pred_coefs is None:  # the identity predictor returns (x, x) last
-            x_mean.copy_(x)
-        return x, x_mean
+        pred = None if predictor.is_identity else table(predictor.coefficients(timesteps))
+        kind = corrector.fused_kind
+        corr = None
+        if kind == "affine":
+            corr = table(corrector.coefficients(timesteps))
+        elif kind == "langevin":
+            rows = [langevin_alpha(sde, timesteps).double()] + ([] if scale is None else [scale])
+            corr = torch.stack([r.to(device) for r in rows]).contiguous()
+        iterations = corrector.n_steps if kind != "none" else 0
+        labels = labels_fn(timesteps).to(device)
+        return cls(model, labels, pred, corr, kind, float(corrector.snr), iterations, plan, proj, backend, x, mode)
 
-    def run(self, x, stream, steps, projection=None):
+    # ---------------------------------------------------------------------------------------------- one step
+    def _evaluate(self, x):
+        torch.index_select(self.labels, 0, self.i.view(1), out=self.label)
+        out = self.model(x, self.label.expand(self.batch))
+        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            check_like("the model output", out, x)
+        return out if out.is_contiguous() else out.contiguous()
+
+    def _proj_args(self, draw_offset):
+        if self.proj is None:
+            return None, None, None, 0
+        return self.proj.mask, self.proj.data, self.proj.table, draw_offset
+
+    def _affine(self, x, x_mean, score, table, draw_offset, noise, proj_offset=None):
+        mask, data, ptable, poff = self._proj_args(proj_offset) if proj_offset is not None else (None, None, None, 0)
+        loop_ops.loop_affine_(x, x_mean, score, table, self.i, self.seed, self.ids, draw_offset, self.plan.per_step,
+                              noise, mask, data, ptable, poff, self.backend)
+
+    def step(self, x, x_mean):
+        """One PC step at i = self.i, in place on x and x_mean; then i += 1."""
+        plan, noise = self.plan, None
+        for j in range(self.iterations):
+            out = self._evaluate(x)
+            if self.stream_kind == "torch":
+                noise = torch.randn_like(x)
+            # score_sde projects once after the whole corrector update: fuse it into the last iteration
+            proj = plan.offset("corrector_projection") if self.proj is not None and j == self.iterations - 1 else None
+            if self.corr_kind == "affine":
+                self._affine(x, x_mean, out, self.corr, plan.offset("corrector", j), noise, proj)
+            else:
+                mask, data, ptable, poff = self._proj_args(proj) if proj is not None else (None, None, None, 0)
+                loop_ops.loop_langevin_(x, x_mean, self.scratch, out, self.corr, self.snr, self.i, self.seed,
+                                        self.ids, plan.offset("corrector", j), plan.per_step, noise, mask, data,
+                                        ptable, poff, self.backend)
+        if self.proj is not None and self.iterations == 0:
+            self._affine(x, x_mean, x, self.identity, 0, None, plan.offset("corrector_projection"))
+        proj = plan.offset("predictor_projection") if self.proj is not None else None
+        if self.pred is not None:
+            out = self._evaluate(x)
+            if self.stream_kind == "torch" and self.pred.shape[0] == 3:
+                noise = torch.randn_like(x)
+            self._affine(x, x_mean, out, self.pred, plan.offset("predictor"), noise, proj)
+        elif self.proj is not None:
+            self._affine(x, x_mean, x, self.identity, 0, None, proj)
+        self.i.add_(1)
+
+    # ---------------------------------------------------------------------------------------------- the loop
+    def run(self, x0, stream, progress=False):
+        """All N steps from x0; returns new tensors (x, x_mean). The state runs in the loop's static buffers (the
+        compiled and captured graphs read them), so each call copies x0, the seed and the sample ids in."""
         self.model.train(False)
-        self.ids = stream._ids(x.shape[0]).to(x.device)
-        x = x.contiguous()
-        if projection is None and stream.kind != "torch":
-            return self._run_fast(x, stream, steps)
-        x_mean = torch.empty_like(x)
-        n_steps = self.corrector.n_steps
-        kind = self.corrector.fused_kind
-        iterations = n_steps if kind != "none" else 0
-        per_step = n_steps + 1 if projection is None else n_steps + 3
-        pred_draw = n_steps + (0 if projection is None else 1)
-        for i in steps:
-            base = 1 + i * per_step
-            for j in range(iterations):
-                # score_sde projects once after the whole corrector update: fuse it into the last iteration.
-                proj = projection.kwargs(i, base + n_steps) if projection is not None and j == iterations - 1 else {}
-                if kind == "affine":
-                    self._step(x, x_mean, i, self.corr_coefs, stream, base + j, proj)
-                    continue
-                out = self.model(x, self.labels[i].expand(x.shape[0]))
-                scale = None if self.scale is None else self.scale[i : i + 1]
-                step_ops.langevin_step(x, out, self.corrector.snr, self.alphas[i : i + 1], score_scale=scale,
-                                       **self._noise(x, stream, base + j), out=x, x_mean_out=x_mean,
-                                       backend=self.backend, **proj)
-            if projection is not None and iterations == 0:
-                self._project(x, x_mean, stream, projection.kwargs(i, base + n_steps))
-            proj = {} if projection is None else projection.kwargs(i, base + pred_draw + 1)
-            if self.pred_coefs is not None:
-                self._step(x, x_mean, i, self.pred_coefs, stream, base + pred_draw, proj)
-            elif projection is not None:
-                self._project(x, x_mean, stream, proj)
-        if self.pred_coefs is None and projection is None:  # the identity predictor returns (x, x) last
+        self.stream_kind = stream.kind
+        self.seed.copy_(seed_tensor(stream.seed if stream.seed is not None else 0, "cpu"))
+        self.ids.copy_(stream.sample_ids_for(x0.shape[0]))
+        x, x_mean = self.x, self.x_mean
+        x.copy_(x0)
+        self.i.zero_()
+        step = self.step
+        if self.mode["compile"]:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.step, fullgraph=True, dynamic=False)
+            step = self._compiled
+        if self.mode["capture"] and x.is_cuda:
+            self._run_captured(x, x_mean, step, progress)
+        else:
+            for _ in progress_bar(range(self.n), progress, "pc sampling"):
+                step_boundary()
+                step(x, x_mean)
+        if self.pred is None and self.proj is None:  # the identity predictor returns (x, x) last
             x_mean.copy_(x)
-        return x, x_mean
+        return x.clone(), x_mean.clone()
 
-
+    def _run_captured(self, x, x_mean, step, progress):
+        """Step 0 eagerly (warm-up), then CUDA graphs of K steps replayed: the graphs read i, the seed and the sample
+        ids from their static tensors, so a new seed or new ids are copies into them, never a re-capture. Memory: one
+        graph pool holding the step's peak activations (the allocator reuses blocks within a capture) plus x/x_mean.
+        """
+        step(x, x_mean)
+        remaining = self.n - 1
+        k = min(self.mode["capture_steps"] or remaining, remaining) if remaining else 0
+        if self._graphs is None:
+            graphs = {}
+            for length in {k, remaining % k if k else 0} - {0}:
+                torch.cuda.synchronize()
+                g = torch.cuda.CUDAGraph()
+                saved = self.i.clone()
+                with torch.cuda.graph(g):
+                    for _ in range(length):
+                        step(x, x_mean)
+                self.i.copy_(saved)  # capture records; it does not run
+                graphs[length] = g
+            self._graphs = graphs
+        graphs = self._graphs
+        done = 0
+        bar = progress_bar(range(remaining), progress, "pc sampling (graphs)")
+        while done < remaining:
+            length = min(k, remaining - done)
+            graphs[length].replay()
+            done += length
+            if hasattr(bar, "update"):
+                bar.update(length)

@@ -1,0 +1,114 @@
+"""Sampler-loop steps whose per-step values live in tensors: the ops a capture-ready loop calls once per update.
+
+    loop_affine_(x, x_mean, score, table, step, seed, ...):   x_mean = a_i x + b_i score; x = x_mean + c_i z
+    loop_langevin_(x, x_mean, score, table, snr, step, ...):  eps_i = 2 alpha_i (snr ||z|| / ||s_i||)^2, then affine
+
+The step index `step`, the `seed` and the coefficient tables live in tensors, and the draw id is affine in the step
+(`draw_offset + step * draw_stride`, fastsde.noise.DrawPlan), so a loop that calls these ops passes the same
+arguments at every step: torch.compile traces one graph for all N steps (no Python int changes from step to step, so
+no recompilation), and a CUDA graph records them once. Both are torch.library custom ops with fake kernels, so
+they sit inside a compiled graph without a graph break.
+
+Tables are float64 on x's device: `table` (3, N) = [a; b; c] for a noisy affine step or (2, N) = [a; b] for a
+noise-free one; the Langevin `table` (2, N) = [alpha; score_scale] or (1, N) = [alpha]; the inpainting projection's
+`proj_table` (2, N) = [data_a; data_c] with its draw at `proj_offset + step * draw_stride`.
+
+Bytes per element are affine_step's / langevin_step's (fastsde/ops/step.py). The host reads `step` and `seed` from
+their tensors on the CPU (a memory read, not a device synchronisation). On CUDA tensors that read would synchronise,
+so the CUDA kernels must read them from device memory instead; until they do, a CUDA loop is compiled but not
+captured (docs/design.md, "What runs where").
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from fastsde.ops.checks import i64_bits
+from fastsde.ops.dispatch import resolve
+
+__all__ = ["loop_affine_", "loop_langevin_"]
+
+_U64 = 1 << 64
+
+
+def _host_int(t: torch.Tensor) -> int:
+    return int(t.item())
+
+
+def _u64(value: int) -> int:
+    return value % _U64
+
+
+def _projection(step, mask, data, proj_table, proj_offset, draw_stride):
+    if mask is None:
+        return None, None, None, None, 0
+    return (mask, data, proj_table[0, step : step + 1], proj_table[1, step : step + 1],
+            proj_offset + step * draw_stride)
+
+
+@torch.library.custom_op("fastsde::loop_affine_", mutates_args=("x", "x_mean"))
+def loop_affine_(x: torch.Tensor, x_mean: torch.Tensor, score: torch.Tensor, table: torch.Tensor,
+                 step: torch.Tensor, seed: torch.Tensor, sample_ids: torch.Tensor, draw_offset: int,
+                 draw_stride: int, noise: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                 data: Optional[torch.Tensor], proj_table: Optional[torch.Tensor], proj_offset: int,
+                 backend: str) -> None:
+    """x <- a_i x + b_i score + c_i z in place, x_mean <- a_i x + b_i score, i = step (module docstring)."""
+    i = _host_int(step)
+    seed_u = _u64(_host_int(seed))
+    _, impl = resolve("affine_step", backend, x.device)
+    c = table[2, i : i + 1] if table.shape[0] == 3 else None
+    mask, data, data_a, data_c, data_draw = _projection(i, mask, data, proj_table, proj_offset, draw_stride)
+    impl(x, x, score, table[0, i : i + 1], table[1, i : i + 1], c, noise, seed_u, sample_ids,
+         draw_offset + i * draw_stride, x_mean, mask, data, data_a, data_c, data_draw)
+
+
+@loop_affine_.register_fake
+def _loop_affine_fake(x, x_mean, score, table, step, seed, sample_ids, draw_offset, draw_stride, noise, mask, data,
+                      proj_table, proj_offset, backend):
+    return None
+
+
+@torch.library.custom_op("fastsde::loop_langevin_", mutates_args=("x", "x_mean", "scratch"))
+def loop_langevin_(x: torch.Tensor, x_mean: torch.Tensor, scratch: torch.Tensor, score: torch.Tensor,
+                   table: torch.Tensor, snr: float,
+                   step: torch.Tensor, seed: torch.Tensor, sample_ids: torch.Tensor, draw_offset: int,
+                   draw_stride: int, noise: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                   data: Optional[torch.Tensor], proj_table: Optional[torch.Tensor], proj_offset: int,
+                   backend: str) -> None:
+    """One Langevin iteration with score_sde's batch-mean norms (fastsde.ops.langevin_step), step i = `step`:
+    pass 1 reduces ||s|| and ||z|| per sample, the step size is computed from their batch means, pass 2 updates.
+    scratch: (3,) float64 on x's device, reused for the pass-2 coefficients [1, b, c] (no per-step allocation)."""
+    i = _host_int(step)
+    seed_u = _u64(_host_int(seed))
+    draw = draw_offset + i * draw_stride
+    _, norms = resolve("step_sq_norms", backend, x.device)
+    _, affine = resolve("affine_step", backend, x.device)
+    alpha = float(table[0, i])
+    scale = float(table[1, i]) if table.shape[0] == 2 else None
+    mask, data, data_a, data_c, data_draw = _projection(i, mask, data, proj_table, proj_offset, draw_stride)
+    means = norms(score, noise, seed_u, sample_ids, draw).sqrt_().mean(0)  # batch means of ||score||, ||z||
+    gn, zn = (float(v) for v in means)
+    if scale is not None:
+        gn = gn * abs(scale)
+    if gn == 0:  # a zero score: score_sde's formula divides by zero; keep its inf/nan rather than hide it
+        step_size = math.inf if zn != 0 else math.nan
+    else:
+        step_size = (snr * zn / gn) ** 2 * 2 * alpha
+    scratch[0] = 1.0
+    scratch[1] = step_size if scale is None else step_size * scale
+    scratch[2] = math.sqrt(2 * step_size) if step_size >= 0 else math.nan
+    affine(x, x, score, scratch[0:1], scratch[1:2], scratch[2:3], noise, seed_u, sample_ids, draw, x_mean, mask,
+           data, data_a, data_c, data_draw)
+
+
+@loop_langevin_.register_fake
+def _loop_langevin_fake(x, x_mean, scratch, score, table, snr, step, seed, sample_ids, draw_offset, draw_stride, noise, mask,
+                        data, proj_table, proj_offset, backend):
+    return None
+
+
+def seed_tensor(seed: int, device) -> torch.Tensor:
+    """A uint64 seed as the 0-d int64 tensor (same bits) the loop ops read."""
+    return torch.tensor(i64_bits(seed), dtype=torch.int64, device=device)
