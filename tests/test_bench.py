@@ -17,7 +17,7 @@ def test_steps_suite_records(tmp_path, monkeypatch, capsys):
 
     # Every case kind, at a size that runs in milliseconds; torch.compile is skipped (it takes ~20 s per case).
     monkeypatch.setattr(bench_step, "CASES", [(f"{k}_tiny", 4096, 4, k) for k in ("em", "rd", "langevin", "ode")])
-    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "steps.json"
     assert main(["bench", "steps", "--quick", "--no-compile", "--json", str(out)]) == 0
     records = json.loads(out.read_text())
@@ -34,8 +34,8 @@ def test_sampler_suite_records(tmp_path, monkeypatch):
     from fastsde.benchmarks import bench_sampler, common
 
     real = bench_sampler._sampler
-    monkeypatch.setattr(bench_sampler, "_sampler", lambda backend: real(backend, steps=5, n=16))
-    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    monkeypatch.setattr(bench_sampler, "_sampler", lambda backend, device="cpu": real(backend, steps=5, n=16, device=device))
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "sampler.json"
     assert main(["bench", "sampler", "--quick", "--json", str(out)]) == 0
     (r,) = json.loads(out.read_text())
@@ -50,7 +50,7 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 3)
     monkeypatch.setattr(bench_e2e, "PC_STEPS", (3,))
     monkeypatch.setattr(bench_e2e, "ODE_RTOLS", (1e-1,))
-    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out, trade = tmp_path / "e2e.json", tmp_path / "tradeoff"
     assert main(["bench", "e2e", "--quick", "--no-compile", "--threads", "1", "--json", str(out), "--tradeoff",
                  str(trade), "--n", "16"]) == 0
