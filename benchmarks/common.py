@@ -182,7 +182,7 @@ def record(suite, case, backend, numel, median, bytes_per_elem, copy_gbps, basel
         "speedup": {k: (None if v is None else round(v / median, 2)) for k, v in baselines.items()},
     }
     if is_cuda(device):
-        out["tflops"] = None if flops is None else round(flops / (median * 1e-3) / 1e12, 3)
+        out["tflops"] = None if flops is None else float(f"{flops / (median * 1e-3) / 1e12:.4g}")
         out["timing"] = "cuda_events"
         out["device"] = device_info(str(torch.device(device)))
     return out
