@@ -6,7 +6,8 @@ Baselines, timed in the same run on the same tensors (never zeros; W_out is rand
   compile        torch.compile of that block
   eager_inplace  not applicable (None)
 The block is compute-bound (per sample 4 C^2 L + 2 C L^2 multiply-adds in the reference form: 134 MFLOP at
-C = L = 256), so the bandwidth columns are None.
+C = L = 256), so the bandwidth columns are None; on CUDA the record's tflops counts 2 flops per multiply-add of that
+reference form, for every contender alike, and compile_reduce_overhead (CUDA graphs) is one more baseline.
 """
 from __future__ import annotations
 
@@ -40,13 +41,21 @@ def _reference_block(x, gn, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, skip_rescale
     return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
-def _case(name, B, C, H, W, num_groups, num_heads, skip_rescale, reps, copy_gbps, backend, use_compile):
+def flops(B, C, H, W) -> float:
+    """Floating-point operations of the reference block: 2 (4 C^2 L + 2 C L^2) per sample, L = H W."""
+    L = H * W
+    return 2.0 * B * (4 * C * C * L + 2 * C * L * L)
+
+
+def _case(name, B, C, H, W, num_groups, num_heads, skip_rescale, reps, copy_gbps, backend, use_compile,
+          device="cpu"):
     torch.manual_seed(0)
-    x = torch.randn(B, C, H, W)
-    gn_weight, gn_bias = 1 + 0.1 * torch.randn(C), 0.1 * torch.randn(C)
-    qkv_weight, qkv_bias = torch.randn(3 * C, C) / math.sqrt(C), 0.1 * torch.randn(3 * C)
-    out_weight, out_bias = torch.randn(C, C) / math.sqrt(C), 0.1 * torch.randn(C)
-    gn = torch.nn.GroupNorm(num_groups, C, eps=1e-6)
+    x = torch.randn(B, C, H, W, device=device)
+    gn_weight, gn_bias = 1 + 0.1 * torch.randn(C, device=device), 0.1 * torch.randn(C, device=device)
+    qkv_weight = torch.randn(3 * C, C, device=device) / math.sqrt(C)
+    qkv_bias = 0.1 * torch.randn(3 * C, device=device)
+    out_weight, out_bias = torch.randn(C, C, device=device) / math.sqrt(C), 0.1 * torch.randn(C, device=device)
+    gn = torch.nn.GroupNorm(num_groups, C, eps=1e-6).to(device)
     with torch.no_grad():
         gn.weight.copy_(gn_weight)
         gn.bias.copy_(gn_bias)
@@ -60,12 +69,17 @@ def _case(name, B, C, H, W, num_groups, num_heads, skip_rescale, reps, copy_gbps
 
     with torch.no_grad():
         err = (fused() - _reference_block(*ref_args)).abs().max().item()
-        ms = median_ms(fused, reps)
-        ref_ms = median_ms(lambda: _reference_block(*ref_args), reps)
-        compile_ms = common.compiled_ms(_reference_block, reps, ref_args) if use_compile else None
+        ms = median_ms(fused, reps, device=device)
+        ref_ms = median_ms(lambda: _reference_block(*ref_args), reps, device=device)
+        compile_ms = common.compiled_ms(_reference_block, reps, ref_args, device) if use_compile else None
+        graphs_ms = (common.compiled_ms(_reference_block, reps, ref_args, device, mode="reduce-overhead")
+                     if use_compile and common.is_cuda(device) else None)
     print(f"  {name}: max |fused - reference| = {err:.2e}", flush=True)
-    return record(SUITE, name, backend, x.numel(), ms, None, copy_gbps,
-                  {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
+    baselines = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms}
+    if common.is_cuda(device):
+        baselines["compile_reduce_overhead"] = graphs_ms
+    return record(SUITE, name, backend, x.numel(), ms, None, copy_gbps, baselines, device=device,
+                  flops=flops(B, C, H, W))
 
 
 CASES = [
@@ -74,12 +88,12 @@ CASES = [
 ]
 
 
-def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
-    """All cases of the suite; quick: fewer repeats."""
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu") -> list[dict]:
+    """All cases of the suite on `device`; quick: fewer repeats."""
     reps = 7 if quick else 25
-    copy_gbps = common.copy_bandwidth_gbps(reps=reps)
+    copy_gbps = common.copy_bandwidth_gbps(reps=reps, device=device)
     out = []
     for case in CASES:
-        out.append(_case(*case, reps, copy_gbps, backend, use_compile))
+        out.append(_case(*case, reps, copy_gbps, backend, use_compile, device))
         print(f"  {case[0]}: {out[-1]['median_ms']:.2f} ms", flush=True)
     return out

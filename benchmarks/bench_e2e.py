@@ -12,6 +12,12 @@ digits_pc_b64: 64 digits from fastsde/data/digits_vp.safetensors with the defaul
 Equal output: before timing, both paths run on the same FSN1 noise and the record's max_abs_diff says how far apart
 their images are (float32 rounding, accumulated over the steps).
 
+On CUDA (device="cuda") both paths run on the GPU, with one more baseline, compile_reduce_overhead (the reference
+loop driving torch.compile(mode="reduce-overhead") of the reference build: CUDA graphs per model call), and two more
+records for the fastsde loop itself where get_pc_sampler offers them: digits_pc_b64_compiled (compile=True) and
+digits_pc_b64_captured (capture=True: the whole loop as CUDA graphs), each with its max_abs_diff to the reference
+path on the same noise. A keyword get_pc_sampler lacks is reported in the main record's "skipped", not measured.
+
 `tradeoff()` measures the quality/speed trade-off of the fastsde path (fused U-Net on `backend`; the PC loop fused
 too, the ODE integrated by scipy's RK45 around it): PC at several step counts and the
 probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and the Fréchet distance of its
@@ -19,6 +25,7 @@ samples (fastsde.evaluation, classifier features vs the test digits) next to rea
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -30,7 +37,8 @@ SUITE = "e2e"
 
 
 def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str = "pc", rtol: float = 1e-5,
-             noise: str = "fastsde"):
+             noise: str = "fastsde", device="cpu", **loop):
+    """The digits sampler; `loop`: extra get_pc_sampler keywords (compile=True, capture=True)."""
     from fastsde.digits.pretrained import DIGITS_DEFAULTS
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.sampling import get_ode_sampler, get_pc_sampler
@@ -41,7 +49,31 @@ def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str =
     if sampler == "ode":
         return get_ode_sampler(sde, shape, inverse, denoise=True, rtol=rtol, atol=rtol, eps=1e-3, seed=seed)
     return get_pc_sampler(sde, shape, DIGITS_DEFAULTS["predictor"], DIGITS_DEFAULTS["corrector"], inverse, 0.16,
-                          continuous=True, eps=DIGITS_DEFAULTS["eps"], backend=backend, seed=seed, noise=noise)
+                          continuous=True, eps=DIGITS_DEFAULTS["eps"], device=device, backend=backend, seed=seed,
+                          noise=noise, **loop)
+
+
+# The fastsde loop's own compiled and captured forms, timed on CUDA: case suffix -> get_pc_sampler keyword.
+LOOP_VARIANTS = {"compiled": "compile", "captured": "capture"}
+
+
+def loop_variant_missing(keyword: str) -> str | None:
+    """Why get_pc_sampler cannot run the loop with `keyword`=True, or None when it can."""
+    from fastsde.sampling import get_pc_sampler
+
+    if keyword not in inspect.signature(get_pc_sampler).parameters:
+        return f"fastsde.sampling.get_pc_sampler has no {keyword}= keyword"
+    return None
+
+
+def _graphs_model(model):
+    """torch.compile(model, mode="reduce-overhead") for a loop that consumes each output before the next call."""
+    compiled = torch.compile(model, dynamic=False, mode="reduce-overhead")
+
+    def call(x, labels):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(x, labels)
+    return call
 
 
 def _model_evals(steps: int) -> int:
@@ -50,44 +82,83 @@ def _model_evals(steps: int) -> int:
     return steps * ((DIGITS_DEFAULTS["predictor"] != "none") + (DIGITS_DEFAULTS["corrector"] != "none"))
 
 
-def _models(path, backend: str):
+def _models(path, backend: str, device="cpu"):
     from fastsde.digits.pretrained import load_score_model
 
-    return load_score_model(path, backend=backend), load_score_model(path, reference=True)
+    return (load_score_model(path, backend=backend, device=device),
+            load_score_model(path, reference=True, device=device))
 
 
-def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64) -> list[dict]:
+def _baseline_ms(label: str, make_model, slow, reps: int, device) -> float | None:
+    """The reference loop `slow` driving make_model(): median ms, or None (reason printed) when it cannot run."""
+    try:
+        model = make_model()
+        return median_ms(lambda: slow(model), reps, warmup=1, device=device)
+    except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
+        print(f"  ({label} baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return None
+
+
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64,
+        device: str = "cpu") -> list[dict]:
     from fastsde.digits.pretrained import DIGITS_DEFAULTS, score_model_path
 
     path = score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"])
     steps = DIGITS_DEFAULTS["steps"]
     reps = 1 if quick else 3
-    copy_gbps = common.copy_bandwidth_gbps(reps=5)
-    fused, reference = _models(path, backend)
-    fast = _sampler(fused, backend, n, steps)
+    cuda = common.is_cuda(device)
+    copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device)
+    fused, reference = _models(path, backend, device)
+    fast = _sampler(fused, backend, n, steps, device=device)
     with torch.no_grad():  # equal output: both paths on the same FSN1 noise
         a = fast(fused.model)[0]
-        b = _sampler(reference, "reference", n, steps)(reference.model)[0]
+        b = _sampler(reference, "reference", n, steps, device=device)(reference.model)[0]
     err = float((a - b).abs().max())
     # Timed as score_sde runs: torch.randn_like noise (the reference's generation of FSN1 numbers is not its cost).
-    slow = _sampler(reference, "reference", n, steps, noise="torch")
-    ms = median_ms(lambda: fast(fused.model), reps, warmup=1)
-    ref_ms = median_ms(lambda: slow(reference.model), reps, warmup=1)
-    compile_ms = None
+    slow = _sampler(reference, "reference", n, steps, noise="torch", device=device)
+    ms = median_ms(lambda: fast(fused.model), reps, warmup=1, device=device)
+    ref_ms = median_ms(lambda: slow(reference.model), reps, warmup=1, device=device)
+    baselines = {"reference": ref_ms, "eager_inplace": None, "compile": None}
     if use_compile:
-        try:
-            compiled = torch.compile(reference.model, dynamic=False)
-            compile_ms = median_ms(lambda: slow(compiled), reps, warmup=1)
-        except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
-            print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
-    print(f"  digits_pc_b{n}: fastsde {ms / 1e3:.2f} s, reference {ref_ms / 1e3:.2f} s, compile "
-          f"{'-' if compile_ms is None else f'{compile_ms / 1e3:.2f} s'}; max |fastsde - reference| = {err:.2e}",
+        baselines["compile"] = _baseline_ms("torch.compile", lambda: torch.compile(reference.model, dynamic=False),
+                                            slow, reps, device)
+    if cuda:
+        baselines["compile_reduce_overhead"] = (
+            _baseline_ms("torch.compile(mode='reduce-overhead')", lambda: _graphs_model(reference.model), slow, reps,
+                         device) if use_compile else None)
+    compile_ms = baselines["compile"]
+    print(f"  digits_pc_b{n}: fastsde {ms / 1e3:.3f} s, reference {ref_ms / 1e3:.3f} s, compile "
+          f"{'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}; max |fastsde - reference| = {err:.2e}",
           flush=True)
-    rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps,
-                 {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
-    rec.update(max_abs_diff=err, steps=steps, model_evals=_model_evals(steps), sampler=f"pc {DIGITS_DEFAULTS['predictor']}+"
-               f"{DIGITS_DEFAULTS['corrector']}", model=path.rsplit("/", 1)[-1])
-    return [rec]
+    sampler_name = f"pc {DIGITS_DEFAULTS['predictor']}+{DIGITS_DEFAULTS['corrector']}"
+    facts = dict(steps=steps, model_evals=_model_evals(steps), sampler=sampler_name, model=path.rsplit("/", 1)[-1])
+    rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps, baselines, device=device)
+    rec.update(max_abs_diff=err, **facts)
+    out = [rec]
+    if cuda:  # the fastsde loop compiled and captured, against the same baselines
+        rec["skipped"] = {}
+        for suffix, keyword in LOOP_VARIANTS.items():
+            why = loop_variant_missing(keyword)
+            if why is None:
+                try:
+                    variant = _sampler(fused, backend, n, steps, device=device, **{keyword: True})
+                    with torch.no_grad():
+                        v = variant(fused.model)[0].clone()  # a captured loop may reuse its buffers
+                    v_ms = median_ms(lambda: variant(fused.model), reps, warmup=1, device=device)
+                except Exception as exc:  # reported, never replaced by another measurement
+                    why = f"{keyword}=True failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if why is not None:
+                rec["skipped"][suffix] = why
+                print(f"  digits_pc_b{n}_{suffix}: skipped ({why})", flush=True)
+                continue
+            v_err = float((v - b).abs().max())
+            print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {keyword}=True - reference| = "
+                  f"{v_err:.2e}", flush=True)
+            vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
+                          device=device)
+            vrec.update(max_abs_diff=v_err, **facts)
+            out.append(vrec)
+    return out
 
 
 PC_STEPS = (50, 100, 200, 1000)

@@ -1,7 +1,8 @@
 """Suite "sampler": whole PC samplers, fused native loop vs the as-written reference loop.
 
 pc_gmm_2d_1000: VE reverse diffusion + Langevin (snr 0.16), 1000 steps, 1024 2-D points, the analytic ring
-mixture as the score model (the same model object in both paths, so the ratio measures the sampler).
+mixture as the score model (the same model object in both paths, so the ratio measures the sampler). On CUDA both
+loops run on the GPU (a launch-bound workload: 2 points per sample).
 """
 from __future__ import annotations
 
@@ -15,22 +16,22 @@ from fastsde.models.analytic import AnalyticScoreModel, get_mixture
 SUITE = "sampler"
 
 
-def _sampler(backend, steps=1000, n=1024):
+def _sampler(backend, steps=1000, n=1024, device="cpu"):
     sde = sde_lib.VESDE(0.01, 50.0, steps)
     model = AnalyticScoreModel(get_mixture("ring"), sde, continuous=False)
     fn = sampling.get_pc_sampler(sde, (n, 2), "reverse_diffusion", "langevin", lambda x: x, 0.16, seed=1,
-                                 backend=backend)
+                                 backend=backend, device=device)
     return lambda: fn(model)
 
 
-def run(quick: bool = False, backend: str = "native") -> list[dict]:
+def run(quick: bool = False, backend: str = "native", device: str = "cpu") -> list[dict]:
     reps = 3 if quick else 5
-    copy_gbps = common.copy_bandwidth_gbps(reps=5)
-    fused = _sampler(backend)
-    reference = _sampler("reference")
-    ms = median_ms(fused, reps, warmup=1)
-    ref_ms = median_ms(reference, reps, warmup=1)
+    copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device)
+    fused = _sampler(backend, device=device)
+    reference = _sampler("reference", device=device)
+    ms = median_ms(fused, reps, warmup=1, device=device)
+    ref_ms = median_ms(reference, reps, warmup=1, device=device)
     rec = record(SUITE, "pc_gmm_2d_1000", backend, 1024 * 2, ms, None, copy_gbps,
-                 {"reference": ref_ms, "eager_inplace": None, "compile": None})
+                 {"reference": ref_ms, "eager_inplace": None, "compile": None}, device=device)
     print(f"  pc_gmm_2d_1000: {ms:.1f} ms vs reference {ref_ms:.1f} ms", flush=True)
     return [rec]

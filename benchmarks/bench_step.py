@@ -6,6 +6,8 @@ Baselines, all timed in the same run on the same tensors (never zeros):
   compile        torch.compile of the reference update
 Bytes per element (float32, each input read once, each output written once): noisy affine step 12 B (x, score
 in; x out), ODE step 12 B, Langevin 16 B (score read twice: norm pass + update pass).
+On CUDA (device="cuda") the same cases run on the GPU, with one more baseline, compile_reduce_overhead (torch.compile
+of the reference with CUDA graphs), and the eager Langevin keeps its step size on the device (no host sync).
 """
 from __future__ import annotations
 
@@ -22,14 +24,14 @@ from fastsde.ops import step as step_ops
 SUITE = "steps"
 
 
-def _setup(numel, batch, backend, kind):
-    """(fused, reference, eager, reset, bytes_per_elem) for one case, on fresh non-zero tensors."""
+def _setup(numel, batch, backend, kind, device="cpu"):
+    """(fused, reference, eager, reset, bytes_per_elem) for one case, on fresh non-zero tensors on `device`."""
     torch.manual_seed(0)
-    x0 = torch.randn(batch, numel // batch)
+    x0 = torch.randn(batch, numel // batch, device=device)
     score = torch.randn_like(x0)
     x = x0.clone()
     z = torch.empty_like(x0)
-    t = torch.full((batch,), 0.5)
+    t = torch.full((batch,), 0.5, device=device)
     if kind == "em":  # VP Euler–Maruyama
         sde = sde_lib.VPSDE()
         pred = sampling.EulerMaruyamaPredictor(sde, lambda x, t: score)
@@ -46,12 +48,20 @@ def _setup(numel, batch, backend, kind):
     if kind == "langevin":
         alpha = 1.0
 
-        def eager():
-            z.normal_()
-            gn = torch.linalg.vector_norm(score, dim=1).mean()
-            zn = torch.linalg.vector_norm(z, dim=1).mean()
-            eps = (0.16 * zn / gn) ** 2 * 2 * alpha
-            x.add_(score, alpha=float(eps)).add_(z, alpha=math.sqrt(2 * float(eps)))
+        if torch.device(device).type == "cpu":
+            def eager():
+                z.normal_()
+                gn = torch.linalg.vector_norm(score, dim=1).mean()
+                zn = torch.linalg.vector_norm(z, dim=1).mean()
+                eps = (0.16 * zn / gn) ** 2 * 2 * alpha
+                x.add_(score, alpha=float(eps)).add_(z, alpha=math.sqrt(2 * float(eps)))
+        else:  # the step size stays a device scalar: a host float would synchronize every call
+            def eager():
+                z.normal_()
+                gn = torch.linalg.vector_norm(score, dim=1).mean()
+                zn = torch.linalg.vector_norm(z, dim=1).mean()
+                eps = (0.16 * zn / gn) ** 2 * 2 * alpha
+                x.addcmul_(score, eps).addcmul_(z, (2 * eps).sqrt_())
 
         def fused():
             step_ops.langevin_step(x, score, 0.16, alpha, seed=1, draw=3, out=x, backend=backend)
@@ -85,31 +95,36 @@ CASES = [
 ]
 
 
-def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
-    """All cases of the suite; quick: fewer repeats.
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu") -> list[dict]:
+    """All cases of the suite on `device`; quick: fewer repeats.
 
     The torch.compile baselines run after every other measurement: once inductor has run in a process, later
     OpenMP-parallel timings of small cases were measured up to 8x slower (em_noisy_1M: 1.0 ms alone, 8.0 ms after
     the compiled 16M cases), so compiling first would penalise whichever backend is timed next.
     """
     reps = 5 if quick else 15
-    copy_gbps = common.copy_bandwidth_gbps(reps=reps)
+    if common.is_cuda(device):
+        reps *= 4  # a call takes microseconds: more repeats cost nothing
+    copy_gbps = common.copy_bandwidth_gbps(reps=reps, device=device)
     out, setups = [], []
     for name, numel, batch, kind in CASES:
-        fused, reference, eager, reset, bytes_per_elem = _setup(numel, batch, backend, kind)
+        fused, reference, eager, reset, bytes_per_elem = _setup(numel, batch, backend, kind, device)
         times = {}
         for label, fn in (("fused", fused), ("reference", reference), ("eager_inplace", eager)):
             reset()
-            times[label] = median_ms(fn, reps)
+            times[label] = median_ms(fn, reps, device=device)
         out.append(record(SUITE, name, backend, numel, times["fused"], bytes_per_elem, copy_gbps,
-                          {"reference": times["reference"], "eager_inplace": times["eager_inplace"], "compile": None}))
+                          {"reference": times["reference"], "eager_inplace": times["eager_inplace"], "compile": None},
+                          device=device))
         setups.append((reference, reset))
-        print(f"  {name}: {out[-1]['median_ms']:.2f} ms", flush=True)
+        print(f"  {name}: {out[-1]['median_ms']:.3f} ms", flush=True)
     if use_compile:
+        modes = [("compile", None)] + ([("compile_reduce_overhead", "reduce-overhead")]
+                                       if common.is_cuda(device) else [])
         for rec, (reference, reset) in zip(out, setups):
-            reset()
-            compile_ms = common.compiled_ms(reference, reps)
-            rec["baselines"]["compile"] = None if compile_ms is None else round(compile_ms, 4)
-            rec["speedup"]["compile"] = None if compile_ms is None else round(compile_ms / rec["median_ms"], 2)
-            print(f"  {rec['case']}: torch.compile baseline {compile_ms} ms", flush=True)
+            for label, mode in modes:
+                reset()
+                compile_ms = common.compiled_ms(reference, reps, device=device, mode=mode)
+                common.set_baseline(rec, label, compile_ms)
+                print(f"  {rec['case']}: {label} baseline {compile_ms} ms", flush=True)
     return out

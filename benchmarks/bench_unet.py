@@ -7,8 +7,10 @@ Baselines, timed in the same run on the same inputs (never zeros):
   compile        torch.compile of that reference build
   eager_inplace  none (a whole network has no hand-written in-place form)
 The fused build runs in its default layout (channels-last on CPU: one conversion at entry and exit, every layer keeps
-NHWC in between); the reference build runs NCHW as score_sde writes it. A network forward is not a streaming op:
-gbps is None. The fused build's GroupNorm/attention ops run on `backend`
+NHWC in between; NCHW on CUDA); the reference build runs NCHW as score_sde writes it. A network forward is not a
+streaming op: gbps is None. On CUDA the record's tflops counts the reference build's flops (torch's FlopCounterMode:
+convolutions and matrix products) for every contender alike, and compile_reduce_overhead (CUDA graphs) is one more
+baseline. The fused build's GroupNorm/attention ops run on `backend`
 when it implements them, else on what backend="auto" resolves to; the record's backend says which ran.
 """
 from __future__ import annotations
@@ -34,10 +36,20 @@ def _usable_backend(backend: str, device: torch.device) -> str:
         return "auto"
 
 
-def _case(name, preset, batch, reps, copy_gbps, backend, use_compile):
+def forward_flops(model, x, labels) -> float:
+    """Floating-point operations of one forward of `model` (convolutions and matrix products), by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x, labels)
+    return float(counter.get_total_flops())
+
+
+def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cpu"):
     torch.manual_seed(0)
     config = get_preset(preset, "ve")
-    device = torch.device("cpu")
+    device = torch.device(device)
     chosen = _usable_backend(backend, device)
     ran = "+".join(sorted({resolve(op, chosen, device)[0] for op in _OPS}))
     fused = UNet(config, backend=chosen).eval()
@@ -46,27 +58,34 @@ def _case(name, preset, batch, reps, copy_gbps, backend, use_compile):
         for p in fused.parameters():
             p.add_(0.02 * torch.randn_like(p))
     reference.load_state_dict(fused.state_dict())
-    x = torch.rand(batch, config.in_channels, config.resolution, config.resolution)
-    labels = torch.exp(torch.empty(batch).uniform_(0.0, 3.0)) * 0.1  # sigmas in [0.1, 2]
+    fused, reference = fused.to(device), reference.to(device)
+    x = torch.rand(batch, config.in_channels, config.resolution, config.resolution).to(device)
+    labels = (torch.exp(torch.empty(batch).uniform_(0.0, 3.0)) * 0.1).to(device)  # sigmas in [0.1, 2]
+    cuda = common.is_cuda(device)
     with torch.no_grad():
         err = (fused(x, labels) - reference(x, labels)).abs().max().item()
-        ms = median_ms(lambda: fused(x, labels), reps)
-        ref_ms = median_ms(lambda: reference(x, labels), reps)
-    compile_ms = common.compiled_ms(reference, reps, (x, labels)) if use_compile else None
+        ms = median_ms(lambda: fused(x, labels), reps, device=device)
+        ref_ms = median_ms(lambda: reference(x, labels), reps, device=device)
+    compile_ms = common.compiled_ms(reference, reps, (x, labels), device) if use_compile else None
+    baselines = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms}
+    if cuda:
+        baselines["compile_reduce_overhead"] = (
+            common.compiled_ms(reference, reps, (x, labels), device, mode="reduce-overhead") if use_compile else None)
     print(f"  {name}: fused ({ran}) {ms:.1f} ms, reference {ref_ms:.1f} ms, compile "
           f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; max |fused - reference| = {err:.2e}", flush=True)
-    return record(SUITE, name, ran, x.numel(), ms, None, copy_gbps,
-                  {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
+    return record(SUITE, name, ran, x.numel(), ms, None, copy_gbps, baselines, device=device,
+                  flops=forward_flops(reference, x, labels) if cuda else None)
 
 
 CASES = [("unet_forward_16px_b64", "small16", 64)]
 
 
-def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
-    """All cases of the suite; quick: fewer repeats."""
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu") -> list[dict]:
+    """All cases of the suite on `device`; quick: fewer repeats."""
     reps = 5 if quick else 15
-    copy_gbps = common.copy_bandwidth_gbps(reps=reps)
-    return [_case(name, preset, batch, reps, copy_gbps, backend, use_compile) for name, preset, batch in CASES]
+    copy_gbps = common.copy_bandwidth_gbps(reps=reps, device=device)
+    return [_case(name, preset, batch, reps, copy_gbps, backend, use_compile, device)
+            for name, preset, batch in CASES]
 
 
 if __name__ == "__main__":
@@ -76,6 +95,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    common.print_table(run(quick=args.quick, use_compile=not args.no_compile))
+    common.print_table(run(quick=args.quick, use_compile=not args.no_compile,
+                           device=common.get_device(args.device)))

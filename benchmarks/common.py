@@ -1,59 +1,175 @@
-"""Timing, the copy-bandwidth floor, and the record format every suite reports.
+"""Timing, the copy-bandwidth floor, the device description and the record format every suite reports.
 
 A record: {"suite", "case", "backend", "numel", "median_ms", "gbps", "copy_gbps", "bandwidth_fraction",
 "baselines": {"reference": ms, "eager_inplace": ms, "compile": ms}, "speedup": {name: baseline_ms / median_ms}}
 (None where a baseline does not apply). All numbers of one report come from the same run.
+
+On a CUDA device (`--device cuda`) a record has the same fields plus: "device" (the GPU, its clocks, the torch,
+CUDA and Triton versions: device_info), "timing" ("cuda_events"), "tflops" (achieved TFLOP/s where the case is
+compute-bound, else None), and the baseline "compile_reduce_overhead" (torch.compile with CUDA graphs). CPU records
+are unchanged.
+
+Timing. CPU: wall time (time.perf_counter) of each call, median over `reps`. CUDA: after the warm-up and a
+synchronize, each call is bracketed by CUDA events, with a 256 MB buffer overwritten before it (outside the
+events) so that no call finds its inputs in the L2 cache left by the previous one; median over `reps`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import statistics
+import subprocess
 import time
 from typing import Callable
 
 import torch
 
-__all__ = ["median_ms", "compiled_ms", "copy_bandwidth_gbps", "record", "print_table", "write_json"]
+__all__ = ["median_ms", "compiled_ms", "copy_bandwidth_gbps", "record", "print_table", "write_json", "get_device",
+           "device_info", "is_cuda", "set_baseline", "COPY_NUMEL", "L2_FLUSH_BYTES"]
+
+COPY_NUMEL = 16 * 1024 * 1024  # float32 elements of the copy-bandwidth floor (64 MB: past the L2 of any GPU here)
+L2_FLUSH_BYTES = 256 * 1024 * 1024  # written before each timed CUDA call: more than any GPU's L2
 
 
-def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
-    """Median wall time of fn() in milliseconds over `reps` runs after `warmup` runs."""
+def get_device(name: str = "cpu") -> torch.device:
+    """torch.device for a --device value; RuntimeError (one line) when CUDA is asked for and torch sees none."""
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise RuntimeError(f"--device cuda: no CUDA device is available (torch {torch.__version__}, {build})")
+    return torch.device(name)
+
+
+def is_cuda(device) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
+
+
+_FLUSH: dict[str, torch.Tensor] = {}
+
+
+def _flush_buffer(device: str) -> torch.Tensor:
+    """L2_FLUSH_BYTES on `device`, allocated once (overwritten before each timed call on CUDA)."""
+    buf = _FLUSH.get(device)
+    if buf is None or buf.numel() != L2_FLUSH_BYTES:
+        buf = _FLUSH[device] = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+    return buf
+
+
+def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2, device=None) -> float:
+    """Median time of fn() in milliseconds over `reps` runs after `warmup` runs (module docstring: CPU wall time,
+    CUDA events on a cold L2)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    if not is_cuda(device):
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+    flush = _flush_buffer(str(torch.device(device)))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    torch.cuda.synchronize(device)
+    for start, end in events:
+        flush.fill_(1)
+        start.record()
         fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        end.record()
+    torch.cuda.synchronize(device)
+    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def compiled_ms(fn: Callable, reps: int, args: tuple = ()) -> float | None:
-    """Median ms of torch.compile(fn)(*args) after warm-up (which includes compiling); None if it cannot run.
+def compiled_ms(fn: Callable, reps: int, args: tuple = (), device=None, mode: str | None = None) -> float | None:
+    """Median ms of torch.compile(fn, mode=mode)(*args) after warm-up (which includes compiling); None if it cannot
+    run. mode="reduce-overhead" (CUDA graphs) marks a new step before each call, as an inference loop does.
 
     A baseline that cannot run is reported as missing (with the reason printed), never hidden or replaced.
     """
     try:
-        compiled = torch.compile(fn, dynamic=False)
+        compiled = torch.compile(fn, dynamic=False, mode=mode)
+        if mode == "reduce-overhead":
+            def call():
+                torch.compiler.cudagraph_mark_step_begin()
+                return compiled(*args)
+        else:
+            def call():
+                return compiled(*args)
         with torch.no_grad():
-            return median_ms(lambda: compiled(*args), reps, warmup=3)
+            return median_ms(call, reps, warmup=3, device=device)
     except Exception as exc:
-        print(f"  (torch.compile baseline failed: {type(exc).__name__}: {exc})")
+        label = "torch.compile" if mode is None else f"torch.compile(mode={mode!r})"
+        print(f"  ({label} baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return None
 
 
-def copy_bandwidth_gbps(numel: int = 16 * 1024 * 1024, reps: int = 15) -> float:
-    """y.copy_(x) on `numel` float32: 8 B per element moved (read + write), as GB/s."""
-    x = torch.randn(numel)
+def copy_bandwidth_gbps(numel: int = COPY_NUMEL, reps: int = 15, device=None) -> float:
+    """y.copy_(x) on `numel` float32 on `device`: 8 B per element moved (read + write), as GB/s."""
+    x = torch.randn(numel, device=device)
     y = torch.empty_like(x)
-    ms = median_ms(lambda: y.copy_(x), reps)
+    ms = median_ms(lambda: y.copy_(x), reps, device=device)
     return 8 * numel / (ms * 1e-3) / 1e9
 
 
-def record(suite, case, backend, numel, median, bytes_per_elem, copy_gbps, baselines: dict) -> dict:
-    """One result row; bandwidth fields are None when bytes_per_elem is None (not a streaming op)."""
-    gbps = None if bytes_per_elem is None else bytes_per_elem * numel / (median * 1e-3) / 1e9
+def _nvidia_smi_clocks(index: int) -> dict | None:
+    """Current and maximum SM/memory clocks (MHz), power (W) and temperature (C) from nvidia-smi; None when
+    nvidia-smi is missing or says nothing usable (never raises)."""
+    fields = ("clocks.sm", "clocks.mem", "clocks.max.sm", "clocks.max.mem", "power.draw", "temperature.gpu")
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits",
+                              "-i", str(index)], capture_output=True, text=True, timeout=15)
+        values = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
+    except Exception:  # no nvidia-smi, a timeout, no output: the record says None
+        return None
+    if out.returncode != 0 or len(values) != len(fields):
+        return None
+
+    def number(v):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return {k.replace(".", "_"): number(v) for k, v in zip(fields, values)}
+
+
+@functools.lru_cache(maxsize=None)
+def device_info(device: str) -> dict:
+    """What ran the measurements: the GPU (name, compute capability, SMs, memory, L2, clocks at the first call of
+    this process), torch, CUDA and Triton versions, and whether float32 matmuls may use TF32."""
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:  # triton missing or broken: recorded, not fatal
+        triton_version = None
     return {
+        "type": "cuda",
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "sm_count": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "l2_mib": (round(props.L2_cache_size / 2**20, 1) if getattr(props, "L2_cache_size", None) else None),
+        "clocks": _nvidia_smi_clocks(index),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+    }
+
+
+def record(suite, case, backend, numel, median, bytes_per_elem, copy_gbps, baselines: dict, *, device=None,
+           flops: float | None = None) -> dict:
+    """One result row; bandwidth fields are None when bytes_per_elem is None (not a streaming op). On CUDA the row
+    also carries device, timing and tflops (flops: floating-point operations of one call, None when not
+    compute-bound)."""
+    gbps = None if bytes_per_elem is None else bytes_per_elem * numel / (median * 1e-3) / 1e9
+    if is_cuda(device):
+        baselines = {**baselines, "compile_reduce_overhead": baselines.get("compile_reduce_overhead")}
+    out = {
         "suite": suite,
         "case": case,
         "backend": backend,
@@ -65,11 +181,26 @@ def record(suite, case, backend, numel, median, bytes_per_elem, copy_gbps, basel
         "baselines": {k: (None if v is None else round(v, 4)) for k, v in baselines.items()},
         "speedup": {k: (None if v is None else round(v / median, 2)) for k, v in baselines.items()},
     }
+    if is_cuda(device):
+        out["tflops"] = None if flops is None else float(f"{flops / (median * 1e-3) / 1e12:.4g}")
+        out["timing"] = "cuda_events"
+        out["device"] = device_info(str(torch.device(device)))
+    return out
+
+
+def set_baseline(rec: dict, name: str, ms: float | None) -> None:
+    """Fill baseline `name` of a record (measured after the record was made) and its speedup."""
+    rec["baselines"][name] = None if ms is None else round(ms, 4)
+    rec["speedup"][name] = None if ms is None else round(ms / rec["median_ms"], 2)
 
 
 def print_table(records: list[dict]) -> None:
-    """A table a person can read: time, bandwidth and the ratio to each baseline."""
+    """A table a person can read: time, bandwidth and the ratio to each baseline (CUDA: TFLOP/s and the ratio to
+    torch.compile with CUDA graphs too)."""
+    cuda = any("device" in r for r in records)
     head = f"{'case':<28}{'backend':<9}{'ms':>10}{'GB/s':>8}{'of copy':>9}{'x ref':>8}{'x eager':>9}{'x compile':>11}"
+    if cuda:
+        head += f"{'x c-graphs':>12}{'TFLOP/s':>9}"
     print(head)
     print("-" * len(head))
 
@@ -78,11 +209,20 @@ def print_table(records: list[dict]) -> None:
 
     for r in records:
         sp = r["speedup"]
-        print(f"{r['case']:<28}{r['backend']:<9}{r['median_ms']:>10.3f}{fmt(r['gbps'], '.1f'):>8}"
-              f"{fmt(r['bandwidth_fraction'], '.2f'):>9}{fmt(sp.get('reference'), '.2f'):>8}"
-              f"{fmt(sp.get('eager_inplace'), '.2f'):>9}{fmt(sp.get('compile'), '.2f'):>11}")
+        line = (f"{r['case']:<28}{r['backend']:<9}{r['median_ms']:>10.3f}{fmt(r['gbps'], '.1f'):>8}"
+                f"{fmt(r['bandwidth_fraction'], '.2f'):>9}{fmt(sp.get('reference'), '.2f'):>8}"
+                f"{fmt(sp.get('eager_inplace'), '.2f'):>9}{fmt(sp.get('compile'), '.2f'):>11}")
+        if cuda:
+            line += f"{fmt(sp.get('compile_reduce_overhead'), '.2f'):>12}{fmt(r.get('tflops'), '.2f'):>9}"
+        print(line)
     if records:
         print(f"copy bandwidth (y.copy_(x), 16M float32, same run): {records[0]['copy_gbps']:.1f} GB/s")
+    if cuda:
+        d = records[0]["device"]
+        clocks = d.get("clocks") or {}
+        print(f"device: {d['name']} (sm_{d['capability'].replace('.', '')}, {d['sm_count']} SMs), torch {d['torch']}, "
+              f"CUDA {d['cuda']}, triton {d['triton']}, SM clock {clocks.get('clocks_sm', '?')} MHz "
+              f"(max {clocks.get('clocks_max_sm', '?')}); timed with CUDA events on a cold L2")
 
 
 def write_json(records: list[dict], path: str) -> None:

@@ -24,3 +24,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---- CUDA tests: `pytest -m cuda` selects them (scripts/gpu_check.sh); without a CUDA device they skip ----------
+
+def cuda_missing() -> str | None:
+    """Why CUDA tests cannot run here, or None when a CUDA device is available."""
+    if torch.cuda.is_available():
+        return None
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return f"needs a CUDA device (torch {torch.__version__}, {build}, none visible)"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: runs on a CUDA device (skipped without one); select with -m cuda")
+
+
+def pytest_collection_modifyitems(config, items):
+    why = cuda_missing()
+    if why is None:
+        return
+    skip = pytest.mark.skip(reason=why)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device():
+    """torch.device("cuda"), or a clean skip without one (for a test that also has a CPU part)."""
+    why = cuda_missing()
+    if why is not None:
+        pytest.skip(why)
+    return torch.device("cuda")

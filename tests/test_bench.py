@@ -1,7 +1,14 @@
 """The benchmark suites run end to end and emit the documented record format (tiny sizes; no timing asserted)."""
 import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 
 from fastsde import _native
 from fastsde.cli import main
@@ -17,7 +24,7 @@ def test_steps_suite_records(tmp_path, monkeypatch, capsys):
 
     # Every case kind, at a size that runs in milliseconds; torch.compile is skipped (it takes ~20 s per case).
     monkeypatch.setattr(bench_step, "CASES", [(f"{k}_tiny", 4096, 4, k) for k in ("em", "rd", "langevin", "ode")])
-    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "steps.json"
     assert main(["bench", "steps", "--quick", "--no-compile", "--json", str(out)]) == 0
     records = json.loads(out.read_text())
@@ -34,8 +41,8 @@ def test_sampler_suite_records(tmp_path, monkeypatch):
     from fastsde.benchmarks import bench_sampler, common
 
     real = bench_sampler._sampler
-    monkeypatch.setattr(bench_sampler, "_sampler", lambda backend: real(backend, steps=5, n=16))
-    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    monkeypatch.setattr(bench_sampler, "_sampler", lambda backend, device="cpu": real(backend, steps=5, n=16, device=device))
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "sampler.json"
     assert main(["bench", "sampler", "--quick", "--json", str(out)]) == 0
     (r,) = json.loads(out.read_text())
@@ -50,7 +57,7 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 3)
     monkeypatch.setattr(bench_e2e, "PC_STEPS", (3,))
     monkeypatch.setattr(bench_e2e, "ODE_RTOLS", (1e-1,))
-    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out, trade = tmp_path / "e2e.json", tmp_path / "tradeoff"
     assert main(["bench", "e2e", "--quick", "--no-compile", "--threads", "1", "--json", str(out), "--tradeoff",
                  str(trade), "--n", "16"]) == 0
@@ -61,3 +68,126 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     assert [row["sampler"] for row in result["rows"]] == ["pc", "ode"] and result["n"] == 16
     assert all(row["fd"] >= 0 and row["nfe"] > 0 for row in result["rows"])
     assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- --device: CUDA records and the GPU check (no GPU here: the CUDA timing path runs on fake CUDA events) ----------
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CUDA_KEYS = KEYS | {"tflops", "timing", "device"}
+FAKE_GPU = {"type": "cuda", "name": "Fake GPU", "capability": "9.0", "sm_count": 132, "memory_gib": 79.6,
+            "l2_mib": 50.0, "clocks": None, "torch": "x", "cuda": "12.x", "triton": "y", "tf32_matmul": False,
+            "tf32_cudnn": True}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_device_cuda_without_gpu_is_one_line(capsys):
+    assert main(["bench", "steps", "--device", "cuda"]) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "--device cuda: no CUDA device is available" in err and "Traceback" not in err
+    assert "fastsde bench" not in out  # nothing was measured
+
+
+def test_device_cpu_records_keep_their_fields(tmp_path, monkeypatch):
+    from fastsde.benchmarks import bench_step, common
+
+    monkeypatch.setattr(bench_step, "CASES", [("em_tiny", 4096, 4, "em")])
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
+    out = tmp_path / "steps.json"
+    assert main(["bench", "steps", "--device", "cpu", "--quick", "--no-compile", "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert set(r) == KEYS and set(r["baselines"]) == {"reference", "eager_inplace", "compile"}
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Make the benchmarks take their CUDA path on CPU tensors: events from perf_counter, no synchronize."""
+    from fastsde.benchmarks import common
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, end):
+            return 1e3 * (end.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(common, "is_cuda", lambda device: True)
+    monkeypatch.setattr(common, "device_info", lambda device: FAKE_GPU)
+    monkeypatch.setattr(common, "L2_FLUSH_BYTES", 4096)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
+    return common
+
+
+def test_cuda_records_of_steps_and_attention(fake_cuda, monkeypatch, capsys):
+    from fastsde.benchmarks import bench_attention, bench_step
+
+    monkeypatch.setattr(bench_step, "CASES", [("em_tiny", 4096, 4, "em"), ("langevin_tiny", 4096, 4, "langevin")])
+    monkeypatch.setattr(bench_attention, "CASES", [("attn_tiny", 2, 32, 4, 4, 8, 1, True)])
+    records = bench_step.run(quick=True, use_compile=False) + bench_attention.run(quick=True, use_compile=False)
+    for r in records:
+        assert set(r) == CUDA_KEYS and r["device"] is FAKE_GPU and r["timing"] == "cuda_events"
+        assert set(r["baselines"]) == {"reference", "eager_inplace", "compile", "compile_reduce_overhead"}
+        assert r["median_ms"] > 0 and r["baselines"]["compile_reduce_overhead"] is None
+    assert [r["tflops"] is None for r in records] == [True, True, False]
+    attn = records[-1]
+    assert attn["tflops"] == pytest.approx(bench_attention.flops(2, 32, 4, 4) / (attn["median_ms"] * 1e-3) / 1e12,
+                                           rel=0.01)
+    fake_cuda.print_table(records)
+    out = capsys.readouterr().out
+    assert "x c-graphs" in out and "TFLOP/s" in out and "device: Fake GPU (sm_90, 132 SMs)" in out
+
+
+def test_cuda_e2e_reports_missing_loop_variants(fake_cuda, monkeypatch, one_thread):
+    from fastsde.benchmarks import bench_e2e
+    from fastsde.digits import pretrained
+
+    monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 2)
+    monkeypatch.setattr(bench_e2e, "loop_variant_missing", lambda keyword: f"no {keyword}= here")
+    (r,) = bench_e2e.run(quick=True, use_compile=False, n=4)
+    assert set(r) >= CUDA_KEYS and r["case"] == "digits_pc_b4" and r["max_abs_diff"] < 1e-4
+    assert r["skipped"] == {"compiled": "no compile= here", "captured": "no capture= here"}
+
+
+def test_gpu_report_reads_records_and_fills_the_doc(tmp_path):
+    out = tmp_path / "check"
+    (out / "bench").mkdir(parents=True)
+    (out / "phases.tsv").write_text("phase\tstatus\tseconds\tlog\nbuild\tok\t95\tx.log\ntests\tfailed (exit 1)\t40\t\n")
+    rec = {"suite": "steps", "case": "em_noisy_16M", "backend": "native", "numel": 1 << 24, "median_ms": 0.07,
+           "gbps": 2876.0, "copy_gbps": 3000.0, "bandwidth_fraction": 0.959, "tflops": None, "timing": "cuda_events",
+           "device": FAKE_GPU, "baselines": {"reference": 0.7, "eager_inplace": 0.2, "compile": 0.1,
+                                             "compile_reduce_overhead": None},
+           "speedup": {"reference": 10.0, "eager_inplace": 2.86, "compile": 1.43, "compile_reduce_overhead": None}}
+    (out / "bench" / "steps.json").write_text(json.dumps([rec]))
+    doc = tmp_path / "gpu.md"
+    doc.write_text("# t\n<!-- gpu-check:begin -->\nNot yet run on a GPU.\n<!-- gpu-check:end -->\ntail\n")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_report.py"), str(out), "--doc", str(doc)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "| tests | failed (exit 1) | 40 |" in run.stdout and "**Fake GPU**" in run.stdout
+    assert "| steps | em_noisy_16M | native | 0.07 | 2876 | 0.96 | - | 10.00 | 2.86 | 1.43 | - |" in run.stdout
+    text = doc.read_text()
+    assert "Not yet run" not in text and "em_noisy_16M" in text and text.endswith("<!-- gpu-check:end -->\ntail\n")
+
+
+def test_gpu_check_runs_here_with_cuda_phases_skipped(tmp_path):
+    """The whole script on this machine: CUDA phases reported as skipped, the test selection collected, exit 0."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the script would build and benchmark")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "check")], env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    phases = {p: s for p, s in (line.split("\t")[:2] for line in
+                                (tmp_path / "check" / "phases.tsv").read_text().splitlines()[1:])}
+    assert phases["env"] == "ok" and phases["build"].startswith("skipped (no CUDA")
+    assert re.search(r"pytest -m cuda selects [1-9]\d*/\d+ tests", phases["tests"])
+    assert {p for p in phases if p.startswith("bench-")} >= {f"bench-{s}" for s in
+                                                            ("steps", "groupnorm", "attention", "sampler", "e2e",
+                                                             "unet")}
+    assert all(s == "skipped (no CUDA)" for p, s in phases.items() if p.startswith("bench-"))
+    assert "| build | skipped (no CUDA" in run.stdout and "no benchmark records" in run.stdout

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", default=None, help="also write the records as a JSON list to PATH")
     p.add_argument("--backend", choices=("native", "triton"), default="native",
                    help="the fused backend to measure")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the tensors live: cpu (wall time) or cuda (CUDA events after warm-up; the records "
+                        "gain the GPU's name, clocks and versions)")
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads for every measurement")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--tradeoff", metavar="STEM", default=None,
@@ -39,13 +42,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.suite != "e2e" and (args.tradeoff or args.n):
         raise UsageError("--tradeoff and --n apply to the e2e suite only")
+    if args.tradeoff and args.device != "cpu":
+        raise UsageError(f"--tradeoff measures on the CPU only, got --device {args.device}")
     torch.set_num_threads(args.threads)
-    from fastsde.benchmarks.common import print_table, write_json
+    from fastsde.benchmarks.common import get_device, print_table, write_json
 
-    print(f"fastsde bench {args.suite}: float32, {args.threads} threads, backend {args.backend}", flush=True)
+    device = get_device(args.device)  # no GPU: one line, before any work
+    where = f"{args.threads} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"fastsde bench {args.suite}: float32, {where}, backend {args.backend}", flush=True)
     module = importlib.import_module(f"fastsde.benchmarks.bench_{_BENCH_MODULES[args.suite]}")
     kwargs = {} if args.suite == "sampler" else {"use_compile": not args.no_compile}  # the sampler suite has none
-    records = module.run(quick=args.quick, backend=args.backend, **kwargs)
+    records = module.run(quick=args.quick, backend=args.backend, device=device, **kwargs)
     print()
     print_table(records)
     if args.json:
