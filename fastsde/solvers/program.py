@@ -62,7 +62,7 @@ class Program:
 
     def __init__(self):
         self.code: list = []
-        self.result = ("x", None)
+        self.result = ("buffer", "x")
         self._step_evals: set = set()
 
     def eval(self, src: str, slot: int, point: Point, step: int) -> None:
