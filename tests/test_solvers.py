@@ -209,3 +209,37 @@ def test_misuse_raises_before_sampling():
         solvers.get_sampler("ddim", sde, (4, 2), 2000, continuous=False)
     with pytest.raises(ValueError, match="already registered"):
         solvers.register_solver(solvers.get_solver("ddim"), name="ddim")
+
+
+# ----------------------------------------------------------------------------------------------- diffusers adapter
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_diffusers_adapter_ddpm(prediction):
+    """A diffusers-shaped UNet (unet(x, timesteps).sample) predicting eps, v or x0 of the exact DDPM marginal samples
+    the same as the analytic model under score_sde's discrete VP conventions."""
+    from types import SimpleNamespace
+
+    from fastsde.compat.diffusers import from_diffusers
+
+    exact_sde = sde_lib.VPSDE(0.1, 20.0, 1000)
+    exact = AnalyticScoreModel(get_mixture("ring"), exact_sde, continuous=False)
+
+    class FakeUNet(torch.nn.Module):
+        def forward(self, x, timesteps):
+            eps = exact(x, timesteps)
+            i = timesteps.long()
+            a = exact_sde.table("sqrt_alphas_cumprod", x.device)[i][:, None].to(x.dtype)
+            s = exact_sde.table("sqrt_1m_alphas_cumprod", x.device)[i][:, None].to(x.dtype)
+            x0 = (x - s * eps) / a
+            return SimpleNamespace(sample={"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}[prediction])
+
+    config = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+              "prediction_type": prediction}
+    model, sde, continuous = from_diffusers(FakeUNet(), config)
+    assert not continuous and isinstance(sde, sde_lib.VPSDE)
+    torch.testing.assert_close(sde.table("alphas_cumprod", "cpu"), exact_sde.table("alphas_cumprod", "cpu"))
+    want, _ = solvers.get_sampler("dpmpp_2m", exact_sde, (32, 2), 15, continuous=False, seed=1,
+                                  dtype=torch.float64)(exact)
+    got, _ = solvers.get_sampler("dpmpp_2m", sde, (32, 2), 15, continuous=False, seed=1, dtype=torch.float64)(model)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="beta_schedule must be 'linear'"):
+        from_diffusers(FakeUNet(), {**config, "beta_schedule": "squaredcos_cap_v2"})
