@@ -84,6 +84,8 @@ setup(
     extras_require={
         "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "tqdm>=4.60"],
         "triton": ["triton>=2.1"],
+        # Compatibility tests against k-diffusion's and diffusers' own samplers (tests/test_kdiffusion.py).
+        "dev": ["pytest", "k-diffusion>=0.1", "diffusers>=0.20"],
     },
     entry_points={"console_scripts": ["fastsde = fastsde.cli:main"]},
     zip_safe=False,

@@ -163,10 +163,41 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
 
 PC_STEPS = (50, 100, 200, 1000)
 ODE_RTOLS = (1e-2, 1e-3, 1e-5)
+SOLVER_EVALS = (5, 10, 20, 50)
 
 
-def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend: str = "native") -> dict:
-    """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}."""
+def _solver_configs(names, evals):
+    """(name, steps) per solver and model-evaluation budget: steps = budget // evals per step (with the final
+    denoising evaluation counted), budgets a solver cannot meet with one step left out."""
+    from fastsde import solvers
+
+    out = []
+    for name in names:
+        cls = solvers.get_solver(name)
+        for budget in evals:
+            if cls.adaptive:
+                continue
+            steps = (budget - 1) // cls.evals_per_step
+            if steps >= 1:
+                out.append((name, steps))
+    return out
+
+
+def _solver_sampler(mf, backend, n, name, steps, seed, **options):
+    from fastsde import solvers
+    from fastsde.digits.data import get_data_inverse_scaler
+    from fastsde.digits.pretrained import DIGITS_DEFAULTS
+
+    return solvers.get_sampler(name, mf.make_sde(N=1000), (n, 1, 16, 16), steps,
+                               inverse_scaler=get_data_inverse_scaler(mf.centered), eps=DIGITS_DEFAULTS["eps"],
+                               seed=seed, backend=backend, **options)
+
+
+def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend: str = "native", solver_names=None,
+             solver_evals=None) -> dict:
+    """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}. Besides PC
+    and the ODE: every few-step solver of fastsde.solvers (solver_names, default all) at about 5, 10, 20 and 50
+    model evaluations (solver_evals), and the adaptive solver once; pass () to skip a family."""
     from fastsde.digits.pretrained import DIGITS_DEFAULTS, score_model_path
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.digits.pretrained import load_score_model
@@ -174,7 +205,13 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
     mf = load_score_model(score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"]), backend=backend)
     evaluator = DigitsEvaluator()
     rows = []
-    configs = [("pc", s, None) for s in pc_steps or PC_STEPS] + [("ode", 1000, r) for r in ode_rtols or ODE_RTOLS]
+    from fastsde import solvers
+
+    configs = ([("pc", s, None) for s in (PC_STEPS if pc_steps is None else pc_steps)]
+               + [("ode", 1000, r) for r in (ODE_RTOLS if ode_rtols is None else ode_rtols)])
+    names = solvers.solver_names() if solver_names is None else list(solver_names)
+    solver_configs = _solver_configs(names, SOLVER_EVALS if solver_evals is None else solver_evals)
+    solver_configs += [(name, 1) for name in names if solvers.get_solver(name).adaptive]
     for kind, steps, rtol in configs:
         fn = _sampler(mf, backend, n, steps, seed, kind, rtol or 1e-5)
         t0 = time.perf_counter()
@@ -189,6 +226,17 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
         print(f"  {kind} {'steps ' + str(steps) if kind == 'pc' else f'rtol {rtol:g}'}: nfe {nfe}, {wall:.1f} s, "
               f"FD {q['fd']:.2f}, class entropy {q['classes']['entropy']:.3f}", flush=True)
         rows.append(row)
+    for name, steps in solver_configs:
+        fn = _solver_sampler(mf, backend, n, name, steps, seed)
+        t0 = time.perf_counter()
+        x, evals = fn(mf.model)
+        wall = time.perf_counter() - t0
+        q = evaluator.evaluate(x.detach().float().clamp(0, 1))
+        row = {"sampler": name, "steps": steps, "rtol": None, "nfe": int(evals), "wall_s": wall, "fd": q["fd"],
+               "class_entropy": q["classes"]["entropy"]}
+        print(f"  {name} steps {steps}: model evals {evals}, {wall:.1f} s, FD {q['fd']:.2f}, class entropy "
+              f"{q['classes']['entropy']:.3f}", flush=True)
+        rows.append(row)
     return {"n": n, "seed": seed, "backend": backend, "rows": rows,
             "fd_real_vs_real": evaluator.real_vs_real(n, seed), "fd_real_vs_noise": evaluator.real_vs_noise(n, seed),
             "threads": torch.get_num_threads()}
@@ -202,12 +250,14 @@ def plot_tradeoff(result: dict, path: str) -> str:
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    for kind, marker in (("pc", "o"), ("ode", "s")):
+    kinds = list(dict.fromkeys(r["sampler"] for r in result["rows"]))
+    for kind in kinds:
         rows = [r for r in result["rows"] if r["sampler"] == kind]
-        if not rows:
+        label = {"pc": "PC (Euler-Maruyama)", "ode": "probability-flow ODE (RK45)"}.get(kind, kind)
+        ax.plot([r["wall_s"] for r in rows], [r["fd"] for r in rows], marker="o" if kind == "pc" else "s"
+                if kind == "ode" else ".", label=label)
+        if kind not in ("pc", "ode"):
             continue
-        ax.plot([r["wall_s"] for r in rows], [r["fd"] for r in rows], marker=marker,
-                label="PC (Euler-Maruyama)" if kind == "pc" else "probability-flow ODE (RK45)")
         for r in rows:
             ax.annotate(f"{r['steps']} steps" if kind == "pc" else f"rtol {r['rtol']:g}\n{r['nfe']} nfe",
                         (r["wall_s"], r["fd"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -216,7 +266,7 @@ def plot_tradeoff(result: dict, path: str) -> str:
     ax.set_xlabel(f"wall time for {result['n']} digits (s, {result['threads']} CPU threads)")
     ax.set_ylabel("Fréchet distance (classifier features)")
     ax.set_title(f"digits_vp: quality vs time, fastsde (fused U-Net, {result['backend']} kernels)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6 if len(kinds) > 4 else 8, ncol=2 if len(kinds) > 6 else 1)
     fig.savefig(path, dpi=110)
     return path
 

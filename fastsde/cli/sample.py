@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import fastsde
-from fastsde import sampling
+from fastsde import sampling, solvers
 from fastsde import sde as sde_lib
 from fastsde.cli.common import (SDE_DEFAULTS, UsageError, build_sampler, fmt_optional, load_model_for,
                                 model_spec, nonnegative_int, npz_path, output_stem, positive_float, positive_int,
@@ -31,7 +31,8 @@ _ONLY_FOR = {
     "sigma_min": ("sde", ("ve",)), "sigma_max": ("sde", ("ve",)),
     "beta_min": ("sde", ("vp", "subvp")), "beta_max": ("sde", ("vp", "subvp")),
     "predictor": ("sampler", ("pc",)), "corrector": ("sampler", ("pc",)), "snr": ("sampler", ("pc",)),
-    "n_steps_each": ("sampler", ("pc",)), "probability_flow": ("sampler", ("pc",)), "backend": ("sampler", ("pc",)),
+    "n_steps_each": ("sampler", ("pc",)), "probability_flow": ("sampler", ("pc",)),
+    "backend": ("sampler", ("pc", *solvers.solver_names())), "grid": ("sampler", tuple(solvers.solver_names())),
     "rtol": ("sampler", ("ode",)), "atol": ("sampler", ("ode",)),
 }
 
@@ -61,8 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="condition the model on discrete timestep labels (score_sde's DDPM/SMLD models; pc only)")
 
     sampler = p.add_argument_group("sampler")
-    sampler.add_argument("--sampler", choices=("pc", "ode"), default="pc",
-                         help="predictor-corrector or probability-flow ODE (scipy RK45)")
+    sampler.add_argument("--sampler", choices=("pc", "ode", *solvers.solver_names()), default="pc", metavar="NAME",
+                         help="pc (predictor-corrector), ode (probability-flow ODE, scipy RK45) or a few-step "
+                              f"solver: {', '.join(solvers.solver_names())} (--list-samplers)")
+    sampler.add_argument("--list-samplers", action="store_true", help="print the sampler names and exit")
+    sampler.add_argument("--grid", choices=solvers.GRIDS, metavar="G",
+                         help=f"few-step solvers' time grid, one of {', '.join(solvers.GRIDS)} (default: logsnr)")
     sampler.add_argument("--predictor", choices=predictors, metavar="P",
                          help=f"pc predictor, one of {', '.join(predictors)} "
                               "(default: reverse_diffusion for ve, euler_maruyama for vp/subvp)")
@@ -158,9 +163,27 @@ def _quality(samples: torch.Tensor, reference: torch.Tensor, mixture, seed: int)
                 sliced_wasserstein_null_median=float(np.median(null)))
 
 
+def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None):
+    """(sampler(model) -> (x, model evaluations or nfe), settings): pc and ode from cli.common, else a solver."""
+    if args.sampler in ("pc", "ode"):
+        return build_sampler(args, sde, shape, inverse_scaler)
+    if args.noise != "fastsde":
+        raise UsageError(f"--sampler {args.sampler} draws FSN1 noise only (--noise fastsde)")
+    eps = SDE_DEFAULTS[args.sde][2] if args.eps is None else args.eps
+    info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
+            "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
+            "grid": args.grid or "logsnr", "backend": args.backend or "auto"}
+    return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
+                               continuous=args.continuous, grid=info["grid"], eps=eps, denoise=args.denoise,
+                               seed=args.seed, backend=info["backend"], device=args.device), info
+
+
 def run(args: argparse.Namespace) -> int:
     from fastsde.digits import plotting
 
+    if args.list_samplers:
+        print("\n".join(["pc", "ode", *solvers.solver_names()]))
+        return 0
     _check_applicable(args)
     if args.model[0] != "gmm":
         return run_sample_images(args)
@@ -169,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     _, preset = args.model
     mixture = analytic.get_mixture(preset)
     sde = _build_sde(args)
-    sampler, info = build_sampler(args, sde, (args.n, mixture.dim))
+    sampler, info = _build_sampler(args, sde, (args.n, mixture.dim))
     model = analytic.AnalyticScoreModel(mixture, sde, continuous=args.continuous).to(args.device)
 
     threads = torch.get_num_threads()
@@ -204,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
 def _sampler_words(r: dict) -> str:
     if r["sampler"] == "ode":
         return f"probability-flow ODE (rtol {r['rtol']:g}, atol {r['atol']:g})"
+    if r["sampler"] != "pc":
+        return f"{r['sampler']} solver ({r['grid']} grid)"
     return f"pc {r['predictor']} + {r['corrector']}"
 
 
@@ -273,7 +298,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
         class_labels = _class_labels(args.class_label, args.n)
         sampler, info = _conditional_sampler(args, mf, sde, shape, inverse_scaler)
     else:
-        sampler, info = build_sampler(args, sde, shape, inverse_scaler)
+        sampler, info = _build_sampler(args, sde, shape, inverse_scaler)
 
     def draw():
         start = time.perf_counter()
@@ -292,6 +317,8 @@ def run_sample_images(args: argparse.Namespace) -> int:
     if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
         report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
                                               + (info["predictor"] != "none"))
+    elif info["sampler"] != "ode":  # a solver's count is its model evaluations
+        report["model_evals"] = int(nfe)
     if class_labels is not None:
         predicted = evaluator.logits(images).argmax(1)
         report["class_label"] = args.class_label
@@ -304,7 +331,8 @@ def run_sample_images(args: argparse.Namespace) -> int:
                                                        if class_labels is not None else {}))
     if args.plot:
         what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
-                f"probability-flow ODE, {report['nfe']} evaluations")
+                f"probability-flow ODE, {report['nfe']} evaluations" if info["sampler"] == "ode" else
+                f"{info['sampler']}, {report['nfe']} evaluations")
         title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
                  f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
                  + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
@@ -354,10 +382,9 @@ def _format_images_report(r: dict) -> str:
         rows.append(("requested", f"class {r['class_label']}: {100 * r['requested_class_accuracy']:.1f}% of samples "
                                   f"classified as requested (guidance scale {r['guidance_scale']:g})"))
     rows.append(("wrote", ", ".join(p for p in (r["npz"], r["png"]) if p)))
-    sampler = (f"pc {r['predictor']} + {r['corrector']}" if r["sampler"] == "pc" else
-               f"probability-flow ODE (rtol {r['rtol']:g}, atol {r['atol']:g})")
-    steps = f", {r['steps']} steps" if r["sampler"] == "pc" else ""
-    backend = f", backend {r['backend']}" if r["sampler"] == "pc" else ""
+    sampler = _sampler_words(r)
+    steps = f", {r['steps']} steps" if r["sampler"] != "ode" else ""
+    backend = f", backend {r['backend']}" if r["sampler"] != "ode" else ""
     head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}"
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
 

@@ -20,7 +20,8 @@ from fastsde.ops.checks import as_u64, check_like, i64_bits
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
-__all__ = ["affine_step", "langevin_step", "step_sq_norms", "LoopSteps"]
+__all__ = ["affine_step", "langevin_step", "step_sq_norms", "LoopSteps", "affine_combine_step", "CombineSteps",
+           "MAX_OUTPUTS"]
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -278,3 +279,107 @@ class LoopSteps:
         step = (ratio * snr).square_().mul_(2 * alpha)
         b = step if scale is None else step * scale
         self.affine(x, score, self.one, b, (2 * step).sqrt_(), draw, x_mean)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# affine_combine_step: the update of the few-step solvers (fastsde.solvers), x' = a x + sum_k b_k D_k + c z with up to
+# MAX_OUTPUTS stored model outputs D_k. Bytes per element, float32: (2 + K) x 4 B for K outputs (reads x and the
+# D_k, writes x'), +4 B for explicit noise. Native today: one output runs the native affine_step_ kernel; more
+# outputs add the extra terms with in-place torch ops (one more read-modify-write of x' per extra output). A
+# single-pass native/Triton kernel is the planned replacement; the reference stays the specification.
+
+MAX_OUTPUTS = 3
+
+
+def _check_outputs(x, outputs, b, out):
+    if not isinstance(outputs, (list, tuple)) or len(outputs) > MAX_OUTPUTS:
+        raise ValueError(f"outputs must be a list of at most {MAX_OUTPUTS} tensors like x, got "
+                         f"{type(outputs).__name__}" + (f" of length {len(outputs)}" if isinstance(outputs, (list, tuple)) else ""))
+    if not isinstance(b, (list, tuple)) or len(b) != len(outputs):
+        raise ValueError(f"b must be a list with one coefficient per output ({len(outputs)}), got "
+                         f"{len(b) if isinstance(b, (list, tuple)) else type(b).__name__}")
+    for k, o in enumerate(outputs):
+        check_like(f"outputs[{k}]", o, x)
+        if out is not None and o.numel() and o.data_ptr() == out.data_ptr():
+            raise ValueError(f"outputs[{k}] must not share memory with out (it is overwritten before it is read)")
+
+
+def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0, out=None,
+                        backend="auto"):
+    """x' = a x + sum_k b[k] outputs[k] + c z (every few-step solver update, fastsde.solvers); returns x' (B, ...).
+
+    x: (B, ...) float; outputs: list of 0 to 3 tensors like x (the solver's stored data predictions); a, c: floats
+    or (B,)/(1,) coefficients (float64 on the host); b: one such coefficient per output; c=None: no noise. Noise:
+    `noise=` (B, ...) or FSN1 at (seed, sample_ids, draw). out may be x (in place), never one of the outputs.
+    """
+    _check_state(x, x)
+    _check_outputs(x, outputs, b, out)
+    a = _coef("a", a, x)
+    b = [_coef(f"b[{k}]", v, x) for k, v in enumerate(b)]
+    c = None if c is None else _coef("c", c, x)
+    z, seed_, ids, draw_ = _noise_args(x, noise, seed, sample_ids, draw) if c is not None else (None, 0, None, 0)
+    if ids is None:
+        ids = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    if out is not None:
+        check_like("out", out, x)
+    else:
+        out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    _, impl = resolve("affine_combine_step", backend, x.device)
+    impl(out, x, list(outputs), a, b, c, z, seed_, ids, draw_)
+    return out
+
+
+@register("affine_combine_step", "reference")
+def _affine_combine_step_reference(out, x, outputs, a, b, c, noise, seed, ids, draw):
+    out.copy_(_ref.affine_combine_step(x, outputs, a, b, c, noise=noise, seed=seed, sample_ids=ids.cpu(), draw=draw))
+
+
+@register("affine_combine_step", "native")
+def _affine_combine_step_native(out, x, outputs, a, b, c, noise, seed, ids, draw):
+    first = outputs[0] if outputs else x
+    b0 = b[0] if outputs else torch.zeros(1, dtype=torch.float64, device=x.device)
+    _affine_step_native(out, x, first, a, b0, c, noise, seed, ids, draw, None, None, None, None, None, 0)
+    for o, b_k in zip(outputs[1:], b[1:]):
+        out.addcmul_(b_k.to(out.dtype).reshape(-1, *([1] * (out.dim() - 1))), o)
+
+
+class CombineSteps:
+    """Unchecked affine_combine_step on contiguous buffers like one state x (FSN1 noise): the solver loop's entry.
+
+    The buffers, seed and sample ids are checked once here; `combine` then calls the backend with coefficients the
+    caller tabulated: `row` a float64 (5,) tensor [a, b0, b1, b2, c] on x's device and `floats` the same five values
+    as Python floats (the native path adds the terms past the first output with them, no device-to-host copy).
+    """
+
+    def __init__(self, x, seed, sample_ids, backend="auto"):
+        _check_state(x, x)
+        if not x.is_contiguous():
+            raise ValueError("CombineSteps needs a contiguous x")
+        _, seed, ids, _ = _noise_args(x, None, 0 if seed is None else seed, sample_ids, 0)
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.seed, self.seed_bits, self.ids = seed, i64_bits(seed), ids.contiguous()
+        self.backend, self._impl = resolve("affine_combine_step", backend, x.device)
+        self.native = self.backend == "native"
+        self._zero = torch.zeros(1, dtype=torch.float64, device=x.device)
+
+    def accepts(self, t) -> bool:
+        """Whether `t` may take the unchecked path (x-like and contiguous)."""
+        return (isinstance(t, torch.Tensor) and t.shape == self.shape and t.dtype == self.dtype
+                and t.device == self.device and t.is_contiguous())
+
+    def combine(self, out, x, outputs, row, floats, noisy, draw):
+        """out <- a x + sum_k b_k outputs[k] (+ c z(draw) when noisy); row/floats as in the class docstring."""
+        c = row[4:5] if noisy else None
+        if self.native:
+            first = outputs[0] if outputs else x
+            b0 = row[1:2] if outputs else self._zero  # no outputs: x' = a x + c z, with x standing in for D
+            torch.ops.fastsde.affine_step_(out, x, first, row[0:1], b0, c, None, self.seed_bits, self.ids,
+                                           i64_bits(draw), None, None, None, None, None, 0)
+            for k in range(1, len(outputs)):
+                out.add_(outputs[k], alpha=floats[1 + k])
+            return
+        self._impl(out, x, list(outputs), row[0:1], [row[1 + k:2 + k] for k in range(len(outputs))], c, None,
+                   self.seed, self.ids, draw)
+

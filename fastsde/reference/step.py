@@ -12,7 +12,7 @@ import torch
 from fastsde import random as fsn1
 from fastsde._util import per_sample
 
-__all__ = ["affine_step", "step_sq_norms", "langevin_step"]
+__all__ = ["affine_step", "step_sq_norms", "langevin_step", "affine_combine_step"]
 
 
 def _compute_dtype(x):
@@ -72,3 +72,20 @@ def langevin_step(x, score, snr, alpha, *, noise=None, seed=None, sample_ids=Non
     step = ((snr * zn / gn) ** 2 * 2 * alpha).reshape(-1).expand(x.shape[0])
     return affine_step(x, score, 1.0, step, torch.sqrt(2 * step), noise=noise, seed=seed, sample_ids=sample_ids,
                        draw=draw, x_mean_out=x_mean_out)
+
+
+def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0):
+    """x' = a x + sum_k b[k] outputs[k] + c z: the update of every few-step solver (fastsde.solvers).
+
+    x: (B, ...); outputs: list of 0 to 3 tensors like x (stored model outputs or data predictions); a, c: float or
+    (B,)/(1,); b: list of as many coefficients as outputs; c=None: no noise. Noise: `noise=` or FSN1 at
+    (seed, sample_ids, draw). Returns x' in x's dtype.
+    """
+    dt = _compute_dtype(x)
+    xc = x.to(dt)
+    x_new = _coef(a, xc, dt) * xc
+    for out_k, b_k in zip(outputs, b):
+        x_new = x_new + _coef(b_k, xc, dt) * out_k.to(dt)
+    if c is not None:
+        x_new = x_new + _coef(c, xc, dt) * _noise(x, noise, seed, sample_ids, draw, dt)
+    return x_new.to(x.dtype)

@@ -1,0 +1,67 @@
+"""diffusers models on fastsde: a `UNet2DModel` plus its scheduler's config -> a fastsde score model and SDE.
+
+    model, sde, continuous = from_diffusers(unet, scheduler.config)
+    sampler = fastsde.solvers.get_sampler("dpmpp_2m", sde, shape, 20, continuous=continuous)
+
+DDPMScheduler / DDIMScheduler configs (beta_schedule "linear") are score_sde's discrete VPSDE: betas =
+linspace(beta_start, beta_end, N) = VPSDE(beta_start N, beta_end N, N) with labels t (N - 1); the wrapper turns
+"v_prediction" and "sample" outputs into the noise prediction the VP convention expects. ScoreSdeVeScheduler
+configs are the continuous VESDE(sigma_min, sigma_max, N), whose UNet takes sigma as its timestep and returns the
+score. diffusers is never imported: the UNet is any module called as unet(x, timesteps) returning a tensor, a
+tuple or an object with `.sample`.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastsde import sde as sde_lib
+from fastsde._util import per_sample
+
+__all__ = ["from_diffusers", "DiffusersScoreModel"]
+
+_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+def _get(config, key, default=None):
+    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+
+
+class DiffusersScoreModel(torch.nn.Module):
+    """model(x, labels) under fastsde's conventions around a diffusers UNet (see the module docstring)."""
+
+    def __init__(self, unet, sde, prediction_type: str = "epsilon"):
+        super().__init__()
+        if prediction_type not in _PREDICTIONS:
+            raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {prediction_type!r}")
+        if prediction_type != "epsilon" and not isinstance(sde, sde_lib.VPSDE):
+            raise ValueError(f"prediction_type {prediction_type!r} is supported for DDPM/DDIM (VP) models only")
+        self.unet, self.sde, self.prediction_type = unet, sde, prediction_type
+
+    def forward(self, x, labels):
+        out = self.unet(x, labels)
+        out = out.sample if hasattr(out, "sample") else out[0] if isinstance(out, (tuple, list)) else out
+        if self.prediction_type == "epsilon":
+            return out
+        i = labels.long()
+        alpha = per_sample(self.sde.table("sqrt_alphas_cumprod", x.device)[i], x).to(out.dtype)
+        sigma = per_sample(self.sde.table("sqrt_1m_alphas_cumprod", x.device)[i], x).to(out.dtype)
+        if self.prediction_type == "v_prediction":  # v = alpha eps - sigma x0  =>  eps = alpha v + sigma x
+            return alpha * out + sigma * x
+        return (x - alpha * out) / sigma  # "sample": out is x0
+
+
+def from_diffusers(unet, scheduler_config):
+    """(model, sde, continuous) from a diffusers UNet and its scheduler (or the scheduler's config)."""
+    config = getattr(scheduler_config, "config", scheduler_config)
+    n = int(_get(config, "num_train_timesteps", 1000))
+    if _get(config, "sigma_max") is not None:  # ScoreSdeVeScheduler
+        sde = sde_lib.VESDE(float(_get(config, "sigma_min", 0.01)), float(_get(config, "sigma_max")), n)
+        return DiffusersScoreModel(unet, sde), sde, True
+    if _get(config, "beta_start") is None:
+        raise ValueError("scheduler_config must be a DDPM/DDIM (beta_start, beta_end) or score-SDE-VE (sigma_min, "
+                         "sigma_max) scheduler config")
+    schedule = _get(config, "beta_schedule", "linear")
+    if schedule != "linear" or _get(config, "trained_betas") is not None:
+        raise ValueError(f"beta_schedule must be 'linear' (score_sde's VPSDE), got {schedule!r}")
+    sde = sde_lib.VPSDE(float(_get(config, "beta_start")) * n, float(_get(config, "beta_end")) * n, n)
+    return DiffusersScoreModel(unet, sde, _get(config, "prediction_type", "epsilon")), sde, False

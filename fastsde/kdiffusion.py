@@ -1,0 +1,132 @@
+"""k-diffusion's sampling interface on fastsde's solvers: swap `from k_diffusion import sampling` for
+`from fastsde import kdiffusion as sampling`.
+
+`model(x, sigma, **extra_args) -> denoised` is a k-diffusion denoiser (VE form: x = x_0 + sigma z); `sigmas` is a
+decreasing schedule, usually ending in 0 (the get_sigmas_* helpers). A final sigma of 0 is k-diffusion's last step
+to the data: the sample becomes the denoiser's output at the last nonzero sigma. The samplers run
+fastsde.solvers' programs (one fused update per step on preallocated buffers). Differences from k-diffusion:
+noise comes from FSN1 (`seed=`, `sample_ids=`; batch invariant) unless a `noise_sampler(sigma, sigma_next)` is
+given, and `disable` (its progress bar) is accepted and ignored.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastsde.solvers import get_solver
+from fastsde.solvers.grid import Point
+from fastsde.solvers.program import Program, SolverLoop
+
+__all__ = ["get_sigmas_karras", "get_sigmas_exponential", "get_sigmas_vp", "sample_euler", "sample_euler_ancestral",
+           "sample_heun", "sample_dpm_2", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"]
+
+
+def _append_zero(sigmas):
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0, device="cpu"):
+    """n sigmas uniform in sigma^(1/rho) from sigma_max to sigma_min (Karras et al. 2022 eq. 5), then 0."""
+    ramp = torch.linspace(0, 1, n, device=device)
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def get_sigmas_exponential(n, sigma_min, sigma_max, device="cpu"):
+    """n sigmas uniform in log sigma from sigma_max to sigma_min, then 0."""
+    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, device=device).exp())
+
+
+def get_sigmas_vp(n, beta_d=19.9, beta_min=0.1, eps_s=1e-3, device="cpu"):
+    """The VP SDE's sigma~ = sqrt(e^(beta_d t^2 / 2 + beta_min t) - 1) at n times uniform in [eps_s, 1], then 0."""
+    t = torch.linspace(1, eps_s, n, device=device)
+    return _append_zero(torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1))
+
+
+def _sample(name, model, x, sigmas, extra_args, callback, *, seed=None, sample_ids=None, noise_sampler=None,
+            backend="auto", **options):
+    solver = get_solver(name)(**options)
+    sig = [float(s) for s in torch.as_tensor(sigmas).detach().cpu().double()]
+    if len(sig) < 2 or any(not b < a for a, b in zip(sig, sig[1:])) or sig[-2] <= 0:
+        raise ValueError(f"sigmas must be decreasing and positive but for a final 0, with at least 2 entries, got "
+                         f"{sig[:4]}{'...' if len(sig) > 4 else ''}")
+    to_zero = sig[-1] == 0.0
+    grid = sig[:-1] if to_zero else sig
+    points = [Point(s, 1.0, s) for s in grid]
+    program = Program()
+    solver.build(program, points, lambda lam: Point(math.exp(-lam), 1.0, math.exp(-lam)), len(sig) - 1)
+    if to_zero:
+        program.finish_with_denoise(points[-1], len(grid) - 1)
+    extra_args = {} if extra_args is None else extra_args
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    noise_fn = None
+    if noise_sampler is not None:
+        def noise_fn(draw):
+            i = min((draw - 1) // 2, len(sig) - 2)
+            return noise_sampler(sigmas[i], sigmas[i + 1]).to(x.dtype).contiguous()
+
+    state = x.detach().clone().contiguous()
+    ids = None if sample_ids is None else torch.as_tensor(sample_ids, device=x.device)
+    loop = SolverLoop(program, state, lambda p: torch.full((x.shape[0],), p.t, dtype=x.dtype, device=x.device),
+                      lambda p: (0.0, 1.0), seed=seed, sample_ids=ids, backend=backend, noise_fn=noise_fn)
+
+    def call(xi, sigma):
+        return model(xi, sigma, **extra_args)
+
+    def report(ins, src, denoised):
+        callback({"x": src, "i": ins.step, "sigma": sigmas[ins.step], "sigma_hat": ins.point.sigma,
+                  "denoised": denoised})
+
+    with torch.no_grad():
+        return loop.run(call, report if callback is not None else None).clone()
+
+
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
+                 s_tmax=float("inf"), s_noise=1.0, **fastsde_options):
+    """Euler (Karras et al. 2022 algorithm 2 without the correction), optional churn."""
+    return _sample("euler", model, x, sigmas, extra_args, callback, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                   s_noise=s_noise, **fastsde_options)
+
+
+def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                           noise_sampler=None, **fastsde_options):
+    """Ancestral Euler: Euler down to sigma_down, then noise of std sigma_up."""
+    return _sample("euler_ancestral", model, x, sigmas, extra_args, callback, eta=eta, s_noise=s_noise,
+                   noise_sampler=noise_sampler, **fastsde_options)
+
+
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
+                s_tmax=float("inf"), s_noise=1.0, **fastsde_options):
+    """EDM's Heun (Karras et al. 2022 algorithm 2), optional churn."""
+    return _sample("heun", model, x, sigmas, extra_args, callback, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                   s_noise=s_noise, **fastsde_options)
+
+
+def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
+                 s_tmax=float("inf"), s_noise=1.0, **fastsde_options):
+    """k-diffusion's DPM-Solver-2 variant (midpoint in log sigma)."""
+    return _sample("dpm_2", model, x, sigmas, extra_args, callback, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                   s_noise=s_noise, **fastsde_options)
+
+
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None, **fastsde_options):
+    """DPM-Solver++(2M)."""
+    return _sample("dpmpp_2m", model, x, sigmas, extra_args, callback, **fastsde_options)
+
+
+def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler=None, solver_type="midpoint", **fastsde_options):
+    """DPM-Solver++(2M) SDE (midpoint; solver_type 'heun' is not implemented)."""
+    if solver_type != "midpoint":
+        raise ValueError(f"solver_type must be 'midpoint', got {solver_type!r}")
+    return _sample("dpmpp_2m_sde", model, x, sigmas, extra_args, callback, eta=eta, s_noise=s_noise,
+                   noise_sampler=noise_sampler, **fastsde_options)
+
+
+def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler=None, **fastsde_options):
+    """DPM-Solver++(3M) SDE."""
+    return _sample("dpmpp_3m_sde", model, x, sigmas, extra_args, callback, eta=eta, s_noise=s_noise,
+                   noise_sampler=noise_sampler, **fastsde_options)

@@ -1,0 +1,159 @@
+"""A solver run as a straight-line program over preallocated buffers: the form one fused loop executes.
+
+Every solver of fastsde.solvers compiles, once per sampler call and on the host in float64, into a list of two
+instructions over the buffers "x" (the state), "y" (a stage or predicted state) and the history slots D[0..2]:
+
+    Eval(src, slot, point):      D[slot] <- denoiser(buf[src], point)     one model call + one affine pass
+    Combine(dst, src, terms, c): buf[dst] <- a buf[src] + sum_k b_k D[slot_k] + c z(draw)    one affine pass
+
+The denoiser is the data prediction D(x, t) = (x + sigma^2 score) / alpha = p x + q out with out = model(x, labels),
+p = 1 / alpha and q = sigma^2 scale / alpha (scale = -1/std for noise-predicting models, 1 for score models), so it
+is itself one affine pass over the model output. Coefficients are tabulated as one float64 (n, 5) tensor
+[a, b0, b1, b2, c] on the device, labels as one (B,) tensor per Eval, so the loop body allocates nothing (beyond
+what the model allocates) and never reads the device.
+
+Draw ids (FSN1): 0 is the prior; step i owns ids 1 + 2 i (noise added before the model call: EDM's churn) and
+2 + 2 i (the update's noise). A sample's noise depends only on (seed, sample id, step).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from fastsde.ops import step as step_ops
+from fastsde.solvers.grid import Point
+
+__all__ = ["Eval", "Combine", "Program", "SolverLoop", "churn_draw", "update_draw", "BUFFERS", "SLOTS"]
+
+BUFFERS = ("x", "y")
+SLOTS = step_ops.MAX_OUTPUTS
+
+
+def churn_draw(step: int) -> int:
+    """FSN1 draw id of the noise step `step` adds before its first model call (EDM's churn)."""
+    return 1 + 2 * step
+
+
+def update_draw(step: int) -> int:
+    """FSN1 draw id of the noise in step `step`'s update."""
+    return 2 + 2 * step
+
+
+class Eval(NamedTuple):
+    src: str
+    slot: int
+    point: Point
+    step: int
+    first: bool  # the step's first model call (k-diffusion's callback fires after it)
+
+
+class Combine(NamedTuple):
+    dst: str
+    src: str
+    slots: tuple
+    coefs: tuple  # (a, b0, b1, b2, c) floats; c = 0.0 and draw None when noiseless
+    draw: int | None
+
+
+class Program:
+    """Builder: solvers append instructions; `result` names the buffer or slot the sample ends in."""
+
+    def __init__(self):
+        self.code: list = []
+        self.result = ("buffer", "x")
+        self._step_evals: set = set()
+
+    def eval(self, src: str, slot: int, point: Point, step: int) -> None:
+        if src not in BUFFERS or not 0 <= slot < SLOTS:
+            raise ValueError(f"bad Eval({src!r}, {slot})")
+        first = step not in self._step_evals
+        self._step_evals.add(step)
+        self.code.append(Eval(src, slot, point, step, first))
+
+    def combine(self, dst: str, src: str, a: float, terms=(), c: float | None = None, draw: int | None = None):
+        """buf[dst] <- a buf[src] + sum b D[slot] for (slot, b) in terms (+ c z(draw) when c)."""
+        if dst not in BUFFERS or src not in BUFFERS or len(terms) > SLOTS:
+            raise ValueError(f"bad Combine({dst!r}, {src!r}, {len(terms)} terms)")
+        slots = tuple(int(s) for s, _ in terms)
+        b = [float(v) for _, v in terms] + [0.0] * (SLOTS - len(terms))
+        noisy = c is not None and c != 0.0
+        if noisy and draw is None:
+            raise ValueError("a noisy Combine needs a draw id")
+        coefs = (float(a), *b, float(c) if noisy else 0.0)
+        if not all(math.isfinite(v) for v in coefs):
+            raise ValueError(f"solver coefficients must be finite, got {coefs} (repeated or degenerate time points?)")
+        self.code.append(Combine(dst, src, slots, coefs, draw if noisy else None))
+
+    def finish_with_denoise(self, point: Point, step: int) -> None:
+        """Append the final denoising: the sample becomes D(x, point) (Tweedie's mean, k-diffusion's step to 0)."""
+        self.eval("x", 0, point, step)
+        self.result = ("slot", 0)
+
+    @property
+    def model_evals(self) -> int:
+        return sum(isinstance(ins, Eval) for ins in self.code)
+
+    @property
+    def stochastic(self) -> bool:
+        return any(isinstance(ins, Combine) and ins.draw is not None for ins in self.code)
+
+
+class SolverLoop:
+    """Runs a Program on preallocated buffers with one CombineSteps entry (backend resolved once).
+
+    `labels_of(point)` gives the model's time argument for a Point as a (B,) tensor (built once per Eval here);
+    `denoiser_coefs(point)` gives (p, q) with D = p x + q out. `noise_fn(draw)`, when given, replaces FSN1 with an
+    explicit noise tensor per draw (k-diffusion's noise_sampler).
+    """
+
+    def __init__(self, program: Program, x: torch.Tensor, labels_of, denoiser_coefs, *, seed, sample_ids,
+                 backend: str = "auto", noise_fn=None):
+        self.program = program
+        self.steps = step_ops.CombineSteps(x, seed, sample_ids, backend)
+        self.noise_fn = noise_fn
+        dev = x.device
+        self.bufs = {"x": x, "y": torch.empty_like(x)}
+        self.slots = [torch.empty_like(x) for _ in range(SLOTS)]
+        rows, self.floats, self.labels = [], [], []
+        for ins in program.code:
+            if isinstance(ins, Eval):
+                p, q = denoiser_coefs(ins.point)
+                row = (float(p), float(q), 0.0, 0.0, 0.0)
+                self.labels.append(labels_of(ins.point))
+            else:
+                row = ins.coefs
+                self.labels.append(None)
+            rows.append(row)
+            self.floats.append(row)
+        self.rows = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5).to(dev)
+
+    def run(self, model, callback=None) -> torch.Tensor:
+        """Execute the program with `model(x, labels) -> out`; returns the result buffer."""
+        steps, bufs, slots = self.steps, self.bufs, self.slots
+        for k, ins in enumerate(self.program.code):
+            row, floats = self.rows[k], self.floats[k]
+            if isinstance(ins, Eval):
+                src = bufs[ins.src]
+                out = model(src, self.labels[k])
+                if steps.accepts(out):
+                    steps.combine(slots[ins.slot], src, [out], row, floats, False, 0)
+                else:  # an odd model output (strided, other dtype) goes through the checked public op
+                    step_ops.affine_combine_step(src, [out.to(src.dtype)], row[0:1], [row[1:2]],
+                                                 out=slots[ins.slot], backend=steps.backend)
+                if callback is not None and ins.first:
+                    callback(ins, src, slots[ins.slot])
+            else:
+                outputs = [slots[s] for s in ins.slots]
+                if ins.draw is not None and self.noise_fn is not None:
+                    a = row[0:1]
+                    b = [row[1 + j:2 + j] for j in range(len(outputs))]
+                    step_ops.affine_combine_step(bufs[ins.src], outputs, a, b, row[4:5],
+                                                 noise=self.noise_fn(ins.draw), out=bufs[ins.dst],
+                                                 backend=steps.backend)
+                else:
+                    steps.combine(bufs[ins.dst], bufs[ins.src], outputs, row, floats, ins.draw is not None,
+                                  ins.draw or 0)
+        kind, where = self.program.result
+        return bufs[where] if kind != "slot" else slots[where]

@@ -1,0 +1,104 @@
+"""get_sampler: the few-step solvers' factory, beside fastsde.sampling.get_pc_sampler."""
+from __future__ import annotations
+
+import torch
+
+from fastsde import sde as sde_lib
+from fastsde.noise import NoiseStream
+from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_shape
+from fastsde.score import get_model_fn, get_score_parts
+from fastsde.solvers.grid import point_fn, time_grid
+from fastsde.solvers.program import Program, SolverLoop
+from fastsde.solvers.registry import get_solver
+
+__all__ = ["get_sampler", "build_program", "denoiser_coefs"]
+
+
+def default_eps(sde) -> float:
+    """score_sde's last time: 1e-5 for VE, 1e-3 for VP/subVP (sampling.PC_DEFAULTS)."""
+    return PC_DEFAULTS["ve" if isinstance(sde, sde_lib.VESDE) else "vp"][2]
+
+
+def denoiser_coefs(sde, point):
+    """(p, q) with D(x, t) = (x + sigma^2 score) / alpha = p x + q out: noise-predicting (VP/subVP) models have
+    score = -out / sigma, score models (VE) score = out."""
+    if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
+        return 1.0 / point.alpha, -point.sigma / point.alpha
+    return 1.0 / point.alpha, point.sigma**2 / point.alpha
+
+
+def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rho=7.0, eps=None, denoise=True):
+    """(Program, time grid) of `solver` (a Solver instance) on `steps` steps of `grid` from T to eps."""
+    eps = default_eps(sde) if eps is None else float(eps)
+    ts = time_grid(sde, steps, eps, grid, rho)
+    at_time, at_log_snr = point_fn(sde, continuous)
+    points = [at_time(t) for t in ts.tolist()]
+    for i, (P, Q) in enumerate(zip(points, points[1:])):
+        if not Q.lam > P.lam:
+            raise ValueError(f"the grid's log-SNR must increase at every step; step {i} (t {P.t:.6g} -> {Q.t:.6g}) "
+                             f"goes from {P.lam:.6g} to {Q.lam:.6g}: with discrete labels use fewer steps than N")
+    program = Program()
+    solver.build(program, points, at_log_snr, int(steps))
+    if denoise:
+        program.finish_with_denoise(points[-1], int(steps))
+    return program, ts
+
+
+def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, continuous: bool = True,
+                grid: str = "logsnr", rho: float = 7.0, eps: float | None = None, denoise: bool = True, seed=None,
+                sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32, **options):
+    """Few-step solver `name` (fastsde.solvers.solver_names()) for a score model under `sde`'s conventions.
+
+    Returns sampler(model, z=None) -> (x (shape), model_evals): starts at z or a prior sample (FSN1 draw 0 of `seed`,
+    `sample_ids`), runs `steps` steps of `grid` ("uniform", "logsnr", "karras" with `rho`, "quadratic") from T to
+    eps (default: 1e-5 VE, 1e-3 VP/subVP) and, with `denoise`, returns the data prediction D(x, eps) (one more
+    model call). model(x, labels) follows fastsde.score.get_score_parts(sde, continuous). `options` are the
+    solver's (e.g. eta, s_churn; see the solver class). The adaptive solver ignores `steps` and `grid`.
+    """
+    solver = get_solver(name)(**options)
+    shape = check_shape(shape)
+    backend = check_backend(backend)
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    NoiseStream("fastsde", seed, sample_ids)  # checks seed
+    eps = default_eps(sde) if eps is None else float(eps)
+    labels_fn, scale_fn = get_score_parts(sde, continuous)
+    inverse_scaler = inverse_scaler or (lambda v: v)
+    at_time, _ = point_fn(sde, continuous)
+    program = None if solver.adaptive else build_program(solver, sde, steps, continuous=continuous, grid=grid,
+                                                         rho=rho, eps=eps, denoise=denoise)[0]
+    if solver.adaptive:
+        time_grid(sde, 1, eps, grid, rho)  # checks eps and grid
+        if denoise:
+            program = Program()
+            program.finish_with_denoise(at_time(eps), 0)
+
+    def labels_of(point):
+        return labels_fn(torch.full((shape[0],), point.t, dtype=dtype, device=device))
+
+    def sampler(model, z=None):
+        stream = NoiseStream("fastsde", seed, sample_ids)
+        model_fn = get_model_fn(model, train=False)
+        with torch.no_grad():
+            if z is None:
+                x = stream.prior(sde, shape, device=device, dtype=dtype)
+            else:
+                if tuple(z.shape) != shape:
+                    raise ValueError(f"z must have shape {shape}, got {tuple(z.shape)}")
+                x = z.to(device=device, dtype=dtype).clone()
+            x = x.contiguous()
+            ids = None if stream.sample_ids is None else stream.sample_ids.to(device)
+            evals = 0
+            if solver.adaptive:
+                x, evals = solver.sample(sde, x, model_fn, labels_fn, None if isinstance(sde, sde_lib.VESDE)
+                                         else scale_fn, eps, stream.seed, ids, backend)
+            if program is not None:
+                loop = SolverLoop(program, x, labels_of, lambda p: denoiser_coefs(sde, p), seed=stream.seed,
+                                  sample_ids=ids, backend=backend)
+                x = loop.run(model_fn)
+                evals += program.model_evals
+            return inverse_scaler(x), evals
+
+    sampler.program = program
+    sampler.solver = solver
+    return sampler
