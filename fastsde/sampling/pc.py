@@ -13,7 +13,7 @@ from fastsde._util import per_sample
 from fastsde.noise import NoiseStream
 from fastsde.ops import step as step_ops
 from fastsde.ops.checks import check_like
-from fastsde.sampling.registry import check_pc_args, check_shape, langevin_alpha, progress_bar
+from fastsde.sampling.registry import check_pc_args, check_sde, check_shape, langevin_alpha, progress_bar
 from fastsde.score import get_score_fn, get_score_parts
 
 __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
@@ -33,7 +33,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     coefficients tabulated once in float64 and a noise-predicting model's -1/std folded into them. Both draw the
     same FSN1 noise (draw ids in fastsde/noise.py), so they agree to float tolerance.
     """
-    shape = check_shape(shape)
+    sde, shape = check_sde(sde), check_shape(shape)  # score_sde's SDE objects are converted (sde.as_fastsde_sde)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
     n_steps = int(n_steps)
