@@ -236,3 +236,23 @@ def test_accelerate_warns_once_about_a_known_block_it_leaves():
         _, report = fastsde.accelerate(model, report=True)
     assert len([w for w in record if "ResnetBlockBigGANpp" in str(w.message)]) == 1
     assert [(n, k) for n, k, _ in report.left] == [("0", "ResnetBlockBigGANpp"), ("1", "ResnetBlockBigGANpp")]
+
+
+def test_fastsde_convert_writes_the_state_dict(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fastsde.cli import main
+
+    model, x, labels = _small("ddpmpp_vp")
+    path, out = tmp_path / "checkpoint_1.pth", tmp_path / "model.safetensors"
+    torch.save({"model": nn.DataParallel(model).state_dict(), "optimizer": {}, "step": 1,
+                "ema": {"decay": 0.9999, "num_updates": 1,
+                        "shadow_params": [p.detach() * 0.5 for p in model.parameters() if p.requires_grad]}}, path)
+    assert main(["convert", str(path), "--config", "vp/cifar10_ddpmpp_continuous", "--ema", "--out", str(out)]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["format"] == "score_sde.state_dict/1"
+    fresh, _, _ = _small("ddpmpp_vp")
+    fresh.load_state_dict(load_file(str(out)))
+    assert all(torch.equal(fresh.state_dict()[k], v * (0.5 if k != "sigmas" else 1.0))
+               for k, v in model.state_dict().items())
