@@ -10,6 +10,7 @@ import torch
 from scipy import integrate
 
 from fastsde._util import sum_except_batch
+from fastsde.sde import as_fastsde_sde
 from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
 
 __all__ = ["get_div_fn", "get_likelihood_fn", "HUTCHINSON_TYPES"]
@@ -38,6 +39,7 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
     dequantization of 8-bit data (+8 for data in [0, 1], +7 for [-1, 1]). The model is used with continuous
     time conventions. `generator` draws the probe (default: torch's global generator, as score_sde).
     """
+    sde = as_fastsde_sde(sde)  # score_sde's own SDE objects are accepted
     if hutchinson_type not in HUTCHINSON_TYPES:
         raise ValueError(f"hutchinson_type must be one of {HUTCHINSON_TYPES}, got {hutchinson_type!r}")
 

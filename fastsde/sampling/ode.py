@@ -6,7 +6,7 @@ from scipy import integrate
 
 from fastsde.noise import NoiseStream
 from fastsde.sampling.predictors import ReverseDiffusionPredictor
-from fastsde.sampling.registry import check_shape
+from fastsde.sampling.registry import check_sde, check_shape
 from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
 
 __all__ = ["get_ode_sampler"]
@@ -19,7 +19,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     Returns sampler(model, z=None) -> (x (shape), nfe): integrates dx/dt = f - g^2 s / 2 from T to eps, starting
     at z or a prior sample; `denoise` adds one reverse-diffusion mean step at eps. nfe counts score evaluations.
     """
-    shape = check_shape(shape)
+    sde, shape = check_sde(sde), check_shape(shape)
 
     def drift_fn(model, x, t):
         score_fn = get_score_fn(sde, model, train=False, continuous=True)

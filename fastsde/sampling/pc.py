@@ -19,7 +19,7 @@ from fastsde.noise import DrawPlan, NoiseStream
 from fastsde.ops import loop as loop_ops
 from fastsde.ops.checks import check_like
 from fastsde.ops.loop import seed_tensor
-from fastsde.sampling.registry import check_pc_args, check_shape, langevin_alpha, progress_bar
+from fastsde.sampling.registry import check_pc_args, check_sde, check_shape, langevin_alpha, progress_bar
 from fastsde.score import get_score_fn, get_score_parts
 
 __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
@@ -41,7 +41,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     torch.compile(fullgraph=True); capture=True records `capture_steps` steps (default: all N) in a CUDA graph and
     replays it (on the CPU: the compiled loop). Both need FSN1 noise (noise="fastsde") and a fused backend.
     """
-    shape = check_shape(shape)
+    sde, shape = check_sde(sde), check_shape(shape)  # score_sde's SDE objects are converted (sde.as_fastsde_sde)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
     mode = check_loop_mode(backend, noise, compile, capture, capture_steps)
