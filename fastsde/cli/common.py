@@ -101,11 +101,13 @@ def build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, 
     info.update(predictor=args.predictor or default_predictor, corrector=args.corrector or default_corrector,
                 snr=0.16 if args.snr is None else args.snr,
                 n_steps_each=1 if args.n_steps_each is None else args.n_steps_each,
-                probability_flow=bool(args.probability_flow), backend=args.backend or "auto")
+                probability_flow=bool(args.probability_flow), backend=args.backend or "auto",
+                compile=bool(getattr(args, "compile", False)))
     return sampling.get_pc_sampler(
         sde, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"], n_steps=info["n_steps_each"],
         probability_flow=info["probability_flow"], continuous=args.continuous, denoise=args.denoise, eps=eps,
-        device=args.device, backend=info["backend"], seed=args.seed, noise=args.noise, progress=args.progress), info
+        device=args.device, backend=info["backend"], seed=args.seed, noise=args.noise, progress=args.progress,
+        compile=info["compile"]), info
 
 
 def load_model_for(args: argparse.Namespace):

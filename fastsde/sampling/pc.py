@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from fastsde._util import per_sample
-from fastsde.capture_safety import step_boundary
+from fastsde.capture_safety import loop_end, step_boundary
 from fastsde.noise import DrawPlan, NoiseStream
 from fastsde.ops import loop as loop_ops
 from fastsde.ops.checks import check_like
@@ -118,7 +118,7 @@ def pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, p
             if fused is not None and cache is not None:
                 cache[key] = fused
         if fused is not None:
-            return fused.run(x, stream, progress)
+            return fused.run(x, stream, progress, proj)
         if mode["compile"]:
             raise ValueError("compile=True/capture=True need a predictor and corrector with fused forms (the "
                              "registered ones) and a VE/VP/subVP SDE")
@@ -151,7 +151,12 @@ class FusedLoop:
     def __init__(self, model, labels, pred, corr, corr_kind, snr, iterations, plan, proj, backend, x, mode):
         device, batch = x.device, x.shape[0]
         self.model, self.labels, self.pred, self.corr, self.corr_kind = model, labels, pred, corr, corr_kind
-        self.snr, self.iterations, self.plan, self.proj, self.backend = snr, iterations, plan, proj, backend
+        self.snr, self.iterations, self.plan, self.backend = snr, iterations, plan, backend
+        # the projection's data, mask and table live in static buffers too: each run copies the caller's in
+        self.proj = None if proj is None else Projection.__new__(Projection)
+        if proj is not None:
+            self.proj.data, self.proj.mask = torch.empty_like(proj.data), torch.empty_like(proj.mask)
+            self.proj.table = torch.empty_like(proj.table)
         self.mode, self.n = mode, labels.shape[0]
         self.i = torch.zeros((), dtype=torch.int64, device=device)
         self.label = torch.empty(1, dtype=labels.dtype, device=device)
@@ -247,9 +252,16 @@ class FusedLoop:
         self.i.add_(1)
 
     # ---------------------------------------------------------------------------------------------- the loop
-    def run(self, x0, stream, progress=False):
+    def run(self, x0, stream, progress=False, projection=None):
         """All N steps from x0; returns new tensors (x, x_mean). The state runs in the loop's static buffers (the
-        compiled and captured graphs read them), so each call copies x0, the seed and the sample ids in."""
+        compiled and captured graphs read them), so each call copies x0, the seed, the sample ids and the
+        projection's data, mask and table in."""
+        if (projection is None) != (self.proj is None):
+            raise RuntimeError("FusedLoop.run: built with a projection, run without one (or the reverse)")
+        if projection is not None:
+            self.proj.data.copy_(projection.data)
+            self.proj.mask.copy_(projection.mask)
+            self.proj.table.copy_(projection.table)
         self.model.train(False)
         self.stream_kind = stream.kind
         self.seed.copy_(seed_tensor(stream.seed if stream.seed is not None else 0, "cpu"))
@@ -265,9 +277,12 @@ class FusedLoop:
         if self.mode["capture"] and x.is_cuda:
             self._run_captured(x, x_mean, step, progress)
         else:
-            for _ in progress_bar(range(self.n), progress, "pc sampling"):
+            for k in progress_bar(range(self.n), progress, "pc sampling"):
                 step_boundary()
-                step(x, x_mean)
+                # compiled: step 0 runs eagerly, so state a model builds lazily on its first call (device caches)
+                # exists before tracing and the compiled step is traced once for steps 1 .. N-1
+                (self.step if k == 0 else step)(x, x_mean)
+        loop_end()
         if self.pred is None and self.proj is None:  # the identity predictor returns (x, x) last
             x_mean.copy_(x)
         return x.clone(), x_mean.clone()
@@ -280,6 +295,11 @@ class FusedLoop:
         step(x, x_mean)
         remaining = self.n - 1
         k = min(self.mode["capture_steps"] or remaining, remaining) if remaining else 0
+        # a graph reads parameters at the addresses it was recorded with: in-place updates (copy_, load_state_dict,
+        # an EMA swap) are seen, a parameter rebound to new storage (`p.data = t`, .to()) needs a new recording
+        addresses = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+        if self._graphs is not None and self._graphs[0] != addresses:
+            self._graphs = None
         if self._graphs is None:
             graphs = {}
             for length in {k, remaining % k if k else 0} - {0}:
@@ -291,8 +311,8 @@ class FusedLoop:
                         step(x, x_mean)
                 self.i.copy_(saved)  # capture records; it does not run
                 graphs[length] = g
-            self._graphs = graphs
-        graphs = self._graphs
+            self._graphs = (addresses, graphs)
+        graphs = self._graphs[1]
         done = 0
         bar = progress_bar(range(remaining), progress, "pc sampling (graphs)")
         while done < remaining:

@@ -251,20 +251,23 @@ def _is_one_of(cls, registry: dict, names: tuple) -> bool:
 
 
 def _check_discrete_betas(sde, predictor_cls, corrector_cls, n_steps: int) -> None:
-    """Refuse steps whose DDPM-table factors are undefined: with beta_i = beta_max / N >= 1, Langevin's
-    alpha_i = 1 - beta_i <= 0 (a step size <= 0: NaN or no move) and the DDPM discretization's sqrt(1 - beta_i)
-    (reverse diffusion, ancestral sampling on VP) is NaN or a division by zero."""
+    """Refuse steps whose DDPM-table factors are undefined: with beta_i = beta_max / N > 1, Langevin's
+    alpha_i = 1 - beta_i < 0 (a negative step size: NaN) and reverse diffusion's sqrt(1 - beta_i) is NaN; ancestral
+    sampling divides by sqrt(1 - beta_i), so it needs beta_i < 1. (beta_i = 1 exactly is a zero Langevin step.)"""
     if not isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
         return
     beta = float(sde.discrete_betas.max())
     if beta < 1.0:
         return
-    where = f"{type(sde).__name__}(beta_max={sde.beta_1}, N={sde.N}) has beta_max / N = {beta:g} >= 1"
-    need = f"use N > beta_max (N >= {math.floor(sde.beta_1) + 1})"
-    if n_steps > 0 and _is_one_of(corrector_cls, _CORRECTORS, ("langevin", "ald")):
-        raise ValueError(f"corrector {corrector_cls.__name__}: the Langevin step scale alpha = 1 - beta_i is <= 0, "
-                         f"because {where}; {need}")
-    if isinstance(sde, sde_lib.VPSDE) and _is_one_of(predictor_cls, _PREDICTORS,
-                                                     ("reverse_diffusion", "ancestral_sampling")):
+    where = f"{type(sde).__name__}(beta_max={sde.beta_1}, N={sde.N}) has beta_max / N = {beta:g}"
+    need = f"use N >= beta_max (N >= {math.ceil(sde.beta_1)})"
+    if beta > 1.0 and n_steps > 0 and _is_one_of(corrector_cls, _CORRECTORS, ("langevin", "ald")):
+        raise ValueError(f"corrector {corrector_cls.__name__}: the Langevin step scale alpha = 1 - beta_i is < 0, "
+                         f"because {where} > 1; {need}")
+    ancestral = _is_one_of(predictor_cls, _PREDICTORS, ("ancestral_sampling",))
+    if isinstance(sde, sde_lib.VPSDE) and (ancestral or beta > 1.0) and _is_one_of(
+            predictor_cls, _PREDICTORS, ("reverse_diffusion", "ancestral_sampling")):
+        where += " >= 1" if ancestral else " > 1"
+        need = f"use N > beta_max (N >= {math.floor(sde.beta_1) + 1})" if ancestral else need
         raise ValueError(f"predictor {predictor_cls.__name__}: the DDPM step sqrt(1 - beta_i) is undefined, because "
                          f"{where}; {need}")
