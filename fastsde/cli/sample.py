@@ -32,7 +32,7 @@ _ONLY_FOR = {
     "beta_min": ("sde", ("vp", "subvp")), "beta_max": ("sde", ("vp", "subvp")),
     "predictor": ("sampler", ("pc",)), "corrector": ("sampler", ("pc",)), "snr": ("sampler", ("pc",)),
     "n_steps_each": ("sampler", ("pc",)), "probability_flow": ("sampler", ("pc",)),
-    "backend": ("sampler", ("pc", *solvers.solver_names())), "compile": ("sampler", ("pc",)), "grid": ("sampler", tuple(solvers.solver_names())),
+    "backend": ("sampler", ("pc", *solvers.solver_names())), "compile": ("sampler", ("pc", *solvers.solver_names())), "grid": ("sampler", tuple(solvers.solver_names())),
     "rtol": ("sampler", ("ode",)), "atol": ("sampler", ("ode",)),
 }
 
@@ -92,8 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          help=f"pc update-step implementation, one of {', '.join(BACKEND_NAMES)}; the sampler "
                               "rejects one that is not available (default: auto)")
     sampler.add_argument("--compile", action="store_true", default=None,
-                         help="pc: compile each step (model + fused updates) into one graph with torch.compile "
-                              "(a one-time compile of tens of seconds, then faster steps; same numbers)")
+                         help="pc: compile each step (model + fused updates) into one graph with torch.compile; "
+                              "solvers: compile the model (a one-time compile of tens of seconds, then faster "
+                              "steps; same numbers)")
     sampler.add_argument("--device", default="cpu", help="torch device to sample on")
     sampler.add_argument("--threads", type=positive_int, metavar="T",
                          help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
@@ -175,10 +176,11 @@ def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int,
     eps = SDE_DEFAULTS[args.sde][2] if args.eps is None else args.eps
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
             "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
-            "grid": args.grid or "logsnr", "backend": args.backend or "auto"}
+            "grid": args.grid or "logsnr", "backend": args.backend or "auto", "compile": bool(args.compile)}
     return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
                                continuous=args.continuous, grid=info["grid"], eps=eps, denoise=args.denoise,
-                               seed=args.seed, backend=info["backend"], device=args.device), info
+                               seed=args.seed, backend=info["backend"], device=args.device,
+                               compile=info["compile"]), info
 
 
 def run(args: argparse.Namespace) -> int:

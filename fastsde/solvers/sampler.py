@@ -46,7 +46,8 @@ def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rh
 
 def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, continuous: bool = True,
                 grid: str = "logsnr", rho: float = 7.0, eps: float | None = None, denoise: bool = True, seed=None,
-                sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32, **options):
+                sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32, compile: bool = False,
+                **options):
     """Few-step solver `name` (fastsde.solvers.solver_names()) for a score model under `sde`'s conventions.
 
     Returns sampler(model, z=None) -> (x (shape), model_evals): starts at z or a prior sample (FSN1 draw 0 of `seed`,
@@ -54,7 +55,11 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     eps (default: 1e-5 VE, 1e-3 VP/subVP) and, with `denoise`, returns the data prediction D(x, eps) (one more
     model call). model(x, labels) follows fastsde.score.get_score_parts(sde, continuous). `options` are the
     solver's (e.g. eta, s_churn; see the solver class). The adaptive solver ignores `steps` and `grid`.
+    compile=True runs the model through torch.compile(fullgraph=True) (compiled once per model; the time labels are
+    tensors, so the steps share one graph); the updates between model calls are the fused ops either way.
     """
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
     solver = get_solver(name)(**options)
     shape = check_shape(shape)
     backend = check_backend(backend)
@@ -76,9 +81,17 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     def labels_of(point):
         return labels_fn(torch.full((shape[0],), point.t, dtype=dtype, device=device))
 
+    compiled = {}  # id(model) -> (model, compiled model): the model is kept, so its id cannot be reused
+
     def sampler(model, z=None):
         stream = NoiseStream("fastsde", seed, sample_ids)
-        model_fn = get_model_fn(model, train=False)
+        if compile:
+            if id(model) not in compiled:
+                compiled[id(model)] = (model, torch.compile(model, fullgraph=True, dynamic=False))
+            model.train(False)
+            model_fn = compiled[id(model)][1]
+        else:
+            model_fn = get_model_fn(model, train=False)
         with torch.no_grad():
             if z is None:
                 x = stream.prior(sde, shape, device=device, dtype=dtype)
