@@ -135,30 +135,73 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
     rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps, baselines, device=device)
     rec.update(max_abs_diff=err, **facts)
     out = [rec]
-    if cuda:  # the fastsde loop compiled and captured, against the same baselines
-        rec["skipped"] = {}
-        for suffix, keyword in LOOP_VARIANTS.items():
-            why = loop_variant_missing(keyword)
-            if why is None:
-                try:
-                    variant = _sampler(fused, backend, n, steps, device=device, **{keyword: True})
-                    with torch.no_grad():
-                        v = variant(fused.model)[0].clone()  # a captured loop may reuse its buffers
-                    v_ms = median_ms(lambda: variant(fused.model), reps, warmup=1, device=device)
-                except Exception as exc:  # reported, never replaced by another measurement
-                    why = f"{keyword}=True failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            if why is not None:
-                rec["skipped"][suffix] = why
-                print(f"  digits_pc_b{n}_{suffix}: skipped ({why})", flush=True)
-                continue
-            v_err = float((v - b).abs().max())
-            print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {keyword}=True - reference| = "
-                  f"{v_err:.2e}", flush=True)
-            vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
-                          device=device)
-            vrec.update(max_abs_diff=v_err, **facts)
-            out.append(vrec)
+    # the fastsde loop compiled (every device) and captured (CUDA; on the CPU capture=True is the compiled loop),
+    # against the same baselines
+    rec["skipped"] = {}
+    for suffix, keyword in LOOP_VARIANTS.items():
+        why = loop_variant_missing(keyword)
+        if why is None and keyword == "capture" and not cuda:
+            why = "capture=True on the CPU runs the compiled loop (the _compiled record)"
+        if why is None:
+            try:
+                variant = _sampler(fused, backend, n, steps, device=device, **{keyword: True})
+                with torch.no_grad():
+                    v = variant(fused.model)[0].clone()  # a captured loop may reuse its buffers
+                v_ms = median_ms(lambda: variant(fused.model), reps, warmup=1, device=device)
+            except Exception as exc:  # reported, never replaced by another measurement
+                why = f"{keyword}=True failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if why is not None:
+            rec["skipped"][suffix] = why
+            print(f"  digits_pc_b{n}_{suffix}: skipped ({why})", flush=True)
+            continue
+        v_err = float((v - b).abs().max())
+        print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {keyword}=True - reference| = "
+              f"{v_err:.2e}", flush=True)
+        vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
+                      device=device)
+        vrec.update(max_abs_diff=v_err, **facts)
+        out.append(vrec)
+    out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps)
     return out
+
+
+def _overhead_us(shape, device, reps: int, compiled: bool) -> float:
+    """Microseconds per step of the fused PC loop (VP Euler-Maruyama, N = 200) around a model that costs nothing
+    (it returns a preallocated output): the sampler's own cost per step, dispatch and update kernel included."""
+    from fastsde.sampling import get_pc_sampler
+    from fastsde.sde import VPSDE
+
+    out = torch.randn(shape, device=device)
+
+    class Free(torch.nn.Module):
+        def forward(self, x, t):
+            return out
+
+    steps = 200
+    sampler = get_pc_sampler(VPSDE(N=steps), shape, "euler_maruyama", "none", lambda x: x, 0.16, continuous=True,
+                             eps=1e-3, seed=0, device=device, compile=compiled)
+    model = Free()
+    with torch.no_grad():
+        return median_ms(lambda: sampler(model), reps, warmup=1, device=device) * 1e3 / steps
+
+
+def loop_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None) -> list[dict]:
+    """The loop's own cost per step outside the model, eager and compiled, for the main job's batch (64 x 1 x 16 x 16)
+    and the 1024 x 2 mixture batch."""
+    copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device) if copy_gbps is None else copy_gbps
+    records = []
+    for name, shape in (("loop_overhead_b64", (64, 1, 16, 16)), ("loop_overhead_gmm_1024x2", (1024, 2))):
+        eager = _overhead_us(shape, device, reps, False)
+        compiled = _overhead_us(shape, device, reps, True)
+        print(f"  {name}: {eager:.1f} us per step eager, {compiled:.1f} us compiled (model excluded)", flush=True)
+        numel = 1
+        for d in shape:
+            numel *= d
+        rec = record(SUITE, name, "native", numel, eager / 1e3, None, copy_gbps,
+                     {"reference": None, "eager_inplace": None, "compile": None}, device=device)
+        rec.update(us_per_step=eager, us_per_step_compiled=compiled, steps=200)
+        records.append(rec)
+    return records
 
 
 PC_STEPS = (50, 100, 200, 1000)
