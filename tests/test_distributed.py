@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastsde import distributed, sampling
+from fastsde import _native, distributed, sampling
 from fastsde import sde as sde_lib
 from fastsde.cli import main
 from fastsde.models import analytic
@@ -251,3 +251,18 @@ def test_torchrun_likelihood_equals_one_process(capsys):
     assert two["bpd_mean"] == pytest.approx(one["bpd_mean"], rel=MEAN_RTOL, abs=0)
     assert two["bpd_stderr"] == pytest.approx(one["bpd_stderr"], rel=MEAN_RTOL, abs=0)
     assert one["bpd_mean"] == pytest.approx(np.mean(one["bpd"]), rel=MEAN_RTOL, abs=0)
+
+
+@pytest.mark.skipif(not _native.available(), reason="the suite measures the native backend")
+def test_bench_suite_runs_quick(tmp_path, monkeypatch):
+    from fastsde.benchmarks import common
+
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0: 10.0)
+    out = tmp_path / "distributed.json"
+    assert main(["bench", "distributed", "--quick", "--threads", "1", "--json", str(out)]) == 0
+    one, two = json.loads(out.read_text())
+    assert (one["case"], two["case"]) == ("digits_p1x2", "digits_p2x1")
+    assert one["same_bits"] and two["same_bits"] and one["median_ms"] > 0 and two["merge_ms"] > 0
+    assert one["collective_bytes_per_sample"] == 0 and two["collective_bytes_per_sample"] > 0
+    assert two["shard_bytes_per_sample"] > 4 * 256  # float32 pixels, the sample id and the npz headers
+    assert set(one["batch_max_abs_diff"]) == {"4", "1"}
