@@ -6,17 +6,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 import torch
 
 import fastsde
-from fastsde import sampling, solvers
+from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
-from fastsde.cli.common import (SDE_DEFAULTS, UsageError, build_sampler, fmt_optional, load_model_for,
-                                model_spec, nonnegative_int, npz_path, output_stem, positive_float, positive_int,
-                                seed_value, with_threads)
+from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, UsageError, batch_argument, build_sampler, fmt_optional,
+                                load_model_for, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
+                                positive_float, positive_int, seed_value, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
 
@@ -26,6 +25,7 @@ __all__ = ["add_arguments", "run"]
 SDE_TITLES = {"ve": "VE", "vp": "VP", "subvp": "subVP"}
 BACKEND_NAMES = ("auto", "reference", "native", "triton")
 _NULL_REPEATS = 10
+GMM_BATCH = 4096  # default micro-batch cap of the mixtures (fastsde.distributed); images: IMAGE_BATCH
 # Options that mean something only for some --sde / --sampler values: dest -> (allowed values, what they apply to).
 _ONLY_FOR = {
     "sigma_min": ("sde", ("ve",)), "sigma_max": ("sde", ("ve",)),
@@ -113,6 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--out", default="samples", metavar="PATH",
                      help="output .npz path ('.npz' added when there is no extension); a PNG with the same "
                           "stem is written next to it; parent directories are created")
+    batch_argument(run, f"n up to {IMAGE_BATCH} digits or {GMM_BATCH} mixture points")
     run.add_argument("--no-plot", dest="plot", action="store_false", default=True, help="skip the PNG")
     run.add_argument("--no-progress", dest="progress", action="store_false", default=True,
                      help="no progress bar on stderr")
@@ -167,10 +168,11 @@ def _quality(samples: torch.Tensor, reference: torch.Tensor, mixture, seed: int)
                 sliced_wasserstein_null_median=float(np.median(null)))
 
 
-def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None):
+def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None, *,
+                   sample_ids=None, progress=None):
     """(sampler(model) -> (x, model evaluations or nfe), settings): pc and ode from cli.common, else a solver."""
     if args.sampler in ("pc", "ode"):
-        return build_sampler(args, sde, shape, inverse_scaler)
+        return build_sampler(args, sde, shape, inverse_scaler, sample_ids=sample_ids, progress=progress)
     if args.noise != "fastsde":
         raise UsageError(f"--sampler {args.sampler} draws FSN1 noise only (--noise fastsde)")
     eps = SDE_DEFAULTS[args.sde][2] if args.eps is None else args.eps
@@ -179,54 +181,82 @@ def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int,
             "grid": args.grid or "logsnr", "backend": args.backend or "auto", "compile": bool(args.compile)}
     return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
                                continuous=args.continuous, grid=info["grid"], eps=eps, denoise=args.denoise,
-                               seed=args.seed, backend=info["backend"], device=args.device,
+                               seed=args.seed, sample_ids=sample_ids, backend=info["backend"], device=args.device,
                                compile=info["compile"]), info
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastsde.digits import plotting
-
     if args.list_samplers:
         print("\n".join(["pc", "ode", *solvers.solver_names()]))
         return 0
     _check_applicable(args)
-    if args.model[0] != "gmm":
-        return run_sample_images(args)
+    with distributed.session(args.device) as device:
+        args.device = device
+        return run_sample_images(args) if args.model[0] != "gmm" else _run_mixture(args)
+
+
+def _check_splittable(args: argparse.Namespace, batch: int) -> None:
+    if args.noise == "torch" and batch < args.n:
+        raise UsageError(f"--noise torch draws from one global generator in batch order and cannot be split into "
+                         f"micro-batches: pass --batch {args.n} (or more) or use --noise fastsde, got --batch {batch}")
+
+
+def _run_mixture(args: argparse.Namespace) -> int:
+    from fastsde.digits import plotting
+
     args.steps = args.steps or 1000
     args.n = args.n or 2048
+    batch = micro_batch(args, args.n, GMM_BATCH)
+    _check_splittable(args, batch)
     _, preset = args.model
     mixture = analytic.get_mixture(preset)
     sde = _build_sde(args)
-    sampler, info = _build_sampler(args, sde, (args.n, mixture.dim))
+    _, info = _build_sampler(args, sde, (min(batch, args.n), mixture.dim))
     model = analytic.AnalyticScoreModel(mixture, sde, continuous=args.continuous).to(args.device)
 
-    threads = torch.get_num_threads()
-    try:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        if args.noise == "torch":
-            torch.manual_seed(args.seed)  # torch noise comes from the global generator
-        start = time.perf_counter()
-        x, nfe = sampler(model)
-        wall = time.perf_counter() - start
-        report = dict(model=f"gmm:{preset}", **info, n=args.n, dim=mixture.dim, threads=torch.get_num_threads(),
-                      nfe=int(nfe), wall_time_s=wall, samples_per_s=args.n / wall, version=fastsde.__version__)
-    finally:
-        torch.set_num_threads(threads)
-    samples = x.detach().cpu().to(torch.float32).reshape(args.n, mixture.dim)
-    reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
-    report.update(_quality(samples, reference, mixture, args.seed))
+    def factory(ids):
+        sampler, _ = _build_sampler(args, sde, (len(ids), mixture.dim), sample_ids=ids,
+                                    progress=args.progress and batch >= args.n)
+
+        def draw():
+            if args.noise == "torch":
+                torch.manual_seed(args.seed)  # torch noise comes from the global generator
+            x, nfe = sampler(model)
+            return {"samples": x.detach().cpu().to(torch.float32).reshape(len(ids), mixture.dim),
+                    "nfe": np.full(len(ids), int(nfe))}
+        return draw
+
+    report = {}
+
+    def write(npz, result):
+        samples = torch.from_numpy(result.arrays["samples"])
+        wall = result.sample_s
+        report.update(model=f"gmm:{preset}", **info, n=args.n, dim=mixture.dim,
+                      threads=args.threads or torch.get_num_threads(), nfe=int(result.arrays["nfe"].max()),
+                      wall_time_s=wall, samples_per_s=result.sampled / wall, version=fastsde.__version__)
+        reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+        report.update(_quality(samples, reference, mixture, args.seed))
+        distributed.write_npz_atomic(npz, {"samples": samples.numpy(), "reference": reference.numpy(),
+                                           **{key: np.asarray(value) for key, value in report.items()}})
+        if args.plot:
+            plotting.plot_samples_2d(samples, mixture, os.path.splitext(npz)[0] + ".png", _plot_title(report))
 
     npz = npz_path(args.out)
-    os.makedirs(os.path.dirname(npz) or ".", exist_ok=True)
-    np.savez(npz, samples=samples.numpy(), reference=reference.numpy(),
-             **{key: np.asarray(value) for key, value in report.items()})
-    report["npz"] = npz
-    report["png"] = os.path.splitext(npz)[0] + ".png" if args.plot else None
-    if args.plot:
-        plotting.plot_samples_2d(samples, mixture, report["png"], _plot_title(report))
+    result = with_threads(args, lambda: distributed.sample(
+        factory, args.n, npz, batch=batch, seed=args.seed, arguments=_manifest_arguments(args),
+        progress=args.progress and batch < args.n, write=write))
+    if distributed.rank() != 0:
+        return 0
+    report.update(npz=npz, png=os.path.splitext(npz)[0] + ".png" if args.plot else None, batch=batch,
+                  processes=distributed.world_size(), resumed=result.resumed)
     print(json.dumps(report) if args.json else _format_report(report))
     return 0
+
+
+def _manifest_arguments(args: argparse.Namespace) -> dict:
+    """The options that decide the samples (what a resumed run must repeat): everything but output and display."""
+    skip = {"out", "plot", "progress", "json", "threads", "debug", "command", "device"}
+    return {key: value for key, value in sorted(vars(args).items()) if key not in skip}
 
 
 def _sampler_words(r: dict) -> str:
@@ -275,10 +305,6 @@ def _class_labels(spec: str, n: int) -> torch.Tensor:
 
 def run_sample_images(args: argparse.Namespace) -> int:
     """`fastsde sample` for image models: sample a grid, time it, score it with the digits metrics, write png/npz."""
-    import time
-
-    import numpy as np
-
     from fastsde.digits import plotting
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
@@ -295,59 +321,83 @@ def run_sample_images(args: argparse.Namespace) -> int:
     args.n = args.n or DIGITS_DEFAULTS["n"]
     if args.class_label is not None:
         _class_labels(args.class_label, args.n)
+    batch = micro_batch(args, args.n, IMAGE_BATCH)
+    _check_splittable(args, batch)
     sde = mf.make_sde(N=args.steps)
-    shape = (args.n, 1, 16, 16)
     inverse_scaler = get_data_inverse_scaler(mf.centered)
-    class_labels = None
-    if args.class_label is not None:
-        class_labels = _class_labels(args.class_label, args.n)
-        sampler, info = _conditional_sampler(args, mf, sde, shape, inverse_scaler)
-    else:
-        sampler, info = _build_sampler(args, sde, shape, inverse_scaler)
+    class_labels = None if args.class_label is None else _class_labels(args.class_label, args.n)
+    inner_progress = args.progress and batch >= args.n
 
-    def draw():
-        start = time.perf_counter()
-        out = sampler(mf.model) if class_labels is None else sampler(mf.model, class_labels)
-        return out, time.perf_counter() - start
+    def build(ids):
+        shape = (len(ids), 1, 16, 16)
+        if class_labels is not None:
+            return _conditional_sampler(args, mf, sde, shape, inverse_scaler, sample_ids=ids, progress=inner_progress)
+        return _build_sampler(args, sde, shape, inverse_scaler, sample_ids=ids, progress=inner_progress)
 
-    out, wall = with_threads(args, draw)
-    x, nfe = out if class_labels is None else (out, info["nfe"])
-    images = x.detach().float().cpu().clamp(0.0, 1.0)
-    evaluator = DigitsEvaluator()
-    quality = evaluator.evaluate(images)
-    report = {"model": os.path.basename(mf.path), **info, "n": args.n, "nfe": int(nfe), "wall_time_s": wall,
-              "images_per_s": args.n / wall, "threads": args.threads or torch.get_num_threads(),
-              "fd": quality["fd"], **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
-              "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]}
-    if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
-        report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
-                                              + (info["predictor"] != "none"))
-    elif info["sampler"] != "ode":  # a solver's count is its model evaluations
-        report["model_evals"] = int(nfe)
-    if class_labels is not None:
-        predicted = evaluator.logits(images).argmax(1)
-        report["class_label"] = args.class_label
-        report["guidance_scale"] = info["guidance_scale"]
-        report["requested_class_accuracy"] = float((predicted == class_labels).double().mean())
+    _, info = build(torch.arange(min(batch, args.n)))
+
+    def factory(ids):
+        sampler, _ = build(ids)
+
+        def draw():
+            if args.noise == "torch":
+                torch.manual_seed(args.seed)
+            if class_labels is None:
+                x, nfe = sampler(mf.model)
+            else:
+                x, nfe = sampler(mf.model, class_labels[ids]), info["nfe"]
+            return {"samples": x.detach().float().cpu().clamp(0.0, 1.0), "nfe": np.full(len(ids), int(nfe))}
+        return draw
+
     stem = output_stem(args.out)
-    report["npz"] = stem + ".npz"
-    report["png"] = stem + ".png" if args.plot else None
-    np.savez(report["npz"], samples=images.numpy(), **({"class_labels": class_labels.numpy()}
-                                                       if class_labels is not None else {}))
-    if args.plot:
-        what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
-                f"probability-flow ODE, {report['nfe']} evaluations" if info["sampler"] == "ode" else
-                f"{info['sampler']}, {report['nfe']} evaluations")
-        title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
-                 f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
-                 + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
-                    else ""))
-        plotting.save_image_grid(images, report["png"], title=title, nrow=10 if args.class_label == "all" else None)
+    report = {}
+
+    def write(npz, result):
+        images, wall = torch.from_numpy(result.arrays["samples"]), result.sample_s
+        evaluator = DigitsEvaluator()
+        quality = evaluator.evaluate(images)
+        report.update({"model": os.path.basename(mf.path), **info, "n": args.n, "nfe": int(result.arrays["nfe"].max()),
+                       "wall_time_s": wall, "images_per_s": result.sampled / wall,
+                       "threads": args.threads or torch.get_num_threads(), "fd": quality["fd"],
+                       **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
+                       "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]})
+        if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
+            report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
+                                                  + (info["predictor"] != "none"))
+        elif info["sampler"] != "ode":  # a solver's count is its model evaluations
+            report["model_evals"] = report["nfe"]
+        if class_labels is not None:
+            predicted = evaluator.logits(images).argmax(1)
+            report["class_label"] = args.class_label
+            report["guidance_scale"] = info["guidance_scale"]
+            report["requested_class_accuracy"] = float((predicted == class_labels).double().mean())
+        report["npz"] = npz
+        report["png"] = stem + ".png" if args.plot else None
+        distributed.write_npz_atomic(npz, {"samples": images.numpy(), **({"class_labels": class_labels.numpy()}
+                                                                         if class_labels is not None else {})})
+        if args.plot:
+            what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
+                    f"probability-flow ODE, {report['nfe']} evaluations" if info["sampler"] == "ode" else
+                    f"{info['sampler']}, {report['nfe']} evaluations")
+            title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
+                     f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
+                     + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
+                        else ""))
+            plotting.save_image_grid(images, report["png"], title=title,
+                                     nrow=10 if args.class_label == "all" else None)
+
+    arguments = {**_manifest_arguments(args), "model": mf.path}
+    result = with_threads(args, lambda: distributed.sample(
+        factory, args.n, stem + ".npz", batch=batch, seed=args.seed, arguments=arguments,
+        progress=args.progress and batch < args.n, write=write))
+    if distributed.rank() != 0:
+        return 0
+    report.update(batch=batch, processes=distributed.world_size(), resumed=result.resumed)
     print(json.dumps(report) if args.json else _format_images_report(report))
     return 0
 
 
-def _conditional_sampler(args, mf, sde, shape, inverse_scaler):
+def _conditional_sampler(args, mf, sde, shape, inverse_scaler, *, sample_ids=None, progress=None):
     from fastsde import controllable
     from fastsde.digits.pretrained import load_classifier, shipped_path
 
@@ -361,13 +411,14 @@ def _conditional_sampler(args, mf, sde, shape, inverse_scaler):
             "predictor": args.predictor or predictor, "corrector": args.corrector or corrector,
             "eps": args.eps or eps, "snr": args.snr or 0.16, "n_steps_each": 1 if args.n_steps_each is None
             else args.n_steps_each, "backend": args.backend or "auto", "denoise": args.denoise,
-            "guidance_scale": args.guidance_scale or 1.0}
+            "guidance_scale": args.guidance_scale or 1.0, "compile": bool(args.compile)}
     info["nfe"] = args.steps * (info["n_steps_each"] + 1)
     sampler = controllable.get_pc_conditional_sampler(
         sde, classifier, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"],
         n_steps=info["n_steps_each"], probability_flow=bool(args.probability_flow), continuous=True,
         denoise=args.denoise, eps=info["eps"], device=args.device, scale=info["guidance_scale"],
-        backend=info["backend"], seed=args.seed, noise=args.noise, progress=args.progress, compile=info["compile"])
+        backend=info["backend"], seed=args.seed, noise=args.noise, sample_ids=sample_ids,
+        progress=args.progress if progress is None else progress, compile=info["compile"])
     return sampler, info
 
 
