@@ -114,10 +114,12 @@ def batch_invariance(n: int = 64, batches=(16, 5), steps: int | None = None, bac
     return {int(b): float((draw(b) - whole).abs().max()) for b in batches}
 
 
-def run(quick: bool = False, backend: str = "native", use_compile: bool = True) -> list[dict]:
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu") -> list[dict]:
     from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
     del use_compile  # no compiled baseline: the comparison is between process layouts
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"the distributed suite runs gloo processes on the CPU, got device {device!r}")
     n, steps, reps = (8, 5, 1) if quick else (DIGITS_DEFAULTS["n"], DIGITS_DEFAULTS["steps"], 3)
     batch = n // 2
     copy_gbps = common.copy_bandwidth_gbps(reps=5)

@@ -142,6 +142,8 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
         why = loop_variant_missing(keyword)
         if why is None and keyword == "capture" and not cuda:
             why = "capture=True on the CPU runs the compiled loop (the _compiled record)"
+        if why is None and not use_compile:
+            why = "--no-compile"
         if why is None:
             try:
                 variant = _sampler(fused, backend, n, steps, device=device, **{keyword: True})
@@ -161,7 +163,7 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
                       device=device)
         vrec.update(max_abs_diff=v_err, **facts)
         out.append(vrec)
-    out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps)
+    out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps, compiled=use_compile)
     return out
 
 
@@ -185,21 +187,22 @@ def _overhead_us(shape, device, reps: int, compiled: bool) -> float:
         return median_ms(lambda: sampler(model), reps, warmup=1, device=device) * 1e3 / steps
 
 
-def loop_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None) -> list[dict]:
+def loop_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None, compiled: bool = True) -> list[dict]:
     """The loop's own cost per step outside the model, eager and compiled, for the main job's batch (64 x 1 x 16 x 16)
     and the 1024 x 2 mixture batch."""
     copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device) if copy_gbps is None else copy_gbps
     records = []
     for name, shape in (("loop_overhead_b64", (64, 1, 16, 16)), ("loop_overhead_gmm_1024x2", (1024, 2))):
         eager = _overhead_us(shape, device, reps, False)
-        compiled = _overhead_us(shape, device, reps, True)
-        print(f"  {name}: {eager:.1f} us per step eager, {compiled:.1f} us compiled (model excluded)", flush=True)
+        comp = _overhead_us(shape, device, reps, True) if compiled else None
+        print(f"  {name}: {eager:.1f} us per step eager"
+              + ("" if comp is None else f", {comp:.1f} us compiled") + " (model excluded)", flush=True)
         numel = 1
         for d in shape:
             numel *= d
         rec = record(SUITE, name, "native", numel, eager / 1e3, None, copy_gbps,
                      {"reference": None, "eager_inplace": None, "compile": None}, device=device)
-        rec.update(us_per_step=eager, us_per_step_compiled=compiled, steps=200)
+        rec.update(us_per_step=eager, us_per_step_compiled=comp, steps=200)
         records.append(rec)
     return records
 
@@ -207,6 +210,7 @@ def loop_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None) 
 PC_STEPS = (50, 100, 200, 1000)
 ODE_RTOLS = (1e-2, 1e-3, 1e-5)
 SOLVER_EVALS = (5, 10, 20, 50)
+SOLVER_NAMES = None  # None: every registered solver
 
 
 def _solver_configs(names, evals):
@@ -252,6 +256,7 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
 
     configs = ([("pc", s, None) for s in (PC_STEPS if pc_steps is None else pc_steps)]
                + [("ode", 1000, r) for r in (ODE_RTOLS if ode_rtols is None else ode_rtols)])
+    solver_names = SOLVER_NAMES if solver_names is None else solver_names
     names = solvers.solver_names() if solver_names is None else list(solver_names)
     solver_configs = _solver_configs(names, SOLVER_EVALS if solver_evals is None else solver_evals)
     solver_configs += [(name, 1) for name in names if solvers.get_solver(name).adaptive]

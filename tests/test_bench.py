@@ -57,15 +57,19 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 3)
     monkeypatch.setattr(bench_e2e, "PC_STEPS", (3,))
     monkeypatch.setattr(bench_e2e, "ODE_RTOLS", (1e-1,))
+    monkeypatch.setattr(bench_e2e, "SOLVER_NAMES", ("dpmpp_2m",))
+    monkeypatch.setattr(bench_e2e, "SOLVER_EVALS", (5,))
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out, trade = tmp_path / "e2e.json", tmp_path / "tradeoff"
     assert main(["bench", "e2e", "--quick", "--no-compile", "--threads", "1", "--json", str(out), "--tradeoff",
                  str(trade), "--n", "16"]) == 0
-    (r,) = json.loads(out.read_text())
+    r, *overhead = json.loads(out.read_text())
+    assert [o["case"] for o in overhead] == ["loop_overhead_b64", "loop_overhead_gmm_1024x2"]
+    assert all(o["us_per_step"] > 0 for o in overhead)
     assert set(r) >= KEYS and r["case"] == "digits_pc_b64" and r["steps"] == 3 and r["numel"] == 64 * 256
     assert r["max_abs_diff"] < 1e-4 and r["baselines"]["reference"] > 0
     result = json.loads((tmp_path / "tradeoff.json").read_text())
-    assert [row["sampler"] for row in result["rows"]] == ["pc", "ode"] and result["n"] == 16
+    assert [row["sampler"] for row in result["rows"]] == ["pc", "ode", "dpmpp_2m"] and result["n"] == 16
     assert all(row["fd"] >= 0 and row["nfe"] > 0 for row in result["rows"])
     assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -147,6 +151,7 @@ def test_cuda_e2e_reports_missing_loop_variants(fake_cuda, monkeypatch, one_thre
 
     monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 2)
     monkeypatch.setattr(bench_e2e, "loop_variant_missing", lambda keyword: f"no {keyword}= here")
+    monkeypatch.setattr(bench_e2e, "loop_overhead", lambda *a, **k: [])
     (r,) = bench_e2e.run(quick=True, use_compile=False, n=4)
     assert set(r) >= CUDA_KEYS and r["case"] == "digits_pc_b4" and r["max_abs_diff"] < 1e-4
     assert r["skipped"] == {"compiled": "no compile= here", "captured": "no capture= here"}
