@@ -175,6 +175,12 @@ def test_config_from_fields_score_sde_config_and_errors():
         NCSNpp({"nonlinearity": "elu", "nf": 16, "ch_mult": [1], "image_size": 8})
 
 
+def _fields(config, **extra):
+    """The flat fields `fastsde convert --config JSON` takes, from a nested score_sde config."""
+    data = {k: getattr(config.data, k) for k in ("image_size", "num_channels", "centered")}
+    return dict(vars(config.model), **data, **extra)
+
+
 def _save_checkpoint(model, path, ema_factor=0.5):
     """A checkpoint in score_sde's format: DataParallel state dict, optimizer, step, EMA shadow parameters."""
     wrapped = nn.DataParallel(model)
@@ -214,8 +220,7 @@ def test_convert_then_load_gives_the_same_network(tmp_path, capsys):
     theirs, config, x, labels = _theirs("ncsnpp_ve")
     path, out = tmp_path / "checkpoint_3.pth", tmp_path / "ncsnpp.safetensors"
     ema = _save_checkpoint(theirs, path)
-    fields = dict(vars(config.model), **{k: getattr(config.data, k) for k in ("image_size", "num_channels", "centered")},
-                  continuous=True, sde="vesde")
+    fields = _fields(config, continuous=True, sde="vesde")
     assert main(["convert", str(path), "--config", json.dumps(fields), "--ema", "--out", str(out)]) == 0
     assert "score_sde ncsnpp (3x16x16, nf=32, ve SDE) with its EMA weights" in capsys.readouterr().out
     with safe_open(str(out), framework="pt") as f:
@@ -264,8 +269,7 @@ def test_sample_runs_a_converted_model(tmp_path, capsys, channels, code):
     model = ssl.NCSNpp(config).eval()
     path, out = tmp_path / "checkpoint_1.pth", tmp_path / "ddpmpp.safetensors"
     _save_checkpoint(model, path)
-    fields = dict(vars(config.model), **{k: getattr(config.data, k) for k in ("image_size", "num_channels", "centered")},
-                  sde="vpsde")
+    fields = _fields(config, sde="vpsde")
     assert main(["convert", str(path), "--config", json.dumps(fields), "--ema", "--out", str(out)]) == 0
     capsys.readouterr()
     got = main(["sample", "--model", str(out), "--steps", "3", "--n", "4", "--threads", "1", "--no-plot",
