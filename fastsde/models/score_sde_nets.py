@@ -239,16 +239,20 @@ def _groups(channels: int) -> int:
     return min(channels // 4, 32)
 
 
-class GroupNormThenAct(nn.GroupNorm):
-    """nn.GroupNorm followed by the model's activation (score_sde writes `act(GroupNorm(h))` in forward); keys
-    weight, bias. The fused build replaces it with GroupNormAct(act="silu")."""
+class GroupNormThenAct(nn.Module):
+    """GroupNorm followed by the model's activation (score_sde writes `act(GroupNorm(h))` in forward), with
+    nn.GroupNorm's attributes and keys (weight, bias). The fused build replaces it with GroupNormAct(act="silu").
+    Not an nn.GroupNorm subclass on purpose: fastsde.accelerate() swaps plain GroupNorms for act-less fused ones."""
 
     def __init__(self, num_groups, num_channels, act: nn.Module):
-        super().__init__(num_groups, num_channels, eps=1e-6)
+        super().__init__()
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, 1e-6, True
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
         self.act = act
 
     def forward(self, x):
-        return self.act(super().forward(x))
+        return self.act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
 
 
 class Conv2d(nn.Module):
@@ -424,8 +428,9 @@ class ResnetBlockBigGANpp(nn.Module):
         return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
-class AttnBlockpp(nn.Module):
-    """Fused attention with score_sde's parameters: GroupNorm_0 (a GroupNormAct) and NIN_0..NIN_3 (W (C, C), b (C,)),
+class AttnBlockNIN(nn.Module):
+    """score_sde's AttnBlockpp / AttnBlock fused, keeping their parameters: GroupNorm_0 (a GroupNormAct) and
+    NIN_0..NIN_3 (W (C, C), b (C,)),
     run as one fastsde.ops.attn_block. The fused (3C, C) QKV weight is assembled from the NIN weights at every call
     (3C^2 copies, nothing cached: any change to a parameter is seen). Built from a PlainAttnBlock, sharing its
     parameters; skip_rescale False is DDPM's AttnBlock (a plain residual sum)."""
@@ -453,7 +458,7 @@ def _fuse(m: nn.Module, backend: str) -> nn.Module:
     if isinstance(m, ResnetBlockDDPMpp):
         return ResnetBlock.from_plain(m, backend=backend)
     if isinstance(m, PlainAttnBlock):
-        return AttnBlockpp(m, backend=backend)
+        return AttnBlockNIN(m, backend=backend)
     if isinstance(m, GroupNormThenAct):
         return GroupNormAct.from_groupnorm(m, "silu", backend=backend)
     if isinstance(m, _Resample):
