@@ -1,9 +1,11 @@
 """The models shipped with fastsde (fastsde/data/) and the files that carry trained models around.
 
-A score model file is a UNet safetensors checkpoint (fastsde.models.ncsnpp.save_checkpoint) whose metadata also
-names its SDE and hyper-parameters ("fastsde.sde") and how it was trained ("fastsde.training": the config, the exact
-command, the final loss). A classifier file is safetensors with a ClassifierConfig ("fastsde.classifier") and, for a
-time-dependent classifier, the SDE it was trained under. Nothing is unpickled.
+A score model file is a UNet safetensors checkpoint (fastsde.models.ncsnpp.save_checkpoint) or a score_sde network
+written by `fastsde convert` (fastsde.models.score_sde_nets.save_file), whose metadata also names its SDE and
+hyper-parameters ("fastsde.sde") and how it was trained ("fastsde.training": the config, the exact command, the
+final loss; for a converted checkpoint, where it came from). A classifier file is safetensors with a
+ClassifierConfig ("fastsde.classifier") and, for a time-dependent classifier, the SDE it was trained under. Nothing
+is unpickled.
 
 Shipped (each file's metadata holds the command that produced it; README's "Shipped models" lists them):
   digits_<sde>.safetensors           small16 score models of the 16x16 digits (fastsde.datasets)
@@ -76,14 +78,15 @@ def save_score_model(model, path: str, *, sde: str, sde_kwargs: dict, training: 
 
 
 def load_score_model(path: str, *, reference: bool = False, backend: str = "auto", device="cpu") -> ScoreModelFile:
-    """A score model file (save_score_model) as a ScoreModelFile; reference=True builds the plain-PyTorch UNet."""
-    from fastsde.models.ncsnpp import load_checkpoint
+    """A score model file (save_score_model, or a score_sde checkpoint through `fastsde convert`) as a
+    ScoreModelFile; the network is rebuilt by fastsde.models.load_model_file (reference=True: plain PyTorch)."""
+    from fastsde.models import load_model_file
 
     meta = read_metadata(path)
     if "fastsde.sde" not in meta:
         raise ValueError(f"{path} carries no SDE metadata: not a fastsde score model file")
     sde = json.loads(meta["fastsde.sde"])
-    model = load_checkpoint(path, reference=reference, backend=backend, device=device)
+    model = load_model_file(path, reference=reference, backend=backend, device=device)
     return ScoreModelFile(model, sde["name"], dict(sde["kwargs"]), json.loads(meta.get("fastsde.training", "{}")),
                           path)
 

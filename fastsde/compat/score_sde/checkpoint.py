@@ -5,6 +5,10 @@ state dicts, never unpickling code: torch.load(weights_only=True), and anything 
 shadow parameters listed in the order of the model's trainable parameters (score_sde's ExponentialMovingAverage
 skips parameters with requires_grad=False, e.g. the Fourier projection's W), which load_state_dict puts back on
 their names.
+
+load_model builds fastsde's own NCSNpp / DDPM (fastsde.models.score_sde_nets: score_sde's keys on fused modules)
+from the checkpoint's config and loads it strictly: a config that does not match the weights is an error, never a
+partly loaded network.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pickle
 import torch
 from torch import nn
 
-__all__ = ["load_state_dict", "load_into", "PREFIX"]
+__all__ = ["load_state_dict", "load_into", "load_model", "PREFIX"]
 
 PREFIX = "module."
 
@@ -68,3 +72,13 @@ def load_into(model: nn.Module, path, *, ema: bool = False, strict: bool = True)
     trainable = [n for n, p in inner.named_parameters() if p.requires_grad]
     inner.load_state_dict(load_state_dict(path, ema=ema, trainable=trainable), strict=strict)
     return model
+
+
+def load_model(path, config, *, ema: bool = False, accelerate: bool = True, backend: str = "auto", device="cpu"):
+    """fastsde's NCSNpp or DDPM for `config` (score_sde's config, a mapping of its fields or a ScoreSDEConfig; the
+    class by config name) with the checkpoint's weights (ema=True: the EMA weights), in eval mode on `device`.
+    accelerate=False builds the plain-PyTorch layers."""
+    from fastsde.models.score_sde_nets import build_model
+
+    model = build_model(config, accelerate=accelerate, backend=backend)
+    return load_into(model, path, ema=ema).to(device).eval()
