@@ -298,3 +298,12 @@ def test_sample_runs_a_converted_model(tmp_path, capsys, channels, code):
         assert report["model"] == "ddpmpp.safetensors" and report["n"] == 4 and report["nonfinite"] == 0
     else:
         assert "the image commands handle 1x16x16 digits models, this one is 3x16x16" in err
+
+
+def test_create_model_by_score_sde_name():
+    """compat.score_sde.models.utils.create_model(config) builds fastsde's class for score_sde's model names."""
+
+    from fastsde.compat.score_sde.models import utils as mutils
+    from fastsde.models.score_sde_nets import DDPM, NCSNpp
+
+    assert mutils.get_model("ncsnpp") is NCSNpp and mutils.get_model("ddpm") is DDPM

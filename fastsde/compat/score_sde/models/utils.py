@@ -55,3 +55,16 @@ def get_ddpm_params(config) -> dict:
     return {"betas": betas, "alphas": alphas, "alphas_cumprod": alphas_cumprod,
             "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod), "sqrt_1m_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
             "beta_min": start * (steps - 1), "beta_max": end * (steps - 1), "num_diffusion_timesteps": steps}
+
+
+def _register_builtin() -> None:
+    """score_sde's own model names, served by fastsde's classes in its layout (fastsde.models.score_sde_nets), so
+    `create_model(config)` works without the original code; checkpoints load into them with strict keys."""
+    from fastsde.models.score_sde_nets import DDPM, NCSNpp
+
+    for name, cls in (("ncsnpp", NCSNpp), ("ddpm", DDPM)):
+        if name not in _MODELS:
+            _MODELS[name] = cls
+
+
+_register_builtin()
