@@ -14,6 +14,7 @@ import torch
 import fastsde
 from fastsde import sampling, solvers
 from fastsde import sde as sde_lib
+from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
 from fastsde.cli.common import (SDE_DEFAULTS, UsageError, build_sampler, fmt_optional, load_model_for,
                                 model_spec, nonnegative_int, npz_path, output_stem, positive_float, positive_int,
                                 seed_value, with_threads)
@@ -91,6 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sampler.add_argument("--backend", choices=BACKEND_NAMES, metavar="B",
                          help=f"pc update-step implementation, one of {', '.join(BACKEND_NAMES)}; the sampler "
                               "rejects one that is not available (default: auto)")
+    sampler.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="the model's precision (the sampler state, coefficients and noise stay float32): "
+                              "fp32, bf16, fp16, or auto (default): bf16 where the device computes bfloat16 "
+                              "natively (CPU: AVX512-BF16 or AMX-BF16, detected at run time), else fp32; a "
+                              "mixture's exact score runs fp32 under auto")
     sampler.add_argument("--device", default="cpu", help="torch device to sample on")
     sampler.add_argument("--threads", type=positive_int, metavar="T",
                          help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
@@ -139,6 +145,11 @@ def _check_applicable(args: argparse.Namespace) -> None:
                               f"not --{selector} {getattr(args, selector)}")
     if args.sampler == "ode" and not args.continuous:
         raise UsageError("--discrete applies to --sampler pc only (the ODE sampler uses continuous time labels)")
+    args.precision_reason = "requested"
+    if args.precision == "auto":  # a neural model runs bf16 where the hardware has it; an exact score runs fp32
+        native, why = native_bf16(args.device) if kind != "gmm" else (False, "the exact score has no weights")
+        args.precision, args.precision_reason = ("bf16" if native else "fp32"), f"auto: {why}"
+    args.precision = resolve_precision(args.precision, args.device)
 
 
 def _build_sde(args: argparse.Namespace) -> sde_lib.SDE:
@@ -172,10 +183,11 @@ def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int,
     eps = SDE_DEFAULTS[args.sde][2] if args.eps is None else args.eps
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
             "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
-            "grid": args.grid or "logsnr", "backend": args.backend or "auto"}
+            "grid": args.grid or "logsnr", "backend": args.backend or "auto", "precision": args.precision}
     return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
                                continuous=args.continuous, grid=info["grid"], eps=eps, denoise=args.denoise,
-                               seed=args.seed, backend=info["backend"], device=args.device), info
+                               seed=args.seed, backend=info["backend"], device=args.device,
+                               precision=args.precision), info
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         x, nfe = sampler(model)
         wall = time.perf_counter() - start
-        report = dict(model=f"gmm:{preset}", **info, n=args.n, dim=mixture.dim, threads=torch.get_num_threads(),
+        report = dict(model=f"gmm:{preset}", **info, precision_reason=args.precision_reason, n=args.n,
+                      dim=mixture.dim, threads=torch.get_num_threads(),
                       nfe=int(nfe), wall_time_s=wall, samples_per_s=args.n / wall, version=fastsde.__version__)
     finally:
         torch.set_num_threads(threads)
@@ -250,8 +263,13 @@ def _format_report(r: dict) -> str:
                       f"{r['sliced_wasserstein_null_median']:.4f}, ratio {ratio:.2f})"),
         ("wrote", ", ".join(p for p in (r["npz"], r["png"]) if p)),
     ]
-    head = f"{r['model']}, {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps, seed {r['seed']}"
+    head = (f"{r['model']}, {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps, seed {r['seed']}, "
+            f"{_precision_words(r)}")
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
+
+
+def _precision_words(r: dict) -> str:
+    return f"model {r['precision']} ({r['precision_reason']})"
 
 
 def _class_labels(spec: str, n: int) -> torch.Tensor:
@@ -300,9 +318,15 @@ def run_sample_images(args: argparse.Namespace) -> int:
     else:
         sampler, info = _build_sampler(args, sde, shape, inverse_scaler)
 
+    model = mf.model
+    if class_labels is not None:  # the guided sampler has no precision= of its own: hand it the model in precision
+        from fastsde.precision import for_sampling
+
+        model = for_sampling(mf.model, args.precision, torch.float32, {}, output_dtype=torch.float32)
+
     def draw():
         start = time.perf_counter()
-        out = sampler(mf.model) if class_labels is None else sampler(mf.model, class_labels)
+        out = sampler(model) if class_labels is None else sampler(model, class_labels)
         return out, time.perf_counter() - start
 
     out, wall = with_threads(args, draw)
@@ -310,7 +334,8 @@ def run_sample_images(args: argparse.Namespace) -> int:
     images = x.detach().float().cpu().clamp(0.0, 1.0)
     evaluator = DigitsEvaluator()
     quality = evaluator.evaluate(images)
-    report = {"model": os.path.basename(mf.path), **info, "n": args.n, "nfe": int(nfe), "wall_time_s": wall,
+    report = {"model": os.path.basename(mf.path), **info, "precision": args.precision,
+              "precision_reason": args.precision_reason, "n": args.n, "nfe": int(nfe), "wall_time_s": wall,
               "images_per_s": args.n / wall, "threads": args.threads or torch.get_num_threads(),
               "fd": quality["fd"], **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
               "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]}
@@ -385,7 +410,7 @@ def _format_images_report(r: dict) -> str:
     sampler = _sampler_words(r)
     steps = f", {r['steps']} steps" if r["sampler"] != "ode" else ""
     backend = f", backend {r['backend']}" if r["sampler"] != "ode" else ""
-    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}"
+    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}, {_precision_words(r)}"
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
 
 
