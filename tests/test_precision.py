@@ -312,38 +312,49 @@ def _train_config(**kw):
 
 
 def test_training_autocast_keeps_float32_master_weights_and_resumes(tmp_path, monkeypatch):
+    """bf16 autocast: float32 weights, finite losses, and a killed run resumes bit for bit (the autocast policy is
+    part of the run's config)."""
     from fastsde.digits import training
 
     with pytest.raises(ValueError, match="precision must be one of"):
         _train_config(precision="int8")
-    for precision in ("bf16", "fp16"):
-        straight = training.Trainer(_train_config(precision=precision), str(tmp_path / precision / "a"),
-                                    progress=False, command="test")
-        straight.run()
-        assert all(p.dtype == torch.float32 for p in straight.model.parameters())
-        assert all(np.isfinite(straight.losses)) and len(straight.losses) == 8
-        step = training.Trainer.train_step
+    config = _train_config(precision="bf16")
+    straight = training.Trainer(config, str(tmp_path / "a"), progress=False, command="test")
+    straight.run()
+    assert all(p.dtype == torch.float32 for p in straight.model.parameters())
+    assert all(np.isfinite(straight.losses)) and len(straight.losses) == 8
+    step = training.Trainer.train_step
 
-        def killed(self):
-            if self.step == 6:
-                raise SystemExit("killed")
-            return step(self)
+    def killed(self):
+        if self.step == 6:
+            raise SystemExit("killed")
+        return step(self)
 
-        monkeypatch.setattr(training.Trainer, "train_step", killed)
-        with pytest.raises(SystemExit):
-            training.Trainer(_train_config(precision=precision), str(tmp_path / precision / "b"), progress=False,
-                             command="test").run()
-        monkeypatch.setattr(training.Trainer, "train_step", step)
-        resumed = training.Trainer(_train_config(precision=precision), str(tmp_path / precision / "b"),
-                                   progress=False, command="test")
-        assert resumed.resumed and resumed.step == 4
-        resumed.run()
-        assert resumed.losses == straight.losses
-        assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
-                                                      resumed.model.state_dict().values()))
+    monkeypatch.setattr(training.Trainer, "train_step", killed)
+    with pytest.raises(SystemExit):
+        training.Trainer(config, str(tmp_path / "b"), progress=False, command="test").run()
+    monkeypatch.setattr(training.Trainer, "train_step", step)
+    resumed = training.Trainer(config, str(tmp_path / "b"), progress=False, command="test")
+    assert resumed.resumed and resumed.step == 4
+    resumed.run()
+    assert resumed.losses == straight.losses
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
     with pytest.raises(ValueError, match="different run"):  # a checkpoint of another precision is refused
-        training.Trainer(_train_config(precision="fp32"), str(tmp_path / "bf16" / "a"), progress=False,
-                         command="test")
+        training.Trainer(_train_config(precision="fp32"), str(tmp_path / "a"), progress=False, command="test")
+
+
+def test_training_fp16_scales_the_loss_and_checkpoints_the_scaler(tmp_path):
+    """fp16 autocast adds a gradient scaler whose state travels in the checkpoint (CPU fp16 is slow: 2 steps)."""
+    from fastsde.digits import training
+
+    trainer = training.Trainer(_train_config(precision="fp16", steps=2, checkpoint_every=1), str(tmp_path),
+                               progress=False, command="test")
+    trainer.run()
+    assert trainer.grad_scaler.is_enabled() and all(np.isfinite(trainer.losses))
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["grad_scaler"]["scale"] == trainer.grad_scaler.get_scale()
 
 
 # ---------------------------------------------------------------------------------------------- the command line
