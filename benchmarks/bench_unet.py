@@ -18,6 +18,16 @@ and DDPM++ (vp/cifar10_ddpmpp_continuous), nf 128 and a reduced nf 64, built fro
 stand-in for score_sde's classes, checked against the original). accelerated: fastsde.accelerate(model) on the
 same weights; baselines: the plain model (reference) and torch.compile of it. Skipped when the checkout's tests/
 folder is absent (an installed package). --quick shrinks these to nf 32, 16x16, one block per level.
+
+Precision rows (`precisions`, default bf16 and fp16; every record carries its "precision"): the case suffixed _bf16
+/ _fp16 times the fused build run in that precision (fastsde.precision.PrecisionModel: weights and activations in the
+half type, float32 statistics and accumulation inside the fused ops) against, in the same run on the same inputs,
+  fused_fp32                 the float32 fused build (the main case's contender)
+  reference                  the float32 reference build
+  reference_autocast_bf16    the reference build under torch.autocast("cpu"/"cuda", torch.bfloat16): the fair peer,
+                             since any user can autocast
+Its max_abs_diff is max |half output - float32 fused output|. A precision that cannot run here is reported in the
+main record's "skipped", not measured.
 """
 from __future__ import annotations
 
@@ -33,6 +43,7 @@ from fastsde.benchmarks import common
 from fastsde.benchmarks.common import median_ms, record
 from fastsde.models.ncsnpp import UNet, get_preset
 from fastsde.ops.dispatch import resolve
+from fastsde.precision import PrecisionModel, precision_dtype
 
 SUITE = "unet"
 _OPS = ("group_norm", "attn_block")
@@ -58,7 +69,7 @@ def forward_flops(model, x, labels) -> float:
     return float(counter.get_total_flops())
 
 
-def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cpu"):
+def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cpu", precisions=()):
     torch.manual_seed(0)
     config = get_preset(preset, "ve")
     device = torch.device(device)
@@ -85,8 +96,48 @@ def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cp
             common.compiled_ms(reference, reps, (x, labels), device, mode="reduce-overhead") if use_compile else None)
     print(f"  {name}: fused ({ran}) {ms:.1f} ms, reference {ref_ms:.1f} ms, compile "
           f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; max |fused - reference| = {err:.2e}", flush=True)
-    return record(SUITE, name, ran, x.numel(), ms, None, copy_gbps, baselines, device=device,
-                  flops=forward_flops(reference, x, labels) if cuda else None)
+    flops = forward_flops(reference, x, labels) if cuda else None
+    main = record(SUITE, name, ran, x.numel(), ms, None, copy_gbps, baselines, device=device, flops=flops)
+    main.update(precision="fp32", max_abs_diff=err)
+    out = [main]
+    if not precisions:
+        return out
+    main["skipped"] = {}
+    with torch.no_grad():
+        y32 = fused(x, labels)
+        autocast_ms = _autocast_ms(reference, x, labels, reps, device)
+    for precision in precisions:
+        try:
+            half = PrecisionModel(fused, precision_dtype(precision)).refresh()
+            with torch.no_grad():
+                half_err = (half(x, labels).float() - y32).abs().max().item()
+                half_ms = median_ms(lambda: half(x, labels), reps, device=device)
+        except Exception as exc:  # reported, never replaced by another measurement
+            main["skipped"][precision] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  {name}_{precision}: skipped ({main['skipped'][precision]})", flush=True)
+            continue
+        peers = {"fused_fp32": ms, "reference": ref_ms, "reference_autocast_bf16": autocast_ms}
+        print(f"  {name}_{precision}: fused {half_ms:.1f} ms (fp32 fused {ms:.1f}, reference {ref_ms:.1f}, reference "
+              f"under autocast bf16 {'-' if autocast_ms is None else f'{autocast_ms:.1f}'} ms); max |{precision} - "
+              f"fp32| = {half_err:.2e}", flush=True)
+        rec = record(SUITE, f"{name}_{precision}", ran, x.numel(), half_ms, None, copy_gbps, peers, device=device,
+                     flops=flops)
+        rec.update(precision=precision, max_abs_diff=half_err)
+        out.append(rec)
+    return out
+
+
+def _autocast_ms(model, x, labels, reps, device) -> float | None:
+    """The float32 model under torch.autocast(bfloat16): median ms, or None (reason printed) when it cannot run."""
+    def call():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            return model(x, labels)
+
+    try:
+        return median_ms(call, reps, device=device)
+    except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
+        print(f"  (autocast baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return None
 
 
 CASES = [("unet_forward_16px_b64", "small16", 64)]
@@ -135,11 +186,17 @@ def _score_sde_case(like, name, config_name, nf, batch, reps, copy_gbps, backend
                   {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
 
 
-def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu") -> list[dict]:
-    """All cases of the suite on `device`; quick: fewer repeats, and the score_sde cases at toy size (CPU only)."""
+PRECISIONS = ("bf16", "fp16")
+
+
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu",
+        precisions=PRECISIONS) -> list[dict]:
+    """All cases of the suite on `device`, each with its precision rows; quick: fewer repeats, and the score_sde
+    cases at toy size (CPU only)."""
     reps = 5 if quick else 15
     copy_gbps = common.copy_bandwidth_gbps(reps=reps, device=device)
-    out = [_case(name, preset, batch, reps, copy_gbps, backend, use_compile, device) for name, preset, batch in CASES]
+    out = [rec for name, preset, batch in CASES
+           for rec in _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device, precisions)]
     like = _score_sde_like()
     if like is None or device != "cpu":
         why = f"{_STAND_IN} not found (run from a checkout)" if like is None else f"CPU only, not {device}"

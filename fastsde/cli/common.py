@@ -96,13 +96,15 @@ def build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, 
     default_predictor, default_corrector, default_eps = SDE_DEFAULTS[args.sde]
     inverse_scaler = inverse_scaler or (lambda x: x)
     eps = default_eps if args.eps is None else args.eps
+    precision = getattr(args, "precision", None)  # resolved by the command (fastsde.precision); None: the state's
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
-            "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise}
+            "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
+            "precision": precision or "fp32"}
     if args.sampler == "ode":
         info.update(predictor="none", corrector="none", rtol=args.rtol or 1e-5, atol=args.atol or 1e-5)
         return sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=args.denoise, rtol=info["rtol"],
                                         atol=info["atol"], eps=eps, device=args.device, seed=args.seed,
-                                        noise=args.noise, sample_ids=sample_ids), info
+                                        noise=args.noise, sample_ids=sample_ids, precision=precision), info
     info.update(predictor=args.predictor or default_predictor, corrector=args.corrector or default_corrector,
                 snr=0.16 if args.snr is None else args.snr,
                 n_steps_each=1 if args.n_steps_each is None else args.n_steps_each,
@@ -112,7 +114,7 @@ def build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, 
         sde, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"], n_steps=info["n_steps_each"],
         probability_flow=info["probability_flow"], continuous=args.continuous, denoise=args.denoise, eps=eps,
         device=args.device, backend=info["backend"], seed=args.seed, noise=args.noise, sample_ids=sample_ids,
-        progress=progress, compile=info["compile"]), info
+        progress=progress, compile=info["compile"], precision=precision), info
 
 
 def load_model_for(args: argparse.Namespace):

@@ -13,6 +13,7 @@ import torch
 import fastsde
 from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
+from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
 from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, UsageError, batch_argument, build_sampler, fmt_optional,
                                 load_model_for, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
                                 positive_float, positive_int, seed_value, with_threads)
@@ -95,6 +96,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          help="pc: compile each step (model + fused updates) into one graph with torch.compile; "
                               "solvers: compile the model (a one-time compile of tens of seconds, then faster "
                               "steps; same numbers)")
+    sampler.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="the model's precision (the sampler state, coefficients and noise stay float32): "
+                              "fp32, bf16, fp16, or auto (default): bf16 where the device computes bfloat16 "
+                              "natively (CPU: AVX512-BF16 or AMX-BF16, detected at run time), else fp32; a "
+                              "mixture's exact score runs fp32 under auto")
     sampler.add_argument("--device", default="cpu", help="torch device to sample on")
     sampler.add_argument("--threads", type=positive_int, metavar="T",
                          help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
@@ -144,6 +150,11 @@ def _check_applicable(args: argparse.Namespace) -> None:
                               f"not --{selector} {getattr(args, selector)}")
     if args.sampler == "ode" and not args.continuous:
         raise UsageError("--discrete applies to --sampler pc only (the ODE sampler uses continuous time labels)")
+    args.precision_reason = "requested"
+    if args.precision == "auto":  # a neural model runs bf16 where the hardware has it; an exact score runs fp32
+        native, why = native_bf16(args.device) if kind != "gmm" else (False, "the exact score has no weights")
+        args.precision, args.precision_reason = ("bf16" if native else "fp32"), f"auto: {why}"
+    args.precision = resolve_precision(args.precision, args.device)
 
 
 def _build_sde(args: argparse.Namespace) -> sde_lib.SDE:
@@ -178,11 +189,12 @@ def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int,
     eps = SDE_DEFAULTS[args.sde][2] if args.eps is None else args.eps
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
             "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
-            "grid": args.grid or "logsnr", "backend": args.backend or "auto", "compile": bool(args.compile)}
+            "grid": args.grid or "logsnr", "backend": args.backend or "auto", "compile": bool(args.compile),
+            "precision": args.precision}
     return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
                                continuous=args.continuous, grid=info["grid"], eps=eps, denoise=args.denoise,
                                seed=args.seed, sample_ids=sample_ids, backend=info["backend"], device=args.device,
-                               compile=info["compile"]), info
+                               compile=info["compile"], precision=args.precision), info
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,7 +243,8 @@ def _run_mixture(args: argparse.Namespace) -> int:
     def write(npz, result):
         samples = torch.from_numpy(result.arrays["samples"])
         wall = result.sample_s
-        report.update(model=f"gmm:{preset}", **info, n=args.n, dim=mixture.dim,
+        report.update(model=f"gmm:{preset}", **info, precision_reason=args.precision_reason, n=args.n,
+                      dim=mixture.dim,
                       threads=args.threads or torch.get_num_threads(), nfe=int(result.arrays["nfe"].max()),
                       wall_time_s=wall, samples_per_s=result.sampled / wall, version=fastsde.__version__)
         reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
@@ -285,8 +298,13 @@ def _format_report(r: dict) -> str:
                       f"{r['sliced_wasserstein_null_median']:.4f}, ratio {ratio:.2f})"),
         ("wrote", ", ".join(p for p in (r["npz"], r["png"]) if p)),
     ]
-    head = f"{r['model']}, {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps, seed {r['seed']}"
+    head = (f"{r['model']}, {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps, seed {r['seed']}, "
+            f"{_precision_words(r)}")
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
+
+
+def _precision_words(r: dict) -> str:
+    return f"model {r['precision']} ({r['precision_reason']})"
 
 
 def _class_labels(spec: str, n: int) -> torch.Tensor:
@@ -336,6 +354,12 @@ def run_sample_images(args: argparse.Namespace) -> int:
 
     _, info = build(torch.arange(min(batch, args.n)))
 
+    model = mf.model
+    if class_labels is not None:  # the guided sampler has no precision= of its own: hand it the model in precision
+        from fastsde.precision import for_sampling
+
+        model = for_sampling(mf.model, args.precision, torch.float32, {}, output_dtype=torch.float32)
+
     def factory(ids):
         sampler, _ = build(ids)
 
@@ -343,9 +367,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
             if args.noise == "torch":
                 torch.manual_seed(args.seed)
             if class_labels is None:
-                x, nfe = sampler(mf.model)
+                x, nfe = sampler(model)
             else:
-                x, nfe = sampler(mf.model, class_labels[ids]), info["nfe"]
+                x, nfe = sampler(model, class_labels[ids]), info["nfe"]
             return {"samples": x.detach().float().cpu().clamp(0.0, 1.0), "nfe": np.full(len(ids), int(nfe))}
         return draw
 
@@ -356,7 +380,8 @@ def run_sample_images(args: argparse.Namespace) -> int:
         images, wall = torch.from_numpy(result.arrays["samples"]), result.sample_s
         evaluator = DigitsEvaluator()
         quality = evaluator.evaluate(images)
-        report.update({"model": os.path.basename(mf.path), **info, "n": args.n, "nfe": int(result.arrays["nfe"].max()),
+        report.update({"model": os.path.basename(mf.path), **info, "precision": args.precision,
+                       "precision_reason": args.precision_reason, "n": args.n, "nfe": int(result.arrays["nfe"].max()),
                        "wall_time_s": wall, "images_per_s": result.sampled / wall,
                        "threads": args.threads or torch.get_num_threads(), "fd": quality["fd"],
                        **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
@@ -441,7 +466,7 @@ def _format_images_report(r: dict) -> str:
     sampler = _sampler_words(r)
     steps = f", {r['steps']} steps" if r["sampler"] != "ode" else ""
     backend = f", backend {r['backend']}" if r["sampler"] != "ode" else ""
-    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}"
+    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}, {_precision_words(r)}"
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
 
 

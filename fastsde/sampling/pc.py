@@ -17,8 +17,9 @@ from fastsde._util import per_sample
 from fastsde.capture_safety import loop_end, step_boundary
 from fastsde.noise import DrawPlan, NoiseStream
 from fastsde.ops import loop as loop_ops
-from fastsde.ops.checks import check_like
+from fastsde.ops.checks import check_score, score_dtypes
 from fastsde.ops.loop import seed_tensor
+from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.registry import check_pc_args, check_sde, check_shape, langevin_alpha, progress_bar
 from fastsde.score import get_score_fn, get_score_parts
 
@@ -28,7 +29,7 @@ __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1, probability_flow=False,
                    continuous=False, denoise=True, eps=1e-3, device="cpu", *, backend="auto", seed=None,
                    noise="fastsde", sample_ids=None, dtype=torch.float32, progress=False, compile=False,
-                   capture=False, capture_steps=None):
+                   capture=False, capture_steps=None, precision=None):
     """Predictor-corrector sampler (Song et al. algorithm 1): returns sampler(model) -> (x (shape), nfe).
 
     predictor/corrector: registered names ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none";
@@ -40,22 +41,31 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     noise-predicting model's -1/std folded into them. compile=True compiles one step (model + fused updates) with
     torch.compile(fullgraph=True); capture=True records `capture_steps` steps (default: all N) in a CUDA graph and
     replays it (on the CPU: the compiled loop). Both need FSN1 noise (noise="fastsde") and a fused backend.
+    precision ("fp32", "bf16", "fp16", "auto" or None: the state's dtype) runs the model in that precision while
+    the state (`dtype`), coefficients and noise keep theirs (fastsde.precision); the fused steps read the half
+    output directly, the reference loop gets it converted to `dtype`. The sampler's `precision` attribute holds
+    the resolved value.
     """
     sde, shape = check_sde(sde), check_shape(shape)  # score_sde's SDE objects are converted (sde.as_fastsde_sde)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
     mode = check_loop_mode(backend, noise, compile, capture, capture_steps)
+    precision = resolve_precision(precision, device)
+    precision_dtype(precision, dtype)
     n_steps = int(n_steps)
     loops = {}  # the fused loop of a model, built on the first call and reused (compiled graphs, captured graphs)
+    casts = {}  # the model in `precision` (fastsde.precision.for_sampling), weights refreshed at every call
 
     def pc_sampler(model):
         stream = NoiseStream(noise, seed, sample_ids, backend=backend)
+        model = for_sampling(model, precision, dtype, casts, output_dtype=dtype if backend == "reference" else None)
         with torch.no_grad():
             x = stream.prior(sde, shape, device=device, dtype=dtype)
             x, x_mean = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow,
                                 continuous, eps, backend, progress, mode=mode, cache=loops)
             return inverse_scaler(x_mean if denoise else x), sde.N * (n_steps + 1)
 
+    pc_sampler.precision = precision
     return pc_sampler
 
 
@@ -209,8 +219,8 @@ class FusedLoop:
     def _evaluate(self, x):
         torch.index_select(self.labels, 0, self.i.view(1), out=self.label)
         out = self.model(x, self.label.expand(self.batch))
-        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-            check_like("the model output", out, x)
+        if out.shape != x.shape or out.dtype not in score_dtypes(x.dtype) or out.device != x.device:
+            check_score("the model output", out, x)  # x's dtype, or the narrower one of a half-precision model
         return out if out.is_contiguous() else out.contiguous()
 
     def _proj_args(self, draw_offset):
