@@ -180,7 +180,60 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
                       device=device)
         vrec.update(max_abs_diff=v_err, **facts)
         out.append(vrec)
+    out += default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, ms, ref_ms, baselines)
     out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps, compiled=use_compile)
+    return out
+
+
+def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, pc_ms, pc_ref_ms,
+                pc_baselines) -> list[dict]:
+    """digits_default_b{n}[_bf16][_compiled]: the main job's default sampler (DIGITS_DEFAULTS: a few-step solver),
+    fused, in float32 and bf16, eager and with the model compiled. Baselines, all timed in this run: the same
+    solver driving the reference build (reference), torch.compile of the reference build (compile), and the
+    previous default, PC with 200 steps (pc200_fused, pc200_reference, pc200_compile)."""
+    from fastsde import solvers
+    from fastsde.digits.data import get_data_inverse_scaler
+    from fastsde.digits.pretrained import DIGITS_DEFAULTS
+
+    name, steps = DIGITS_DEFAULTS["sampler"], DIGITS_DEFAULTS["solver_steps"]
+
+    def make(mf, be, **kw):
+        return solvers.get_sampler(name, mf.make_sde(N=1000), (n, 1, 16, 16), steps,
+                                   inverse_scaler=get_data_inverse_scaler(mf.centered), eps=DIGITS_DEFAULTS["eps"],
+                                   seed=0, backend=be, device=device, **kw)
+
+    plain = make(reference, "reference")
+    ref_ms = median_ms(lambda: plain(reference.model), reps, warmup=1, device=device)
+    compile_ms = None
+    if use_compile:
+        compiled_ref = make(reference, "reference", compile=True)
+        compile_ms = median_ms(lambda: compiled_ref(reference.model), reps, warmup=1, device=device)
+    with torch.no_grad():
+        truth = plain(reference.model)[0]
+    base = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms, "pc200_fused": pc_ms,
+            "pc200_reference": pc_ref_ms, "pc200_compile": pc_baselines.get("compile")}
+    out = []
+    variants = [("", {}), ("_bf16", {"precision": "bf16"})]
+    if use_compile:
+        variants += [("_compiled", {"compile": True}), ("_bf16_compiled", {"precision": "bf16", "compile": True})]
+    for suffix, kw in variants:
+        try:
+            fast = make(fused, backend, **kw)
+            with torch.no_grad():
+                x, evals = fast(fused.model)
+            t_ms = median_ms(lambda: fast(fused.model), reps, warmup=1, device=device)
+        except Exception as exc:  # reported, never replaced by another measurement
+            print(f"  digits_default_b{n}{suffix}: skipped ({type(exc).__name__}: {exc})", flush=True)
+            continue
+        err = float((x - truth).abs().max())
+        print(f"  digits_default_b{n}{suffix}: {name} {steps} steps ({evals} model evals) {t_ms / 1e3:.3f} s; "
+              f"reference {ref_ms / 1e3:.3f} s, compile {'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}"
+              f"; PC 200 fused {pc_ms / 1e3:.3f} s; max |fastsde - reference| = {err:.2e}", flush=True)
+        rec = record(SUITE, f"digits_default_b{n}{suffix}", backend, x.numel(), t_ms, None, copy_gbps, base,
+                     device=device)
+        rec.update(max_abs_diff=err, sampler=name, steps=steps, model_evals=int(evals),
+                   precision=kw.get("precision", "fp32"), compiled=bool(kw.get("compile")))
+        out.append(rec)
     return out
 
 

@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="forward SDE (default: vp for digits, ve for gmm; a model file brings its own)")
     model.add_argument("--steps", type=positive_int, default=None, metavar="N",
                        help="discretization steps N of the SDE (= sampler time steps; default: "
-                            f"{DIGITS_DEFAULTS['steps']} for digits, 1000 for gmm)")
+                            f"{DIGITS_DEFAULTS['solver_steps']} for the default digits solver, "
+                            f"{DIGITS_DEFAULTS['steps']} for pc on digits, 1000 for gmm)")
     model.add_argument("--sigma-min", type=positive_float, metavar="S", help="VE sigma_min (default: 0.01)")
     model.add_argument("--sigma-max", type=positive_float, metavar="S",
                        help="VE sigma_max (default: 50, score_sde's; ~5 is plenty for the 2-D presets)")
@@ -63,9 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="condition the model on discrete timestep labels (score_sde's DDPM/SMLD models; pc only)")
 
     sampler = p.add_argument_group("sampler")
-    sampler.add_argument("--sampler", choices=("pc", "ode", *solvers.solver_names()), default="pc", metavar="NAME",
+    sampler.add_argument("--sampler", choices=("pc", "ode", *solvers.solver_names()), default=None, metavar="NAME",
                          help="pc (predictor-corrector), ode (probability-flow ODE, scipy RK45) or a few-step "
-                              f"solver: {', '.join(solvers.solver_names())} (--list-samplers)")
+                              f"solver: {', '.join(solvers.solver_names())} (--list-samplers); default: "
+                              f"{DIGITS_DEFAULTS['sampler']} for digits and model files, pc for gmm and "
+                              "--class-label")
     sampler.add_argument("--list-samplers", action="store_true", help="print the sampler names and exit")
     sampler.add_argument("--grid", choices=solvers.GRIDS, metavar="G",
                          help=f"few-step solvers' time grid, one of {', '.join(solvers.GRIDS)} (default: logsnr)")
@@ -143,6 +146,8 @@ def _check_applicable(args: argparse.Namespace) -> None:
         raise UsageError("--sde does not apply to a model file: it was trained under its own SDE")
     if args.sde is None:
         args.sde = DIGITS_DEFAULTS["sde"] if kind == "digits" else "ve"
+    if args.sampler is None:
+        args.sampler = "pc" if kind == "gmm" or args.class_label is not None else DIGITS_DEFAULTS["sampler"]
     for dest, (selector, allowed) in _ONLY_FOR.items():
         if getattr(args, dest) is not None and getattr(args, selector) not in allowed:
             flag = "--" + dest.replace("_", "-")
@@ -155,6 +160,16 @@ def _check_applicable(args: argparse.Namespace) -> None:
         native, why = native_bf16(args.device) if kind != "gmm" else (False, "the exact score has no weights")
         args.precision, args.precision_reason = ("bf16" if native else "fp32"), f"auto: {why}"
     args.precision = resolve_precision(args.precision, args.device)
+
+
+def _default_steps(sampler: str) -> int:
+    """--steps when not given, for an image model: PC's N, the default solver's steps, or about 10 model
+    evaluations of another solver (the ODE sampler ignores it)."""
+    if sampler in ("pc", "ode"):
+        return DIGITS_DEFAULTS["steps"]
+    if sampler == DIGITS_DEFAULTS["sampler"]:
+        return DIGITS_DEFAULTS["solver_steps"]
+    return max(1, 9 // solvers.get_solver(sampler).evals_per_step)
 
 
 def _build_sde(args: argparse.Namespace) -> sde_lib.SDE:
@@ -335,7 +350,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
         raise UsageError("--guidance-scale applies with --class-label only")
     mf, _ = load_model_for(args)
     args.sde = mf.sde_name
-    args.steps = args.steps or DIGITS_DEFAULTS["steps"]
+    args.steps = args.steps or _default_steps(args.sampler)
     args.n = args.n or DIGITS_DEFAULTS["n"]
     if args.class_label is not None:
         _class_labels(args.class_label, args.n)
