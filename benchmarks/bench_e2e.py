@@ -110,7 +110,9 @@ def _baseline_ms(label: str, make_model, slow, reps: int, device) -> float | Non
         return None
 
 
-PRECISIONS = ("bf16", "fp16")
+# fp16 has no fast path on these CPUs (no AVX512-FP16 GEMMs in oneDNN's default build here: 200 U-Net calls take
+# minutes), so the e2e suite times bf16; `run(precisions=("bf16", "fp16"))` adds fp16.
+PRECISIONS = ("bf16",)
 
 
 def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64,
