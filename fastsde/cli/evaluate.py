@@ -8,7 +8,8 @@ import os
 import torch
 
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
-from fastsde.cli.common import (SDE_DEFAULTS, positive_int, fmt_optional, image_model_arguments, load_model_for, parse_model,
+from fastsde.cli.common import (SDE_DEFAULTS, check_memory, fmt_optional, image_model_arguments, load_model_for,
+                                memory_estimate, parse_model, positive_int, read_samples_npz, unet_activation_bytes,
                                 with_threads)
 
 __all__ = ["add_arguments", "run"]
@@ -25,8 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.sampling import get_pc_sampler
@@ -34,15 +33,12 @@ def run(args: argparse.Namespace) -> int:
     evaluator = DigitsEvaluator()
     source = args.samples
     if args.samples:
-        if not os.path.exists(args.samples):
-            raise FileNotFoundError(f"{args.samples}: no such file")
-        with np.load(args.samples) as data:
-            if "samples" not in data:
-                raise ValueError(f"{args.samples} has no 'samples' array")
-            images = torch.from_numpy(np.asarray(data["samples"], dtype=np.float32))
+        images = read_samples_npz(args.samples)
     else:
         parse_model(args)
         mf, backend = load_model_for(args)
+        check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
+            mf.model.config)), args.device)
         steps = args.steps or DIGITS_DEFAULTS["steps"]
         predictor, corrector, eps = SDE_DEFAULTS[mf.sde_name]
         sampler = get_pc_sampler(mf.make_sde(N=steps), (args.n, 1, 16, 16), predictor, corrector,

@@ -7,7 +7,8 @@ import os
 
 import torch
 
-from fastsde.cli.common import (image_model_arguments, load_model_for, parse_model, test_subset, with_threads)
+from fastsde.cli.common import (image_model_arguments, load_model_for, parse_model, positive_float, test_subset,
+                                with_threads)
 
 __all__ = ["add_arguments", "run"]
 
@@ -16,8 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     image_model_arguments(p, 32)
     p.add_argument("--probe", choices=("Rademacher", "Gaussian"), default="Rademacher",
                    help="Hutchinson probe distribution")
-    p.add_argument("--rtol", type=float, default=1e-5, help="RK45 relative tolerance")
-    p.add_argument("--atol", type=float, default=1e-5, help="RK45 absolute tolerance")
+    p.add_argument("--rtol", type=positive_float, default=1e-5, help="RK45 relative tolerance")
+    p.add_argument("--atol", type=positive_float, default=1e-5, help="RK45 absolute tolerance")
 
 
 def run(args: argparse.Namespace) -> int:

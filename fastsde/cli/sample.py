@@ -14,9 +14,10 @@ import torch
 import fastsde
 from fastsde import sampling, solvers
 from fastsde import sde as sde_lib
-from fastsde.cli.common import (SDE_DEFAULTS, UsageError, build_sampler, fmt_optional, load_model_for,
-                                model_spec, nonnegative_int, npz_path, output_stem, positive_float, positive_int,
-                                seed_value, with_threads)
+from fastsde.cli.common import (SDE_DEFAULTS, AtomicOutputs, UsageError, build_sampler, check_memory,
+                                check_output_file, device_name, finite_float, fmt_optional, load_model_for,
+                                memory_estimate, model_spec, nonnegative_int, npz_path, output_stem, positive_float,
+                                positive_int, seed_value, unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
 
@@ -53,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--sigma-min", type=positive_float, metavar="S", help="VE sigma_min (default: 0.01)")
     model.add_argument("--sigma-max", type=positive_float, metavar="S",
                        help="VE sigma_max (default: 50, score_sde's; ~5 is plenty for the 2-D presets)")
-    model.add_argument("--beta-min", type=float, metavar="B", help="VP/subVP beta_min (default: 0.1)")
-    model.add_argument("--beta-max", type=float, metavar="B", help="VP/subVP beta_max (default: 20)")
+    model.add_argument("--beta-min", type=finite_float, metavar="B", help="VP/subVP beta_min (default: 0.1)")
+    model.add_argument("--beta-max", type=finite_float, metavar="B", help="VP/subVP beta_max (default: 20)")
     cont = model.add_mutually_exclusive_group()
     cont.add_argument("--continuous", dest="continuous", action="store_true", default=True,
                       help="condition the model on continuous time labels (default)")
@@ -91,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sampler.add_argument("--backend", choices=BACKEND_NAMES, metavar="B",
                          help=f"pc update-step implementation, one of {', '.join(BACKEND_NAMES)}; the sampler "
                               "rejects one that is not available (default: auto)")
-    sampler.add_argument("--device", default="cpu", help="torch device to sample on")
+    sampler.add_argument("--device", type=device_name, default="cpu", help="torch device to sample on")
     sampler.add_argument("--threads", type=positive_int, metavar="T",
                          help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
                               "1 is fastest for the 2-D presets on a busy machine)")
@@ -191,6 +192,12 @@ def run(args: argparse.Namespace) -> int:
     args.n = args.n or 2048
     _, preset = args.model
     mixture = analytic.get_mixture(preset)
+    npz = npz_path(args.out)  # outputs and memory checked before any work
+    png = os.path.splitext(npz)[0] + ".png" if args.plot else None
+    if png:
+        check_output_file(png)
+    check_memory(f"--n {args.n} samples of gmm:{preset}", memory_estimate(args.n, mixture.dim, buffers=16),
+                 args.device)
     sde = _build_sde(args)
     sampler, info = _build_sampler(args, sde, (args.n, mixture.dim))
     model = analytic.AnalyticScoreModel(mixture, sde, continuous=args.continuous).to(args.device)
@@ -209,19 +216,26 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     samples = x.detach().cpu().to(torch.float32).reshape(args.n, mixture.dim)
+    check_finite_samples(samples)
     reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     report.update(_quality(samples, reference, mixture, args.seed))
 
-    npz = npz_path(args.out)
-    os.makedirs(os.path.dirname(npz) or ".", exist_ok=True)
-    np.savez(npz, samples=samples.numpy(), reference=reference.numpy(),
-             **{key: np.asarray(value) for key, value in report.items()})
-    report["npz"] = npz
-    report["png"] = os.path.splitext(npz)[0] + ".png" if args.plot else None
-    if args.plot:
-        plotting.plot_samples_2d(samples, mixture, report["png"], _plot_title(report))
+    with AtomicOutputs() as out:
+        np.savez(out.path(npz), samples=samples.numpy(), reference=reference.numpy(),
+                 **{key: np.asarray(value) for key, value in report.items()})
+        if png:
+            plotting.plot_samples_2d(samples, mixture, out.path(png), _plot_title(report))
+    report["npz"], report["png"] = npz, png
     print(json.dumps(report) if args.json else _format_report(report))
     return 0
+
+
+def check_finite_samples(samples: torch.Tensor) -> None:
+    """Refuse to write samples with NaN or inf (a diverging sampler or model): exit 1, no files."""
+    bad = int((~torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)).sum())
+    if bad:
+        raise RuntimeError(f"{bad} of {len(samples)} samples are not finite (NaN or inf): the sampler diverged or "
+                           f"the model returned non-finite scores; nothing was written")
 
 
 def _sampler_words(r: dict) -> str:
@@ -274,7 +288,6 @@ def run_sample_images(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from fastsde.digits import plotting
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
 
@@ -284,10 +297,13 @@ def run_sample_images(args: argparse.Namespace) -> int:
             raise UsageError("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
     elif args.guidance_scale is not None:
         raise UsageError("--guidance-scale applies with --class-label only")
+    args.n = args.n or DIGITS_DEFAULTS["n"]
+    stem = output_stem(args.out, (".npz", ".png") if args.plot else (".npz",))  # before any work
     mf, _ = load_model_for(args)
+    check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
+        mf.model.config)), args.device)
     args.sde = mf.sde_name
     args.steps = args.steps or DIGITS_DEFAULTS["steps"]
-    args.n = args.n or DIGITS_DEFAULTS["n"]
     if args.class_label is not None:
         _class_labels(args.class_label, args.n)
     sde = mf.make_sde(N=args.steps)
@@ -307,6 +323,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
 
     out, wall = with_threads(args, draw)
     x, nfe = out if class_labels is None else (out, info["nfe"])
+    check_finite_samples(x.detach().float().cpu())
     images = x.detach().float().cpu().clamp(0.0, 1.0)
     evaluator = DigitsEvaluator()
     quality = evaluator.evaluate(images)
@@ -324,11 +341,19 @@ def run_sample_images(args: argparse.Namespace) -> int:
         report["class_label"] = args.class_label
         report["guidance_scale"] = info["guidance_scale"]
         report["requested_class_accuracy"] = float((predicted == class_labels).double().mean())
-    stem = output_stem(args.out)
     report["npz"] = stem + ".npz"
     report["png"] = stem + ".png" if args.plot else None
-    np.savez(report["npz"], samples=images.numpy(), **({"class_labels": class_labels.numpy()}
-                                                       if class_labels is not None else {}))
+    with AtomicOutputs() as files:
+        _write_images(args, report, images, class_labels, info, wall, files)
+    print(json.dumps(report) if args.json else _format_images_report(report))
+    return 0
+
+
+def _write_images(args, report, images, class_labels, info, wall, files) -> None:
+    from fastsde.digits import plotting
+
+    np.savez(files.path(report["npz"]), samples=images.numpy(), **({"class_labels": class_labels.numpy()}
+                                                                    if class_labels is not None else {}))
     if args.plot:
         what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
                 f"probability-flow ODE, {report['nfe']} evaluations" if info["sampler"] == "ode" else
@@ -337,9 +362,8 @@ def run_sample_images(args: argparse.Namespace) -> int:
                  f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
                  + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
                     else ""))
-        plotting.save_image_grid(images, report["png"], title=title, nrow=10 if args.class_label == "all" else None)
-    print(json.dumps(report) if args.json else _format_images_report(report))
-    return 0
+        plotting.save_image_grid(images, files.path(report["png"]), title=title,
+                                 nrow=10 if args.class_label == "all" else None)
 
 
 def _conditional_sampler(args, mf, sde, shape, inverse_scaler):

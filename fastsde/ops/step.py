@@ -16,14 +16,14 @@ import math
 import torch
 
 from fastsde import random as _random
-from fastsde.ops.checks import as_u64, check_like, i64_bits
+from fastsde.ops.checks import (as_u64, check_float_tensor, check_like, check_no_autograd, check_outputs_distinct,
+                                i64_bits)
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
 __all__ = ["affine_step", "langevin_step", "step_sq_norms", "LoopSteps", "affine_combine_step", "CombineSteps",
            "MAX_OUTPUTS"]
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _coef(name, v, x) -> torch.Tensor:
@@ -62,12 +62,9 @@ def _noise_args(x, noise, seed, sample_ids, draw):
 
 
 def _check_state(x, score):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_float_tensor("x", x)
     if x.dim() < 1:
         raise ValueError(f"x must be (batch, ...), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x[0].numel() > _random.MAX_ELEMENTS if x.shape[0] else False:
         raise ValueError(f"x has more than 2**34 elements per sample: {tuple(x.shape)}")
     check_like("score", score, x)
@@ -85,6 +82,8 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
     x_mean <- x'(1-m) + data_a data m (score_sde's controllable sampler).
     """
     _check_state(x, score)
+    check_no_autograd("affine_step", dict(x=x, score=score, a=a, b=b, c=c, noise=noise, out=out,
+                                          x_mean_out=x_mean_out, mask=mask, data=data))
     a, b = _coef("a", a, x), _coef("b", b, x)
     c = None if c is None else _coef("c", c, x)
     z, seed_, ids, draw_ = _noise_args(x, noise, seed, sample_ids, draw) if c is not None else (None, 0, None, 0)
@@ -94,6 +93,8 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
         check_like("out", out, x)
     if x_mean_out is not None:
         check_like("x_mean_out", x_mean_out, x)
+    check_outputs_distinct({"out": out, "x_mean_out": x_mean_out},
+                           {"x": x, "score": score, "noise": noise, "mask": mask, "data": data})
     project = mask is not None or data is not None
     if project:
         if mask is None or data is None or data_a is None or data_c is None or data_draw is None:
@@ -120,6 +121,7 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
 def step_sq_norms(score, *, noise=None, seed=None, sample_ids=None, draw=0, backend="auto") -> torch.Tensor:
     """Per-sample squared L2 norms of score and of the step's noise z: (B, 2) float64 [||score||^2, ||z||^2]."""
     _check_state(score, score)
+    check_no_autograd("step_sq_norms", dict(score=score, noise=noise))
     z, seed_, ids, draw_ = _noise_args(score, noise, seed, sample_ids, draw)
     if score.numel() == 0:
         return torch.zeros(score.shape[0], 2, dtype=torch.float64, device=score.device)
@@ -138,6 +140,12 @@ def langevin_step(x, score, snr, alpha, *, noise=None, seed=None, sample_ids=Non
     data, data_a, data_c, data_draw) add affine_step's inpainting projection to the update pass.
     """
     _check_state(x, score)
+    check_no_autograd("langevin_step", dict(x=x, score=score, noise=noise, out=out, x_mean_out=x_mean_out))
+    if out is not None:
+        check_like("out", out, x)
+    if x_mean_out is not None:
+        check_like("x_mean_out", x_mean_out, x)
+    check_outputs_distinct({"out": out, "x_mean_out": x_mean_out}, {"x": x, "score": score, "noise": noise})
     if out is None:
         out = torch.empty_like(x)
     if x.numel() == 0:
@@ -314,6 +322,8 @@ def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, samp
     """
     _check_state(x, x)
     _check_outputs(x, outputs, b, out)
+    check_no_autograd("affine_combine_step", dict(x=x, noise=noise, out=out, a=a, c=c,
+                                                  **{f"outputs[{k}]": o for k, o in enumerate(outputs)}))
     a = _coef("a", a, x)
     b = [_coef(f"b[{k}]", v, x) for k, v in enumerate(b)]
     c = None if c is None else _coef("c", c, x)

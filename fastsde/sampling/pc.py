@@ -19,7 +19,7 @@ from fastsde.noise import DrawPlan, NoiseStream
 from fastsde.ops import loop as loop_ops
 from fastsde.ops.checks import check_like
 from fastsde.ops.loop import seed_tensor
-from fastsde.sampling.registry import check_pc_args, check_shape, langevin_alpha, progress_bar
+from fastsde.sampling.registry import check_pc_args, check_seed, check_shape, langevin_alpha, progress_bar
 from fastsde.score import get_score_fn, get_score_parts
 
 __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
@@ -42,6 +42,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     replays it (on the CPU: the compiled loop). Both need FSN1 noise (noise="fastsde") and a fused backend.
     """
     shape = check_shape(shape)
+    check_seed(seed)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
     mode = check_loop_mode(backend, noise, compile, capture, capture_steps)
