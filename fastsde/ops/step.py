@@ -348,7 +348,8 @@ def _affine_combine_step_reference(out, x, outputs, a, b, c, noise, seed, ids, d
 
 @register("affine_combine_step", "native")
 def _affine_combine_step_native(out, x, outputs, a, b, c, noise, seed, ids, draw):
-    first = outputs[0] if outputs else x
+    # no outputs: x' = a x + c z, with a zero tensor as the score (x with b = 0 would turn an inf in x into NaN)
+    first = outputs[0] if outputs else torch.zeros_like(x)
     b0 = b[0] if outputs else torch.zeros(1, dtype=torch.float64, device=x.device)
     _affine_step_native(out, x, first, a, b0, c, noise, seed, ids, draw, None, None, None, None, None, 0)
     for o, b_k in zip(outputs[1:], b[1:]):
@@ -373,6 +374,7 @@ class CombineSteps:
         self.backend, self._impl = resolve("affine_combine_step", backend, x.device)
         self.native = self.backend == "native"
         self._zero = torch.zeros(1, dtype=torch.float64, device=x.device)
+        self._zeros = None
 
     def accepts(self, t) -> bool:
         """Whether `t` may take the unchecked path (x-like and contiguous)."""
@@ -383,8 +385,10 @@ class CombineSteps:
         """out <- a x + sum_k b_k outputs[k] (+ c z(draw) when noisy); row/floats as in the class docstring."""
         c = row[4:5] if noisy else None
         if self.native:
-            first = outputs[0] if outputs else x
-            b0 = row[1:2] if outputs else self._zero  # no outputs: x' = a x + c z, with x standing in for D
+            if not outputs and self._zeros is None:
+                self._zeros = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+            first = outputs[0] if outputs else self._zeros  # no outputs: x' = a x + c z (0 * inf would be NaN)
+            b0 = row[1:2] if outputs else self._zero
             torch.ops.fastsde.affine_step_(out, x, first, row[0:1], b0, c, None, self.seed_bits, self.ids,
                                            i64_bits(draw), None, None, None, None, None, 0)
             for k in range(1, len(outputs)):
