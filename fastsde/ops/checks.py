@@ -74,6 +74,8 @@ def _byte_range(t: torch.Tensor) -> tuple[int, int]:
 
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors' element ranges may share memory (same storage, intersecting byte ranges)."""
+    if torch.compiler.is_compiling():  # storage pointers cannot be traced; the eager call checks
+        return False
     if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
         return False
     if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():

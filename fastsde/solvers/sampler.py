@@ -66,7 +66,7 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     except TypeError:
         count = 0
     if count < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        raise ValueError(f"steps must be >= 1 (an int), got {steps!r}")
     steps = count
     check_seed(seed)
     NoiseStream("fastsde", seed, sample_ids)  # checks sample_ids
