@@ -19,7 +19,7 @@ from fastsde import cli  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STATS = collections.Counter()
-FUZZ = settings(max_examples=int(os.environ.get("FASTSDE_FUZZ_CLI_EXAMPLES", "120")), deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("FASTSDE_FUZZ_CLI_EXAMPLES", "400")), deadline=None,
                 derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 
 # Values no option of the given kind accepts.
@@ -113,7 +113,8 @@ def _bad_args(files):
 def bad_command(draw, table):
     command = draw(st.sampled_from(sorted(table)))
     options = table[command]
-    chosen = draw(st.lists(st.sampled_from(sorted(options)), min_size=1, max_size=3, unique=True))
+    chosen = draw(st.lists(st.sampled_from(sorted(options)), min_size=1, max_size=draw(st.sampled_from([1, 1, 3])),
+                           unique=True))
     argv = [command] + (["steps"] if command == "bench" else [])
     for opt in chosen:
         argv += [opt, draw(st.sampled_from(options[opt]))]

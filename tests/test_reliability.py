@@ -249,6 +249,12 @@ def test_sample_writes_atomically_and_reports_exact_paths(capsys, tmp_path, monk
     assert report["npz"] == str(tmp_path / "s.npz") and report["png"] == str(tmp_path / "s.png")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_bench_json_unwritable_even_for_root_is_checked_before_measuring(capsys):
+    code, out, err = _run(capsys, "bench", "steps", "--quick", "--json", "/proc/nope/b.json")  # os.access lies to root
+    assert code == 2 and "--json: /proc is not writable" in _one_line(err) and out == ""
+
+
 def test_bench_json_is_checked_before_measuring(capsys, tmp_path):
     (tmp_path / "ro").mkdir()
     os.chmod(tmp_path / "ro", 0o500)

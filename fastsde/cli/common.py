@@ -183,7 +183,8 @@ def output_stem(out: str, suffixes=(".npz", ".png")) -> str:
 
 def check_output_file(path: str, flag: str = "--out") -> str:
     """Raise UsageError unless `path` can be written: a non-empty name that is not a directory, whose parent is (or
-    can be created as) a writable directory. Creates nothing: the parents are made when the file is written."""
+    can be created as) a writable directory, probed by creating and removing a temporary file in the nearest existing
+    directory. Leaves nothing behind: the parents are made when the file is written."""
     if not path or os.path.basename(path) in ("", ".", ".."):
         raise UsageError(f"{flag} must name a file, got {path!r}")
     if os.path.isdir(path):
@@ -194,8 +195,11 @@ def check_output_file(path: str, flag: str = "--out") -> str:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise UsageError(f"{flag}: cannot create {parent}: {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: {probe} is not writable")
+    try:  # a real write (and delete) where the file or its missing parents would go: os.access is wrong for root
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag}: {probe} is not writable ({exc.strerror or exc})") from None
     return path
 
 
