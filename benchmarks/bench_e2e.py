@@ -18,6 +18,16 @@ records for the fastsde loop itself where get_pc_sampler offers them: digits_pc_
 digits_pc_b64_captured (capture=True: the whole loop as CUDA graphs), each with its max_abs_diff to the reference
 path on the same noise. A keyword get_pc_sampler lacks is reported in the main record's "skipped", not measured.
 
+Precision rows (`precisions`, default bf16 and fp16; every record carries its "precision"): digits_pc_b64_bf16 /
+_fp16 run the same fastsde path with get_pc_sampler(precision=...) (the model in the half type, the sampler state,
+coefficients and noise float32) against, in the same run,
+  fastsde_fp32               the float32 fastsde path (digits_pc_b64's contender)
+  reference                  the float32 reference path
+  reference_autocast_bf16    the reference path run under torch.autocast(bfloat16): the fair peer, since any user
+                             can wrap a sampler in autocast
+with max_abs_diff = max |half images - float32 fastsde images| on the same FSN1 noise (not float rounding: the
+model's half precision; the quality guard is tests/test_precision.py and tradeoff()'s bf16 PC rows).
+
 `tradeoff()` measures the quality/speed trade-off of the fastsde path (fused U-Net on `backend`; the PC loop fused
 too, the ODE integrated by scipy's RK45 around it): PC at several step counts and the
 probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and the Fréchet distance of its
@@ -37,7 +47,7 @@ SUITE = "e2e"
 
 
 def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str = "pc", rtol: float = 1e-5,
-             noise: str = "fastsde", device="cpu", **loop):
+             noise: str = "fastsde", device="cpu", precision=None, **loop):
     """The digits sampler; `loop`: extra get_pc_sampler keywords (compile=True, capture=True)."""
     from fastsde.digits.pretrained import DIGITS_DEFAULTS
     from fastsde.digits.data import get_data_inverse_scaler
@@ -47,10 +57,11 @@ def _sampler(mf, backend: str, n: int, steps: int, seed: int = 0, sampler: str =
     inverse = get_data_inverse_scaler(mf.centered)
     shape = (n, 1, 16, 16)
     if sampler == "ode":
-        return get_ode_sampler(sde, shape, inverse, denoise=True, rtol=rtol, atol=rtol, eps=1e-3, seed=seed)
+        return get_ode_sampler(sde, shape, inverse, denoise=True, rtol=rtol, atol=rtol, eps=1e-3, seed=seed,
+                               precision=precision)
     return get_pc_sampler(sde, shape, DIGITS_DEFAULTS["predictor"], DIGITS_DEFAULTS["corrector"], inverse, 0.16,
                           continuous=True, eps=DIGITS_DEFAULTS["eps"], device=device, backend=backend, seed=seed,
-                          noise=noise, **loop)
+                          noise=noise, precision=precision, **loop)
 
 
 # The fastsde loop's own compiled and captured forms, timed on CUDA: case suffix -> get_pc_sampler keyword.
@@ -99,8 +110,13 @@ def _baseline_ms(label: str, make_model, slow, reps: int, device) -> float | Non
         return None
 
 
+# fp16 has no fast path on these CPUs (no AVX512-FP16 GEMMs in oneDNN's default build here: 200 U-Net calls take
+# minutes), so the e2e suite times bf16; `run(precisions=("bf16", "fp16"))` adds fp16.
+PRECISIONS = ("bf16",)
+
+
 def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64,
-        device: str = "cpu") -> list[dict]:
+        device: str = "cpu", precisions=PRECISIONS) -> list[dict]:
     from fastsde.digits.pretrained import DIGITS_DEFAULTS, score_model_path
 
     path = score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"])
@@ -133,37 +149,179 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
     sampler_name = f"pc {DIGITS_DEFAULTS['predictor']}+{DIGITS_DEFAULTS['corrector']}"
     facts = dict(steps=steps, model_evals=_model_evals(steps), sampler=sampler_name, model=path.rsplit("/", 1)[-1])
     rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps, baselines, device=device)
-    rec.update(max_abs_diff=err, **facts)
+    rec.update(max_abs_diff=err, precision="fp32", **facts)
     out = [rec]
-    if cuda:  # the fastsde loop compiled and captured, against the same baselines
-        rec["skipped"] = {}
-        for suffix, keyword in LOOP_VARIANTS.items():
-            why = loop_variant_missing(keyword)
-            if why is None:
-                try:
-                    variant = _sampler(fused, backend, n, steps, device=device, **{keyword: True})
-                    with torch.no_grad():
-                        v = variant(fused.model)[0].clone()  # a captured loop may reuse its buffers
-                    v_ms = median_ms(lambda: variant(fused.model), reps, warmup=1, device=device)
-                except Exception as exc:  # reported, never replaced by another measurement
-                    why = f"{keyword}=True failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            if why is not None:
-                rec["skipped"][suffix] = why
-                print(f"  digits_pc_b{n}_{suffix}: skipped ({why})", flush=True)
-                continue
-            v_err = float((v - b).abs().max())
-            print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {keyword}=True - reference| = "
-                  f"{v_err:.2e}", flush=True)
-            vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
-                          device=device)
-            vrec.update(max_abs_diff=v_err, **facts)
-            out.append(vrec)
+    if precisions:
+        out += _precision_records(fused, reference, backend, n, steps, reps, device, copy_gbps, a, ms, ref_ms, slow,
+                                  facts, rec, precisions)
+    # the fastsde loop compiled (every device) and captured (CUDA; on the CPU capture=True is the compiled loop),
+    # against the same baselines
+    rec.setdefault("skipped", {})
+    for suffix, keyword in LOOP_VARIANTS.items():
+        why = loop_variant_missing(keyword)
+        if why is None and keyword == "capture" and not cuda:
+            why = "capture=True on the CPU runs the compiled loop (the _compiled record)"
+        if why is None and not use_compile:
+            why = "--no-compile"
+        if why is None:
+            try:
+                variant = _sampler(fused, backend, n, steps, device=device, **{keyword: True})
+                with torch.no_grad():
+                    v = variant(fused.model)[0].clone()  # a captured loop may reuse its buffers
+                v_ms = median_ms(lambda: variant(fused.model), reps, warmup=1, device=device)
+            except Exception as exc:  # reported, never replaced by another measurement
+                why = f"{keyword}=True failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if why is not None:
+            rec["skipped"][suffix] = why
+            print(f"  digits_pc_b{n}_{suffix}: skipped ({why})", flush=True)
+            continue
+        v_err = float((v - b).abs().max())
+        print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {keyword}=True - reference| = "
+              f"{v_err:.2e}", flush=True)
+        vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
+                      device=device)
+        vrec.update(max_abs_diff=v_err, **facts)
+        out.append(vrec)
+    out += default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, ms, ref_ms, baselines)
+    out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps, compiled=use_compile)
+    return out
+
+
+def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, pc_ms, pc_ref_ms,
+                pc_baselines) -> list[dict]:
+    """digits_default_b{n}[_bf16][_compiled]: the main job's default sampler (DIGITS_DEFAULTS: a few-step solver),
+    fused, in float32 and bf16, eager and with the model compiled. Baselines, all timed in this run: the same
+    solver driving the reference build (reference), torch.compile of the reference build (compile), and the
+    previous default, PC with 200 steps (pc200_fused, pc200_reference, pc200_compile)."""
+    from fastsde import solvers
+    from fastsde.digits.data import get_data_inverse_scaler
+    from fastsde.digits.pretrained import DIGITS_DEFAULTS
+
+    name, steps = DIGITS_DEFAULTS["sampler"], DIGITS_DEFAULTS["solver_steps"]
+
+    def make(mf, be, **kw):
+        return solvers.get_sampler(name, mf.make_sde(N=1000), (n, 1, 16, 16), steps,
+                                   inverse_scaler=get_data_inverse_scaler(mf.centered), eps=DIGITS_DEFAULTS["eps"],
+                                   seed=0, backend=be, device=device, **kw)
+
+    plain = make(reference, "reference")
+    ref_ms = median_ms(lambda: plain(reference.model), reps, warmup=1, device=device)
+    compile_ms = None
+    if use_compile:
+        compiled_ref = make(reference, "reference", compile=True)
+        compile_ms = median_ms(lambda: compiled_ref(reference.model), reps, warmup=1, device=device)
+    with torch.no_grad():
+        truth = plain(reference.model)[0]
+    base = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms, "pc200_fused": pc_ms,
+            "pc200_reference": pc_ref_ms, "pc200_compile": pc_baselines.get("compile")}
+    out = []
+    variants = [("", {}), ("_bf16", {"precision": "bf16"})]
+    if use_compile:
+        variants += [("_compiled", {"compile": True}), ("_bf16_compiled", {"precision": "bf16", "compile": True})]
+    for suffix, kw in variants:
+        try:
+            fast = make(fused, backend, **kw)
+            with torch.no_grad():
+                x, evals = fast(fused.model)
+            t_ms = median_ms(lambda: fast(fused.model), reps, warmup=1, device=device)
+        except Exception as exc:  # reported, never replaced by another measurement
+            print(f"  digits_default_b{n}{suffix}: skipped ({type(exc).__name__}: {exc})", flush=True)
+            continue
+        err = float((x - truth).abs().max())
+        print(f"  digits_default_b{n}{suffix}: {name} {steps} steps ({evals} model evals) {t_ms / 1e3:.3f} s; "
+              f"reference {ref_ms / 1e3:.3f} s, compile {'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}"
+              f"; PC 200 fused {pc_ms / 1e3:.3f} s; max |fastsde - reference| = {err:.2e}", flush=True)
+        rec = record(SUITE, f"digits_default_b{n}{suffix}", backend, x.numel(), t_ms, None, copy_gbps, base,
+                     device=device)
+        rec.update(max_abs_diff=err, sampler=name, steps=steps, model_evals=int(evals),
+                   precision=kw.get("precision", "fp32"), compiled=bool(kw.get("compile")))
+        out.append(rec)
+    return out
+
+
+def _overhead_us(shape, device, reps: int, compiled: bool) -> float:
+    """Microseconds per step of the fused PC loop (VP Euler-Maruyama, N = 200) around a model that costs nothing
+    (it returns a preallocated output): the sampler's own cost per step, dispatch and update kernel included."""
+    from fastsde.sampling import get_pc_sampler
+    from fastsde.sde import VPSDE
+
+    out = torch.randn(shape, device=device)
+
+    class Free(torch.nn.Module):
+        def forward(self, x, t):
+            return out
+
+    steps = 200
+    sampler = get_pc_sampler(VPSDE(N=steps), shape, "euler_maruyama", "none", lambda x: x, 0.16, continuous=True,
+                             eps=1e-3, seed=0, device=device, compile=compiled)
+    model = Free()
+    with torch.no_grad():
+        return median_ms(lambda: sampler(model), reps, warmup=1, device=device) * 1e3 / steps
+
+
+def loop_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None, compiled: bool = True) -> list[dict]:
+    """The loop's own cost per step outside the model, eager and compiled, for the main job's batch (64 x 1 x 16 x 16)
+    and the 1024 x 2 mixture batch."""
+    copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device) if copy_gbps is None else copy_gbps
+    records = []
+    for name, shape in (("loop_overhead_b64", (64, 1, 16, 16)), ("loop_overhead_gmm_1024x2", (1024, 2))):
+        eager = _overhead_us(shape, device, reps, False)
+        comp = _overhead_us(shape, device, reps, True) if compiled else None
+        print(f"  {name}: {eager:.1f} us per step eager"
+              + ("" if comp is None else f", {comp:.1f} us compiled") + " (model excluded)", flush=True)
+        numel = 1
+        for d in shape:
+            numel *= d
+        rec = record(SUITE, name, "native", numel, eager / 1e3, None, copy_gbps,
+                     {"reference": None, "eager_inplace": None, "compile": None}, device=device)
+        rec.update(us_per_step=eager, us_per_step_compiled=comp, steps=200)
+        records.append(rec)
+    return records
+
+
+def _precision_records(fused, reference, backend, n, steps, reps, device, copy_gbps, images32, ms, ref_ms, slow,
+                       facts, main, precisions) -> list[dict]:
+    """digits_pc_b{n}_{precision} for each of `precisions` (module docstring); one that cannot run is reported in
+    the main record's "skipped"."""
+    main.setdefault("skipped", {})
+
+    def under_autocast():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            return slow(reference.model)
+
+    try:
+        autocast_ms = median_ms(under_autocast, reps, warmup=1, device=device)
+    except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
+        print(f"  (autocast baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        autocast_ms = None
+    peers = {"fastsde_fp32": ms, "reference": ref_ms, "reference_autocast_bf16": autocast_ms}
+    out = []
+    for precision in precisions:
+        try:
+            fast = _sampler(fused, backend, n, steps, device=device, precision=precision)
+            with torch.no_grad():
+                images = fast(fused.model)[0]
+            p_ms = median_ms(lambda: fast(fused.model), reps, warmup=1, device=device)
+        except Exception as exc:  # reported, never replaced by another measurement
+            main["skipped"][precision] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  digits_pc_b{n}_{precision}: skipped ({main['skipped'][precision]})", flush=True)
+            continue
+        diff = float((images - images32).abs().max())
+        print(f"  digits_pc_b{n}_{precision}: fastsde {p_ms / 1e3:.3f} s (fp32 {ms / 1e3:.3f} s, reference "
+              f"{ref_ms / 1e3:.3f} s, reference under autocast bf16 "
+              f"{'-' if autocast_ms is None else f'{autocast_ms / 1e3:.3f} s'}); max |{precision} - fp32| = "
+              f"{diff:.2e}", flush=True)
+        rec = record(SUITE, f"digits_pc_b{n}_{precision}", backend, images.numel(), p_ms, None, copy_gbps, peers,
+                     device=device)
+        rec.update(max_abs_diff=diff, precision=precision, **facts)
+        out.append(rec)
     return out
 
 
 PC_STEPS = (50, 100, 200, 1000)
 ODE_RTOLS = (1e-2, 1e-3, 1e-5)
 SOLVER_EVALS = (5, 10, 20, 50)
+SOLVER_NAMES = None  # None: every registered solver
 
 
 def _solver_configs(names, evals):
@@ -194,10 +352,12 @@ def _solver_sampler(mf, backend, n, name, steps, seed, **options):
 
 
 def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend: str = "native", solver_names=None,
-             solver_evals=None) -> dict:
+             solver_evals=None, pc_precisions=("fp32", "bf16")) -> dict:
     """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}. Besides PC
     and the ODE: every few-step solver of fastsde.solvers (solver_names, default all) at about 5, 10, 20 and 50
-    model evaluations (solver_evals), and the adaptive solver once; pass () to skip a family."""
+    model evaluations (solver_evals), and the adaptive solver once; pass () to skip a family. PC runs in each of
+    `pc_precisions` (the bf16 rows are the quality guard's benchmark: same seed, FD next to fp32's); every row
+    carries its "precision"."""
     from fastsde.digits.pretrained import DIGITS_DEFAULTS, score_model_path
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.digits.pretrained import load_score_model
@@ -207,13 +367,14 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
     rows = []
     from fastsde import solvers
 
-    configs = ([("pc", s, None) for s in (PC_STEPS if pc_steps is None else pc_steps)]
-               + [("ode", 1000, r) for r in (ODE_RTOLS if ode_rtols is None else ode_rtols)])
+    configs = ([("pc", s, None, p) for p in pc_precisions for s in (PC_STEPS if pc_steps is None else pc_steps)]
+               + [("ode", 1000, r, "fp32") for r in (ODE_RTOLS if ode_rtols is None else ode_rtols)])
+    solver_names = SOLVER_NAMES if solver_names is None else solver_names
     names = solvers.solver_names() if solver_names is None else list(solver_names)
     solver_configs = _solver_configs(names, SOLVER_EVALS if solver_evals is None else solver_evals)
     solver_configs += [(name, 1) for name in names if solvers.get_solver(name).adaptive]
-    for kind, steps, rtol in configs:
-        fn = _sampler(mf, backend, n, steps, seed, kind, rtol or 1e-5)
+    for kind, steps, rtol, precision in configs:
+        fn = _sampler(mf, backend, n, steps, seed, kind, rtol or 1e-5, precision=precision)
         t0 = time.perf_counter()
         with torch.no_grad():
             x, nfe = fn(mf.model)
@@ -222,8 +383,9 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
         if kind == "pc":  # model evaluations (score_sde's nfe also counts a "none" corrector)
             nfe = _model_evals(steps)
         row = {"sampler": kind, "steps": steps if kind == "pc" else None, "rtol": rtol, "nfe": int(nfe),
-               "wall_s": wall, "fd": q["fd"], "class_entropy": q["classes"]["entropy"]}
-        print(f"  {kind} {'steps ' + str(steps) if kind == 'pc' else f'rtol {rtol:g}'}: nfe {nfe}, {wall:.1f} s, "
+               "wall_s": wall, "fd": q["fd"], "class_entropy": q["classes"]["entropy"], "precision": precision}
+        print(f"  {kind} {precision} {'steps ' + str(steps) if kind == 'pc' else f'rtol {rtol:g}'}: nfe {nfe}, "
+              f"{wall:.1f} s, "
               f"FD {q['fd']:.2f}, class entropy {q['classes']['entropy']:.3f}", flush=True)
         rows.append(row)
     for name, steps in solver_configs:
@@ -233,7 +395,7 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
         wall = time.perf_counter() - t0
         q = evaluator.evaluate(x.detach().float().clamp(0, 1))
         row = {"sampler": name, "steps": steps, "rtol": None, "nfe": int(evals), "wall_s": wall, "fd": q["fd"],
-               "class_entropy": q["classes"]["entropy"]}
+               "class_entropy": q["classes"]["entropy"], "precision": "fp32"}
         print(f"  {name} steps {steps}: model evals {evals}, {wall:.1f} s, FD {q['fd']:.2f}, class entropy "
               f"{q['classes']['entropy']:.3f}", flush=True)
         rows.append(row)
@@ -250,10 +412,14 @@ def plot_tradeoff(result: dict, path: str) -> str:
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    kinds = list(dict.fromkeys(r["sampler"] for r in result["rows"]))
+    def family(r):
+        return r["sampler"] if r.get("precision", "fp32") == "fp32" else f"{r['sampler']} {r['precision']}"
+
+    kinds = list(dict.fromkeys(family(r) for r in result["rows"]))
     for kind in kinds:
-        rows = [r for r in result["rows"] if r["sampler"] == kind]
-        label = {"pc": "PC (Euler-Maruyama)", "ode": "probability-flow ODE (RK45)"}.get(kind, kind)
+        rows = [r for r in result["rows"] if family(r) == kind]
+        label = {"pc": "PC (Euler-Maruyama)", "pc bf16": "PC (Euler-Maruyama), model bf16",
+                 "ode": "probability-flow ODE (RK45)"}.get(kind, kind)
         ax.plot([r["wall_s"] for r in rows], [r["fd"] for r in rows], marker="o" if kind == "pc" else "s"
                 if kind == "ode" else ".", label=label)
         if kind not in ("pc", "ode"):

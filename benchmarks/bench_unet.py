@@ -12,15 +12,38 @@ streaming op: gbps is None. On CUDA the record's tflops counts the reference bui
 convolutions and matrix products) for every contender alike, and compile_reduce_overhead (CUDA graphs) is one more
 baseline. The fused build's GroupNorm/attention ops run on `backend`
 when it implements them, else on what backend="auto" resolves to; the record's backend says which ran.
+
+score_sde_*: score_sde's own architectures at CIFAR-10 size (32x32, batch 8): NCSN++ (ve/cifar10_ncsnpp_continuous)
+and DDPM++ (vp/cifar10_ddpmpp_continuous), nf 128 and a reduced nf 64, built from tests/score_sde_like.py (the
+stand-in for score_sde's classes, checked against the original). accelerated: fastsde.accelerate(model) on the
+same weights; baselines: the plain model (reference) and torch.compile of it. Skipped when the checkout's tests/
+folder is absent (an installed package). --quick shrinks these to nf 32, 16x16, one block per level.
+
+Precision rows (`precisions`, default bf16 and fp16; every record carries its "precision"): the case suffixed _bf16
+/ _fp16 times the fused build run in that precision (fastsde.precision.PrecisionModel: weights and activations in the
+half type, float32 statistics and accumulation inside the fused ops) against, in the same run on the same inputs,
+  fused_fp32                 the float32 fused build (the main case's contender)
+  reference                  the float32 reference build
+  reference_autocast_bf16    the reference build under torch.autocast("cpu"/"cuda", torch.bfloat16): the fair peer,
+                             since any user can autocast
+Its max_abs_diff is max |half output - float32 fused output|. A precision that cannot run here is reported in the
+main record's "skipped", not measured.
 """
 from __future__ import annotations
 
+import copy
+import importlib.util
+import pathlib
+
 import torch
+
+import fastsde
 
 from fastsde.benchmarks import common
 from fastsde.benchmarks.common import median_ms, record
 from fastsde.models.ncsnpp import UNet, get_preset
 from fastsde.ops.dispatch import resolve
+from fastsde.precision import PrecisionModel, precision_dtype
 
 SUITE = "unet"
 _OPS = ("group_norm", "attn_block")
@@ -46,7 +69,7 @@ def forward_flops(model, x, labels) -> float:
     return float(counter.get_total_flops())
 
 
-def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cpu"):
+def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cpu", precisions=()):
     torch.manual_seed(0)
     config = get_preset(preset, "ve")
     device = torch.device(device)
@@ -73,19 +96,115 @@ def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cp
             common.compiled_ms(reference, reps, (x, labels), device, mode="reduce-overhead") if use_compile else None)
     print(f"  {name}: fused ({ran}) {ms:.1f} ms, reference {ref_ms:.1f} ms, compile "
           f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; max |fused - reference| = {err:.2e}", flush=True)
-    return record(SUITE, name, ran, x.numel(), ms, None, copy_gbps, baselines, device=device,
-                  flops=forward_flops(reference, x, labels) if cuda else None)
+    flops = forward_flops(reference, x, labels) if cuda else None
+    main = record(SUITE, name, ran, x.numel(), ms, None, copy_gbps, baselines, device=device, flops=flops)
+    main.update(precision="fp32", max_abs_diff=err)
+    out = [main]
+    if not precisions:
+        return out
+    main["skipped"] = {}
+    with torch.no_grad():
+        y32 = fused(x, labels)
+        autocast_ms = _autocast_ms(reference, x, labels, reps, device)
+    for precision in precisions:
+        try:
+            half = PrecisionModel(fused, precision_dtype(precision)).refresh()
+            with torch.no_grad():
+                half_err = (half(x, labels).float() - y32).abs().max().item()
+                half_ms = median_ms(lambda: half(x, labels), reps, device=device)
+        except Exception as exc:  # reported, never replaced by another measurement
+            main["skipped"][precision] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  {name}_{precision}: skipped ({main['skipped'][precision]})", flush=True)
+            continue
+        peers = {"fused_fp32": ms, "reference": ref_ms, "reference_autocast_bf16": autocast_ms}
+        print(f"  {name}_{precision}: fused {half_ms:.1f} ms (fp32 fused {ms:.1f}, reference {ref_ms:.1f}, reference "
+              f"under autocast bf16 {'-' if autocast_ms is None else f'{autocast_ms:.1f}'} ms); max |{precision} - "
+              f"fp32| = {half_err:.2e}", flush=True)
+        rec = record(SUITE, f"{name}_{precision}", ran, x.numel(), half_ms, None, copy_gbps, peers, device=device,
+                     flops=flops)
+        rec.update(precision=precision, max_abs_diff=half_err)
+        out.append(rec)
+    return out
+
+
+def _autocast_ms(model, x, labels, reps, device) -> float | None:
+    """The float32 model under torch.autocast(bfloat16): median ms, or None (reason printed) when it cannot run."""
+    def call():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            return model(x, labels)
+
+    try:
+        return median_ms(call, reps, device=device)
+    except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
+        print(f"  (autocast baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return None
 
 
 CASES = [("unet_forward_16px_b64", "small16", 64)]
 
+_STAND_IN = pathlib.Path(__file__).resolve().parents[1] / "tests" / "score_sde_like.py"
+# name -> (stand-in config name, nf, batch)
+SCORE_SDE_CASES = [("score_sde_ncsnpp_nf128_b8", "ncsnpp_ve", 128, 8), ("score_sde_ddpmpp_nf128_b8", "ddpmpp_vp", 128, 8),
+                   ("score_sde_ncsnpp_nf64_b8", "ncsnpp_ve", 64, 8), ("score_sde_ddpmpp_nf64_b8", "ddpmpp_vp", 64, 8)]
 
-def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu") -> list[dict]:
-    """All cases of the suite on `device`; quick: fewer repeats."""
+
+def _score_sde_like():
+    if not _STAND_IN.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("score_sde_like", _STAND_IN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _score_sde_case(like, name, config_name, nf, batch, reps, copy_gbps, backend, use_compile, quick):
+    torch.manual_seed(0)
+    small = dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,)) if quick else dict(nf=nf)
+    config = like.get_config(config_name, **small)
+    if quick:
+        config.data.image_size = 16
+    plain = like.NCSNpp(config).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    chosen = _usable_backend(backend, torch.device("cpu"))
+    fast, report = fastsde.accelerate(copy.deepcopy(plain), backend=chosen, report=True)
+    size = config.data.image_size
+    x = torch.rand(batch, config.data.num_channels, size, size)
+    labels = (torch.exp(torch.empty(batch).uniform_(0.0, 3.0)) * 0.1 if config.model.embedding_type == "fourier"
+              else torch.rand(batch) * 999)
+    with torch.no_grad():
+        want = plain(x, labels)
+        err = ((fast(x, labels) - want).norm() / want.norm()).item()
+        ms = median_ms(lambda: fast(x, labels), reps)
+        ref_ms = median_ms(lambda: plain(x, labels), reps)
+    compile_ms = common.compiled_ms(plain, reps, (x, labels)) if use_compile else None
+    print(f"  {name}: accelerated ({report.counts()}) {ms:.1f} ms, plain {ref_ms:.1f} ms, compile "
+          f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; relative L2 |accelerated - plain| = {err:.2e}",
+          flush=True)
+    return record(SUITE, f"{name}_toy" if quick else name, chosen, x.numel(), ms, None, copy_gbps,
+                  {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
+
+
+PRECISIONS = ("bf16", "fp16")
+
+
+def run(quick: bool = False, backend: str = "native", use_compile: bool = True, device: str = "cpu",
+        precisions=PRECISIONS) -> list[dict]:
+    """All cases of the suite on `device`, each with its precision rows; quick: fewer repeats, and the score_sde
+    cases at toy size (CPU only)."""
     reps = 5 if quick else 15
     copy_gbps = common.copy_bandwidth_gbps(reps=reps, device=device)
-    return [_case(name, preset, batch, reps, copy_gbps, backend, use_compile, device)
-            for name, preset, batch in CASES]
+    out = [rec for name, preset, batch in CASES
+           for rec in _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device, precisions)]
+    like = _score_sde_like()
+    if like is None or device != "cpu":
+        why = f"{_STAND_IN} not found (run from a checkout)" if like is None else f"CPU only, not {device}"
+        print(f"  score_sde cases skipped: {why}", flush=True)
+        return out
+    cases = SCORE_SDE_CASES[2:] if quick else SCORE_SDE_CASES  # --quick: one toy size per architecture
+    return out + [_score_sde_case(like, name, cfg, nf, batch, reps, copy_gbps, backend, use_compile, quick)
+                  for name, cfg, nf, batch in cases]
 
 
 if __name__ == "__main__":

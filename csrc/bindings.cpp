@@ -136,6 +136,19 @@ void check_like_x(const char* op, const char* name, const at::Tensor& t, const a
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
 }
 
+// The score (model output) beside the state x: x's shape and device, contiguous, and x's dtype or a narrower one the
+// kernels load directly (a half-precision model beside a float32 state; step_dtypes_supported, csrc/step_args.h).
+void check_score(const char* op, const char* name, const at::Tensor& s, const at::Tensor& x) {
+  TORCH_CHECK(s.sizes() == x.sizes(), op, ": ", name, " must have the shape of x ", x.sizes(), ", got ", s.sizes());
+  TORCH_CHECK(is_float_dtype(s.scalar_type()) &&
+                  step_dtypes_supported(to_dtype(x.scalar_type()), to_dtype(s.scalar_type())),
+              op, ": ", name, " must have the dtype of x (", x.scalar_type(),
+              ") or, beside float32 x, float16 or bfloat16 (beside float64 x, float32), got ", s.scalar_type());
+  TORCH_CHECK(s.device() == x.device(), op, ": ", name, " must be on ", x.device(), " (the device of x), got ",
+              s.device());
+  TORCH_CHECK(s.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", s.strides());
+}
+
 // A per-sample coefficient: float64, 1-D, length batch or 1, on x's device, contiguous.
 void check_coef(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
   TORCH_CHECK(t.scalar_type() == at::kDouble, op, ": ", name, " must be float64, got ", t.scalar_type());
@@ -171,7 +184,7 @@ void check_affine_step_args(const at::Tensor& out, const at::Tensor& x, const at
   const char* op = "affine_step_";
   check_state(op, "x", x);
   check_like_x(op, "out", out, x);
-  check_like_x(op, "score", score, x);
+  check_score(op, "score", score, x);
   check_coef(op, "a", a, x);
   check_coef(op, "b", b, x);
   if (c) check_coef(op, "c", *c, x);
@@ -202,6 +215,7 @@ AffineStepArgs make_affine_args(const at::Tensor& out, const at::Tensor& x, cons
                                 int64_t data_draw) {
   AffineStepArgs args;
   args.dtype = to_dtype(x.scalar_type());
+  args.score_dtype = to_dtype(score.scalar_type());
   args.batch = x.size(0);
   args.numel = x.size(0) ? x.numel() / x.size(0) : 0;
   args.out = out.data_ptr();
@@ -259,7 +273,8 @@ void affine_step_meta_op(const at::Tensor& out, const at::Tensor& x, const at::T
 SqNormsArgs make_sq_norms_args(const at::Tensor& score, const c10::optional<at::Tensor>& noise, int64_t seed,
                                const at::Tensor& ids, int64_t draw) {
   SqNormsArgs args;
-  args.dtype = to_dtype(score.scalar_type());
+  args.dtype = to_dtype((noise ? *noise : score).scalar_type());  // the state's dtype: the explicit noise's
+  args.score_dtype = to_dtype(score.scalar_type());
   args.batch = score.size(0);
   args.numel = score.size(0) ? score.numel() / score.size(0) : 0;
   args.score = score.data_ptr();
@@ -273,7 +288,17 @@ SqNormsArgs make_sq_norms_args(const at::Tensor& score, const c10::optional<at::
 void check_sq_norms_args(const at::Tensor& score, const c10::optional<at::Tensor>& noise,
                          const at::Tensor& sample_ids) {
   check_state("step_sq_norms", "score", score);
-  if (noise) check_like_x("step_sq_norms", "noise", *noise, score);
+  if (noise) {  // noise is state-like: the score's dtype, or float32 (float64) beside a narrower score
+    TORCH_CHECK(is_float_dtype(noise->scalar_type()) &&
+                    step_dtypes_supported(to_dtype(noise->scalar_type()), to_dtype(score.scalar_type())),
+                "step_sq_norms: noise must have the dtype of score (", score.scalar_type(),
+                ") or be the float32 / float64 state beside a narrower score, got ", noise->scalar_type());
+    TORCH_CHECK(noise->sizes() == score.sizes(), "step_sq_norms: noise must have the shape of score ",
+                score.sizes(), ", got ", noise->sizes());
+    TORCH_CHECK(noise->device() == score.device(), "step_sq_norms: noise must be on ", score.device(), ", got ",
+                noise->device());
+    TORCH_CHECK(noise->is_contiguous(), "step_sq_norms: noise must be contiguous, got strides ", noise->strides());
+  }
   check_ids("step_sq_norms", sample_ids, score);
 }
 

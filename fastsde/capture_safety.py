@@ -21,7 +21,7 @@ import contextlib
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["CaptureMonitor", "step_boundary", "HostSyncError"]
+__all__ = ["CaptureMonitor", "step_boundary", "loop_end", "HostSyncError"]
 
 # Ops that read device memory on the host or whose output shape depends on the data.
 _SYNC_OPS = {
@@ -41,6 +41,12 @@ def step_boundary() -> None:
     """Mark the start of a sampler step for an active CaptureMonitor (a no-op otherwise)."""
     if _ACTIVE:
         _ACTIVE[-1]._next_step()
+
+
+def loop_end() -> None:
+    """Mark the end of the steps: what follows (copying the result out) is counted apart, as step -1."""
+    if _ACTIVE:
+        _ACTIVE[-1].step = -1
 
 
 class _Mode(TorchDispatchMode):
@@ -72,6 +78,7 @@ class CaptureMonitor:
     def __init__(self, raise_on_sync: bool = False):
         self.raise_on_sync = raise_on_sync
         self.step = 0
+        self.steps = 0  # step boundaries seen
         self.syncs: list[tuple[int, str]] = []  # (step, what)
         self.allocations: dict[int, int] = {}  # step -> count
         self._in_model = 0
@@ -81,6 +88,7 @@ class CaptureMonitor:
     # -- what the loop and the model wrapper call
     def _next_step(self) -> None:
         self.step += 1
+        self.steps += 1
 
     def wrap_model(self, model):
         """`model` with its calls excluded from the counts (its own syncs and allocations are not the sampler's)."""

@@ -27,7 +27,7 @@ import numbers
 import torch
 
 from fastsde import sampling
-from fastsde.sampling.pc import pc_loop
+from fastsde.sampling.pc import check_loop_mode, pc_loop
 from fastsde.sampling.registry import check_pc_args, check_shape
 from fastsde import sde as sde_lib
 from fastsde._util import per_sample
@@ -39,7 +39,7 @@ __all__ = ["get_pc_inpainter", "get_pc_colorizer", "get_pc_conditional_sampler",
 
 def get_pc_inpainter(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, probability_flow=False,
                      continuous=False, denoise=True, eps=1e-5, *, backend="auto", seed=None, noise="fastsde",
-                     sample_ids=None, progress=False, keep_known=False):
+                     sample_ids=None, progress=False, keep_known=False, compile=False, capture=False):
     """PC inpainting: returns inpainter(model, data (B, ...), mask (B, ...)) -> samples (B, ...).
 
     mask is 1 where data is known and 0 where it is to be generated (binary masks are what score_sde uses; the
@@ -50,6 +50,8 @@ def get_pc_inpainter(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, 
     """
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps,
                                                            probability_flow, eps, backend, noise, sample_ids)
+    mode = check_loop_mode(backend, noise, compile, capture, None)
+    loops = {}  # the fused loop per model, reused across calls (compiled graphs)
 
     def pc_inpainter(model, data, mask):
         if not isinstance(data, torch.Tensor) or data.dim() < 2:
@@ -63,8 +65,8 @@ def get_pc_inpainter(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, 
             prior = stream.prior(sde, tuple(data.shape), device=data.device, dtype=data.dtype)
             x = data * mask + prior * (1.0 - mask)
             x, x_mean = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, int(n_steps),
-                                          probability_flow, continuous, eps, backend, progress,
-                                          projection=(data, mask))
+                                probability_flow, continuous, eps, backend, progress, projection=(data, mask),
+                                mode=mode, cache=loops)
             out = x_mean if denoise else x
             if keep_known:
                 out = out * (1.0 - mask) + data * mask
@@ -116,7 +118,7 @@ class _DecoupledModel(torch.nn.Module):
 
 def get_pc_colorizer(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, probability_flow=False,
                      continuous=False, denoise=True, eps=1e-5, *, backend="auto", seed=None, noise="fastsde",
-                     sample_ids=None, progress=False):
+                     sample_ids=None, progress=False, compile=False, capture=False):
     """PC colorization (Song et al. appendix I.2): returns colorizer(model, gray_scale_img) -> samples (B, 3, ...).
 
     gray_scale_img, in the model's data range: (B, 1, ...) the gray image g, or (B, 3, ...) whose channel mean is
@@ -133,6 +135,7 @@ def get_pc_colorizer(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, 
     """
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps,
                                                            probability_flow, eps, backend, noise, sample_ids)
+    mode = check_loop_mode(backend, noise, compile, capture, None)
 
     def pc_colorizer(model, gray_scale_img):
         img = gray_scale_img
@@ -155,8 +158,8 @@ def get_pc_colorizer(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, 
             prior = stream.prior(sde, shape, device=img.device, dtype=img.dtype)
             y = data * mask + prior * (1.0 - mask)
             y, y_mean = pc_loop(sde, _DecoupledModel(model), y, stream, predictor_cls, corrector_cls, snr,
-                                          int(n_steps), probability_flow, continuous, eps, backend, progress,
-                                          projection=(data, mask))
+                                int(n_steps), probability_flow, continuous, eps, backend, progress,
+                                projection=(data, mask), mode=mode)
             return inverse_scaler(couple_colors(y_mean if denoise else y))
 
     return pc_colorizer
@@ -248,7 +251,7 @@ class ClassifierGuidedModel(torch.nn.Module):
 def get_pc_conditional_sampler(sde, classifier, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
                                probability_flow=False, continuous=False, denoise=True, eps=1e-5, device="cpu", *,
                                scale=1.0, backend="auto", seed=None, noise="fastsde", sample_ids=None,
-                               dtype=torch.float32, progress=False):
+                               dtype=torch.float32, progress=False, compile=False, capture=False):
     """Class-conditional PC sampling with classifier guidance (Song et al. section 5, appendix I.1).
 
     Returns conditional_sampler(score_model, labels (shape[0],) torch.long) -> samples (shape). The score is
@@ -268,7 +271,8 @@ def get_pc_conditional_sampler(sde, classifier, shape, predictor, corrector, inv
     sampler = sampling.get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=n_steps,
                                       probability_flow=probability_flow, continuous=continuous, denoise=denoise,
                                       eps=eps, device=device, backend=backend, seed=seed, noise=noise,
-                                      sample_ids=sample_ids, dtype=dtype, progress=progress)
+                                      sample_ids=sample_ids, dtype=dtype, progress=progress, compile=compile,
+                                      capture=capture)
 
     def conditional_sampler(score_model, labels):
         _check_class_labels(labels, shape[0])

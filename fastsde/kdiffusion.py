@@ -61,11 +61,11 @@ def _sample(name, model, x, sigmas, extra_args, callback, *, seed=None, sample_i
     extra_args = {} if extra_args is None else extra_args
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    noise_fn = None
-    if noise_sampler is not None:
-        def noise_fn(draw):
-            i = min((draw - 1) // 2, len(sig) - 2)
-            return noise_sampler(sigmas[i], sigmas[i + 1]).to(x.dtype).contiguous()
+    def explicit_noise(draw):
+        i = min((draw - 1) // 2, len(sig) - 2)
+        return noise_sampler(sigmas[i], sigmas[i + 1]).to(x.dtype).contiguous()
+
+    noise_fn = None if noise_sampler is None else explicit_noise
 
     state = x.detach().clone().contiguous()
     ids = None if sample_ids is None else torch.as_tensor(sample_ids, device=x.device)

@@ -12,9 +12,10 @@ from scipy import integrate
 from fastsde._util import sum_except_batch
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.ode import MAX_EVALS, EvalBudget, check_ode_args
+from fastsde.sde import as_fastsde_sde
 from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
 
-__all__ = ["get_div_fn", "get_likelihood_fn", "HUTCHINSON_TYPES"]
+__all__ = ["get_div_fn", "get_likelihood_fn", "hutchinson_probe", "HUTCHINSON_TYPES"]
 
 HUTCHINSON_TYPES = ("Rademacher", "Gaussian")
 
@@ -32,17 +33,30 @@ def get_div_fn(fn):
     return div_fn
 
 
+def hutchinson_probe(shape, hutchinson_type="Rademacher", generator: torch.Generator | None = None,
+                     dtype=torch.float32) -> torch.Tensor:
+    """The Hutchinson probe e (shape) on the CPU: ±1 (Rademacher) or standard normal (Gaussian) from `generator`."""
+    if hutchinson_type not in HUTCHINSON_TYPES:
+        raise ValueError(f"hutchinson_type must be one of {HUTCHINSON_TYPES}, got {hutchinson_type!r}")
+    if hutchinson_type == "Gaussian":
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    return torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
+
+
 def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5, atol=1e-5, method="RK45",
                       eps=1e-5, *, generator: torch.Generator | None = None, dtype=torch.float32,
                       max_evals: int = MAX_EVALS):
-    """likelihood_fn(model, data (B, ...)) -> (bpd (B,), z (B, ...), nfe).
+    """likelihood_fn(model, data (B, ...), probe=None) -> (bpd (B,), z (B, ...), nfe).
 
     bpd = -(log p_T(z) + delta_logp) / (ln 2 D) + 7 - inverse_scaler(-1): the offset accounts for uniform
     dequantization of 8-bit data (+8 for data in [0, 1], +7 for [-1, 1]). The model is used with continuous
-    time conventions. `generator` draws the probe (default: torch's global generator, as score_sde). A NaN/inf drift
-    or divergence stops the integration with guard.NonFiniteError naming t; more than max_evals evaluations with a
-    RuntimeError (rtol, atol > 0 and eps in (0, T) are checked here, so no setting can loop forever).
+    time conventions. `generator` draws the probe (default: torch's global generator, as score_sde) unless
+    `probe` (data's shape) is given: rows of one hutchinson_probe draw give every datum the same probe in any batch.
+    A NaN/inf drift or divergence stops the integration with guard.NonFiniteError naming t; more than max_evals
+    evaluations with a RuntimeError (rtol, atol > 0 and eps in (0, T) are checked here, so no setting can loop
+    forever).
     """
+    sde = as_fastsde_sde(sde)  # score_sde's own SDE objects are accepted
     if hutchinson_type not in HUTCHINSON_TYPES:
         raise ValueError(f"hutchinson_type must be one of {HUTCHINSON_TYPES}, got {hutchinson_type!r}")
     eps = check_ode_args(sde, rtol, atol, method, eps)
@@ -52,7 +66,7 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
         score_fn = get_score_fn(sde, model, train=False, continuous=True)
         return sde.reverse(score_fn, probability_flow=True).sde(x, t)[0]
 
-    def likelihood_fn(model, data):
+    def likelihood_fn(model, data, probe=None):
         if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] == 0:
             raise ValueError(f"data must be a (batch, ...) tensor with rank >= 2 and batch >= 1, got "
                              f"{tuple(getattr(data, 'shape', ())) or type(data).__name__}")
@@ -63,12 +77,14 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
         shape = tuple(data.shape)
         batch = shape[0]
         device = data.device
+        if probe is not None and tuple(probe.shape) != shape:
+            raise ValueError(f"probe must have data's shape {shape}, got {tuple(probe.shape)}")
         div_fn = get_div_fn(lambda x, t: drift_fn(model, x, t))
         with torch.no_grad():
-            if hutchinson_type == "Gaussian":
-                e = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+            if probe is not None:
+                e = probe.to(device=device, dtype=dtype)
             else:
-                e = torch.randint(0, 2, shape, generator=generator).to(device=device, dtype=dtype) * 2 - 1
+                e = hutchinson_probe(shape, hutchinson_type, generator, dtype).to(device)
 
             def ode_func(t, y):
                 budget.spend(t)

@@ -13,7 +13,8 @@ import torch
 
 from fastsde.models.analytic import GaussianMixture
 
-__all__ = ["moment_errors", "sliced_wasserstein", "sliced_wasserstein_null", "frechet_distance", "class_statistics"]
+__all__ = ["moment_errors", "sliced_wasserstein", "sliced_wasserstein_null", "frechet_distance",
+           "frechet_distance_gaussians", "moments_from_sums", "class_statistics", "class_statistics_from_counts"]
 
 
 def _as_samples(name: str, x, dim: int | None = None) -> torch.Tensor:
@@ -115,8 +116,7 @@ def sliced_wasserstein_null(mixture: GaussianMixture, n: int, repeats: int = 20,
 def frechet_distance(features_a, features_b) -> float:
     """Fréchet (2-Wasserstein) distance between Gaussians fitted to two feature sets (n_a, d), (n_b, d):
     ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64 (the FID formula of Heusel et al.
-    2017 with any feature extractor). The matrix square root is taken of the symmetric PSD S_a^1/2 S_b S_a^1/2 by
-    eigendecomposition, so it is real and stable; negative eigenvalues from round-off are clipped to 0."""
+    2017 with any feature extractor); the sample covariances are unbiased (n - 1)."""
     a = np.asarray(features_a.detach().cpu() if isinstance(features_a, torch.Tensor) else features_a, np.float64)
     b = np.asarray(features_b.detach().cpu() if isinstance(features_b, torch.Tensor) else features_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
@@ -125,17 +125,44 @@ def frechet_distance(features_a, features_b) -> float:
         raise ValueError("need at least 2 samples per feature set for a covariance")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("features contain NaN or inf")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b) -> float:
+    """Fréchet distance between N(mu_a (d,), cov_a (d, d)) and N(mu_b, cov_b) (see frechet_distance). The matrix
+    square root is taken of the symmetric PSD S_a^1/2 S_b S_a^1/2 by eigendecomposition, so it is real and stable;
+    eigenvalues below numpy's rank tolerance (d eps max|w|; round-off of a singular covariance, as when n <= d) are
+    taken as 0, so the square root does not magnify round-off."""
+    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
+    cov_a = np.asarray(cov_a, np.float64).reshape(len(mu_a), len(mu_a))
+    cov_b = np.asarray(cov_b, np.float64).reshape(len(mu_b), len(mu_b))
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"the means must have the same shape, got {mu_a.shape} and {mu_b.shape}")
 
     def psd_sqrt(m):
         w, v = np.linalg.eigh((m + m.T) / 2)
-        return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+        w[w < len(w) * np.finfo(np.float64).eps * np.abs(w).max(initial=0.0)] = 0.0
+        return (v * np.sqrt(w)) @ v.T
 
     root_a = psd_sqrt(cov_a)
     cross = psd_sqrt(root_a @ cov_b @ root_a)
     value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(cross))
     return max(value, 0.0)
+
+
+def moments_from_sums(count, total, outer, shift=None):
+    """(mean (d,), unbiased covariance (d, d)) of n = count vectors x_i from the sums total = sum (x_i - shift) and
+    outer = sum (x_i - shift)(x_i - shift)^T, in float64. Sums add across processes (all_reduce); a shift near the
+    mean (default 0) keeps the one-pass covariance (outer - total total^T / n) / (n - 1) free of cancellation."""
+    n = float(count)
+    if n < 2:
+        raise ValueError(f"count must be at least 2 for a covariance, got {count}")
+    total = np.asarray(total, np.float64)
+    d = total.shape[0]
+    outer = np.asarray(outer, np.float64).reshape(d, d)
+    mean = total / n
+    cov = (outer - np.outer(total, mean)) / (n - 1)
+    return mean + (0.0 if shift is None else np.asarray(shift, np.float64)), (cov + cov.T) / 2
 
 
 def class_statistics(logits, num_classes: int | None = None) -> dict:
@@ -147,7 +174,17 @@ def class_statistics(logits, num_classes: int | None = None) -> dict:
     k = int(num_classes or logits.shape[1])
     probs = torch.softmax(logits, dim=1)
     hist = torch.bincount(probs.argmax(1), minlength=k).double()
-    freq = hist / hist.sum()
+    return class_statistics_from_counts(hist, float(probs.max(1).values.sum()))
+
+
+def class_statistics_from_counts(histogram, confidence_sum: float) -> dict:
+    """class_statistics from its sums (they add across processes): the histogram (num_classes,) of argmax classes
+    and the sum of the max-probabilities."""
+    hist = torch.as_tensor(histogram, dtype=torch.float64)
+    n = hist.sum()
+    if n < 1:
+        raise ValueError("the histogram is empty")
+    freq = hist / n
     nz = freq[freq > 0]
     return {"histogram": [int(v) for v in hist.tolist()], "entropy": float(-(nz * nz.log()).sum()),
-            "max_entropy": float(np.log(k)), "confidence": float(probs.max(1).values.mean())}
+            "max_entropy": float(np.log(len(hist))), "confidence": float(confidence_sum / n)}

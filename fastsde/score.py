@@ -28,8 +28,12 @@ def get_score_parts(sde, continuous: bool = False):
     steps can fold the scale into their coefficients instead of dividing the model output in a separate pass.
     VP continuous and subVP: labels = 999 t, scale = -1 / std(t). VP discrete: labels = t (N - 1),
     std = sqrt(1 - alphas_cumprod)[long(labels)]. VE continuous: labels = sigma(t); VE discrete:
-    labels = round((T - t)(N - 1)).
+    labels = round((T - t)(N - 1)). score_sde's own SDE objects are accepted (fastsde.sde.as_fastsde_sde).
     """
+    try:
+        sde = sde_lib.as_fastsde_sde(sde)
+    except TypeError as e:  # an SDE this module has no label convention for
+        raise NotImplementedError(str(e)) from None
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
         discrete = not continuous and isinstance(sde, sde_lib.VPSDE)
 

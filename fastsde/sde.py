@@ -15,7 +15,7 @@ import torch
 
 from fastsde._util import per_sample, sum_except_batch
 
-__all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE"]
+__all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE", "as_fastsde_sde"]
 
 
 class SDE(abc.ABC):
@@ -285,3 +285,32 @@ def make_sde(name: str, N: int = 1000, **kwargs) -> SDE:
     if name not in SDE_CLASSES:
         raise ValueError(f"sde must be one of {SDE_NAMES}, got {name!r}")
     return SDE_CLASSES[name](**kwargs, N=N)
+
+
+# Duck-typed SDEs (score_sde's sde_lib instances): class name -> (fastsde class, constructor args read off the object).
+_FOREIGN_SDES = {
+    "VPSDE": (VPSDE, ("beta_0", "beta_1", "N")),
+    "subVPSDE": (subVPSDE, ("beta_0", "beta_1", "N")),
+    "VESDE": (VESDE, ("sigma_min", "sigma_max", "N")),
+}
+
+
+def as_fastsde_sde(obj) -> SDE:
+    """`obj` as a fastsde SDE: fastsde SDEs pass through; score_sde's VPSDE / subVPSDE / VESDE instances (recognised
+    by class name and their beta_0, beta_1, N or sigma_min, sigma_max, N attributes) become the fastsde SDE with the
+    same parameters, whose tables and formulas equal score_sde's bit for bit. The original object stays reachable as
+    `.source` (score_sde-style predictor classes get it back). Anything else is a TypeError naming what is missing."""
+    if isinstance(obj, SDE):
+        return obj
+    name = type(obj).__name__
+    if name not in _FOREIGN_SDES:
+        raise TypeError(f"sde must be a fastsde SDE or a score_sde VPSDE/subVPSDE/VESDE instance, got {name}")
+    cls, fields = _FOREIGN_SDES[name]
+    missing = [f for f in fields if not hasattr(obj, f)]
+    if missing:
+        raise TypeError(f"sde of class {name} looks like score_sde's but lacks {missing}; expected attributes {fields}")
+    converted = cls(*(float(getattr(obj, f)) for f in fields[:2]), N=int(obj.N))
+    if float(getattr(obj, "T", 1.0)) != converted.T:
+        raise ValueError(f"sde of class {name} has T={obj.T}; fastsde's {cls.__name__} has T={converted.T}")
+    converted.source = obj
+    return converted

@@ -13,7 +13,9 @@ in registers and never stored: per 4 elements one Philox4x32-10 (20 32x32 multip
 Grid: (cdiv(M, BLOCK), samples) with M = elements per sample, so a program knows its sample n and its element
 offsets j, hence the FSN1 counters (j >> 2, n, draw). Element blocks go on axis 0 because CUDA limits axes 1
 and 2 to 65535 while M / BLOCK reaches 2^24 (M <= 2^34); batches past 65535 are launched in chunks.
-Math runs in float32 (float64 for float64 tensors); fp16/bf16 are loaded and stored with float32 math.
+Math runs in float32 (float64 for float64 tensors); fp16/bf16 are loaded and stored with float32 math. The score may
+be narrower than the state (fp16/bf16 beside float32 x, float32 beside float64 x: a half-precision model's output,
+fastsde.ops.checks.score_dtypes): it is loaded in its own dtype and converted in registers, in the same pass.
 Offsets are int64. step_sq_norms writes one float64 partial (squares in float64) per program and sums them on the host
 side in float64 in a fixed order: deterministic, no atomics.
 """
@@ -39,7 +41,7 @@ _NO_NOISE, _EXPLICIT, _FSN1 = 0, 1, 2
 def _affine_step_fwd_kernel(
     OUT_ptr,  # (B, M) out: x' (may be X_ptr: each element is read before it is written, by the same program)
     X_ptr,  # (B, M) state x
-    SCORE_ptr,  # (B, M) score
+    SCORE_ptr,  # (B, M) score, in x's dtype or a narrower one
     A_ptr,  # (B,) or (1,) float64: coefficient of x (stride a_stride: 1 or 0)
     B_ptr,  # (B,) or (1,) float64: coefficient of score
     C_ptr,  # (B,) or (1,) float64: coefficient of z (read when NOISE != 0)
@@ -100,8 +102,8 @@ def _affine_step_fwd_kernel(
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "draw_lo", "draw_hi"])
 def _step_sq_norms_kernel(
-    SCORE_ptr,  # (B, M) score
-    NOISE_ptr,  # (B, M) explicit noise z (read when NOISE == 1)
+    SCORE_ptr,  # (B, M) score, in the state's dtype or a narrower one
+    NOISE_ptr,  # (B, M) explicit noise z, in the state's dtype (read when NOISE == 1)
     IDS_ptr,  # (B,) int64 FSN1 sample ids (read when NOISE == 2)
     PART_ptr,  # (B, P, 2) float64 out: per-program [sum score^2, sum z^2], P = cdiv(M, BLOCK)
     M,  # elements per sample
@@ -149,6 +151,20 @@ def _check_tensor(name: str, t: Optional[torch.Tensor], x: torch.Tensor) -> None
                          f"got {tuple(t.shape)} {t.dtype} on {t.device}")
 
 
+# The score dtypes beside each state dtype (the launcher's copy of fastsde.ops.checks.score_dtypes, like the C++
+# side's step_dtypes_supported): a half-precision model's output beside a float32 state, float32 beside float64.
+_SCORE_DTYPES = {torch.float32: (torch.float32, torch.float16, torch.bfloat16),
+                 torch.float64: (torch.float64, torch.float32)}
+
+
+def _check_score(score: torch.Tensor, x: torch.Tensor, x_name: str = "x") -> None:
+    allowed = _SCORE_DTYPES.get(x.dtype, (x.dtype,))
+    if score.shape != x.shape or score.dtype not in allowed or score.device != x.device:
+        raise ValueError(f"score must match {x_name}: expected {tuple(x.shape)} "
+                         f"{' or '.join(str(d) for d in allowed)} on {x.device}, "
+                         f"got {tuple(score.shape)} {score.dtype} on {score.device}")
+
+
 def _check_coef(name: str, t: Optional[torch.Tensor], x: torch.Tensor) -> None:
     if t is not None and (t.dtype != torch.float64 or t.dim() != 1 or t.shape[0] not in (1, x.shape[0])
                           or t.device != x.device):
@@ -193,7 +209,8 @@ def affine_step(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean_ou
                 data_draw) -> torch.Tensor:
     """x_mean = a x + b score; out = x_mean + c z [+ projection]: fastsde.reference.step.affine_step on Triton.
 
-    out, x, score, noise, x_mean_out, mask, data: (B, ...) of one float dtype and device (out may be x);
+    out, x, noise, x_mean_out, mask, data: (B, ...) of one float dtype and device (out may be x); score: the same
+    shape and device, x's dtype or a narrower one (_SCORE_DTYPES);
     a, b, c, data_a, data_c: float64 (B,) or (1,) (c None: no noise; data_a/data_c with mask and data);
     noise None: FSN1 at (seed, sample_ids (B,) int64, draw); the projection's z2 at (seed, sample_ids, data_draw).
     Non-contiguous tensors are copied. Returns out.
@@ -201,9 +218,9 @@ def affine_step(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean_ou
     check_runnable(x)
     if x.dtype not in FLOATS:
         raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    for name, t in (("out", out), ("score", score), ("noise", noise), ("x_mean_out", x_mean_out), ("mask", mask),
-                    ("data", data)):
+    for name, t in (("out", out), ("noise", noise), ("x_mean_out", x_mean_out), ("mask", mask), ("data", data)):
         _check_tensor(name, t, x)
+    _check_score(score, x)
     for name, t in (("a", a), ("b", b), ("c", c), ("data_a", data_a), ("data_c", data_c)):
         _check_coef(name, t, x)
     if (mask is None) != (data is None) or (mask is not None and (data_a is None or data_c is None)):
@@ -234,6 +251,7 @@ def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: 
     batch = score.shape[0]
     numel = score.numel() // batch if batch else 0
     programs = triton.cdiv(numel, _BLOCK)
+    state = score if noise is None else noise  # the state's dtype sets the compute type (the score may be narrower)
     partial = torch.empty(batch, programs, 2, dtype=torch.float64, device=score.device)
     seed_lo, seed_hi = split_u64(seed)
     draw_lo, draw_hi = split_u64(draw)
@@ -242,7 +260,7 @@ def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: 
         wrap_triton(_step_sq_norms_kernel)[grid](
             score, score if noise is None else noise, sample_ids, partial, numel, programs, n0,
             seed_lo, seed_hi, draw_lo, draw_hi,
-            NOISE=_EXPLICIT if noise is not None else _FSN1, COMPUTE=compute_dtype(score.dtype), BLOCK=_BLOCK,
+            NOISE=_EXPLICIT if noise is not None else _FSN1, COMPUTE=compute_dtype(state.dtype), BLOCK=_BLOCK,
             num_warps=_NUM_WARPS,
         )
     return partial.sum(dim=1)
@@ -251,13 +269,15 @@ def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: 
 def step_sq_norms(score, noise, seed, sample_ids, draw) -> torch.Tensor:
     """(B, 2) float64 [sum score^2, sum z^2] per sample: fastsde.reference.step.step_sq_norms on Triton.
 
-    score, noise: (B, ...) (noise None: FSN1 at (seed, sample_ids (B,) int64, draw)). Partial sums per
-    BLOCK elements in float32 (float64 for float64 score), summed across programs in float64.
+    score, noise: (B, ...) (noise None: FSN1 at (seed, sample_ids (B,) int64, draw)); explicit noise is in the
+    state's dtype, score in it or a narrower one. Partial sums per BLOCK elements in float32 (float64 for a float64
+    state), summed across programs in float64.
     """
     check_runnable(score)
     if score.dtype not in FLOATS:
         raise TypeError(f"score must be float32, float64, float16 or bfloat16, got {score.dtype}")
-    _check_tensor("noise", noise, score)
+    if noise is not None:
+        _check_score(score, noise, "noise")
     if score.numel() == 0:
         return torch.zeros(score.shape[0], 2, dtype=torch.float64, device=score.device)
     if sample_ids is None:

@@ -38,6 +38,7 @@ def cuda_missing() -> str | None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: runs on a CUDA device (skipped without one); select with -m cuda")
+    config.addinivalue_line("markers", "slow: minutes on one thread (quality guards); deselect with -m 'not slow'")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -57,17 +57,44 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 3)
     monkeypatch.setattr(bench_e2e, "PC_STEPS", (3,))
     monkeypatch.setattr(bench_e2e, "ODE_RTOLS", (1e-1,))
+    monkeypatch.setattr(bench_e2e, "SOLVER_NAMES", ("dpmpp_2m",))
+    monkeypatch.setattr(bench_e2e, "SOLVER_EVALS", (5,))
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out, trade = tmp_path / "e2e.json", tmp_path / "tradeoff"
     assert main(["bench", "e2e", "--quick", "--no-compile", "--threads", "1", "--json", str(out), "--tradeoff",
                  str(trade), "--n", "16"]) == 0
-    (r,) = json.loads(out.read_text())
+    r, *rest = json.loads(out.read_text())
+    overhead = [o for o in rest if o["case"].startswith("loop_overhead")]
+    half = [o for o in rest if not o["case"].startswith("loop_overhead")]
+    assert [o["case"] for o in overhead] == ["loop_overhead_b64", "loop_overhead_gmm_1024x2"]
+    assert all(o["us_per_step"] > 0 for o in overhead)
     assert set(r) >= KEYS and r["case"] == "digits_pc_b64" and r["steps"] == 3 and r["numel"] == 64 * 256
-    assert r["max_abs_diff"] < 1e-4 and r["baselines"]["reference"] > 0
+    assert r["max_abs_diff"] < 1e-4 and r["baselines"]["reference"] > 0 and r["precision"] == "fp32"
+    # precision rows: the model in bf16 / fp16 against the fp32 fastsde path, the reference and its autocast peer
+    assert [h["case"] for h in half] == ["digits_pc_b64_bf16", "digits_pc_b64_fp16"] and not r["skipped"]
+    for h in half:
+        assert h["precision"] == h["case"].rsplit("_", 1)[1] and 0 < h["max_abs_diff"] < 0.5
+        assert set(h["baselines"]) == {"fastsde_fp32", "reference", "reference_autocast_bf16"}
+        assert h["baselines"]["fastsde_fp32"] == r["median_ms"] and h["baselines"]["reference_autocast_bf16"] > 0
     result = json.loads((tmp_path / "tradeoff.json").read_text())
-    assert [row["sampler"] for row in result["rows"]] == ["pc", "ode"] and result["n"] == 16
+    assert [(row["sampler"], row["precision"]) for row in result["rows"][:3]] == [("pc", "fp32"), ("pc", "bf16"),
+                                                                                  ("ode", "fp32")]
+    assert result["n"] == 16
     assert all(row["fd"] >= 0 and row["nfe"] > 0 for row in result["rows"])
     assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unet_suite_precision_rows(monkeypatch, one_thread):
+    from fastsde.benchmarks import bench_unet, common
+
+    monkeypatch.setattr(bench_unet, "CASES", [("unet_forward_16px_b2", "small16", 2)])
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
+    r, *half = bench_unet.run(quick=True, use_compile=False)
+    assert r["case"] == "unet_forward_16px_b2" and r["precision"] == "fp32" and not r["skipped"]
+    assert [h["case"] for h in half] == ["unet_forward_16px_b2_bf16", "unet_forward_16px_b2_fp16"]
+    for h in half:
+        assert set(h["baselines"]) == {"fused_fp32", "reference", "reference_autocast_bf16"}
+        assert h["baselines"]["fused_fp32"] == r["median_ms"] and 0 < h["max_abs_diff"] < 1.0  # outputs up to ~20
 
 
 # ---- --device: CUDA records and the GPU check (no GPU here: the CUDA timing path runs on fake CUDA events) ----------
@@ -147,6 +174,7 @@ def test_cuda_e2e_reports_missing_loop_variants(fake_cuda, monkeypatch, one_thre
 
     monkeypatch.setitem(pretrained.DIGITS_DEFAULTS, "steps", 2)
     monkeypatch.setattr(bench_e2e, "loop_variant_missing", lambda keyword: f"no {keyword}= here")
+    monkeypatch.setattr(bench_e2e, "loop_overhead", lambda *a, **k: [])
     (r,) = bench_e2e.run(quick=True, use_compile=False, n=4)
     assert set(r) >= CUDA_KEYS and r["case"] == "digits_pc_b4" and r["max_abs_diff"] < 1e-4
     assert r["skipped"] == {"compiled": "no compile= here", "captured": "no capture= here"}

@@ -224,6 +224,13 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     h.update(out.view(torch.int16 if dtype != torch.float32 else torch.int32).numpy().tobytes())
     h.update(xm.view(torch.int16 if dtype != torch.float32 else torch.int32).numpy().tobytes())
     h.update(op.step_sq_norms(s, None, -1, ids, 5).numpy().tobytes())
+for sd in (torch.float16, torch.bfloat16):  # a half-precision score beside a float32 state
+    x, z = (torch.randn(3, 70_001, generator=gen) for _ in range(2))
+    s = torch.randn(3, 70_001, generator=gen).to(sd)
+    out, xm = torch.empty_like(x), torch.empty_like(x)
+    op.affine_step_(out, x, s, a, b, c, None, -1, ids, 2**32 + 3, xm, x, z, a, c, 11)
+    h.update(out.numpy().tobytes()); h.update(xm.numpy().tobytes())
+    h.update(op.step_sq_norms(s, z, -1, ids, 5).numpy().tobytes())
 y = torch.empty(3, 70_001)
 op.fsn1_normal_(y, -1, torch.tensor([1, 2, 3]), 4)
 h.update(y.numpy().tobytes())
@@ -264,8 +271,16 @@ def test_cpp_checks():
     ]:
         with pytest.raises(RuntimeError, match=match):
             OP.affine_step_(**args(**kw))
-    with pytest.raises(RuntimeError, match="noise must have the shape of x"):
+    with pytest.raises(RuntimeError, match="noise must have the shape of score"):
         OP.step_sq_norms(x, torch.randn(2, 7), 0, ids, 0)
+    # the score may be narrower than x (a half-precision model beside a float32 state), nothing else
+    for x_dtype, s_dtype in [(torch.float32, torch.float64), (torch.float16, torch.bfloat16),
+                             (torch.bfloat16, torch.float32), (torch.float64, torch.float16)]:
+        xs = x.to(x_dtype)
+        with pytest.raises(RuntimeError, match="score must have the dtype of x"):
+            OP.affine_step_(**args(x=xs, out=torch.empty_like(xs), score=x.to(s_dtype)))
+    with pytest.raises(RuntimeError, match="noise must have the dtype of score"):
+        OP.step_sq_norms(x.to(torch.bfloat16), x.half(), 0, ids, 0)
 
 
 def test_meta():
@@ -274,6 +289,58 @@ def test_meta():
     ids = torch.empty(3, dtype=torch.int64, device="meta")
     OP.affine_step_(x, x, x, one, one, one, None, 0, ids, 0, None, None, None, None, None, 0)
     assert OP.step_sq_norms(x, None, 0, ids, 0).shape == (3, 2)
+    half = torch.empty(3, 7, device="meta", dtype=torch.bfloat16)  # a half-precision score beside float32 x
+    OP.affine_step_(x, x, half, one, one, one, None, 0, ids, 0, None, None, None, None, None, 0)
+    assert OP.step_sq_norms(half, x, 0, ids, 0).shape == (3, 2)
+    with pytest.raises(RuntimeError, match="score must have the dtype of x"):
+        OP.affine_step_(x, x, half.double(), one, one, one, None, 0, ids, 0, None, None, None, None, None, 0)
+
+
+# ---- mixed precision: the score (a model output) narrower than the state --------------------------------------
+MIXED = [(torch.float32, torch.bfloat16), (torch.float32, torch.float16), (torch.float64, torch.float32)]
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(64, 5), (9, 127)])  # + short rows: the lanes-across-samples path
+@pytest.mark.parametrize("state, score_dtype", MIXED)
+def test_mixed_score_against_reference(shape, state, score_dtype):
+    """err(native, ref64) <= 2 err(ref32, ref64) + atol, the reference run in float64 from the same narrow score:
+    the half-precision rounding is in the score, the step adds only the state's rounding."""
+    gen = torch.Generator().manual_seed(10)
+    x, z, data = (torch.randn(shape, generator=gen).to(state) for _ in range(3))
+    s = torch.randn(shape, generator=gen).to(score_dtype)
+    mask = (torch.rand(shape, generator=gen) < 0.5).to(state)
+    a, b, c, da, dc = (coef(shape[0], False, gen) for _ in range(5))
+    ids = torch.randint(0, 2**32, (shape[0],), generator=gen)
+    for kw in [dict(sample_ids=ids), dict(noise=z), dict(mask=mask, data=data, data_a=da, data_c=dc, sample_ids=ids)]:
+        for cc in (c, None):
+            xm = torch.full_like(x, float("nan"))
+            nk = {"ids": ids, "noise": kw.get("noise"), "mask": kw.get("mask"), "data": kw.get("data"),
+                  "da": kw.get("data_a"), "dc": kw.get("data_c")}
+            out = native_step(x, s, a, b, cc, x_mean=xm, **nk)
+            assert out.dtype == state
+            assert_close_to_ref(out, x, s, a, b, cc, got_xm=xm, atol=2e-6, **kw)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(1024, 2), (333, 3), (64, 5)])  # + short rows
+@pytest.mark.parametrize("state, score_dtype", MIXED)
+def test_mixed_score_reads_exactly_its_conversion(shape, state, score_dtype):
+    """The kernel loads the narrow score as the exact conversion to the state's dtype: bit-identical to the step on
+    score.to(x.dtype), for every output and noise mode, and for step_sq_norms."""
+    gen = torch.Generator().manual_seed(11)
+    x, z = (torch.randn(shape, generator=gen).to(state) for _ in range(2))
+    s = torch.randn(shape, generator=gen).to(score_dtype)
+    a, b, c = (coef(shape[0], False, gen) for _ in range(3))
+    for noise, cc in [(None, c), (z, c), (None, None)]:
+        xm_n, xm_w = torch.empty_like(x), torch.empty_like(x)
+        narrow = native_step(x, s, a, b, cc, noise=noise, x_mean=xm_n)
+        wide = native_step(x, s.to(state), a, b, cc, noise=noise, x_mean=xm_w)
+        assert torch.equal(narrow, wide) and torch.equal(xm_n, xm_w)
+    ids = torch.arange(shape[0])
+    # Without explicit noise step_sq_norms draws z in the score's compute type: float32 for a float32 score, which
+    # is the float64 state's only in the explicit-noise case.
+    for noise in (None, z) if state == torch.float32 else (z,):
+        assert torch.equal(OP.step_sq_norms(s, noise, i64(SEED), ids, i64(DRAW)),
+                           OP.step_sq_norms(s.to(state), noise, i64(SEED), ids, i64(DRAW)))
 
 
 # ---- short rows: the SIMD lanes of a group run across samples (csrc/cpu/step_kernels.h, *_flat) ----------------
@@ -354,6 +421,12 @@ for shape in [(1024, 2), (333, 3), (64, 5), (7, 1), (9, 127), (3, 128), (40000, 
         h.update(out.view(iv).numpy().tobytes()); h.update(xm.view(iv).numpy().tobytes())
         h.update(op.step_sq_norms(s, None, -1, ids, 5).numpy().tobytes())
         h.update(op.step_sq_norms(s, m, -1, ids, 5).numpy().tobytes())
+    x, z = (torch.randn(shape, generator=gen) for _ in range(2))
+    s = torch.randn(shape, generator=gen).to(torch.bfloat16)  # a half-precision score beside a float32 state
+    out = torch.empty_like(x)
+    op.affine_step_(out, x, s, a, b, c, None, -1, ids, 5, None, None, None, None, None, 0)
+    h.update(out.numpy().tobytes())
+    h.update(op.step_sq_norms(s, None, -1, ids, 5).numpy().tobytes())
     y = torch.empty(shape)
     op.fsn1_normal_(y, -1, ids, 4)
     h.update(y.numpy().tobytes())

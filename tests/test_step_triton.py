@@ -236,6 +236,82 @@ def test_step_sq_norms_matches_reference(shape, dtype, explicit):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Mixed precision: a half-precision model output (score) beside a float32 state, a float32 one beside float64. The
+# oracle is the reference in float64 from the same narrow score: the error is the float32 rounding of the update.
+
+MIXED = [(torch.float32, torch.bfloat16), (torch.float32, torch.float16), (torch.float64, torch.float32)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("state, score_dtype", MIXED)
+@pytest.mark.parametrize("noise_mode", ["explicit", "fsn1", "none"])
+def test_affine_step_mixed_score_matches_reference(shape, state, score_dtype, noise_mode):
+    x, score, noise, _, _ = _inputs(shape, state)
+    score = score.to(score_dtype)
+    a, b, c = _coefs(shape[0])
+    ids = torch.arange(shape[0], dtype=torch.int64) + 5
+    seed, draw = 77, 3
+    if noise_mode == "none":
+        c, kw = None, {}
+    elif noise_mode == "explicit":
+        kw = dict(noise=noise)
+    else:
+        kw = dict(seed=seed, sample_ids=ids, draw=draw)
+    out = torch.full_like(x, float("nan"))
+    x_mean = torch.full_like(x, float("nan"))
+    kstep.affine_step(out, x, score, a, b, c, kw.get("noise"), seed, ids, draw, x_mean, None, None, None, None, 0)
+    r32, r64, m32, m64 = _ref_pair(x, score, a, b, c, **kw)
+    noise_coef = c.abs().max().item() if noise_mode == "fsn1" else 0.0
+    assert out.dtype == state
+    assert _err(out, r64) <= 2 * _err(r32, r64) + _atol(state, r64, noise_coef)
+    assert _err(x_mean, m64) <= 2 * _err(m32, m64) + _atol(state, m64)
+    # the narrow score is read exactly as its conversion to the state's dtype would be
+    widened = torch.full_like(x, float("nan"))
+    kstep.affine_step(widened, x, score.to(state), a, b, c, kw.get("noise"), seed, ids, draw, None, None, None,
+                      None, None, 0)
+    assert torch.equal(out, widened)
+
+
+@pytest.mark.parametrize("state, score_dtype", MIXED)
+def test_affine_step_mixed_score_projection(state, score_dtype):
+    x, score, _, mask, data = _inputs((2, 1027), state, project=True)
+    score = score.to(score_dtype)
+    a, b, c = _coefs(2)
+    data_a, data_c, _ = _coefs(2, length_one=True)
+    ids = torch.tensor([3, 9])
+    kw = dict(seed=11, sample_ids=ids, draw=5, mask=mask, data=data, data_a=data_a, data_c=data_c, data_draw=6)
+    out = torch.full_like(x, float("nan"))
+    kstep.affine_step(out, x, score, a, b, c, None, 11, ids, 5, None, mask, data, data_a, data_c, 6)
+    r32, r64, _, _ = _ref_pair(x, score, a, b, c, **kw)
+    noise_coef = c.abs().max().item() + data_c.abs().max().item()
+    assert _err(out, r64) <= 2 * _err(r32, r64) + _atol(state, r64, noise_coef)
+
+
+@pytest.mark.parametrize("state, score_dtype", MIXED)
+@pytest.mark.parametrize("explicit", [True, False])
+def test_step_sq_norms_mixed_score(state, score_dtype, explicit):
+    _, score, noise, _, _ = _inputs((2, 1027), state)
+    score = score.to(score_dtype)
+    ids = torch.tensor([0, 1])
+    kw = dict(noise=noise) if explicit else dict(seed=5, sample_ids=ids, draw=2)
+    got = kstep.step_sq_norms(score, kw.get("noise"), kw.get("seed", 0), ids, kw.get("draw", 0))
+    expected = ref.step_sq_norms(score, **kw)
+    rtol = 1e-12 if state == torch.float64 and explicit else 2e-6
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
+
+
+def test_mixed_score_checks():
+    x, score, noise, _, _ = _inputs((2, 9), torch.float32)
+    a, b, c = _coefs(2)
+    ids = torch.arange(2)
+    for bad in (score.double(), score.to(torch.bfloat16)[:, :8]):
+        with pytest.raises(ValueError, match="score must match x"):
+            kstep.affine_step(torch.empty_like(x), x, bad, a, b, c, None, 0, ids, 0, None, None, None, None, None, 0)
+    with pytest.raises(ValueError, match="score must match noise"):  # a float16 state takes a float16 score only
+        kstep.step_sq_norms(score.to(torch.bfloat16), noise.half(), 0, ids, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The public ops dispatch to Triton; the torch.library ops are registered.
 
 

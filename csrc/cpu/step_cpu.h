@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>  // std::conditional in the kernels (csrc/cpu/step_kernels.h)
+
 #include "step_args.h"
 
 namespace fastsde {

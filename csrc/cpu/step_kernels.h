@@ -5,6 +5,10 @@
 // A group is one Philox call per lane: kLanes blocks = G = 4 kLanes consecutive elements (64 for AVX-512). The
 // row's last partial group is staged through zero-padded stack buffers and runs the same group code, so tails are
 // bit-identical to the body. float64 storage runs scalar code (libm normals), identical on every level.
+//
+// The score may be narrower than the state (csrc/step_args.h, step_dtypes_supported): the kernels are templated on
+// the state dtype D and the score dtype DS, and the score is converted to float32 lanes by its own Io<DS> load --
+// the same conversion a float32 copy would make, with no extra pass and no buffer.
 
 constexpr int G = 4 * kLanes;
 
@@ -35,23 +39,26 @@ FASTSDE_SIMD_INLINE void fsn1_group(F out[4], uint32_t blk0, uint32_t n, uint64_
 using step::coef_index;
 using step::NoiseMode;
 
-// Row pointers of one affine_step_ group (already offset to the group's first element).
-template <typename T>
+// Row pointers of one affine_step_ group (already offset to the group's first element): state-dtype T, score TS.
+template <typename T, typename TS>
 struct AffinePtrs {
-  const T *x, *s, *noise, *mask, *data;
+  const T* x;
+  const TS* s;
+  const T *noise, *mask, *data;
   T *out, *xm;
 };
 
-template <Dtype D, NoiseMode NM, bool kProject>
-FASTSDE_SIMD_INLINE void affine_group(const AffinePtrs<typename Io<D>::T>& p, uint32_t blk0, const F coef[5],
-                                      uint32_t n, uint64_t draw, uint64_t data_draw, uint32_t k0, uint32_t k1) {
+template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
+FASTSDE_SIMD_INLINE void affine_group(const AffinePtrs<typename Io<D>::T, typename Io<DS>::T>& p, uint32_t blk0,
+                                      const F coef[5], uint32_t n, uint64_t draw, uint64_t data_draw, uint32_t k0,
+                                      uint32_t k1) {
   using IO = Io<D>;
   F z[4], z2[4];
   if (NM == NoiseMode::kFsn1) fsn1_group(z, blk0, n, draw, k0, k1);
   if (kProject) fsn1_group(z2, blk0, n, data_draw, k0, k1);
   for (int r = 0; r < 4; ++r) {
     const int off = r * kLanes;
-    F xm = step::step_mean(coef[0], coef[1], IO::ld(p.x + off), IO::ld(p.s + off));
+    F xm = step::step_mean(coef[0], coef[1], IO::ld(p.x + off), Io<DS>::ld(p.s + off));
     F xo = xm;
     if (NM == NoiseMode::kFsn1) xo = step::step_noisy(xm, coef[2], z[r]);
     if (NM == NoiseMode::kExplicit) xo = step::step_noisy(xm, coef[2], IO::ld(p.noise + off));
@@ -67,12 +74,14 @@ inline void copy_in(T* dst, const T* src, int64_t count) {
   for (int64_t i = 0; i < count; ++i) dst[i] = src[i];
 }
 
-template <Dtype D, NoiseMode NM, bool kProject>
+template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
 void affine_range_f32(const AffineStepArgs& A, int64_t row, int64_t j0, int64_t j1) {
   using T = typename Io<D>::T;
+  using TS = typename Io<DS>::T;
   const int64_t base = row * A.numel;
   auto at = [&](const void* ptr) -> const T* { return ptr ? static_cast<const T*>(ptr) + base : nullptr; };
-  const T *x = at(A.x), *s = at(A.score), *noise = at(A.noise), *mask = at(A.mask), *data = at(A.data);
+  const T *x = at(A.x), *noise = at(A.noise), *mask = at(A.mask), *data = at(A.data);
+  const TS* s = static_cast<const TS*>(A.score) + base;
   T* out = static_cast<T*>(A.out) + base;
   T* xm = A.x_mean ? static_cast<T*>(A.x_mean) + base : nullptr;
   const F coef[5] = {
@@ -86,31 +95,34 @@ void affine_range_f32(const AffineStepArgs& A, int64_t row, int64_t j0, int64_t 
   const uint32_t k0 = uint32_t(A.seed), k1 = uint32_t(A.seed >> 32);
   int64_t j = j0;
   for (; j + G <= j1; j += G) {
-    const AffinePtrs<T> p{x + j, s + j, noise ? noise + j : nullptr, mask ? mask + j : nullptr,
-                          data ? data + j : nullptr, out + j, xm ? xm + j : nullptr};
-    affine_group<D, NM, kProject>(p, uint32_t(j >> 2), coef, n, A.draw, A.data_draw, k0, k1);
+    const AffinePtrs<T, TS> p{x + j, s + j, noise ? noise + j : nullptr, mask ? mask + j : nullptr,
+                              data ? data + j : nullptr, out + j, xm ? xm + j : nullptr};
+    affine_group<D, DS, NM, kProject>(p, uint32_t(j >> 2), coef, n, A.draw, A.data_draw, k0, k1);
   }
   if (j < j1) {  // the row's last partial group, through zero-padded buffers
     const int64_t count = j1 - j;
-    T bx[G] = {}, bs[G] = {}, bn[G] = {}, bm[G] = {}, bd[G] = {}, bo[G] = {}, bxm[G] = {};
+    T bx[G] = {}, bn[G] = {}, bm[G] = {}, bd[G] = {}, bo[G] = {}, bxm[G] = {};
+    TS bs[G] = {};
     copy_in(bx, x + j, count);
     copy_in(bs, s + j, count);
     copy_in(bn, noise ? noise + j : nullptr, count);
     copy_in(bm, mask ? mask + j : nullptr, count);
     copy_in(bd, data ? data + j : nullptr, count);
-    const AffinePtrs<T> p{bx, bs, bn, bm, bd, bo, xm ? bxm : nullptr};
-    affine_group<D, NM, kProject>(p, uint32_t(j >> 2), coef, n, A.draw, A.data_draw, k0, k1);
+    const AffinePtrs<T, TS> p{bx, bs, bn, bm, bd, bo, xm ? bxm : nullptr};
+    affine_group<D, DS, NM, kProject>(p, uint32_t(j >> 2), coef, n, A.draw, A.data_draw, k0, k1);
     for (int64_t i = 0; i < count; ++i) out[j + i] = bo[i];
     if (xm)
       for (int64_t i = 0; i < count; ++i) xm[j + i] = bxm[i];
   }
 }
 
-// float64 storage: scalar float64 math (libm normals), the same on every level.
+// float64 storage: scalar float64 math (libm normals), the same on every level. S: the score's storage (double, or
+// float beside a float64 state).
+template <typename S>
 inline void affine_range_f64(const AffineStepArgs& A, int64_t row, int64_t j0, int64_t j1) {
   const int64_t base = row * A.numel;
   const double* x = static_cast<const double*>(A.x) + base;
-  const double* s = static_cast<const double*>(A.score) + base;
+  const S* s = static_cast<const S*>(A.score) + base;
   const double* noise = A.noise ? static_cast<const double*>(A.noise) + base : nullptr;
   const double* mask = A.mask ? static_cast<const double*>(A.mask) + base : nullptr;
   const double* data = A.data ? static_cast<const double*>(A.data) + base : nullptr;
@@ -128,7 +140,7 @@ inline void affine_range_f64(const AffineStepArgs& A, int64_t row, int64_t j0, i
       if (gen) z = fsn1::fsn1_normals4_f64(fsn1::fsn1_block(A.seed, n, A.draw, uint32_t(j >> 2)));
       if (mask) z2 = fsn1::fsn1_normals4_f64(fsn1::fsn1_block(A.seed, n, A.data_draw, uint32_t(j >> 2)));
     }
-    double xm = step::step_mean(a, b, x[j], s[j]);
+    double xm = step::step_mean(a, b, x[j], double(s[j]));
     double xo = xm;
     if (A.c) xo = step::step_noisy(xm, c, gen ? z.z[j & 3] : noise[j]);
     if (mask) step::step_project(xo, xm, mask[j], data[j], da, dc, z2.z[j & 3]);
@@ -137,31 +149,36 @@ inline void affine_range_f64(const AffineStepArgs& A, int64_t row, int64_t j0, i
   }
 }
 
-template <Dtype D, NoiseMode NM>
+template <Dtype D, Dtype DS, NoiseMode NM>
 void affine_range_proj(const AffineStepArgs& A, int64_t row, int64_t j0, int64_t j1) {
   if (A.mask)
-    affine_range_f32<D, NM, true>(A, row, j0, j1);
+    affine_range_f32<D, DS, NM, true>(A, row, j0, j1);
   else
-    affine_range_f32<D, NM, false>(A, row, j0, j1);
+    affine_range_f32<D, DS, NM, false>(A, row, j0, j1);
 }
 
-template <Dtype D>
+template <Dtype D, Dtype DS>
 void affine_range_dtype(const AffineStepArgs& A, int64_t row, int64_t j0, int64_t j1) {
   if (!A.c)
-    affine_range_proj<D, NoiseMode::kNone>(A, row, j0, j1);
+    affine_range_proj<D, DS, NoiseMode::kNone>(A, row, j0, j1);
   else if (A.noise)
-    affine_range_proj<D, NoiseMode::kExplicit>(A, row, j0, j1);
+    affine_range_proj<D, DS, NoiseMode::kExplicit>(A, row, j0, j1);
   else
-    affine_range_proj<D, NoiseMode::kFsn1>(A, row, j0, j1);
+    affine_range_proj<D, DS, NoiseMode::kFsn1>(A, row, j0, j1);
 }
 
+// The score's storage type beside a float64 state.
+template <Dtype DS>
+using F64Score = typename std::conditional<DS == Dtype::kFloat64, double, float>::type;
+
 void affine_range(const AffineStepArgs& A, int64_t row, int64_t j0, int64_t j1) {
-  switch (A.dtype) {
-    case Dtype::kFloat32: affine_range_dtype<Dtype::kFloat32>(A, row, j0, j1); break;
-    case Dtype::kFloat16: affine_range_dtype<Dtype::kFloat16>(A, row, j0, j1); break;
-    case Dtype::kBFloat16: affine_range_dtype<Dtype::kBFloat16>(A, row, j0, j1); break;
-    case Dtype::kFloat64: affine_range_f64(A, row, j0, j1); break;
-  }
+  with_step_dtypes(A.dtype, A.score_dtype, [&](auto d, auto ds) {
+    constexpr Dtype D = decltype(d)::value, DS = decltype(ds)::value;
+    if constexpr (D == Dtype::kFloat64)
+      affine_range_f64<F64Score<DS>>(A, row, j0, j1);
+    else
+      affine_range_dtype<D, DS>(A, row, j0, j1);
+  });
 }
 
 // Sum the 16 canonical accumulators in a fixed tree order.
@@ -174,12 +191,13 @@ inline double acc_total(const double acc[16]) {
 }
 
 // Squared norms of one row's [j0, j1): element j goes to accumulator (j - j0) mod 16 (j0 is a multiple of 64).
-template <Dtype D>
+template <Dtype D, Dtype DS>
 void sq_norms_range_f32(const SqNormsArgs& A, int64_t row, int64_t j0, int64_t j1, double partial[2]) {
   using T = typename Io<D>::T;
+  using TS = typename Io<DS>::T;
   using IO = Io<D>;
   const int64_t base = row * A.numel;
-  const T* s = static_cast<const T*>(A.score) + base;
+  const TS* s = static_cast<const TS*>(A.score) + base;
   const T* noise = A.noise ? static_cast<const T*>(A.noise) + base : nullptr;
   const uint32_t n = uint32_t(A.sample_ids[row]);
   const uint32_t k0 = uint32_t(A.seed), k1 = uint32_t(A.seed >> 32);
@@ -193,13 +211,14 @@ void sq_norms_range_f32(const SqNormsArgs& A, int64_t row, int64_t j0, int64_t j
     for (int r = 0; r < 4; ++r) {
       const int off = r * kLanes;
       const int slot = int(((j - j0 + off) & 15) / kLanes);
-      acc_sq(as, IO::ld(s + j + off), slot);
+      acc_sq(as, Io<DS>::ld(s + j + off), slot);
       acc_sq(az, noise ? IO::ld(noise + j + off) : z[r], slot);
     }
   }
   if (j < j1) {  // partial group: zero padding adds +0 to the (non-negative) sums
     const int64_t count = j1 - j;
-    T bs[G] = {}, bn[G] = {};
+    TS bs[G] = {};
+    T bn[G] = {};
     copy_in(bs, s + j, count);
     float bz[G] = {};
     if (noise) {
@@ -213,7 +232,7 @@ void sq_norms_range_f32(const SqNormsArgs& A, int64_t row, int64_t j0, int64_t j
     for (int r = 0; r < 4; ++r) {
       const int off = r * kLanes;
       const int slot = int(((j - j0 + off) & 15) / kLanes);
-      acc_sq(as, IO::ld(bs + off), slot);
+      acc_sq(as, Io<DS>::ld(bs + off), slot);
       acc_sq(az, noise ? IO::ld(bn + off) : load(bz + off), slot);
     }
   }
@@ -224,9 +243,10 @@ void sq_norms_range_f32(const SqNormsArgs& A, int64_t row, int64_t j0, int64_t j
   partial[1] = acc_total(buf);
 }
 
+template <typename S>
 inline void sq_norms_range_f64(const SqNormsArgs& A, int64_t row, int64_t j0, int64_t j1, double partial[2]) {
   const int64_t base = row * A.numel;
-  const double* s = static_cast<const double*>(A.score) + base;
+  const S* s = static_cast<const S*>(A.score) + base;
   const double* noise = A.noise ? static_cast<const double*>(A.noise) + base : nullptr;
   const uint32_t n = uint32_t(A.sample_ids[row]);
   double as[16] = {}, az[16] = {};
@@ -234,7 +254,8 @@ inline void sq_norms_range_f64(const SqNormsArgs& A, int64_t row, int64_t j0, in
   for (int64_t j = j0; j < j1; ++j) {
     if (!noise && ((j & 3) == 0 || j == j0)) z = fsn1::fsn1_normals4_f64(fsn1::fsn1_block(A.seed, n, A.draw, uint32_t(j >> 2)));
     const double zj = noise ? noise[j] : z.z[j & 3];
-    as[(j - j0) & 15] = __builtin_fma(s[j], s[j], as[(j - j0) & 15]);
+    const double sj = double(s[j]);
+    as[(j - j0) & 15] = __builtin_fma(sj, sj, as[(j - j0) & 15]);
     az[(j - j0) & 15] = __builtin_fma(zj, zj, az[(j - j0) & 15]);
   }
   partial[0] = acc_total(as);
@@ -242,12 +263,13 @@ inline void sq_norms_range_f64(const SqNormsArgs& A, int64_t row, int64_t j0, in
 }
 
 void sq_norms_range(const SqNormsArgs& A, int64_t row, int64_t j0, int64_t j1, double partial[2]) {
-  switch (A.dtype) {
-    case Dtype::kFloat32: sq_norms_range_f32<Dtype::kFloat32>(A, row, j0, j1, partial); break;
-    case Dtype::kFloat16: sq_norms_range_f32<Dtype::kFloat16>(A, row, j0, j1, partial); break;
-    case Dtype::kBFloat16: sq_norms_range_f32<Dtype::kBFloat16>(A, row, j0, j1, partial); break;
-    case Dtype::kFloat64: sq_norms_range_f64(A, row, j0, j1, partial); break;
-  }
+  with_step_dtypes(A.dtype, A.score_dtype, [&](auto d, auto ds) {
+    constexpr Dtype D = decltype(d)::value, DS = decltype(ds)::value;
+    if constexpr (D == Dtype::kFloat64)
+      sq_norms_range_f64<F64Score<DS>>(A, row, j0, j1, partial);
+    else
+      sq_norms_range_f32<D, DS>(A, row, j0, j1, partial);
+  });
 }
 
 // FSN1 float32 normals of one row's [j0, j1).
@@ -347,17 +369,20 @@ inline void flat_compact(float* zc, float* zb, int64_t nrows, int64_t numel, int
     for (int64_t j = 0; j < numel; j += kLanes) store(zc + i * numel + j, load(zb + i * 4 * bpr + j));
 }
 
-template <typename T>
+template <typename T, typename TS>
 struct FlatPtrs {
-  const T *x, *s, *noise, *mask, *data;
+  const T* x;
+  const TS* s;
+  const T *noise, *mask, *data;
   T *out, *xm;
 };
 
 // One vector of kLanes elements of a tile: exactly the operations of affine_group.
-template <Dtype D, NoiseMode NM, bool kProject>
-FASTSDE_SIMD_INLINE void affine_flat_vec(const FlatPtrs<typename Io<D>::T>& p, const F c[5], F z, F z2) {
+template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
+FASTSDE_SIMD_INLINE void affine_flat_vec(const FlatPtrs<typename Io<D>::T, typename Io<DS>::T>& p, const F c[5], F z,
+                                         F z2) {
   using IO = Io<D>;
-  F xm = step::step_mean(c[0], c[1], IO::ld(p.x), IO::ld(p.s));
+  F xm = step::step_mean(c[0], c[1], IO::ld(p.x), Io<DS>::ld(p.s));
   F xo = xm;
   if (NM == NoiseMode::kFsn1) xo = step::step_noisy(xm, c[2], z);
   if (NM == NoiseMode::kExplicit) xo = step::step_noisy(xm, c[2], IO::ld(p.noise));
@@ -366,9 +391,10 @@ FASTSDE_SIMD_INLINE void affine_flat_vec(const FlatPtrs<typename Io<D>::T>& p, c
   if (p.xm) IO::st(p.xm, xm);
 }
 
-template <Dtype D, NoiseMode NM, bool kProject>
+template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
 void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
   using T = typename Io<D>::T;
+  using TS = typename Io<DS>::T;
   const int64_t M = A.numel, bpr = (M + 3) / 4, tile_rows = flat_tile_rows(M);
   // Normals in block order (zb) and element order (zc): zc aliases zb when rows are whole blocks.
   alignas(64) float zb[NM == NoiseMode::kFsn1 ? kFlatTile + G : 1], zcb[NM == NoiseMode::kFsn1 ? kFlatTile + G : 1];
@@ -412,7 +438,8 @@ void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
       store(dst + E, F(0.0f));
     }
     auto at = [&](const void* ptr) -> const T* { return ptr ? static_cast<const T*>(ptr) + base : nullptr; };
-    const FlatPtrs<T> p{at(A.x),    at(A.score),
+    const FlatPtrs<T, TS> p{at(A.x),
+                            static_cast<const TS*>(A.score) + base,
                         NM == NoiseMode::kExplicit ? at(A.noise) : nullptr,
                         kProject ? at(A.mask) : nullptr,
                         kProject ? at(A.data) : nullptr,
@@ -422,23 +449,23 @@ void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
     int64_t i = 0;
     for (; i + kLanes <= E; i += kLanes) {
       for (int q = 0; q < 5; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
-      const FlatPtrs<T> pi{p.x + i, p.s + i, p.noise ? p.noise + i : nullptr, p.mask ? p.mask + i : nullptr,
-                           p.data ? p.data + i : nullptr, p.out + i, p.xm ? p.xm + i : nullptr};
-      affine_flat_vec<D, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
+      const FlatPtrs<T, TS> pi{p.x + i, p.s + i, p.noise ? p.noise + i : nullptr, p.mask ? p.mask + i : nullptr,
+                               p.data ? p.data + i : nullptr, p.out + i, p.xm ? p.xm + i : nullptr};
+      affine_flat_vec<D, DS, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
                                        kProject ? load(z2c + i) : F(0.0f));
     }
     if (i < E) {  // the tile's last partial vector, through zero-padded buffers
       const int64_t count = E - i;
-      T bx[kLanes] = {}, bs[kLanes] = {}, bn[kLanes] = {}, bm[kLanes] = {}, bd[kLanes] = {}, bo[kLanes] = {},
-        bxm[kLanes] = {};
+      T bx[kLanes] = {}, bn[kLanes] = {}, bm[kLanes] = {}, bd[kLanes] = {}, bo[kLanes] = {}, bxm[kLanes] = {};
+      TS bs[kLanes] = {};
       copy_in(bx, p.x + i, count);
       copy_in(bs, p.s + i, count);
       if (p.noise) copy_in(bn, p.noise + i, count);
       if (p.mask) copy_in(bm, p.mask + i, count);
       if (p.data) copy_in(bd, p.data + i, count);
       for (int q = 0; q < 5; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
-      const FlatPtrs<T> pi{bx, bs, bn, bm, bd, bo, p.xm ? bxm : nullptr};
-      affine_flat_vec<D, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
+      const FlatPtrs<T, TS> pi{bx, bs, bn, bm, bd, bo, p.xm ? bxm : nullptr};
+      affine_flat_vec<D, DS, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
                                        kProject ? load(z2c + i) : F(0.0f));
       for (int64_t t = 0; t < count; ++t) p.out[i + t] = bo[t];
       if (p.xm)
@@ -447,34 +474,34 @@ void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
   }
 }
 
-template <Dtype D, NoiseMode NM>
+template <Dtype D, Dtype DS, NoiseMode NM>
 void affine_flat_proj(const AffineStepArgs& A, int64_t r0, int64_t r1) {
   if (A.mask)
-    affine_flat_f32<D, NM, true>(A, r0, r1);
+    affine_flat_f32<D, DS, NM, true>(A, r0, r1);
   else
-    affine_flat_f32<D, NM, false>(A, r0, r1);
+    affine_flat_f32<D, DS, NM, false>(A, r0, r1);
 }
 
-template <Dtype D>
+template <Dtype D, Dtype DS>
 void affine_flat_dtype(const AffineStepArgs& A, int64_t r0, int64_t r1) {
   if (!A.c)
-    affine_flat_proj<D, NoiseMode::kNone>(A, r0, r1);
+    affine_flat_proj<D, DS, NoiseMode::kNone>(A, r0, r1);
   else if (A.noise)
-    affine_flat_proj<D, NoiseMode::kExplicit>(A, r0, r1);
+    affine_flat_proj<D, DS, NoiseMode::kExplicit>(A, r0, r1);
   else
-    affine_flat_proj<D, NoiseMode::kFsn1>(A, r0, r1);
+    affine_flat_proj<D, DS, NoiseMode::kFsn1>(A, r0, r1);
 }
 
 // Rows [r0, r1), each shorter than kFlatTile elements (short rows: csrc/cpu/step.cpp decides).
 void affine_flat(const AffineStepArgs& A, int64_t r0, int64_t r1) {
-  switch (A.dtype) {
-    case Dtype::kFloat32: affine_flat_dtype<Dtype::kFloat32>(A, r0, r1); break;
-    case Dtype::kFloat16: affine_flat_dtype<Dtype::kFloat16>(A, r0, r1); break;
-    case Dtype::kBFloat16: affine_flat_dtype<Dtype::kBFloat16>(A, r0, r1); break;
-    case Dtype::kFloat64:  // scalar per element already: no idle lanes
-      for (int64_t r = r0; r < r1; ++r) affine_range_f64(A, r, 0, A.numel);
-      break;
-  }
+  with_step_dtypes(A.dtype, A.score_dtype, [&](auto d, auto ds) {
+    constexpr Dtype D = decltype(d)::value, DS = decltype(ds)::value;
+    if constexpr (D == Dtype::kFloat64) {  // scalar per element already: no idle lanes
+      for (int64_t r = r0; r < r1; ++r) affine_range_f64<F64Score<DS>>(A, r, 0, A.numel);
+    } else {
+      affine_flat_dtype<D, DS>(A, r0, r1);
+    }
+  });
 }
 
 // Storage -> float32 (exact), kLanes at a time; dst has room for count rounded up to kLanes.
@@ -551,16 +578,17 @@ inline void rows_sq_sums(const float* sb, const float* zb, int64_t numel, int64_
   }
 }
 
-template <Dtype D>
+template <Dtype D, Dtype DS>
 void sq_norms_flat_f32(const SqNormsArgs& A, int64_t r0, int64_t r1, double* out) {
   using T = typename Io<D>::T;
+  using TS = typename Io<DS>::T;
   const int64_t M = A.numel, bpr = (M + 3) / 4, tile_rows = flat_tile_rows(M);
   alignas(64) float sb[kFlatTile + kLanes], zb[kFlatTile + G];
-  const T* s = static_cast<const T*>(A.score);
+  const TS* s = static_cast<const TS*>(A.score);
   const T* noise = static_cast<const T*>(A.noise);
   for (int64_t r = r0; r < r1; r += tile_rows) {
     const int64_t nrows = r1 - r < tile_rows ? r1 - r : tile_rows, E = nrows * M;
-    to_f32<D>(sb, s + r * M, E);
+    to_f32<DS>(sb, s + r * M, E);
     int64_t zstride = M;
     if (noise) {
       to_f32<D>(zb, noise + r * M, E);
@@ -574,14 +602,14 @@ void sq_norms_flat_f32(const SqNormsArgs& A, int64_t r0, int64_t r1, double* out
 
 // out: (batch, 2) float64, rows [r0, r1) written.
 void sq_norms_flat(const SqNormsArgs& A, int64_t r0, int64_t r1, double* out) {
-  switch (A.dtype) {
-    case Dtype::kFloat32: sq_norms_flat_f32<Dtype::kFloat32>(A, r0, r1, out); break;
-    case Dtype::kFloat16: sq_norms_flat_f32<Dtype::kFloat16>(A, r0, r1, out); break;
-    case Dtype::kBFloat16: sq_norms_flat_f32<Dtype::kBFloat16>(A, r0, r1, out); break;
-    case Dtype::kFloat64:
-      for (int64_t r = r0; r < r1; ++r) sq_norms_range_f64(A, r, 0, A.numel, out + 2 * r);
-      break;
-  }
+  with_step_dtypes(A.dtype, A.score_dtype, [&](auto d, auto ds) {
+    constexpr Dtype D = decltype(d)::value, DS = decltype(ds)::value;
+    if constexpr (D == Dtype::kFloat64) {
+      for (int64_t r = r0; r < r1; ++r) sq_norms_range_f64<F64Score<DS>>(A, r, 0, A.numel, out + 2 * r);
+    } else {
+      sq_norms_flat_f32<D, DS>(A, r0, r1, out);
+    }
+  });
 }
 
 // FSN1 float32 normals of rows [r0, r1) of a (batch, numel) output, numel short.

@@ -4,7 +4,8 @@
 // affine_step_ reads x, score and writes out: 12 B/elem in float32 (+4 B x_mean, +4 B explicit noise, +8 B
 // mask/data); the noise is made in registers from FSN1 (csrc/fsn1.h). step_sq_norms reads score (+ noise): 4 B/elem.
 // Compiled with --fmad=false: the only fmas are the explicit ones of csrc/fsn1.h / step.h, so float32 normals are
-// bit-identical to the CPU's.
+// bit-identical to the CPU's. The kernels are templated on the state dtype D and the score dtype DS (a half-precision
+// model output beside a float32 state, csrc/step_args.h): the score is converted as it is loaded, in the same pass.
 #include "cuda/step_cuda.h"
 
 #include "cuda/dtype_io.cuh"
@@ -27,13 +28,14 @@ __device__ __forceinline__ fsn1::Normals4<C> normals(uint64_t seed, uint32_t n, 
   return fsn1::fsn1_normals4_t<C>(fsn1::fsn1_block(seed, n, draw, blk));
 }
 
-template <Dtype D, NoiseMode NM, bool kProject>
+template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
 __global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepArgs A, int64_t blocks, int64_t total) {
   using IO = Io<D>;
+  using IOS = Io<DS>;
   using T = typename IO::T;
   using C = typename IO::C;
   const T* x = static_cast<const T*>(A.x);             // (B, M) input
-  const T* s = static_cast<const T*>(A.score);         // (B, M) score
+  const typename IOS::T* s = static_cast<const typename IOS::T*>(A.score);  // (B, M) score, in DS
   const T* noise = static_cast<const T*>(A.noise);     // (B, M) explicit noise or null
   const T* mask = static_cast<const T*>(A.mask);       // (B, M) projection mask or null
   const T* data = static_cast<const T*>(A.data);       // (B, M) projection data or null
@@ -57,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepAr
     for (int t = 0; t < 4; ++t) {
       if (t < left) {
         const int64_t i = base + t;
-        C xm = step::step_mean(a, b, IO::ld(x + i), IO::ld(s + i));
+        C xm = step::step_mean(a, b, IO::ld(x + i), C(IOS::ld(s + i)));
         C xo = xm;
         if (NM == NoiseMode::kFsn1) xo = step::step_noisy(xm, c, z.z[t]);
         if (NM == NoiseMode::kExplicit) xo = step::step_noisy(xm, c, IO::ld(noise + i));
@@ -69,38 +71,39 @@ __global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepAr
   }
 }
 
-template <Dtype D, NoiseMode NM, bool kProject>
+template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
 cudaError_t launch_affine(const AffineStepArgs& A, cudaStream_t stream) {
   const int64_t blocks = (A.numel + 3) / 4;
   const int64_t total = A.batch * blocks;
   int64_t grid = (total + kThreads - 1) / kThreads;
   if (grid > kMaxGrid) grid = kMaxGrid;
-  _affine_step_fwd_kernel<D, NM, kProject><<<unsigned(grid), kThreads, 0, stream>>>(A, blocks, total);
+  _affine_step_fwd_kernel<D, DS, NM, kProject><<<unsigned(grid), kThreads, 0, stream>>>(A, blocks, total);
   return cudaGetLastError();
 }
 
-template <Dtype D, NoiseMode NM>
+template <Dtype D, Dtype DS, NoiseMode NM>
 cudaError_t launch_affine_proj(const AffineStepArgs& A, cudaStream_t stream) {
-  return A.mask ? launch_affine<D, NM, true>(A, stream) : launch_affine<D, NM, false>(A, stream);
+  return A.mask ? launch_affine<D, DS, NM, true>(A, stream) : launch_affine<D, DS, NM, false>(A, stream);
 }
 
-template <Dtype D>
+template <Dtype D, Dtype DS>
 cudaError_t launch_affine_dtype(const AffineStepArgs& A, cudaStream_t stream) {
-  if (!A.c) return launch_affine_proj<D, NoiseMode::kNone>(A, stream);
-  if (A.noise) return launch_affine_proj<D, NoiseMode::kExplicit>(A, stream);
-  return launch_affine_proj<D, NoiseMode::kFsn1>(A, stream);
+  if (!A.c) return launch_affine_proj<D, DS, NoiseMode::kNone>(A, stream);
+  if (A.noise) return launch_affine_proj<D, DS, NoiseMode::kExplicit>(A, stream);
+  return launch_affine_proj<D, DS, NoiseMode::kFsn1>(A, stream);
 }
 
 // One thread block per (sample, chunk), numbered row * chunks + chunk on a 1-D grid (grid.y would cap the batch at
 // 65535): each thread sums squares of its blocks in float64, then a fixed-order shared-memory tree;
 // partial[(row * chunks + chunk) * 2 + {0, 1}].
-template <Dtype D>
+template <Dtype D, Dtype DS>
 __global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArgs A, int64_t chunks,
                                                                       double* __restrict__ partial) {
   using IO = Io<D>;
+  using IOS = Io<DS>;
   using T = typename IO::T;
   using C = typename IO::C;
-  const T* s = static_cast<const T*>(A.score);      // (B, M) score
+  const typename IOS::T* s = static_cast<const typename IOS::T*>(A.score);  // (B, M) score, in DS
   const T* noise = static_cast<const T*>(A.noise);  // (B, M) explicit noise or null
   const int64_t row = int64_t(blockIdx.x) / chunks, chunk = int64_t(blockIdx.x) - row * chunks;
   const uint32_t n = uint32_t(A.sample_ids[row]);
@@ -113,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArg
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
       if (j + t < j1) {
-        const double sv = double(IO::ld(s + row * A.numel + j + t));
+        const double sv = double(IOS::ld(s + row * A.numel + j + t));
         const double zv = noise ? double(IO::ld(noise + row * A.numel + j + t)) : double(z.z[t]);
         ss = fma(sv, sv, ss);
         zz = fma(zv, zv, zz);
@@ -152,11 +155,11 @@ __global__ void _step_sq_norms_finish_kernel(const double* __restrict__ partial,
   out[row * 2 + 1] = z;
 }
 
-template <Dtype D>
+template <Dtype D, Dtype DS>
 cudaError_t launch_sq_norms(const SqNormsArgs& A, double* partial, double* out, cudaStream_t stream) {
   const int64_t chunks = (A.numel + kNormChunk - 1) / kNormChunk;
   if (A.batch * chunks > int64_t(0x7fffffff)) return cudaErrorInvalidConfiguration;  // grid.x limit
-  _step_sq_norms_fwd_kernel<D><<<unsigned(A.batch * chunks), kThreads, 0, stream>>>(A, chunks, partial);
+  _step_sq_norms_fwd_kernel<D, DS><<<unsigned(A.batch * chunks), kThreads, 0, stream>>>(A, chunks, partial);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   _step_sq_norms_finish_kernel<<<unsigned((A.batch + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
@@ -168,13 +171,10 @@ cudaError_t launch_sq_norms(const SqNormsArgs& A, double* partial, double* out, 
 
 cudaError_t affine_step_cuda(const AffineStepArgs& args, cudaStream_t stream) {
   if (args.batch <= 0 || args.numel <= 0) return cudaSuccess;
-  switch (args.dtype) {
-    case Dtype::kFloat32: return launch_affine_dtype<Dtype::kFloat32>(args, stream);
-    case Dtype::kFloat64: return launch_affine_dtype<Dtype::kFloat64>(args, stream);
-    case Dtype::kFloat16: return launch_affine_dtype<Dtype::kFloat16>(args, stream);
-    case Dtype::kBFloat16: return launch_affine_dtype<Dtype::kBFloat16>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  if (!step_dtypes_supported(args.dtype, args.score_dtype)) return cudaErrorInvalidValue;
+  return with_step_dtypes(args.dtype, args.score_dtype, [&](auto d, auto ds) {
+    return launch_affine_dtype<decltype(d)::value, decltype(ds)::value>(args, stream);
+  });
 }
 
 int64_t step_sq_norms_cuda_partials(const SqNormsArgs& args) {
@@ -183,13 +183,10 @@ int64_t step_sq_norms_cuda_partials(const SqNormsArgs& args) {
 
 cudaError_t step_sq_norms_cuda(const SqNormsArgs& args, double* partial, double* out, cudaStream_t stream) {
   if (args.batch <= 0 || args.numel <= 0) return cudaSuccess;
-  switch (args.dtype) {
-    case Dtype::kFloat32: return launch_sq_norms<Dtype::kFloat32>(args, partial, out, stream);
-    case Dtype::kFloat64: return launch_sq_norms<Dtype::kFloat64>(args, partial, out, stream);
-    case Dtype::kFloat16: return launch_sq_norms<Dtype::kFloat16>(args, partial, out, stream);
-    case Dtype::kBFloat16: return launch_sq_norms<Dtype::kBFloat16>(args, partial, out, stream);
-  }
-  return cudaErrorInvalidValue;
+  if (!step_dtypes_supported(args.dtype, args.score_dtype)) return cudaErrorInvalidValue;
+  return with_step_dtypes(args.dtype, args.score_dtype, [&](auto d, auto ds) {
+    return launch_sq_norms<decltype(d)::value, decltype(ds)::value>(args, partial, out, stream);
+  });
 }
 
 }  // namespace fastsde

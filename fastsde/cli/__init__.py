@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import fastsde
-from fastsde.cli import bench, evaluate, info, inpaint, likelihood, sample, train
+from fastsde.cli import bench, convert, evaluate, info, inpaint, likelihood, sample, train
 from fastsde.cli.common import UsageError
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
@@ -109,6 +109,16 @@ COMMANDS: dict[str, Command] = {
         add_arguments=likelihood.add_arguments,
         run=likelihood.run,
         epilog="examples:\n  fastsde likelihood --n 32 --seed 0",
+    ),
+    "convert": Command(
+        help="convert a score_sde checkpoint (checkpoint_*.pth) to safetensors, never unpickling code",
+        description="Read score_sde's checkpoint dict (model, ema, optimizer, step) with\n"
+                    "torch.load(weights_only=True), drop DataParallel's module. prefix, optionally put the EMA\n"
+                    "weights in place, and write the state dict with the config as safetensors metadata.",
+        add_arguments=convert.add_arguments,
+        run=convert.run,
+        epilog="examples:\n  fastsde convert checkpoint_8.pth --config vp/cifar10_ddpmpp_continuous --ema "
+               "--out ddpmpp.safetensors",
     ),
     "bench": Command(
         help="time the fused kernels against the reference, the best eager form and torch.compile",

@@ -6,13 +6,14 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 import tempfile
 import zipfile
 
 import numpy as np
 import torch
 
-from fastsde import sampling
+from fastsde import distributed, sampling
 from fastsde import sde as sde_lib
 from fastsde.digits.pretrained import DIGITS_DEFAULTS, load_score_model, score_model_path
 from fastsde.models import analytic
@@ -22,7 +23,7 @@ __all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "nonnegative_int", "see
            "model_spec", "npz_path", "build_sampler", "load_model_for", "with_threads", "output_stem",
            "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
            "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
-           "check_memory", "read_samples_npz"]
+           "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch"]
 
 
 class UsageError(Exception):
@@ -128,26 +129,33 @@ def npz_path(out: str) -> str:
     return path
 
 
-def build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None):
-    """(sampler(model) -> (x, nfe), the settings it was built with) from the command line."""
+def build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None, *,
+                  sample_ids=None, progress=None):
+    """(sampler(model) -> (x, nfe), the settings it was built with) from the command line; sample_ids: the global
+    ids of the batch (FSN1 noise is keyed by them), progress: the per-step bar (default --progress)."""
+    progress = args.progress if progress is None else progress
     default_predictor, default_corrector, default_eps = SDE_DEFAULTS[args.sde]
     inverse_scaler = inverse_scaler or (lambda x: x)
     eps = default_eps if args.eps is None else args.eps
+    precision = getattr(args, "precision", None)  # resolved by the command (fastsde.precision); None: the state's
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
-            "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise}
+            "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
+            "precision": precision or "fp32"}
     if args.sampler == "ode":
         info.update(predictor="none", corrector="none", rtol=args.rtol or 1e-5, atol=args.atol or 1e-5)
         return sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=args.denoise, rtol=info["rtol"],
                                         atol=info["atol"], eps=eps, device=args.device, seed=args.seed,
-                                        noise=args.noise), info
+                                        noise=args.noise, sample_ids=sample_ids, precision=precision), info
     info.update(predictor=args.predictor or default_predictor, corrector=args.corrector or default_corrector,
                 snr=0.16 if args.snr is None else args.snr,
                 n_steps_each=1 if args.n_steps_each is None else args.n_steps_each,
-                probability_flow=bool(args.probability_flow), backend=args.backend or "auto")
+                probability_flow=bool(args.probability_flow), backend=args.backend or "auto",
+                compile=bool(getattr(args, "compile", False)))
     return sampling.get_pc_sampler(
         sde, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"], n_steps=info["n_steps_each"],
         probability_flow=info["probability_flow"], continuous=args.continuous, denoise=args.denoise, eps=eps,
-        device=args.device, backend=info["backend"], seed=args.seed, noise=args.noise, progress=args.progress), info
+        device=args.device, backend=info["backend"], seed=args.seed, noise=args.noise, sample_ids=sample_ids,
+        progress=progress, compile=info["compile"], precision=precision), info
 
 
 def load_model_for(args: argparse.Namespace):
@@ -368,3 +376,23 @@ def fmt_optional(value, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+
+
+IMAGE_BATCH = 256  # the image commands' default micro-batch cap (fastsde.distributed)
+
+
+def batch_argument(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--batch", type=positive_int, default=None, metavar="B",
+                   help="micro-batch size: samples 0..n-1 are cut into batches of B consecutive ids, dealt "
+                        "round-robin to the processes of a torchrun launch; the same B gives the same bits with any "
+                        f"number of processes (default: {default}, one batch as without torchrun)")
+
+
+def micro_batch(args: argparse.Namespace, n: int, cap: int) -> int:
+    """--batch, or n up to `cap`; on rank 0 a note on stderr when there are fewer micro-batches than processes."""
+    batch = args.batch or min(n, cap)
+    count, world = -(-n // batch), distributed.world_size()
+    if count < world and distributed.rank() == 0:
+        print(f"fastsde: note: {count} micro-batch{'es' if count > 1 else ''} of --batch {batch} for {world} "
+              f"processes; pass --batch {-(-n // world)} or less to use them all", file=sys.stderr)
+    return batch

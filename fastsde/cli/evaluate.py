@@ -7,10 +7,11 @@ import os
 
 import torch
 
+from fastsde import distributed
+from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory, fmt_optional,
+                                image_model_arguments, load_model_for, memory_estimate, micro_batch, parse_model,
+                                positive_int, read_samples_npz, unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
-from fastsde.cli.common import (SDE_DEFAULTS, check_memory, fmt_optional, image_model_arguments, load_model_for,
-                                memory_estimate, parse_model, positive_int, read_samples_npz, unet_activation_bytes,
-                                with_threads)
 
 __all__ = ["add_arguments", "run"]
 
@@ -23,32 +24,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
                    help=f"sampler steps when sampling (default: {DIGITS_DEFAULTS['steps']})")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
+    batch_argument(p, f"n up to {IMAGE_BATCH}")
 
 
 def run(args: argparse.Namespace) -> int:
+    with distributed.session(args.device) as device:
+        args.device = device
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Every rank samples (or reads) its micro-batches and sums their statistics; the sums are all_reduced and rank
+    0 reports. Equal to one process up to the order of the float64 sums (README: distributed runs)."""
+    import numpy as np
+
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.sampling import get_pc_sampler
 
     evaluator = DigitsEvaluator()
-    source = args.samples
     if args.samples:
         images = read_samples_npz(args.samples)
+        n, source = len(images), args.samples
+        batch = micro_batch(args, n, IMAGE_BATCH)
+
+        def draw(ids):
+            return images[ids]
     else:
         parse_model(args)
         mf, backend = load_model_for(args)
         check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
             mf.model.config)), args.device)
-        steps = args.steps or DIGITS_DEFAULTS["steps"]
+        n, steps = args.n, args.steps or DIGITS_DEFAULTS["steps"]
+        batch = micro_batch(args, n, IMAGE_BATCH)
         predictor, corrector, eps = SDE_DEFAULTS[mf.sde_name]
-        sampler = get_pc_sampler(mf.make_sde(N=steps), (args.n, 1, 16, 16), predictor, corrector,
-                                 get_data_inverse_scaler(mf.centered), 0.16, continuous=True, eps=eps,
-                                 device=args.device, backend=backend, seed=args.seed, progress=args.progress)
-        images = with_threads(args, lambda: sampler(mf.model)[0]).detach().float().cpu()
+        sde, inverse_scaler = mf.make_sde(N=steps), get_data_inverse_scaler(mf.centered)
+
+        def draw(ids):
+            sampler = get_pc_sampler(sde, (len(ids), 1, 16, 16), predictor, corrector, inverse_scaler, 0.16,
+                                     continuous=True, eps=eps, device=args.device, backend=backend, seed=args.seed,
+                                     sample_ids=ids, progress=args.progress and batch >= n)
+            return sampler(mf.model)[0].detach().float().cpu()
         source = f"{os.path.basename(mf.path)} ({predictor}+{corrector}, {steps} steps, seed {args.seed})"
-    q = evaluator.evaluate(images)
+
+    parts = with_threads(args, lambda: distributed.for_each_batch(
+        lambda k, ids: evaluator.statistics(draw(ids)), n, batch=batch, progress=args.progress and batch < n,
+        desc="images"))
+    stats = distributed.all_reduce(sum(parts, evaluator.statistics(torch.empty(0, 1, 16, 16))))
+    if distributed.rank() != 0:
+        return 0
+    q = evaluator.evaluate_statistics(stats)
     n = q["n"]
-    report = {"source": source, **q, **evaluator.scale_at(n, seed=args.seed), "classifier": evaluator.path}
+    report = {"source": source, **q, **evaluator.scale_at(n, seed=args.seed), "classifier": evaluator.path,
+              "batch": batch, "processes": distributed.world_size()}
     if args.json:
         print(json.dumps(report))
         return 0

@@ -6,18 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 import torch
 
 import fastsde
-from fastsde import sampling, solvers
+from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
-from fastsde.cli.common import (SDE_DEFAULTS, AtomicOutputs, UsageError, build_sampler, check_memory,
-                                check_output_file, device_name, finite_float, fmt_optional, load_model_for,
-                                memory_estimate, model_spec, nonnegative_int, npz_path, output_stem, positive_float,
-                                positive_int, seed_value, unet_activation_bytes, with_threads)
+from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
+from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, AtomicOutputs, UsageError, batch_argument, build_sampler,
+                                check_memory, check_output_file, device_name, finite_float, fmt_optional,
+                                load_model_for, memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path,
+                                output_stem, positive_float, positive_int, seed_value, unet_activation_bytes,
+                                with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
 
@@ -27,13 +28,14 @@ __all__ = ["add_arguments", "run"]
 SDE_TITLES = {"ve": "VE", "vp": "VP", "subvp": "subVP"}
 BACKEND_NAMES = ("auto", "reference", "native", "triton")
 _NULL_REPEATS = 10
+GMM_BATCH = 4096  # default micro-batch cap of the mixtures (fastsde.distributed); images: IMAGE_BATCH
 # Options that mean something only for some --sde / --sampler values: dest -> (allowed values, what they apply to).
 _ONLY_FOR = {
     "sigma_min": ("sde", ("ve",)), "sigma_max": ("sde", ("ve",)),
     "beta_min": ("sde", ("vp", "subvp")), "beta_max": ("sde", ("vp", "subvp")),
     "predictor": ("sampler", ("pc",)), "corrector": ("sampler", ("pc",)), "snr": ("sampler", ("pc",)),
     "n_steps_each": ("sampler", ("pc",)), "probability_flow": ("sampler", ("pc",)),
-    "backend": ("sampler", ("pc", *solvers.solver_names())), "grid": ("sampler", tuple(solvers.solver_names())),
+    "backend": ("sampler", ("pc", *solvers.solver_names())), "compile": ("sampler", ("pc", *solvers.solver_names())), "grid": ("sampler", tuple(solvers.solver_names())),
     "rtol": ("sampler", ("ode",)), "atol": ("sampler", ("ode",)),
 }
 
@@ -50,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="forward SDE (default: vp for digits, ve for gmm; a model file brings its own)")
     model.add_argument("--steps", type=positive_int, default=None, metavar="N",
                        help="discretization steps N of the SDE (= sampler time steps; default: "
-                            f"{DIGITS_DEFAULTS['steps']} for digits, 1000 for gmm)")
+                            f"{DIGITS_DEFAULTS['solver_steps']} for the default digits solver, "
+                            f"{DIGITS_DEFAULTS['steps']} for pc on digits, 1000 for gmm)")
     model.add_argument("--sigma-min", type=positive_float, metavar="S", help="VE sigma_min (default: 0.01)")
     model.add_argument("--sigma-max", type=positive_float, metavar="S",
                        help="VE sigma_max (default: 50, score_sde's; ~5 is plenty for the 2-D presets)")
@@ -63,9 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="condition the model on discrete timestep labels (score_sde's DDPM/SMLD models; pc only)")
 
     sampler = p.add_argument_group("sampler")
-    sampler.add_argument("--sampler", choices=("pc", "ode", *solvers.solver_names()), default="pc", metavar="NAME",
+    sampler.add_argument("--sampler", choices=("pc", "ode", *solvers.solver_names()), default=None, metavar="NAME",
                          help="pc (predictor-corrector), ode (probability-flow ODE, scipy RK45) or a few-step "
-                              f"solver: {', '.join(solvers.solver_names())} (--list-samplers)")
+                              f"solver: {', '.join(solvers.solver_names())} (--list-samplers); default: "
+                              f"{DIGITS_DEFAULTS['sampler']} for digits and model files, pc for gmm and "
+                              "--class-label")
     sampler.add_argument("--list-samplers", action="store_true", help="print the sampler names and exit")
     sampler.add_argument("--grid", choices=solvers.GRIDS, metavar="G",
                          help=f"few-step solvers' time grid, one of {', '.join(solvers.GRIDS)} (default: logsnr)")
@@ -92,6 +97,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sampler.add_argument("--backend", choices=BACKEND_NAMES, metavar="B",
                          help=f"pc update-step implementation, one of {', '.join(BACKEND_NAMES)}; the sampler "
                               "rejects one that is not available (default: auto)")
+    sampler.add_argument("--compile", action="store_true", default=None,
+                         help="pc: compile each step (model + fused updates) into one graph with torch.compile; "
+                              "solvers: compile the model (a one-time compile of tens of seconds, then faster "
+                              "steps; same numbers)")
+    sampler.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="the model's precision (the sampler state, coefficients and noise stay float32): "
+                              "fp32, bf16, fp16, or auto (default): bf16 where the device computes bfloat16 "
+                              "natively (CPU: AVX512-BF16 or AMX-BF16, detected at run time), else fp32; a "
+                              "mixture's exact score runs fp32 under auto")
     sampler.add_argument("--device", type=device_name, default="cpu", help="torch device to sample on")
     sampler.add_argument("--threads", type=positive_int, metavar="T",
                          help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
@@ -110,6 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--out", default="samples", metavar="PATH",
                      help="output .npz path ('.npz' added when there is no extension); a PNG with the same "
                           "stem is written next to it; parent directories are created")
+    batch_argument(run, f"n up to {IMAGE_BATCH} digits or {GMM_BATCH} mixture points")
     run.add_argument("--no-plot", dest="plot", action="store_false", default=True, help="skip the PNG")
     run.add_argument("--no-progress", dest="progress", action="store_false", default=True,
                      help="no progress bar on stderr")
@@ -133,6 +148,8 @@ def _check_applicable(args: argparse.Namespace) -> None:
         raise UsageError("--sde does not apply to a model file: it was trained under its own SDE")
     if args.sde is None:
         args.sde = DIGITS_DEFAULTS["sde"] if kind == "digits" else "ve"
+    if args.sampler is None:
+        args.sampler = "pc" if kind == "gmm" or args.class_label is not None else DIGITS_DEFAULTS["sampler"]
     for dest, (selector, allowed) in _ONLY_FOR.items():
         if getattr(args, dest) is not None and getattr(args, selector) not in allowed:
             flag = "--" + dest.replace("_", "-")
@@ -140,6 +157,21 @@ def _check_applicable(args: argparse.Namespace) -> None:
                               f"not --{selector} {getattr(args, selector)}")
     if args.sampler == "ode" and not args.continuous:
         raise UsageError("--discrete applies to --sampler pc only (the ODE sampler uses continuous time labels)")
+    args.precision_reason = "requested"
+    if args.precision == "auto":  # a neural model runs bf16 where the hardware has it; an exact score runs fp32
+        native, why = native_bf16(args.device) if kind != "gmm" else (False, "the exact score has no weights")
+        args.precision, args.precision_reason = ("bf16" if native else "fp32"), f"auto: {why}"
+    args.precision = resolve_precision(args.precision, args.device)
+
+
+def _default_steps(sampler: str) -> int:
+    """--steps when not given, for an image model: PC's N, the default solver's steps, or about 10 model
+    evaluations of another solver (the ODE sampler ignores it)."""
+    if sampler in ("pc", "ode"):
+        return DIGITS_DEFAULTS["steps"]
+    if sampler == DIGITS_DEFAULTS["sampler"]:
+        return DIGITS_DEFAULTS["solver_steps"]
+    return max(1, 9 // solvers.get_solver(sampler).evals_per_step)
 
 
 def _build_sde(args: argparse.Namespace) -> sde_lib.SDE:
@@ -164,32 +196,47 @@ def _quality(samples: torch.Tensor, reference: torch.Tensor, mixture, seed: int)
                 sliced_wasserstein_null_median=float(np.median(null)))
 
 
-def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None):
+def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None, *,
+                   sample_ids=None, progress=None):
     """(sampler(model) -> (x, model evaluations or nfe), settings): pc and ode from cli.common, else a solver."""
     if args.sampler in ("pc", "ode"):
-        return build_sampler(args, sde, shape, inverse_scaler)
+        return build_sampler(args, sde, shape, inverse_scaler, sample_ids=sample_ids, progress=progress)
     if args.noise != "fastsde":
         raise UsageError(f"--sampler {args.sampler} draws FSN1 noise only (--noise fastsde)")
     eps = SDE_DEFAULTS[args.sde][2] if args.eps is None else args.eps
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
             "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
-            "grid": args.grid or "logsnr", "backend": args.backend or "auto"}
+            "grid": args.grid or "logsnr", "backend": args.backend or "auto", "compile": bool(args.compile),
+            "precision": args.precision}
     return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
                                continuous=args.continuous, grid=info["grid"], eps=eps, denoise=args.denoise,
-                               seed=args.seed, backend=info["backend"], device=args.device), info
+                               seed=args.seed, sample_ids=sample_ids, backend=info["backend"], device=args.device,
+                               compile=info["compile"], precision=args.precision), info
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastsde.digits import plotting
-
     if args.list_samplers:
         print("\n".join(["pc", "ode", *solvers.solver_names()]))
         return 0
     _check_applicable(args)
-    if args.model[0] != "gmm":
-        return run_sample_images(args)
+    with distributed.session(args.device) as device:
+        args.device = device
+        return run_sample_images(args) if args.model[0] != "gmm" else _run_mixture(args)
+
+
+def _check_splittable(args: argparse.Namespace, batch: int) -> None:
+    if args.noise == "torch" and batch < args.n:
+        raise UsageError(f"--noise torch draws from one global generator in batch order and cannot be split into "
+                         f"micro-batches: pass --batch {args.n} (or more) or use --noise fastsde, got --batch {batch}")
+
+
+def _run_mixture(args: argparse.Namespace) -> int:
+    from fastsde.digits import plotting
+
     args.steps = args.steps or 1000
     args.n = args.n or 2048
+    batch = micro_batch(args, args.n, GMM_BATCH)
+    _check_splittable(args, batch)
     _, preset = args.model
     mixture = analytic.get_mixture(preset)
     npz = npz_path(args.out)  # outputs and memory checked before any work
@@ -199,33 +246,48 @@ def run(args: argparse.Namespace) -> int:
     check_memory(f"--n {args.n} samples of gmm:{preset}", memory_estimate(args.n, mixture.dim, buffers=16),
                  args.device)
     sde = _build_sde(args)
-    sampler, info = _build_sampler(args, sde, (args.n, mixture.dim))
+    _, info = _build_sampler(args, sde, (min(batch, args.n), mixture.dim))
     model = analytic.AnalyticScoreModel(mixture, sde, continuous=args.continuous).to(args.device)
 
-    threads = torch.get_num_threads()
-    try:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        if args.noise == "torch":
-            torch.manual_seed(args.seed)  # torch noise comes from the global generator
-        start = time.perf_counter()
-        x, nfe = sampler(model)
-        wall = time.perf_counter() - start
-        report = dict(model=f"gmm:{preset}", **info, n=args.n, dim=mixture.dim, threads=torch.get_num_threads(),
-                      nfe=int(nfe), wall_time_s=wall, samples_per_s=args.n / wall, version=fastsde.__version__)
-    finally:
-        torch.set_num_threads(threads)
-    samples = x.detach().cpu().to(torch.float32).reshape(args.n, mixture.dim)
-    check_finite_samples(samples)
-    reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
-    report.update(_quality(samples, reference, mixture, args.seed))
+    def factory(ids):
+        sampler, _ = _build_sampler(args, sde, (len(ids), mixture.dim), sample_ids=ids,
+                                    progress=args.progress and batch >= args.n)
 
-    with AtomicOutputs() as out:
-        np.savez(out.path(npz), samples=samples.numpy(), reference=reference.numpy(),
-                 **{key: np.asarray(value) for key, value in report.items()})
-        if png:
-            plotting.plot_samples_2d(samples, mixture, out.path(png), _plot_title(report))
-    report["npz"], report["png"] = npz, png
+        def draw():
+            if args.noise == "torch":
+                torch.manual_seed(args.seed)  # torch noise comes from the global generator
+            x, nfe = sampler(model)
+            return {"samples": x.detach().cpu().to(torch.float32).reshape(len(ids), mixture.dim),
+                    "nfe": np.full(len(ids), int(nfe))}
+        return draw
+
+    report = {}
+
+    def write(npz, result):
+        samples = torch.from_numpy(result.arrays["samples"])
+        wall = result.sample_s
+        report.update(model=f"gmm:{preset}", **info, precision_reason=args.precision_reason, n=args.n,
+                      dim=mixture.dim,
+                      threads=args.threads or torch.get_num_threads(), nfe=int(result.arrays["nfe"].max()),
+                      wall_time_s=wall, samples_per_s=result.sampled / wall, version=fastsde.__version__)
+        check_finite_samples(samples)
+        reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+        report.update(_quality(samples, reference, mixture, args.seed))
+        with AtomicOutputs() as files:  # both files or neither
+            np.savez(files.path(npz), samples=samples.numpy(), reference=reference.numpy(),
+                     **{key: np.asarray(value) for key, value in report.items()})
+            if args.plot:
+                plotting.plot_samples_2d(samples, mixture, files.path(os.path.splitext(npz)[0] + ".png"),
+                                         _plot_title(report))
+
+    npz = npz_path(args.out)
+    result = with_threads(args, lambda: distributed.sample(
+        factory, args.n, npz, batch=batch, seed=args.seed, arguments=_manifest_arguments(args),
+        progress=args.progress and batch < args.n, write=write))
+    if distributed.rank() != 0:
+        return 0
+    report.update(npz=npz, png=os.path.splitext(npz)[0] + ".png" if args.plot else None, batch=batch,
+                  processes=distributed.world_size(), resumed=result.resumed)
     print(json.dumps(report) if args.json else _format_report(report))
     return 0
 
@@ -236,6 +298,12 @@ def check_finite_samples(samples: torch.Tensor) -> None:
     if bad:
         raise RuntimeError(f"{bad} of {len(samples)} samples are not finite (NaN or inf): the sampler diverged or "
                            f"the model returned non-finite scores; nothing was written")
+
+
+def _manifest_arguments(args: argparse.Namespace) -> dict:
+    """The options that decide the samples (what a resumed run must repeat): everything but output and display."""
+    skip = {"out", "plot", "progress", "json", "threads", "debug", "command", "device"}
+    return {key: value for key, value in sorted(vars(args).items()) if key not in skip}
 
 
 def _sampler_words(r: dict) -> str:
@@ -264,8 +332,13 @@ def _format_report(r: dict) -> str:
                       f"{r['sliced_wasserstein_null_median']:.4f}, ratio {ratio:.2f})"),
         ("wrote", ", ".join(p for p in (r["npz"], r["png"]) if p)),
     ]
-    head = f"{r['model']}, {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps, seed {r['seed']}"
+    head = (f"{r['model']}, {SDE_TITLES[r['sde']]} SDE, {_sampler_words(r)}, {r['steps']} steps, seed {r['seed']}, "
+            f"{_precision_words(r)}")
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
+
+
+def _precision_words(r: dict) -> str:
+    return f"model {r['precision']} ({r['precision_reason']})"
 
 
 def _class_labels(spec: str, n: int) -> torch.Tensor:
@@ -284,10 +357,6 @@ def _class_labels(spec: str, n: int) -> torch.Tensor:
 
 def run_sample_images(args: argparse.Namespace) -> int:
     """`fastsde sample` for image models: sample a grid, time it, score it with the digits metrics, write png/npz."""
-    import time
-
-    import numpy as np
-
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
 
@@ -303,48 +372,81 @@ def run_sample_images(args: argparse.Namespace) -> int:
     check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
         mf.model.config)), args.device)
     args.sde = mf.sde_name
-    args.steps = args.steps or DIGITS_DEFAULTS["steps"]
+    args.steps = args.steps or _default_steps(args.sampler)
+    args.n = args.n or DIGITS_DEFAULTS["n"]
     if args.class_label is not None:
         _class_labels(args.class_label, args.n)
+    batch = micro_batch(args, args.n, IMAGE_BATCH)
+    _check_splittable(args, batch)
     sde = mf.make_sde(N=args.steps)
-    shape = (args.n, 1, 16, 16)
     inverse_scaler = get_data_inverse_scaler(mf.centered)
-    class_labels = None
-    if args.class_label is not None:
-        class_labels = _class_labels(args.class_label, args.n)
-        sampler, info = _conditional_sampler(args, mf, sde, shape, inverse_scaler)
-    else:
-        sampler, info = _build_sampler(args, sde, shape, inverse_scaler)
+    class_labels = None if args.class_label is None else _class_labels(args.class_label, args.n)
+    inner_progress = args.progress and batch >= args.n
 
-    def draw():
-        start = time.perf_counter()
-        out = sampler(mf.model) if class_labels is None else sampler(mf.model, class_labels)
-        return out, time.perf_counter() - start
+    def build(ids):
+        shape = (len(ids), 1, 16, 16)
+        if class_labels is not None:
+            return _conditional_sampler(args, mf, sde, shape, inverse_scaler, sample_ids=ids, progress=inner_progress)
+        return _build_sampler(args, sde, shape, inverse_scaler, sample_ids=ids, progress=inner_progress)
 
-    out, wall = with_threads(args, draw)
-    x, nfe = out if class_labels is None else (out, info["nfe"])
-    check_finite_samples(x.detach().float().cpu())
-    images = x.detach().float().cpu().clamp(0.0, 1.0)
-    evaluator = DigitsEvaluator()
-    quality = evaluator.evaluate(images)
-    report = {"model": os.path.basename(mf.path), **info, "n": args.n, "nfe": int(nfe), "wall_time_s": wall,
-              "images_per_s": args.n / wall, "threads": args.threads or torch.get_num_threads(),
-              "fd": quality["fd"], **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
-              "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]}
-    if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
-        report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
-                                              + (info["predictor"] != "none"))
-    elif info["sampler"] != "ode":  # a solver's count is its model evaluations
-        report["model_evals"] = int(nfe)
-    if class_labels is not None:
-        predicted = evaluator.logits(images).argmax(1)
-        report["class_label"] = args.class_label
-        report["guidance_scale"] = info["guidance_scale"]
-        report["requested_class_accuracy"] = float((predicted == class_labels).double().mean())
-    report["npz"] = stem + ".npz"
-    report["png"] = stem + ".png" if args.plot else None
-    with AtomicOutputs() as files:
-        _write_images(args, report, images, class_labels, info, wall, files)
+    _, info = build(torch.arange(min(batch, args.n)))
+
+    model = mf.model
+    if class_labels is not None:  # the guided sampler has no precision= of its own: hand it the model in precision
+        from fastsde.precision import for_sampling
+
+        model = for_sampling(mf.model, args.precision, torch.float32, {}, output_dtype=torch.float32)
+
+    def factory(ids):
+        sampler, _ = build(ids)
+
+        def draw():
+            if args.noise == "torch":
+                torch.manual_seed(args.seed)
+            if class_labels is None:
+                x, nfe = sampler(model)
+            else:
+                x, nfe = sampler(model, class_labels[ids]), info["nfe"]
+            check_finite_samples(x.detach().float().cpu())
+            return {"samples": x.detach().float().cpu().clamp(0.0, 1.0), "nfe": np.full(len(ids), int(nfe))}
+        return draw
+
+    stem = output_stem(args.out)
+    report = {}
+
+    def write(npz, result):
+        images, wall = torch.from_numpy(result.arrays["samples"]), result.sample_s
+        evaluator = DigitsEvaluator()
+        quality = evaluator.evaluate(images)
+        report.update({"model": os.path.basename(mf.path), **info, "precision": args.precision,
+                       "precision_reason": args.precision_reason, "n": args.n, "nfe": int(result.arrays["nfe"].max()),
+                       "wall_time_s": wall, "images_per_s": result.sampled / wall,
+                       "threads": args.threads or torch.get_num_threads(), "fd": quality["fd"],
+                       **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
+                       "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]})
+        if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
+            report["model_evals"] = args.steps * ((info["corrector"] != "none") * info["n_steps_each"]
+                                                  + (info["predictor"] != "none"))
+        elif info["sampler"] != "ode":  # a solver's count is its model evaluations
+            report["model_evals"] = report["nfe"]
+        if class_labels is not None:
+            predicted = evaluator.logits(images).argmax(1)
+            report["class_label"] = args.class_label
+            report["guidance_scale"] = info["guidance_scale"]
+            report["requested_class_accuracy"] = float((predicted == class_labels).double().mean())
+        report["npz"] = npz
+        report["png"] = stem + ".png" if args.plot else None
+        with AtomicOutputs() as files:  # both files or neither
+            _write_images(args, report, images, class_labels, info, wall, files)
+
+
+    arguments = {**_manifest_arguments(args), "model": mf.path}
+    result = with_threads(args, lambda: distributed.sample(
+        factory, args.n, stem + ".npz", batch=batch, seed=args.seed, arguments=arguments,
+        progress=args.progress and batch < args.n, write=write))
+    if distributed.rank() != 0:
+        return 0
+    report.update(batch=batch, processes=distributed.world_size(), resumed=result.resumed)
     print(json.dumps(report) if args.json else _format_images_report(report))
     return 0
 
@@ -366,7 +468,7 @@ def _write_images(args, report, images, class_labels, info, wall, files) -> None
                                  nrow=10 if args.class_label == "all" else None)
 
 
-def _conditional_sampler(args, mf, sde, shape, inverse_scaler):
+def _conditional_sampler(args, mf, sde, shape, inverse_scaler, *, sample_ids=None, progress=None):
     from fastsde import controllable
     from fastsde.digits.pretrained import load_classifier, shipped_path
 
@@ -380,13 +482,14 @@ def _conditional_sampler(args, mf, sde, shape, inverse_scaler):
             "predictor": args.predictor or predictor, "corrector": args.corrector or corrector,
             "eps": args.eps or eps, "snr": args.snr or 0.16, "n_steps_each": 1 if args.n_steps_each is None
             else args.n_steps_each, "backend": args.backend or "auto", "denoise": args.denoise,
-            "guidance_scale": args.guidance_scale or 1.0}
+            "guidance_scale": args.guidance_scale or 1.0, "compile": bool(args.compile)}
     info["nfe"] = args.steps * (info["n_steps_each"] + 1)
     sampler = controllable.get_pc_conditional_sampler(
         sde, classifier, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"],
         n_steps=info["n_steps_each"], probability_flow=bool(args.probability_flow), continuous=True,
         denoise=args.denoise, eps=info["eps"], device=args.device, scale=info["guidance_scale"],
-        backend=info["backend"], seed=args.seed, noise=args.noise, progress=args.progress)
+        backend=info["backend"], seed=args.seed, noise=args.noise, sample_ids=sample_ids,
+        progress=args.progress if progress is None else progress, compile=info["compile"])
     return sampler, info
 
 
@@ -409,7 +512,7 @@ def _format_images_report(r: dict) -> str:
     sampler = _sampler_words(r)
     steps = f", {r['steps']} steps" if r["sampler"] != "ode" else ""
     backend = f", backend {r['backend']}" if r["sampler"] != "ode" else ""
-    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}"
+    head = f"{r['model']}, {r['sde']} SDE, {sampler}{steps}, seed {r['seed']}{backend}, {_precision_words(r)}"
     return "\n".join([head] + [f"  {name:<11} {value}" for name, value in rows])
 
 

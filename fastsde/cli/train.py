@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "space) or 'noisy' (time-dependent, for class-conditional sampling under --sde); it uses "
                         "--steps, --batch-size, --lr, --seed, --sde and --out only (AdamW, cosine decay; a few "
                         "minutes, so not checkpointed)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default=d.precision,
+                   help="score model training: the forward/backward under autocast in bf16 or fp16 with float32 "
+                        "master weights (fp16 adds loss scaling); auto: bf16 where the device computes bfloat16 "
+                        "natively, else fp32 (default: fp32)")
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", required=True, help="run directory (checkpoint, sample grids, exported model)")
@@ -58,23 +62,28 @@ def run(args: argparse.Namespace) -> int:
     check_memory(f"--batch-size {args.batch_size}", training_memory(args.preset, args.sde, args.batch_size,
                                                                    classifier=args.classifier != "none"),
                  args.device)
+    from fastsde.precision import resolve_precision
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.classifier != "none":
+        if args.precision not in ("fp32", "auto"):
+            raise UsageError("--precision applies to score models only (the classifiers train in fp32)")
         summary = train_classifier(args.out, time_dependent=args.classifier == "noisy", sde=args.sde,
                                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                    device=args.device, progress=args.progress)
         print(json.dumps(summary, indent=2))
         return 0
+    precision = resolve_precision(args.precision, args.device)
     config = TrainConfig(dataset=args.dataset, sde=args.sde, preset=args.preset, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, grad_clip=args.grad_clip,
                          ema_decay=args.ema_decay, likelihood_weighting=args.likelihood_weighting, seed=args.seed,
                          checkpoint_every=args.checkpoint_every, snapshot_every=args.snapshot_every,
-                         snapshot_steps=args.snapshot_steps)
+                         snapshot_steps=args.snapshot_steps, precision=precision)
     trainer = Trainer(config, args.out, device=args.device, progress=args.progress)
     summary = trainer.run()
-    print(f"trained {summary['steps']} steps ({summary['trained_now']} now, {summary['seconds']:.0f} s); loss "
-          f"{summary['loss_first100']:.4f} (first 100) -> {summary['loss_last100']:.4f} (last 100); "
+    print(f"trained {summary['steps']} steps ({summary['trained_now']} now, {summary['seconds']:.0f} s, {precision}); "
+          f"loss {summary['loss_first100']:.4f} (first 100) -> {summary['loss_last100']:.4f} (last 100); "
           f"wrote {summary['model']} and sample grids in {os.path.abspath(args.out)}")
     return 0
 

@@ -1,0 +1,1 @@
+"""Compatibility layers that keep other codebases' import paths, names and defaults on top of fastsde's engine."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from fastsde import metrics
@@ -66,13 +67,55 @@ class DigitsEvaluator:
     def evaluate(self, images: torch.Tensor) -> dict:
         """{'fd', 'n', 'classes': class_statistics, 'test_accuracy', 'nonfinite'} for generated images; images with
         NaN/inf are counted in 'nonfinite' and left out of everything else ('n' counts the finite ones)."""
+        return self.evaluate_statistics(self.statistics(images))
+
+    @functools.cached_property
+    def num_classes(self) -> int:
+        return int(self.logits(self.test_images[:1]).shape[1])
+
+    def statistics(self, images: torch.Tensor) -> torch.Tensor:
+        """The sums `evaluate` needs, as one float64 vector that adds across batches and processes (all_reduce):
+        [finite count, nonfinite count, sum of max-probabilities, class histogram (K,), sum of (f - c) (d,),
+        sum of (f - c)(f - c)^T (d * d)] over the finite images, f their features, c the test digits' mean feature
+        (metrics.moments_from_sums)."""
         images = images.detach().cpu()
         finite = torch.isfinite(images.flatten(1)).all(1)
-        if not bool(finite.any()):
-            raise ValueError("every generated image contains NaN or inf")
         good = images[finite]
-        return {"n": int(good.shape[0]), "nonfinite": int((~finite).sum()), "fd": self.frechet_distance(good),
-                "classes": metrics.class_statistics(self.logits(good)), "test_accuracy": self.test_accuracy}
+        d, k = self.test_features.shape[1], self.num_classes
+        stats = torch.zeros(3 + k + d + d * d, dtype=torch.float64)
+        stats[0], stats[1] = float(finite.sum()), float((~finite).sum())
+        if len(good):
+            probs = torch.softmax(self.logits(good), dim=1)
+            stats[2] = probs.max(1).values.sum()
+            stats[3:3 + k] = torch.bincount(probs.argmax(1), minlength=k).double()
+            f = self.features(good) - self._feature_shift
+            stats[3 + k:3 + k + d] = f.sum(0)
+            stats[3 + k + d:] = (f.T @ f).flatten()
+        return stats
+
+    def evaluate_statistics(self, stats: torch.Tensor) -> dict:
+        """`evaluate`'s result from the summed `statistics` of all the images (FD via metrics.moments_from_sums)."""
+        d, k = self.test_features.shape[1], self.num_classes
+        stats = torch.as_tensor(stats, dtype=torch.float64).cpu()
+        if stats.shape != (3 + k + d + d * d,):
+            raise ValueError(f"stats must be DigitsEvaluator.statistics output of shape ({3 + k + d + d * d},), got "
+                             f"{tuple(stats.shape)}")
+        n = int(stats[0])
+        if n == 0:
+            raise ValueError("every generated image contains NaN or inf")
+        if n < 2:
+            raise ValueError("the Fréchet distance needs at least 2 finite images")
+        mean, cov = metrics.moments_from_sums(n, stats[3 + k:3 + k + d].numpy(), stats[3 + k + d:].numpy(),
+                                              shift=self._feature_shift.numpy())
+        test = self.test_features.numpy()
+        fd = metrics.frechet_distance_gaussians(mean, cov, test.mean(0), np.cov(test, rowvar=False))
+        return {"n": n, "nonfinite": int(stats[1]), "fd": fd,
+                "classes": metrics.class_statistics_from_counts(stats[3:3 + k], float(stats[2])),
+                "test_accuracy": self.test_accuracy}
+
+    @functools.cached_property
+    def _feature_shift(self) -> torch.Tensor:
+        return self.test_features.mean(0)
 
     def real_vs_real(self, n: int, seed: int = 0) -> float:
         """FD of n training digits (a seeded random subset) against the test digits."""

@@ -1,9 +1,11 @@
 """The models shipped with fastsde (fastsde/data/) and the files that carry trained models around.
 
-A score model file is a UNet safetensors checkpoint (fastsde.models.ncsnpp.save_checkpoint) whose metadata also
-names its SDE and hyper-parameters ("fastsde.sde") and how it was trained ("fastsde.training": the config, the exact
-command, the final loss). A classifier file is safetensors with a ClassifierConfig ("fastsde.classifier") and, for a
-time-dependent classifier, the SDE it was trained under. Nothing is unpickled.
+A score model file is a UNet safetensors checkpoint (fastsde.models.ncsnpp.save_checkpoint) or a score_sde network
+written by `fastsde convert` (fastsde.models.score_sde_nets.save_file), whose metadata also names its SDE and
+hyper-parameters ("fastsde.sde") and how it was trained ("fastsde.training": the config, the exact command, the
+final loss; for a converted checkpoint, where it came from). A classifier file is safetensors with a
+ClassifierConfig ("fastsde.classifier") and, for a time-dependent classifier, the SDE it was trained under. Nothing
+is unpickled.
 
 Shipped (each file's metadata holds the command that produced it; README's "Shipped models" lists them):
   digits_<sde>.safetensors           small16 score models of the 16x16 digits (fastsde.datasets)
@@ -76,17 +78,19 @@ def save_score_model(model, path: str, *, sde: str, sde_kwargs: dict, training: 
 
 
 def load_score_model(path: str, *, reference: bool = False, backend: str = "auto", device="cpu") -> ScoreModelFile:
-    """A score model file (save_score_model) as a ScoreModelFile; reference=True builds the plain-PyTorch UNet."""
-    from fastsde.models.ncsnpp import load_checkpoint
+    """A score model file (save_score_model, or a score_sde checkpoint through `fastsde convert`) as a
+    ScoreModelFile; the network is rebuilt by fastsde.models.load_model_file (reference=True: plain PyTorch)."""
+    from fastsde.models import load_model_file
 
     meta = read_metadata(path)
     if "fastsde.sde" not in meta:
         raise ValueError(f"{path} carries no SDE metadata: not a fastsde score model file")
     name, kwargs = _sde_metadata(path, meta["fastsde.sde"])
     training = _json_metadata(path, "fastsde.training", meta.get("fastsde.training", "{}"))
-    _check_config(path, meta.get("config", "{}"))
+    if meta.get("format") != "fastsde.score_sde/1":  # a fastsde UNet file: its config fields are UNetConfig's
+        _check_config(path, meta.get("config", "{}"))
     try:
-        model = load_checkpoint(path, reference=reference, backend=backend, device=device)
+        model = load_model_file(path, reference=reference, backend=backend, device=device)
     except (TypeError, KeyError, json.JSONDecodeError, RuntimeError) as exc:  # config fields, missing tensors
         raise ValueError(f"{path}: the model config or weights do not fit fastsde's UNet ({exc})") from None
     except Exception as exc:  # safetensors' own SafetensorError (e.g. a truncated file, an unknown device)
@@ -165,7 +169,11 @@ def load_classifier(path: str, device="cpu"):
 
 # The default fast sampler for the shipped digits model (fastsde sample with no arguments, bench e2e): the VP
 # model with score_sde's VP sampler (Euler-Maruyama predictor, no corrector) at 200 steps, 64 digits.
-DIGITS_DEFAULTS = {"sde": "vp", "steps": 200, "n": 64}
+# `fastsde sample` with no arguments: the shipped VP model with the few-step solver chosen by measurement
+# (README "Speed and quality": the best FD at <= 20 model evaluations, averaged over seeds 0-2, n = 256) —
+# singlestep DPM-Solver-3 on 3 uniform-log-SNR steps + the final denoising call, 10 model evaluations.
+# "steps" is the PC sampler's N (score_sde's VP sampler, Euler-Maruyama without a corrector) when --sampler pc.
+DIGITS_DEFAULTS = {"sde": "vp", "sampler": "dpm_solver_3", "solver_steps": 3, "steps": 200, "n": 64}
 DIGITS_DEFAULTS.update(zip(("predictor", "corrector", "eps"), PC_DEFAULTS[DIGITS_DEFAULTS["sde"]]))
 
 

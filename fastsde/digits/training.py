@@ -14,6 +14,10 @@ running loss, sample grids drawn with the EMA weights every `snapshot_every` ste
 batch sampler's and the noise generator's states and the loss history. Checkpoints are written to a temporary file
 and renamed, so an interruption at any moment leaves the previous checkpoint intact; `Trainer(config, out_dir)` on
 a directory with a checkpoint resumes from it. The exported model (`model.safetensors`) holds the EMA weights.
+
+`precision` ("fp32", "bf16", "fp16") runs the forward and backward under torch.autocast in that dtype while the
+weights, the optimizer state and the EMA stay float32 (the master weights); fp16 adds a gradient scaler (its state is
+checkpointed with the rest).
 """
 from __future__ import annotations
 
@@ -106,8 +110,11 @@ class TrainConfig:
     checkpoint_every: int = 500
     snapshot_every: int = 1000
     snapshot_steps: int = 100  # PC steps of the sample grids drawn during training
+    precision: str = "fp32"  # autocast dtype of the forward/backward: fp32 (off), bf16, fp16; weights stay float32
 
     def __post_init__(self):
+        if self.precision not in _AUTOCAST:
+            raise ValueError(f"precision must be one of {tuple(_AUTOCAST)}, got {self.precision!r}")
         if self.sde not in SDE_NAMES:
             raise ValueError(f"sde must be one of {SDE_NAMES}, got {self.sde!r}")
         for name in ("steps", "batch_size", "checkpoint_every", "snapshot_every", "snapshot_steps"):
@@ -123,6 +130,7 @@ class TrainConfig:
         return self.sde != "ve"
 
 
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _RESUMABLE = ("steps", "checkpoint_every", "snapshot_every", "snapshot_steps")  # may change between sessions
 
 
@@ -152,6 +160,9 @@ class Trainer:
         self.ema = ExponentialMovingAverage(self.model.parameters(), config.ema_decay)
         self.loss_fn = get_sde_loss_fn(self.sde, train=True, reduce_mean=config.reduce_mean, continuous=True,
                                        likelihood_weighting=config.likelihood_weighting, eps=config.eps)
+        self.autocast = _AUTOCAST[config.precision]
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.batch_gen = torch.Generator().manual_seed(config.seed + 2)
         self.step, self.losses, self._order, self._cursor = 0, [], None, 0
@@ -166,7 +177,7 @@ class Trainer:
             "noise_gen": self.noise_gen.get_state(), "batch_gen": self.batch_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "order": self._order, "cursor": self._cursor,
+            "order": self._order, "cursor": self._cursor, "grad_scaler": self.grad_scaler.state_dict(),
         }
 
     def _maybe_resume(self) -> bool:
@@ -175,7 +186,7 @@ class Trainer:
             return False
         try:  # weights_only: a pickle payload is refused, never executed; generator states stay on the CPU
             state = torch.load(path, map_location="cpu", weights_only=True)
-            saved, mine = dict(state["config"]), dataclasses.asdict(self.config)
+            saved, mine = {"precision": "fp32", **state["config"]}, dataclasses.asdict(self.config)
         except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip/EOF errors, a dict without "config"
             raise ValueError(f"{path} cannot be resumed: not a fastsde training checkpoint or damaged "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); move it away or use "
@@ -194,6 +205,8 @@ class Trainer:
         self.batch_gen.set_state(state["batch_gen"])
         self.step, self.losses = int(state["step"]), list(state["losses"])
         self._order, self._cursor = state["order"], int(state["cursor"])
+        if state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         return True
 
     def save_checkpoint(self) -> str:
@@ -223,13 +236,17 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model, batch, generator=self.noise_gen)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            loss = self.loss_fn(self.model, batch, generator=self.noise_gen)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss is {loss.item()} at step {self.step}; lower --lr or raise --warmup")
-        loss.backward()
+        scaler = self.grad_scaler
+        scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
+            scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without scaling)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        scaler.step(self.optimizer)  # skipped when a scaled fp16 gradient overflowed
+        scaler.update()
         self.ema.update(self.model.parameters())
         self.step += 1
         value = float(loss.item())

@@ -101,6 +101,10 @@ class GaussianMixture:
         self.covs = covs
         self.diagonal = eigvecs is None
         self._eigvals = eigvals  # (K, D) eigenvalues of Sigma_k (the variances when diagonal)
+        # Host facts of the parameters, read once here so no later call branches on tensor data (a compiled or
+        # captured sampler traces the model; a data-dependent branch there would break the graph).
+        self._uniform_w = bool((self.weights == self.weights[0]).all())
+        self._shared_lam = float(eigvals[0, 0]) if bool((eigvals == eigvals[0, 0]).all()) else None
         self._eigvecs = eigvecs  # (K, D, D) columns are eigenvectors, or None for the identity
         self._device_cache: dict[torch.device, tuple] = {}
         # Isotropic components (Sigma_k = lam_k I) take a fast path: (B, K) algebra and two matmuls, no (B, K, D).
@@ -177,10 +181,8 @@ class GaussianMixture:
             cols = tuple(mu[:, d].contiguous() for d in range(mu.shape[1]))
             mu_aug = torch.cat([mu, torch.ones(mu.shape[0], 1, dtype=mu.dtype, device=device)], dim=1)
             neg_half_sq = -0.5 * (mu * mu).sum(1)
-            uniform_w = bool((self.weights == self.weights[0]).all())
-            shared = bool((self._eigvals == self._eigvals[0, 0]).all())
-            self._device_cache[key] = (mu, cols, mu_aug, neg_half_sq, None if uniform_w else log_w, lam,
-                                       float(self._eigvals[0, 0]) if shared else None)
+            self._device_cache[key] = (mu, cols, mu_aug, neg_half_sq, None if self._uniform_w else log_w, lam,
+                                       self._shared_lam)
         return self._device_cache[key]
 
     def _score_isotropic(self, x64: torch.Tensor, mean_coef, std, out_dtype) -> torch.Tensor:

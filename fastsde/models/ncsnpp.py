@@ -161,10 +161,14 @@ class UNet(nn.Module):
         c = self.config
         if labels.dim() != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"labels must be a ({x.shape[0]},) vector, got shape {tuple(labels.shape)}")
+        # The embedding's sin/cos in float32 (float64 for float64 x) whatever the model's precision: rounding
+        # log sigma or the Fourier frequencies to 8 bits first would move the phases by up to a radian.
+        emb_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         if c.embedding == "fourier":
-            temb = self.fourier(torch.log(labels.to(x.dtype)))
+            temb = self.fourier(torch.log(labels.to(emb_dtype)))
         else:
-            temb = timestep_embedding(labels, c.nf).to(x.dtype)
+            temb = timestep_embedding(labels, c.nf)
+        temb = temb.to(x.dtype)
         temb = self.Dense_1(torch.nn.functional.silu(self.Dense_0(temb)))
         if not c.centered:
             x = 2 * x - 1.0

@@ -85,9 +85,11 @@ class AttnBlock(nn.Module):
 
     @classmethod
     def from_nin_block(cls, m: nn.Module, *, backend: str = "auto") -> "AttnBlock":
-        """The same block as a score_sde-style one (GroupNorm_0, NIN_0..3, skip_rescale), weights converted."""
+        """The same block as a score_sde-style one (GroupNorm_0, NIN_0..3, skip_rescale: absent in DDPM's AttnBlock,
+        a plain residual sum), weights converted."""
         gn = m.GroupNorm_0
-        new = cls(gn.num_channels, 1, bool(m.skip_rescale), num_groups=gn.num_groups, eps=gn.eps, backend=backend)
+        new = cls(gn.num_channels, 1, bool(getattr(m, "skip_rescale", False)), num_groups=gn.num_groups, eps=gn.eps,
+                  backend=backend)
         sd = {f"GroupNorm_0.{k}": v for k, v in gn.state_dict().items()}
         sd.update({f"NIN_{i}.{p}": getattr(getattr(m, f"NIN_{i}"), p).detach() for i in range(4) for p in "Wb"})
         new.load_state_dict(nin_to_fused(sd))

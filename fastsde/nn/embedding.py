@@ -11,14 +11,19 @@ __all__ = ["GaussianFourierProjection", "timestep_embedding"]
 
 class GaussianFourierProjection(nn.Module):
     """[sin(2 pi s W), cos(2 pi s W)] for s (B,): (B, 2 embedding_size); W ~ N(0, scale^2), fixed (Tancik et al. 2020;
-    Song et al. 2021, NCSN++). W is a non-trainable parameter so it travels with the state dict."""
+    Song et al. 2021, NCSN++). W is a non-trainable parameter so it travels with the state dict. It stays float32 in
+    a half-precision model (keep_float32, fastsde.precision.PrecisionModel) and the features are computed in the
+    wider of s's and W's dtypes: |2 pi s W| reaches hundreds, where 8 bits of W would move the phase by a radian."""
+
+    keep_float32 = ("W",)
 
     def __init__(self, embedding_size: int = 256, scale: float = 16.0):
         super().__init__()
         self.W = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
 
     def forward(self, s):
-        proj = s[:, None] * self.W[None, :] * (2.0 * math.pi)
+        dtype = torch.promote_types(s.dtype, self.W.dtype)
+        proj = s.to(dtype)[:, None] * self.W.to(dtype)[None, :] * (2.0 * math.pi)
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=1)
 
 

@@ -17,8 +17,9 @@ from torch import nn
 
 from fastsde.nn.core import NIN, conv3x3, dense, num_groups_for
 from fastsde.nn.groupnorm import GroupNormAct
+from fastsde.nn.resample import fir_downsample_2d, fir_upsample_2d
 
-__all__ = ["ResnetBlock", "PlainResnetBlock"]
+__all__ = ["ResnetBlock", "PlainResnetBlock", "ResnetBlockBigGAN"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -73,7 +74,8 @@ class ResnetBlock(nn.Module):
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.backend = backend
-        new.in_ch, new.out_ch, new.skip_rescale = m.GroupNorm_0.num_channels, m.Conv_0.out_channels, m.skip_rescale
+        new.in_ch, new.out_ch = m.GroupNorm_0.num_channels, m.Conv_0.out_channels
+        new.skip_rescale = bool(getattr(m, "skip_rescale", False))  # DDPM's ResnetBlockDDPM has none: a plain sum
         new.GroupNorm_0 = GroupNormAct.from_groupnorm(m.GroupNorm_0, "silu", backend=backend)
         new.Conv_0 = m.Conv_0
         new.Dense_0 = getattr(m, "Dense_0", None)
@@ -104,3 +106,44 @@ class PlainResnetBlock(nn.Module):
         if self.NIN_0 is not None:
             x = self.NIN_0(x)
         return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class ResnetBlockBigGAN(nn.Module):
+    """score_sde's ResnetBlockBigGANpp with GroupNorm+SiLU fused and the time embedding added inside GroupNorm_1:
+
+        h = SiLU(GN_0(x)); h, x = resample(h), resample(x)  (FIR or nearest/mean, when up or down)
+        h = Conv_1(Dropout(SiLU(GN_1(Conv_0(h) + Dense_0(SiLU(temb))))));  x = Conv_2(x) (1x1) when shapes change
+        return (x + h) / sqrt(2) if skip_rescale else x + h
+
+    Built from an existing block (from_module), sharing its parameters; x: (B, in_ch, H, W), temb (B, temb_dim)."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module, *, backend: str = "auto") -> "ResnetBlockBigGAN":
+        new = cls()
+        new.backend = backend
+        new.up, new.down, new.fir, new.fir_kernel = bool(m.up), bool(m.down), bool(m.fir), tuple(m.fir_kernel)
+        new.skip_rescale = bool(m.skip_rescale)
+        new.GroupNorm_0 = GroupNormAct.from_groupnorm(m.GroupNorm_0, "silu", backend=backend)
+        new.Conv_0, new.Dense_0 = m.Conv_0, getattr(m, "Dense_0", None)
+        new.GroupNorm_1 = GroupNormAct.from_groupnorm(m.GroupNorm_1, "silu", backend=backend)
+        new.Dropout_0, new.Conv_1, new.Conv_2 = m.Dropout_0, m.Conv_1, getattr(m, "Conv_2", None)
+        return new.train(m.training)
+
+    def _resample(self, v):
+        if self.up:
+            return fir_upsample_2d(v, self.fir_kernel) if self.fir else F.interpolate(v, scale_factor=2.0,
+                                                                                      mode="nearest")
+        if self.down:
+            return fir_downsample_2d(v, self.fir_kernel) if self.fir else F.avg_pool2d(v, 2, stride=2)
+        return v
+
+    def forward(self, x, temb=None):
+        h = self._resample(self.GroupNorm_0(x))
+        x = self._resample(x)
+        h = self.Conv_0(h)
+        emb = None if temb is None or self.Dense_0 is None else self.Dense_0(F.silu(temb))
+        h = self.Conv_1(self.Dropout_0(self.GroupNorm_1(h, emb_add=emb)))
+        if self.Conv_2 is not None:
+            x = self.Conv_2(x)
+        h = h.add_(x)
+        return h.mul_(_INV_SQRT2) if self.skip_rescale else h

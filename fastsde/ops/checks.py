@@ -5,8 +5,9 @@ import operator
 
 import torch
 
-__all__ = ["as_u64", "i64_bits", "check_like", "FLOATS", "check_float_tensor", "positive_count", "overlaps", "same_view",
-           "check_outputs_distinct", "check_no_autograd", "records_autograd"]
+__all__ = ["as_u64", "i64_bits", "check_like", "score_dtypes", "check_score", "FLOATS", "check_float_tensor",
+           "positive_count", "overlaps", "same_view", "check_outputs_distinct", "check_no_autograd",
+           "records_autograd"]
 
 _U64 = 1 << 64
 _I64_MIN = 1 << 63
@@ -116,3 +117,26 @@ def check_no_autograd(op: str, tensors: dict) -> None:
 def records_autograd(*tensors) -> bool:
     """Whether autograd would record an op on these tensors (grad enabled and one of them requires grad)."""
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def score_dtypes(state: torch.dtype) -> tuple:
+    """The dtypes a step op reads a model output (score) in beside a state of dtype `state`: the state's own, and a
+    narrower one loaded directly by the kernels (no conversion pass): float16 or bfloat16 beside float32 (a
+    half-precision model beside a float32 sampler state), float32 beside float64."""
+    if state == torch.float32:
+        return (torch.float32, torch.bfloat16, torch.float16)
+    if state == torch.float64:
+        return (torch.float64, torch.float32)
+    return (state,)
+
+
+def check_score(name: str, t, x: torch.Tensor, x_name: str = "x") -> None:
+    """Raise unless `t` (a model output) has the shape and device of the state `x` (called `x_name` in the
+    message) and one of score_dtypes(x.dtype)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    allowed = score_dtypes(x.dtype)
+    if t.shape != x.shape or t.dtype not in allowed or t.device != x.device:
+        dtypes = " or ".join(str(d) for d in allowed)
+        raise ValueError(f"{name} must match {x_name}: expected shape {tuple(x.shape)} {dtypes} on {x.device}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")

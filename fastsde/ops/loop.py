@@ -48,12 +48,22 @@ def _projection(step, mask, data, proj_table, proj_offset, draw_stride):
             proj_offset + step * draw_stride)
 
 
-@torch.library.custom_op("fastsde::loop_affine_", mutates_args=("x", "x_mean"))
-def loop_affine_(x: torch.Tensor, x_mean: torch.Tensor, score: torch.Tensor, table: torch.Tensor,
-                 step: torch.Tensor, seed: torch.Tensor, sample_ids: torch.Tensor, draw_offset: int,
-                 draw_stride: int, noise: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-                 data: Optional[torch.Tensor], proj_table: Optional[torch.Tensor], proj_offset: int,
-                 backend: str) -> None:
+# Registered with the low-level torch.library API (a schema, one kernel for every device, a fake kernel): the
+# custom_op decorator's Python wrappers cost ~200 us per call here, more than the update itself.
+_LIB = torch.library.Library("fastsde", "FRAGMENT")
+_LIB.define("loop_affine_(Tensor(a!) x, Tensor(b!) x_mean, Tensor score, Tensor table, Tensor step, Tensor seed, "
+            "Tensor sample_ids, int draw_offset, int draw_stride, Tensor? noise, Tensor? mask, Tensor? data, "
+            "Tensor? proj_table, int proj_offset, str backend) -> ()")
+_LIB.define("loop_langevin_(Tensor(a!) x, Tensor(b!) x_mean, Tensor(c!) scratch, Tensor score, Tensor table, "
+            "float snr, Tensor step, Tensor seed, Tensor sample_ids, int draw_offset, int draw_stride, Tensor? noise, "
+            "Tensor? mask, Tensor? data, Tensor? proj_table, int proj_offset, str backend) -> ()")
+
+
+def _loop_affine_impl(x: torch.Tensor, x_mean: torch.Tensor, score: torch.Tensor, table: torch.Tensor,
+                      step: torch.Tensor, seed: torch.Tensor, sample_ids: torch.Tensor, draw_offset: int,
+                      draw_stride: int, noise: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                      data: Optional[torch.Tensor], proj_table: Optional[torch.Tensor], proj_offset: int,
+                      backend: str) -> None:
     """x <- a_i x + b_i score + c_i z in place, x_mean <- a_i x + b_i score, i = step (module docstring)."""
     i = _host_int(step)
     seed_u = _u64(_host_int(seed))
@@ -64,14 +74,12 @@ def loop_affine_(x: torch.Tensor, x_mean: torch.Tensor, score: torch.Tensor, tab
          draw_offset + i * draw_stride, x_mean, mask, data, data_a, data_c, data_draw)
 
 
-@loop_affine_.register_fake
 def _loop_affine_fake(x, x_mean, score, table, step, seed, sample_ids, draw_offset, draw_stride, noise, mask, data,
                       proj_table, proj_offset, backend):
     return None
 
 
-@torch.library.custom_op("fastsde::loop_langevin_", mutates_args=("x", "x_mean", "scratch"))
-def loop_langevin_(x: torch.Tensor, x_mean: torch.Tensor, scratch: torch.Tensor, score: torch.Tensor,
+def _loop_langevin_impl(x: torch.Tensor, x_mean: torch.Tensor, scratch: torch.Tensor, score: torch.Tensor,
                    table: torch.Tensor, snr: float,
                    step: torch.Tensor, seed: torch.Tensor, sample_ids: torch.Tensor, draw_offset: int,
                    draw_stride: int, noise: Optional[torch.Tensor], mask: Optional[torch.Tensor],
@@ -103,10 +111,18 @@ def loop_langevin_(x: torch.Tensor, x_mean: torch.Tensor, scratch: torch.Tensor,
            data, data_a, data_c, data_draw)
 
 
-@loop_langevin_.register_fake
 def _loop_langevin_fake(x, x_mean, scratch, score, table, snr, step, seed, sample_ids, draw_offset, draw_stride, noise, mask,
                         data, proj_table, proj_offset, backend):
     return None
+
+
+for _name, _impl, _fake in (("loop_affine_", _loop_affine_impl, _loop_affine_fake),
+                            ("loop_langevin_", _loop_langevin_impl, _loop_langevin_fake)):
+    _LIB.impl(_name, _impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"fastsde::{_name}", _fake, lib=_LIB)
+
+loop_affine_ = torch.ops.fastsde.loop_affine_.default
+loop_langevin_ = torch.ops.fastsde.loop_langevin_.default
 
 
 def seed_tensor(seed: int, device) -> torch.Tensor:

@@ -8,6 +8,11 @@
 Bytes per element, float32: affine_step reads x, score and writes x: 12 B (+4 B x_mean, +4 B explicit noise,
 +8 B mask and data); langevin_step reads score (pass 1) then x, score and writes x: 16 B. The noise itself is
 generated in registers from FSN1 (seed, sample id, draw id, element), never stored.
+
+Mixed precision: `score` (and affine_combine_step's outputs) may be narrower than x -- float16 or bfloat16 beside
+a float32 x, float32 beside a float64 x (ops.checks.score_dtypes) -- so a half-precision model's output is read by
+the same single pass (2 B/elem for the score: 10 B/elem for affine_step), converted exactly as it is loaded; the
+update itself runs in x's compute type.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import torch
 
 from fastsde import random as _random
 from fastsde.ops.checks import (as_u64, check_float_tensor, check_like, check_no_autograd, check_outputs_distinct,
-                                i64_bits)
+                                check_score, i64_bits, score_dtypes)
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
@@ -67,7 +72,7 @@ def _check_state(x, score):
         raise ValueError(f"x must be (batch, ...), got shape {tuple(x.shape)}")
     if x[0].numel() > _random.MAX_ELEMENTS if x.shape[0] else False:
         raise ValueError(f"x has more than 2**34 elements per sample: {tuple(x.shape)}")
-    check_like("score", score, x)
+    check_score("score", score, x)
 
 
 def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0, out=None,
@@ -75,7 +80,8 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
                 backend="auto"):
     """x' = a x + b score + c z (Song et al. eqs. 46-47 and the Euler–Maruyama step); returns x' (B, ...).
 
-    x, score: (B, ...) float tensors; a, b, c: floats or (B,) per-sample coefficients (float64 on the host);
+    x, score: (B, ...) float tensors, score in x's dtype or a narrower one (module docstring); a, b, c: floats or
+    (B,) per-sample coefficients (float64 on the host);
     c=None: no noise (probability-flow steps). Noise: `noise=` (B, ...) or FSN1 at (seed, sample_ids, draw).
     out may be x (in place); x_mean_out receives a x + b score. With mask (B, ...) and data (B, ...), the
     inpainting projection follows: x' <- x'(1-m) + (data_a data + data_c z2) m with z2 drawn at data_draw,
@@ -119,10 +125,14 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
 
 
 def step_sq_norms(score, *, noise=None, seed=None, sample_ids=None, draw=0, backend="auto") -> torch.Tensor:
-    """Per-sample squared L2 norms of score and of the step's noise z: (B, 2) float64 [||score||^2, ||z||^2]."""
+    """Per-sample squared L2 norms of score and of the step's noise z: (B, 2) float64 [||score||^2, ||z||^2].
+
+    Explicit `noise` is state-like: score's dtype, or the wider state's beside a narrower score (module docstring)."""
     _check_state(score, score)
     check_no_autograd("step_sq_norms", dict(score=score, noise=noise))
-    z, seed_, ids, draw_ = _noise_args(score, noise, seed, sample_ids, draw)
+    if noise is not None:
+        check_score("score", score, noise, "noise")
+    z, seed_, ids, draw_ = _noise_args(noise if noise is not None else score, noise, seed, sample_ids, draw)
     if score.numel() == 0:
         return torch.zeros(score.shape[0], 2, dtype=torch.float64, device=score.device)
     name, impl = resolve("step_sq_norms", backend, score.device)
@@ -141,6 +151,8 @@ def langevin_step(x, score, snr, alpha, *, noise=None, seed=None, sample_ids=Non
     """
     _check_state(x, score)
     check_no_autograd("langevin_step", dict(x=x, score=score, noise=noise, out=out, x_mean_out=x_mean_out))
+    if noise is not None:
+        check_like("noise", noise, x)
     if out is not None:
         check_like("out", out, x)
     if x_mean_out is not None:
@@ -237,6 +249,7 @@ class LoopSteps:
             raise ValueError("LoopSteps needs a contiguous x")
         _, seed, ids, _ = _noise_args(x, None, seed, sample_ids, 0)
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.score_dtypes = score_dtypes(x.dtype)
         self.seed, self.seed_bits, self.ids = seed, i64_bits(seed), ids.contiguous()
         self.one = torch.ones(1, dtype=torch.float64, device=x.device)
         a_name, self._affine = resolve("affine_step", backend, x.device)
@@ -252,8 +265,8 @@ class LoopSteps:
             self._b, self._c = self._bc[0:1], self._bc[1:2]
 
     def accepts(self, score) -> bool:
-        """Whether `score` may take the unchecked path (x-like and contiguous)."""
-        return (isinstance(score, torch.Tensor) and score.shape == self.shape and score.dtype == self.dtype
+        """Whether `score` may take the unchecked path (x's shape and device, a score dtype, contiguous)."""
+        return (isinstance(score, torch.Tensor) and score.shape == self.shape and score.dtype in self.score_dtypes
                 and score.device == self.device and score.is_contiguous())
 
     def affine(self, x, score, a, b, c, draw, x_mean):
@@ -307,7 +320,7 @@ def _check_outputs(x, outputs, b, out):
         raise ValueError(f"b must be a list with one coefficient per output ({len(outputs)}), got "
                          f"{len(b) if isinstance(b, (list, tuple)) else type(b).__name__}")
     for k, o in enumerate(outputs):
-        check_like(f"outputs[{k}]", o, x)
+        check_score(f"outputs[{k}]", o, x)
         if out is not None and o.numel() and o.data_ptr() == out.data_ptr():
             raise ValueError(f"outputs[{k}] must not share memory with out (it is overwritten before it is read)")
 
@@ -316,7 +329,8 @@ def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, samp
                         backend="auto"):
     """x' = a x + sum_k b[k] outputs[k] + c z (every few-step solver update, fastsde.solvers); returns x' (B, ...).
 
-    x: (B, ...) float; outputs: list of 0 to 3 tensors like x (the solver's stored data predictions); a, c: floats
+    x: (B, ...) float; outputs: list of 0 to 3 tensors like x, each in x's dtype or a narrower one (module
+    docstring: a half-precision model's output); a, c: floats
     or (B,)/(1,) coefficients (float64 on the host); b: one such coefficient per output; c=None: no noise. Noise:
     `noise=` (B, ...) or FSN1 at (seed, sample_ids, draw). out may be x (in place), never one of the outputs.
     """
@@ -370,6 +384,7 @@ class CombineSteps:
             raise ValueError("CombineSteps needs a contiguous x")
         _, seed, ids, _ = _noise_args(x, None, 0 if seed is None else seed, sample_ids, 0)
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.score_dtypes = score_dtypes(x.dtype)
         self.seed, self.seed_bits, self.ids = seed, i64_bits(seed), ids.contiguous()
         self.backend, self._impl = resolve("affine_combine_step", backend, x.device)
         self.native = self.backend == "native"
@@ -377,8 +392,8 @@ class CombineSteps:
         self._zeros = None
 
     def accepts(self, t) -> bool:
-        """Whether `t` may take the unchecked path (x-like and contiguous)."""
-        return (isinstance(t, torch.Tensor) and t.shape == self.shape and t.dtype == self.dtype
+        """Whether `t` may take the unchecked path (x's shape and device, a score dtype, contiguous)."""
+        return (isinstance(t, torch.Tensor) and t.shape == self.shape and t.dtype in self.score_dtypes
                 and t.device == self.device and t.is_contiguous())
 
     def combine(self, out, x, outputs, row, floats, noisy, draw):

@@ -3,7 +3,9 @@
 Every predictor step of VE/VP/subVP is x' = a x + b score + c z with per-sample scalars (a, b, c) computed on the
 host in float64 (docs/reference-math.md, "Predictors"); the Langevin corrector needs whole-batch norms first.
 Noise z is either given (`noise=`) or drawn from FSN1 at (seed, sample_ids, draw) — see fastsde/random.py.
-Math runs in float64 for float64 inputs, else in float32 (coefficients rounded once from float64).
+Math runs in float64 for float64 inputs, else in float32 (coefficients rounded once from float64). The compute type
+follows the state x; the score (model output) may be narrower than x -- float16/bfloat16 beside float32, float32
+beside float64 (a half-precision model beside a float32 sampler state) -- and is converted to it exactly.
 """
 from __future__ import annotations
 
@@ -53,8 +55,9 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
 
 
 def step_sq_norms(score, *, noise=None, seed=None, sample_ids=None, draw=0):
-    """(B, 2) float64: per-sample sum of score^2 and of z^2 (the step's noise), accumulated in float64."""
-    z = _noise(score, noise, seed, sample_ids, draw, _compute_dtype(score))
+    """(B, 2) float64: per-sample sum of score^2 and of z^2 (the step's noise), accumulated in float64. Explicit
+    noise is state-like (its dtype sets the compute type); the score may be narrower."""
+    z = _noise(score, noise, seed, sample_ids, draw, _compute_dtype(score if noise is None else noise))
     flat_s = score.reshape(score.shape[0], -1).double()
     flat_z = z.reshape(score.shape[0], -1).double()
     return torch.stack([(flat_s**2).sum(1), (flat_z**2).sum(1)], dim=1)

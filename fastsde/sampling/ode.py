@@ -8,9 +8,10 @@ import torch
 from scipy import integrate
 
 from fastsde.noise import NoiseStream
+from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.predictors import ReverseDiffusionPredictor
-from fastsde.sampling.registry import check_eps, check_positive, check_seed, check_shape
+from fastsde.sampling.registry import check_eps, check_positive, check_sde, check_seed, check_shape
 from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
 
 __all__ = ["get_ode_sampler", "ODE_METHODS", "MAX_EVALS", "EvalBudget"]
@@ -45,18 +46,23 @@ def check_ode_args(sde, rtol, atol, method, eps) -> float:
 
 def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
                     device="cpu", *, seed=None, noise="fastsde", sample_ids=None, dtype=torch.float32,
-                    max_evals=MAX_EVALS):
+                    max_evals=MAX_EVALS, precision=None):
     """Probability-flow ODE sampler (Song et al. section 4.3) with scipy's solve_ivp.
 
     Returns sampler(model, z=None) -> (x (shape), nfe): integrates dx/dt = f - g^2 s / 2 from T to eps, starting
     at z or a prior sample; `denoise` adds one reverse-diffusion mean step at eps. nfe counts score evaluations.
     A NaN/inf drift stops the run with guard.NonFiniteError naming t; more than max_evals evaluations, RuntimeError.
+    precision ("fp32", "bf16", "fp16", "auto", or None: `dtype`) runs the model in that precision; its output is
+    converted to `dtype` before the drift (fastsde.precision). The sampler's `precision` attribute is the resolved one.
     """
-    shape = check_shape(shape)
+    sde, shape = check_sde(sde), check_shape(shape)
     eps = check_ode_args(sde, rtol, atol, method, eps)
     check_seed(seed)
     NoiseStream(noise, 0, sample_ids)
     EvalBudget(max_evals, "")
+    precision = resolve_precision(precision, device)
+    precision_dtype(precision, dtype)
+    casts = {}
 
     def drift_fn(model, x, t):
         score_fn = get_score_fn(sde, model, train=False, continuous=True)
@@ -65,6 +71,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     def ode_sampler(model, z=None):
         stream = NoiseStream(noise, seed, sample_ids)
         budget = EvalBudget(max_evals, "the probability-flow ODE")
+        model = for_sampling(model, precision, dtype, casts, output_dtype=dtype)
         with torch.no_grad():
             if z is None:
                 x = stream.prior(sde, shape, device=device, dtype=dtype)
@@ -96,6 +103,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
             check_finite(x, t=eps, what="the ODE sample")
             return inverse_scaler(x), nfe
 
+    ode_sampler.precision = precision
     return ode_sampler
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 
 from fastsde._util import per_sample
-from fastsde.capture_safety import step_boundary
+from fastsde.capture_safety import loop_end, step_boundary
 from fastsde.noise import DrawPlan, NoiseStream
 from fastsde.ops import loop as loop_ops
-from fastsde.ops.checks import check_like
+from fastsde.ops.checks import check_score, score_dtypes
 from fastsde.ops.loop import seed_tensor
-from fastsde.sampling.registry import check_pc_args, check_seed, check_shape, langevin_alpha, progress_bar
+from fastsde.precision import for_sampling, precision_dtype, resolve_precision
+from fastsde.sampling.registry import (check_pc_args, check_sde, check_seed, check_shape, langevin_alpha,
+                                       progress_bar)
 from fastsde.score import get_score_fn, get_score_parts
 
 __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
@@ -28,7 +30,7 @@ __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1, probability_flow=False,
                    continuous=False, denoise=True, eps=1e-3, device="cpu", *, backend="auto", seed=None,
                    noise="fastsde", sample_ids=None, dtype=torch.float32, progress=False, compile=False,
-                   capture=False, capture_steps=None):
+                   capture=False, capture_steps=None, precision=None):
     """Predictor-corrector sampler (Song et al. algorithm 1): returns sampler(model) -> (x (shape), nfe).
 
     predictor/corrector: registered names ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none";
@@ -40,23 +42,32 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     noise-predicting model's -1/std folded into them. compile=True compiles one step (model + fused updates) with
     torch.compile(fullgraph=True); capture=True records `capture_steps` steps (default: all N) in a CUDA graph and
     replays it (on the CPU: the compiled loop). Both need FSN1 noise (noise="fastsde") and a fused backend.
+    precision ("fp32", "bf16", "fp16", "auto" or None: the state's dtype) runs the model in that precision while
+    the state (`dtype`), coefficients and noise keep theirs (fastsde.precision); the fused steps read the half
+    output directly, the reference loop gets it converted to `dtype`. The sampler's `precision` attribute holds
+    the resolved value.
     """
-    shape = check_shape(shape)
+    sde, shape = check_sde(sde), check_shape(shape)  # score_sde's SDE objects are converted (sde.as_fastsde_sde)
     check_seed(seed)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
     mode = check_loop_mode(backend, noise, compile, capture, capture_steps)
+    precision = resolve_precision(precision, device)
+    precision_dtype(precision, dtype)
     n_steps = int(n_steps)
     loops = {}  # the fused loop of a model, built on the first call and reused (compiled graphs, captured graphs)
+    casts = {}  # the model in `precision` (fastsde.precision.for_sampling), weights refreshed at every call
 
     def pc_sampler(model):
         stream = NoiseStream(noise, seed, sample_ids, backend=backend)
+        model = for_sampling(model, precision, dtype, casts, output_dtype=dtype if backend == "reference" else None)
         with torch.no_grad():
             x = stream.prior(sde, shape, device=device, dtype=dtype)
             x, x_mean = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow,
                                 continuous, eps, backend, progress, mode=mode, cache=loops)
             return inverse_scaler(x_mean if denoise else x), sde.N * (n_steps + 1)
 
+    pc_sampler.precision = precision
     return pc_sampler
 
 
@@ -119,7 +130,7 @@ def pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, p
             if fused is not None and cache is not None:
                 cache[key] = fused
         if fused is not None:
-            return fused.run(x, stream, progress)
+            return fused.run(x, stream, progress, proj)
         if mode["compile"]:
             raise ValueError("compile=True/capture=True need a predictor and corrector with fused forms (the "
                              "registered ones) and a VE/VP/subVP SDE")
@@ -152,7 +163,12 @@ class FusedLoop:
     def __init__(self, model, labels, pred, corr, corr_kind, snr, iterations, plan, proj, backend, x, mode):
         device, batch = x.device, x.shape[0]
         self.model, self.labels, self.pred, self.corr, self.corr_kind = model, labels, pred, corr, corr_kind
-        self.snr, self.iterations, self.plan, self.proj, self.backend = snr, iterations, plan, proj, backend
+        self.snr, self.iterations, self.plan, self.backend = snr, iterations, plan, backend
+        # the projection's data, mask and table live in static buffers too: each run copies the caller's in
+        self.proj = None if proj is None else Projection.__new__(Projection)
+        if proj is not None:
+            self.proj.data, self.proj.mask = torch.empty_like(proj.data), torch.empty_like(proj.mask)
+            self.proj.table = torch.empty_like(proj.table)
         self.mode, self.n = mode, labels.shape[0]
         self.i = torch.zeros((), dtype=torch.int64, device=device)
         self.label = torch.empty(1, dtype=labels.dtype, device=device)
@@ -205,8 +221,8 @@ class FusedLoop:
     def _evaluate(self, x):
         torch.index_select(self.labels, 0, self.i.view(1), out=self.label)
         out = self.model(x, self.label.expand(self.batch))
-        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-            check_like("the model output", out, x)
+        if out.shape != x.shape or out.dtype not in score_dtypes(x.dtype) or out.device != x.device:
+            check_score("the model output", out, x)  # x's dtype, or the narrower one of a half-precision model
         return out if out.is_contiguous() else out.contiguous()
 
     def _proj_args(self, draw_offset):
@@ -248,9 +264,16 @@ class FusedLoop:
         self.i.add_(1)
 
     # ---------------------------------------------------------------------------------------------- the loop
-    def run(self, x0, stream, progress=False):
+    def run(self, x0, stream, progress=False, projection=None):
         """All N steps from x0; returns new tensors (x, x_mean). The state runs in the loop's static buffers (the
-        compiled and captured graphs read them), so each call copies x0, the seed and the sample ids in."""
+        compiled and captured graphs read them), so each call copies x0, the seed, the sample ids and the
+        projection's data, mask and table in."""
+        if (projection is None) != (self.proj is None):
+            raise RuntimeError("FusedLoop.run: built with a projection, run without one (or the reverse)")
+        if projection is not None:
+            self.proj.data.copy_(projection.data)
+            self.proj.mask.copy_(projection.mask)
+            self.proj.table.copy_(projection.table)
         self.model.train(False)
         self.stream_kind = stream.kind
         self.seed.copy_(seed_tensor(stream.seed if stream.seed is not None else 0, "cpu"))
@@ -266,9 +289,12 @@ class FusedLoop:
         if self.mode["capture"] and x.is_cuda:
             self._run_captured(x, x_mean, step, progress)
         else:
-            for _ in progress_bar(range(self.n), progress, "pc sampling"):
+            for k in progress_bar(range(self.n), progress, "pc sampling"):
                 step_boundary()
-                step(x, x_mean)
+                # compiled: step 0 runs eagerly, so state a model builds lazily on its first call (device caches)
+                # exists before tracing and the compiled step is traced once for steps 1 .. N-1
+                (self.step if k == 0 else step)(x, x_mean)
+        loop_end()
         if self.pred is None and self.proj is None:  # the identity predictor returns (x, x) last
             x_mean.copy_(x)
         return x.clone(), x_mean.clone()
@@ -281,6 +307,11 @@ class FusedLoop:
         step(x, x_mean)
         remaining = self.n - 1
         k = min(self.mode["capture_steps"] or remaining, remaining) if remaining else 0
+        # a graph reads parameters at the addresses it was recorded with: in-place updates (copy_, load_state_dict,
+        # an EMA swap) are seen, a parameter rebound to new storage (`p.data = t`, .to()) needs a new recording
+        addresses = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+        if self._graphs is not None and self._graphs[0] != addresses:
+            self._graphs = None
         if self._graphs is None:
             graphs = {}
             for length in {k, remaining % k if k else 0} - {0}:
@@ -292,8 +323,8 @@ class FusedLoop:
                         step(x, x_mean)
                 self.i.copy_(saved)  # capture records; it does not run
                 graphs[length] = g
-            self._graphs = graphs
-        graphs = self._graphs
+            self._graphs = (addresses, graphs)
+        graphs = self._graphs[1]
         done = 0
         bar = progress_bar(range(remaining), progress, "pc sampling (graphs)")
         while done < remaining:

@@ -9,8 +9,10 @@ See docs/design.md, "How to add a sampler step".
 from __future__ import annotations
 
 import abc
+import inspect
 import math
 import operator
+import warnings
 
 import torch
 
@@ -21,7 +23,7 @@ from fastsde.ops.checks import as_u64
 
 __all__ = ["Predictor", "Corrector", "register_predictor", "register_corrector", "get_predictor", "get_corrector",
            "predictor_names", "corrector_names", "resolve_predictor", "resolve_corrector", "langevin_alpha",
-           "check_backend", "check_shape", "check_seed", "check_eps", "check_positive", "check_pc_args",
+           "check_backend", "check_shape", "check_seed", "check_eps", "check_positive", "check_pc_args", "check_sde",
            "progress_bar", "BACKENDS", "PC_DEFAULTS"]
 
 BACKENDS = dispatch.BACKENDS
@@ -66,14 +68,51 @@ def get_corrector(name: str) -> type:
 
 
 def _resolve(registry: dict, kind: str, spec, none_cls):
-    """A predictor/corrector class from a registered name, a class, or None."""
+    """A predictor/corrector class from a registered name, a class, or None; classes written against score_sde's
+    interface (constructors without `noise=`) come back wrapped by _adapt_score_sde_class."""
     if spec is None:
         return none_cls
     if isinstance(spec, str):
-        return _lookup(registry, kind, spec)
+        spec = _lookup(registry, kind, spec)
     if isinstance(spec, type):
-        return spec
+        return spec if _accepts_noise(spec) else _adapt_score_sde_class(spec, kind)
     raise TypeError(f"{kind} must be a registered name, a class or None, got {type(spec).__name__}")
+
+
+def _accepts_noise(cls) -> bool:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return any(p.name == "noise" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+_ADAPTED: dict[type, type] = {}
+
+
+def _adapt_score_sde_class(cls, kind: str) -> type:
+    """A fastsde Predictor/Corrector running `cls`, a class written against score_sde's interface
+    (Predictor(sde, score_fn, probability_flow) / Corrector(sde, score_fn, snr, n_steps), update_fn(x, t)).
+
+    It runs unfused, on the reference path, and draws its own noise (score_sde classes call torch.randn_like), so
+    only noise="torch" makes such a run reproducible; a note says so once per class. It receives the SDE object the
+    user passed (score_sde's own, when one was converted), so its isinstance checks against score_sde still hold."""
+    if not callable(getattr(cls, "update_fn", None)):
+        raise TypeError(f"{kind} class {cls.__name__} has no update_fn(x, t)")
+    if cls in _ADAPTED:
+        return _ADAPTED[cls]
+    base = Predictor if kind == "predictor" else Corrector
+
+    def __init__(self, sde, score_fn, *args, noise=None):
+        base.__init__(self, sde, score_fn, *args, noise=noise)
+        self.inner = cls(getattr(sde, "source", sde), score_fn, *args)
+
+    def update_fn(self, x, t):
+        return self.inner.update_fn(x, t)
+
+    adapted = type(cls.__name__, (base,), {"__init__": __init__, "update_fn": update_fn, "__doc__": cls.__doc__,
+                                           "wrapped": cls, "__module__": cls.__module__})
+    _ADAPTED[cls] = adapted
+    warnings.warn(f"{kind} {cls.__name__} uses score_sde's interface: it runs unfused (reference loop) and draws "
+                  f"its own torch noise; pass noise='torch' to reproduce a seeded run", stacklevel=4)
+    return adapted
 
 
 def predictor_names() -> list[str]:
@@ -164,6 +203,11 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def check_sde(sde) -> sde_lib.SDE:
+    """The SDE a sampler runs: a fastsde SDE, or score_sde's own instance converted (fastsde.sde.as_fastsde_sde)."""
+    return sde_lib.as_fastsde_sde(sde)
+
+
 def check_shape(shape) -> tuple[int, ...]:
     """shape as a tuple of ints: (batch, ...) with rank >= 2 and positive integer sizes (4.5 is refused, not cut)."""
     try:
@@ -209,6 +253,7 @@ def progress_bar(iterable, enabled: bool, desc: str):
 def check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow, eps, backend, noise, sample_ids):
     """Validate the PC options before any sampling (every PC factory calls this once); returns (backend,
     predictor_cls, corrector_cls)."""
+    sde = check_sde(sde)
     backend = check_backend(backend)
     NoiseStream(noise, 0, sample_ids)
     predictor_cls = resolve_predictor(predictor)
@@ -222,7 +267,37 @@ def check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow, eps
     if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not math.isfinite(snr) or snr < 0:
         raise ValueError(f"snr must be a finite number >= 0, got {snr!r}")
     check_eps(sde, eps)
+    _check_discrete_betas(sde, predictor_cls, corrector_cls, int(n_steps))
     # Building the objects checks the combination (e.g. ancestral sampling of a subVP SDE).
     predictor_cls(sde, lambda x, t: x, probability_flow)
     corrector_cls(sde, lambda x, t: x, snr, int(n_steps))
     return backend, predictor_cls, corrector_cls
+
+
+def _is_one_of(cls, registry: dict, names: tuple) -> bool:
+    """cls is (a subclass of) a registered class of `names`, or a class of the same name (score_sde's, wrapped)."""
+    ours = tuple(registry[n] for n in names if n in registry)
+    return issubclass(cls, ours) or getattr(cls, "wrapped", cls).__name__ in {c.__name__ for c in ours}
+
+
+def _check_discrete_betas(sde, predictor_cls, corrector_cls, n_steps: int) -> None:
+    """Refuse steps whose DDPM-table factors are undefined: with beta_i = beta_max / N > 1, Langevin's
+    alpha_i = 1 - beta_i < 0 (a negative step size: NaN) and reverse diffusion's sqrt(1 - beta_i) is NaN; ancestral
+    sampling divides by sqrt(1 - beta_i), so it needs beta_i < 1. (beta_i = 1 exactly is a zero Langevin step.)"""
+    if not isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
+        return
+    beta = float(sde.discrete_betas.max())
+    if beta < 1.0:
+        return
+    where = f"{type(sde).__name__}(beta_max={sde.beta_1}, N={sde.N}) has beta_max / N = {beta:g}"
+    need = f"use N >= beta_max (N >= {math.ceil(sde.beta_1)})"
+    if beta > 1.0 and n_steps > 0 and _is_one_of(corrector_cls, _CORRECTORS, ("langevin", "ald")):
+        raise ValueError(f"corrector {corrector_cls.__name__}: the Langevin step scale alpha = 1 - beta_i is < 0, "
+                         f"because {where} > 1; {need}")
+    ancestral = _is_one_of(predictor_cls, _PREDICTORS, ("ancestral_sampling",))
+    if isinstance(sde, sde_lib.VPSDE) and (ancestral or beta > 1.0) and _is_one_of(
+            predictor_cls, _PREDICTORS, ("reverse_diffusion", "ancestral_sampling")):
+        where += " >= 1" if ancestral else " > 1"
+        need = f"use N > beta_max (N >= {math.floor(sde.beta_1) + 1})" if ancestral else need
+        raise ValueError(f"predictor {predictor_cls.__name__}: the DDPM step sqrt(1 - beta_i) is undefined, because "
+                         f"{where}; {need}")

@@ -7,6 +7,7 @@ import torch
 
 from fastsde import sde as sde_lib
 from fastsde.noise import NoiseStream
+from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_eps, check_seed, check_shape
 from fastsde.score import get_model_fn, get_score_parts
@@ -49,7 +50,8 @@ def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rh
 
 def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, continuous: bool = True,
                 grid: str = "logsnr", rho: float = 7.0, eps: float | None = None, denoise: bool = True, seed=None,
-                sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32, **options):
+                sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32, precision=None,
+                compile: bool = False, **options):
     """Few-step solver `name` (fastsde.solvers.solver_names()) for a score model under `sde`'s conventions.
 
     Returns sampler(model, z=None) -> (x (shape), model_evals): starts at z or a prior sample (FSN1 draw 0 of `seed`,
@@ -57,7 +59,13 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     eps (default: 1e-5 VE, 1e-3 VP/subVP) and, with `denoise`, returns the data prediction D(x, eps) (one more
     model call). model(x, labels) follows fastsde.score.get_score_parts(sde, continuous). `options` are the
     solver's (e.g. eta, s_churn; see the solver class). The adaptive solver ignores `steps` and `grid`.
+    precision ("fp32", "bf16", "fp16", "auto", or None: `dtype`) runs the model in that precision; the update ops
+    read its output directly and the state stays `dtype` (fastsde.precision). `sampler.precision`: the resolved one.
+    compile=True runs the model through torch.compile(fullgraph=True) (compiled once per model; the time labels are
+    tensors, so the steps share one graph); the updates between model calls are the fused ops either way.
     """
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
     solver = get_solver(name)(**options)
     shape = check_shape(shape)
     backend = check_backend(backend)
@@ -71,6 +79,9 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     check_seed(seed)
     NoiseStream("fastsde", seed, sample_ids)  # checks sample_ids
     eps = default_eps(sde) if eps is None else check_eps(sde, eps)
+    precision = resolve_precision(precision, device)
+    precision_dtype(precision, dtype)
+    casts = {}
     labels_fn, scale_fn = get_score_parts(sde, continuous)
     inverse_scaler = inverse_scaler or (lambda v: v)
     at_time, _ = point_fn(sde, continuous)
@@ -85,9 +96,18 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     def labels_of(point):
         return labels_fn(torch.full((shape[0],), point.t, dtype=dtype, device=device))
 
+    compiled = {}  # id(model) -> (model, compiled model): the model is kept, so its id cannot be reused
+
     def sampler(model, z=None):
         stream = NoiseStream("fastsde", seed, sample_ids)
-        model_fn = get_model_fn(model, train=False)
+        target = for_sampling(model, precision, dtype, casts)
+        if compile:
+            if id(target) not in compiled:  # the entry keeps `target`, so its id cannot be reused
+                compiled[id(target)] = (target, torch.compile(target, fullgraph=True, dynamic=False))
+            target.train(False)
+            model_fn = compiled[id(target)][1]
+        else:
+            model_fn = get_model_fn(target, train=False)
         with torch.no_grad():
             if z is None:
                 x = stream.prior(sde, shape, device=device, dtype=dtype)
@@ -111,4 +131,5 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
 
     sampler.program = program
     sampler.solver = solver
+    sampler.precision = precision
     return sampler

@@ -1,0 +1,1 @@
+"""score_sde's `models` package: `models.utils` (registry and model/score helpers)."""

@@ -1,0 +1,205 @@
+"""The capture-ready fused loop (fastsde/sampling/pc.py FusedLoop, fastsde/ops/loop.py): compiled vs eager vs
+reference, no graph breaks and no recompilation over the N steps, and no host sync or sampler allocation per step
+(fastsde.capture_safety), with a check that the harness itself can fail."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import fastsde
+from fastsde import controllable
+from fastsde.capture_safety import CaptureMonitor, HostSyncError, step_boundary
+from fastsde.models import analytic
+from fastsde.ops.dispatch import backend_available
+
+CPU = torch.device("cpu")
+FUSED = [b for b in ("native", "triton") if backend_available(b, CPU)[0]]
+# (sde name, predictor, corrector, n_steps): every fused kind — affine predictors, Langevin, ALD, identities.
+COMBOS = [
+    ("ve", "reverse_diffusion", "langevin", 1),
+    ("vp", "euler_maruyama", "none", 1),
+    ("vp", "ancestral_sampling", "ald", 2),
+    ("subvp", "none", "langevin", 1),
+]
+
+
+def _sde(name, N):
+    return {"ve": fastsde.VESDE(sigma_max=5.0, N=N), "vp": fastsde.VPSDE(N=N), "subvp": fastsde.subVPSDE(N=N)}[name]
+
+
+def _model(sde):
+    return analytic.AnalyticScoreModel(analytic.get_mixture("ring"), sde, continuous=True)
+
+
+def _sampler(sde, pred, corr, n_steps, batch=64, **kw):
+    eps = 1e-5 if isinstance(sde, fastsde.VESDE) else 1e-3
+    return fastsde.get_pc_sampler(sde, (batch, 2), pred, corr, lambda x: x, 0.16, n_steps=n_steps, eps=eps, seed=7,
+                                  **kw)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+@pytest.mark.parametrize("name,pred,corr,n_steps", COMBOS)
+def test_compiled_equals_eager_and_reference(name, pred, corr, n_steps):
+    """compile=True gives the eager fused loop's numbers (same kernels, same order) and both match the reference
+    loop within float32 tolerance; two compiled runs are bit-identical; one graph, no break, no recompilation."""
+    sde = _sde(name, 30)
+    model = _model(sde)
+    ref = _sampler(sde, pred, corr, n_steps, backend="reference")(model)[0]
+    eager = _sampler(sde, pred, corr, n_steps, backend=FUSED[0])(model)[0]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = _sampler(sde, pred, corr, n_steps, backend=FUSED[0], compile=True)
+    a, b = compiled(model)[0], compiled(model)[0]
+    assert torch.equal(a, b)
+    assert torch.equal(a, eager)
+    scale = ref.abs().max().item()
+    assert (eager - ref).abs().max().item() <= 1e-4 * scale
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_fifty_steps_compile_once():
+    """Dynamo's counters over a 50-step run: one frame compiled, no graph break, no recompilation (the step index
+    is a tensor, not a Python constant)."""
+    sde = _sde("ve", 50)
+    torch._dynamo.reset()
+    counters.clear()
+    _sampler(sde, "reverse_diffusion", "langevin", 1, backend=FUSED[0], compile=True)(_model(sde))
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["aot_autograd"]["total"] == 1  # one graph compiled: a recompilation would be a second
+
+
+@pytest.mark.parametrize("name,pred,corr,n_steps", COMBOS)
+def test_eager_loop_has_no_host_sync_or_allocation_per_step(name, pred, corr, n_steps):
+    """Every fused PC loop: 0 host syncs and 0 fresh tensors of the sampler's own after the first step."""
+    sde = _sde(name, 30)
+    sampler = _sampler(sde, pred, corr, n_steps, backend=FUSED[0])
+    with CaptureMonitor() as mon:
+        sampler(mon.wrap_model(_model(sde)))
+    assert mon.steps == 30
+    assert mon.syncs_after(1) == []
+    assert mon.allocations_after(1) == 0
+
+
+def test_inpainting_and_guidance_loops_have_no_host_sync_or_allocation_per_step():
+    """The projection-fused loop (inpainting) and the guided model (class guidance folded into the model output)
+    run in the same loop: no sync, no allocation after the first step."""
+    sde = _sde("ve", 10)
+    model = _model(sde)
+    data = torch.randn(16, 2)
+    mask = torch.zeros(16, 2)
+    mask[:, 0] = 1
+    inpainter = controllable.get_pc_inpainter(sde, "reverse_diffusion", "langevin", lambda x: x, 0.16,
+                                              continuous=True, backend=FUSED[0], seed=1)
+    with CaptureMonitor() as mon:
+        inpainter(mon.wrap_model(model), data, mask)
+    assert mon.syncs_after(1) == [] and mon.allocations_after(1) == 0
+
+
+def test_harness_rejects_a_loop_that_reads_the_host():
+    """The harness can fail: a loop body calling .item() (or .tolist()) is reported, and raise_on_sync raises."""
+    x = torch.randn(8)
+    with CaptureMonitor() as mon:
+        for _ in range(3):
+            step_boundary()
+            x.mul_(0.5)
+            if x.sum().item() > 1e9:  # a data-dependent host branch
+                break
+            x.abs().tolist()
+    assert [what for _, what in mon.syncs_after(1)].count("aten::_local_scalar_dense") == 2
+    assert any(what == "Tensor.tolist" for _, what in mon.syncs_after(1))
+    assert mon.allocations_after(1) > 0  # x.sum() and x.abs() are fresh tensors every step
+    with pytest.raises(HostSyncError, match="step 1"):
+        with CaptureMonitor(raise_on_sync=True):
+            step_boundary()
+            x.max().item()
+
+
+def test_model_output_is_excluded_but_a_sampler_sync_is_not():
+    """Syncs inside the model are the model's; the monitor counts only the sampler's."""
+
+    class Chatty(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t):
+            _ = x.sum().item()  # the model's own business
+            return self.inner(x, t)
+
+    sde = _sde("vp", 30)
+    sampler = _sampler(sde, "euler_maruyama", "none", 1, backend=FUSED[0])
+    with CaptureMonitor() as mon:
+        sampler(mon.wrap_model(Chatty(_model(sde))))
+    assert mon.syncs_after(1) == []
+
+
+def test_compile_and_capture_arguments_are_checked():
+    sde = _sde("vp", 5)
+    with pytest.raises(ValueError, match="backend='reference'"):
+        _sampler(sde, "euler_maruyama", "none", 1, backend="reference", compile=True)
+    with pytest.raises(ValueError, match="noise='fastsde'"):
+        _sampler(sde, "euler_maruyama", "none", 1, noise="torch", capture=True)
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        _sampler(sde, "euler_maruyama", "none", 1, compile="yes")
+    with pytest.raises(ValueError, match="capture_steps"):
+        _sampler(sde, "euler_maruyama", "none", 1, capture=True, capture_steps=0)
+
+
+def test_capture_on_cpu_runs_the_compiled_loop():
+    """capture=True on CPU tensors is the compiled loop: same numbers as eager."""
+    sde = _sde("ve", 10)
+    model = _model(sde)
+    eager = _sampler(sde, "reverse_diffusion", "langevin", 1, backend=FUSED[0])(model)[0]
+    captured = _sampler(sde, "reverse_diffusion", "langevin", 1, backend=FUSED[0], capture=True)(model)[0]
+    assert torch.equal(eager, captured)
+
+
+def test_static_buffers_are_not_returned():
+    """The loop keeps its state in static buffers (what a graph reads); the caller gets its own tensors, so a second
+    call does not overwrite the first call's samples."""
+    sde = _sde("ve", 8)
+    model = _model(sde)
+    sampler = fastsde.get_pc_sampler(sde, (16, 2), "reverse_diffusion", "none", lambda x: x, 0.16, eps=1e-5,
+                                     seed=3, backend=FUSED[0])
+    first = sampler(model)[0]
+    kept = first.clone()
+    sampler(model)
+    assert torch.equal(first, kept)
+
+
+def test_reused_inpainter_sees_new_data():
+    """A fused loop is built once per model and reused; the projection's data and mask are copied in on every call,
+    so a second call with other data gives what a fresh inpainter gives (never the first call's data)."""
+    sde = _sde("ve", 8)
+    model = _model(sde)
+    make = lambda: controllable.get_pc_inpainter(sde, "reverse_diffusion", "none", lambda x: x, 0.16,  # noqa: E731
+                                                 continuous=True, backend=FUSED[0], seed=2)
+    mask = torch.zeros(8, 2)
+    mask[:, 1] = 1
+    first, second = torch.randn(8, 2), torch.randn(8, 2) + 3
+    reused = make()
+    reused(model, first, mask)
+    assert torch.equal(reused(model, second, mask), make()(model, second, mask))
+
+
+def test_solver_compile_equals_eager():
+    """get_sampler(..., compile=True): the model compiled once; same samples as eager within float32 rounding."""
+    from fastsde import solvers
+
+    sde = _sde("vp", 1000)
+    model = _model(sde)
+    make = lambda **kw: solvers.get_sampler("dpmpp_2m", sde, (32, 2), 8, seed=4, **kw)  # noqa: E731
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled = make()(model)[0], make(compile=True)(model)[0]
+    assert (eager - compiled).abs().max().item() <= 1e-5 * eager.abs().max().item()
+    assert dict(counters["graph_break"]) == {}
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        make(compile=1)
