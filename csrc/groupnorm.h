@@ -80,11 +80,19 @@ FASTSDE_HD FASTSDE_INLINE F gn_affine(F x, F d, F a, F b) {
 FASTSDE_HD FASTSDE_INLINE double gn_affine(double x, double d, double a, double b) { return f_fma(x + d, a, b); }
 FASTSDE_HD FASTSDE_INLINE double gn_silu_f64(double y) { return y / (1.0 + exp(-y)); }
 
-// rstd = 1 / sqrt(var + eps) from the centered sum of squares of `count` values.
+// rstd = 1 / sqrt(var + eps) from the centered sum of squares of `count` values, in float64: a float32 variance
+// overflows for |x| >= ~2e19 although rstd itself is representable.
 template <typename C>
 FASTSDE_HD FASTSDE_INLINE C gn_rstd(double sq_dev, int64_t count, double eps) {
-  return C(1) / sqrt(C(sq_dev / double(count)) + C(eps));
+  return C(1.0 / sqrt(sq_dev / double(count) + eps));
 }
+
+// Inputs near the float32 range: the float32 partial sums of x (|x| count > 3.4e38) or of squared deviations
+// (|x - mean| >= ~1e19) overflow. Kernels then redo that pass on values scaled by kGnTiny (a power of two, so the
+// scaling is exact) and unscale the float64 total by kGnTinyInv (sums) or kGnTinyInv^2 (squares). Inputs without
+// overflow never take this path, so their results are unchanged; inputs holding inf/NaN take it and stay inf/NaN.
+constexpr float kGnTiny = 7.888609052210118e-31f;      // 2^-100
+constexpr double kGnTinyInv = 1.2676506002282294e30;   // 2^100
 
 // Per-channel coefficients d_c, a_c, b_c (see the top of this file) in the compute type C.
 template <typename C>

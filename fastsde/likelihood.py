@@ -10,6 +10,8 @@ import torch
 from scipy import integrate
 
 from fastsde._util import sum_except_batch
+from fastsde.sampling.guard import check_finite
+from fastsde.sampling.ode import MAX_EVALS, EvalBudget, check_ode_args
 from fastsde.sde import as_fastsde_sde
 from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
 
@@ -42,25 +44,36 @@ def hutchinson_probe(shape, hutchinson_type="Rademacher", generator: torch.Gener
 
 
 def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5, atol=1e-5, method="RK45",
-                      eps=1e-5, *, generator: torch.Generator | None = None, dtype=torch.float32):
+                      eps=1e-5, *, generator: torch.Generator | None = None, dtype=torch.float32,
+                      max_evals: int = MAX_EVALS):
     """likelihood_fn(model, data (B, ...), probe=None) -> (bpd (B,), z (B, ...), nfe).
 
     bpd = -(log p_T(z) + delta_logp) / (ln 2 D) + 7 - inverse_scaler(-1): the offset accounts for uniform
     dequantization of 8-bit data (+8 for data in [0, 1], +7 for [-1, 1]). The model is used with continuous
     time conventions. `generator` draws the probe (default: torch's global generator, as score_sde) unless
     `probe` (data's shape) is given: rows of one hutchinson_probe draw give every datum the same probe in any batch.
+    A NaN/inf drift or divergence stops the integration with guard.NonFiniteError naming t; more than max_evals
+    evaluations with a RuntimeError (rtol, atol > 0 and eps in (0, T) are checked here, so no setting can loop
+    forever).
     """
     sde = as_fastsde_sde(sde)  # score_sde's own SDE objects are accepted
     if hutchinson_type not in HUTCHINSON_TYPES:
         raise ValueError(f"hutchinson_type must be one of {HUTCHINSON_TYPES}, got {hutchinson_type!r}")
+    eps = check_ode_args(sde, rtol, atol, method, eps)
+    EvalBudget(max_evals, "")
 
     def drift_fn(model, x, t):
         score_fn = get_score_fn(sde, model, train=False, continuous=True)
         return sde.reverse(score_fn, probability_flow=True).sde(x, t)[0]
 
     def likelihood_fn(model, data, probe=None):
-        if data.dim() < 2:
-            raise ValueError(f"data must be (batch, ...) with rank >= 2, got shape {tuple(data.shape)}")
+        if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] == 0:
+            raise ValueError(f"data must be a (batch, ...) tensor with rank >= 2 and batch >= 1, got "
+                             f"{tuple(getattr(data, 'shape', ())) or type(data).__name__}")
+        if not data.dtype.is_floating_point:
+            raise TypeError(f"data must be floating point, got {data.dtype}")
+        check_finite(data, what="the likelihood's data")
+        budget = EvalBudget(max_evals, "the likelihood ODE")
         shape = tuple(data.shape)
         batch = shape[0]
         device = data.device
@@ -74,11 +87,13 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
                 e = hutchinson_probe(shape, hutchinson_type, generator, dtype).to(device)
 
             def ode_func(t, y):
+                budget.spend(t)
                 x = from_flattened_numpy(y[:-batch], shape).to(device=device, dtype=dtype)
                 vec_t = torch.ones(batch, device=device, dtype=dtype) * t
-                drift = to_flattened_numpy(drift_fn(model, x, vec_t))
-                logp_grad = to_flattened_numpy(div_fn(x, vec_t, e))
-                return np.concatenate([drift, logp_grad], axis=0)
+                drift = check_finite(drift_fn(model, x, vec_t), step=budget.count, t=t, what="the probability-flow "
+                                     "drift")
+                logp_grad = check_finite(div_fn(x, vec_t, e), step=budget.count, t=t, what="the divergence estimate")
+                return np.concatenate([to_flattened_numpy(drift), to_flattened_numpy(logp_grad)], axis=0)
 
             init = np.concatenate([to_flattened_numpy(data), np.zeros((batch,))], axis=0)
             solution = integrate.solve_ivp(ode_func, (eps, sde.T), init, rtol=rtol, atol=atol, method=method)

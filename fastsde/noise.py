@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from fastsde import ops
+from fastsde.ops.checks import as_u64
 
 __all__ = ["NoiseStream", "NOISE_KINDS", "DrawPlan"]
 
@@ -66,8 +67,8 @@ class NoiseStream:
         if kind == "fastsde" and seed is None:
             # Unseeded: take a 64-bit seed from torch's global generator, so torch.manual_seed still governs it.
             seed = int(torch.randint(0, 2**62, (1,)).item())
-        if seed is not None and not 0 <= int(seed) < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        if seed is not None:
+            seed = as_u64("seed", seed)  # 3.7, "3" and True are refused, not truncated
         self.seed = None if seed is None else int(seed)
         self.sample_ids = None if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64)
         self.draw = 0

@@ -73,6 +73,9 @@ def get_score_fn(sde, model, train: bool = False, continuous: bool = False):
 
     def score_fn(x, t):
         out = model_fn(x, labels_fn(t))
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:  # broadcasting would hide a wrong model
+            raise ValueError(f"the model output must have the state's shape {tuple(x.shape)}, got "
+                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
         return out if std_fn is None else -out / per_sample(std_fn(t), x)
 
     return score_fn

@@ -30,6 +30,23 @@ __all__ = ["group_norm"]
 _ACT_NONE, _ACT_SILU = 0, 1
 
 
+# Inputs near the float32 range overflow the float32 sums (|x| count > 3.4e38) or sums of squares (|x - mean| >=
+# ~1e19): each sum is also taken over the values times TINY = 2^-100 (exact) and that one is used, unscaled in
+# float64, when the plain sum is not finite (csrc/groupnorm.h does the same on the CPU and CUDA).
+TINY = tl.constexpr(7.888609052210118e-31)  # 2^-100
+TINY_INV = tl.constexpr(1.2676506002282294e30)  # 2^100
+
+
+@triton.jit
+def _unscale(total, total_s, SQUARED: tl.constexpr):
+    """float64: `total` when finite, else the scaled sum `total_s` times 2^100 (2^200 for squares)."""
+    t = total.to(tl.float64)
+    s = total_s.to(tl.float64) * TINY_INV
+    if SQUARED:
+        s = s * TINY_INV
+    return tl.where(t - t == 0, t, s)
+
+
 @triton.jit
 def _group_norm_fwd_kernel(
     X_ptr,  # (N, C, HW) input, strides (s_xn, s_xc, s_xhw)
@@ -71,12 +88,17 @@ def _group_norm_fwd_kernel(
         if HAS_EMB:
             v = v + tl.load(EMB_ptr + n * C + ch, mask=cmask, other=0).to(COMPUTE)[:, None]
         v = tl.where(mask, v, 0)
-        mean = tl.sum(tl.sum(v, axis=1), axis=0) / count
+        total = tl.sum(tl.sum(v, axis=1), axis=0)
+        total_s = tl.sum(tl.sum(v * TINY, axis=1), axis=0)
+        mean = (_unscale(total, total_s, False) / count).to(COMPUTE)
         d = tl.where(mask, v - mean, 0)
-        var = tl.sum(tl.sum(d * d, axis=1), axis=0) / count
+        sq = tl.sum(tl.sum(d * d, axis=1), axis=0)
+        sq_s = tl.sum(tl.sum((d * TINY) * (d * TINY), axis=1), axis=0)
+        var = _unscale(sq, sq_s, True) / count
     else:
         # pass 1a: mean, from tile-shaped partial sums
         acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=COMPUTE)
+        acc_s = tl.zeros((BLOCK_C, BLOCK_HW), dtype=COMPUTE)
         for cc in range(0, CPG, BLOCK_C):
             cmask = (cc + rc) < CPG
             ch = c0 + cc + rc
@@ -89,9 +111,12 @@ def _group_norm_fwd_kernel(
                 if HAS_EMB:
                     v = tl.where(mask, v + e[:, None], 0)
                 acc += v
-        mean = tl.sum(tl.sum(acc, axis=1), axis=0) / count
+                acc_s += v * TINY
+        mean = (_unscale(tl.sum(tl.sum(acc, axis=1), axis=0), tl.sum(tl.sum(acc_s, axis=1), axis=0), False)
+                / count).to(COMPUTE)
         # pass 1b: centered sum of squares around that mean
         acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=COMPUTE)
+        acc_s = tl.zeros((BLOCK_C, BLOCK_HW), dtype=COMPUTE)
         for cc in range(0, CPG, BLOCK_C):
             cmask = (cc + rc) < CPG
             ch = c0 + cc + rc
@@ -104,8 +129,9 @@ def _group_norm_fwd_kernel(
                 v = tl.load(x_base + offs, mask=mask, other=0).to(COMPUTE)
                 d = tl.where(mask, v + dm[:, None], 0)
                 acc += d * d
-        var = tl.sum(tl.sum(acc, axis=1), axis=0) / count
-    rstd = 1.0 / tl.sqrt(var + eps)
+                acc_s += (d * TINY) * (d * TINY)
+        var = _unscale(tl.sum(tl.sum(acc, axis=1), axis=0), tl.sum(tl.sum(acc_s, axis=1), axis=0), True) / count
+    rstd = (1.0 / tl.sqrt(var + eps)).to(COMPUTE)
 
     # pass 2: y = (x + (e_c - mean)) a_c + b_c, then the activation
     for cc in range(0, CPG, BLOCK_C):

@@ -16,7 +16,7 @@ and 2 to 65535 while M / BLOCK reaches 2^24 (M <= 2^34); batches past 65535 are 
 Math runs in float32 (float64 for float64 tensors); fp16/bf16 are loaded and stored with float32 math. The score may
 be narrower than the state (fp16/bf16 beside float32 x, float32 beside float64 x: a half-precision model's output,
 fastsde.ops.checks.score_dtypes): it is loaded in its own dtype and converted in registers, in the same pass.
-Offsets are int64. step_sq_norms writes one float32 (float64) partial per program and sums them on the host
+Offsets are int64. step_sq_norms writes one float64 partial (squares in float64) per program and sums them on the host
 side in float64 in a fixed order: deterministic, no atomics.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _step_sq_norms_kernel(
     SCORE_ptr,  # (B, M) score, in the state's dtype or a narrower one
     NOISE_ptr,  # (B, M) explicit noise z, in the state's dtype (read when NOISE == 1)
     IDS_ptr,  # (B,) int64 FSN1 sample ids (read when NOISE == 2)
-    PART_ptr,  # (B, P, 2) COMPUTE out: per-program [sum score^2, sum z^2], P = cdiv(M, BLOCK)
+    PART_ptr,  # (B, P, 2) float64 out: per-program [sum score^2, sum z^2], P = cdiv(M, BLOCK)
     M,  # elements per sample
     P,  # programs per sample
     n0,  # first sample of this launch
@@ -129,6 +129,8 @@ def _step_sq_norms_kernel(
                          seed_hi.to(tl.uint32, bitcast=True), BLOCK, COMPUTE)
         z = tl.where(ok, z, 0)
     part = PART_ptr + (n * P + pid) * 2
+    # squares in float64, as the reference and native: a float32 square overflows for |score| > 1.8e19
+    s, z = s.to(tl.float64), z.to(tl.float64)
     tl.store(part, tl.sum(s * s, axis=0))
     tl.store(part + 1, tl.sum(z * z, axis=0))
 
@@ -250,8 +252,7 @@ def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: 
     numel = score.numel() // batch if batch else 0
     programs = triton.cdiv(numel, _BLOCK)
     state = score if noise is None else noise  # the state's dtype sets the compute type (the score may be narrower)
-    compute = torch.float64 if state.dtype == torch.float64 else torch.float32
-    partial = torch.empty(batch, programs, 2, dtype=compute, device=score.device)
+    partial = torch.empty(batch, programs, 2, dtype=torch.float64, device=score.device)
     seed_lo, seed_hi = split_u64(seed)
     draw_lo, draw_hi = split_u64(draw)
     for n0 in range(0, 0 if numel == 0 or tracing_interpreted(score) else batch, _MAX_GRID_Y):
@@ -262,7 +263,7 @@ def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: 
             NOISE=_EXPLICIT if noise is not None else _FSN1, COMPUTE=compute_dtype(state.dtype), BLOCK=_BLOCK,
             num_warps=_NUM_WARPS,
         )
-    return partial.to(torch.float64).sum(dim=1)
+    return partial.sum(dim=1)
 
 
 def step_sq_norms(score, noise, seed, sample_ids, draw) -> torch.Tensor:

@@ -12,6 +12,13 @@ cmake -S . -B build/cmake -G Ninja
 cmake --build build/cmake
 ctest --test-dir build/cmake --output-on-failure
 
+echo "test: ASan + UBSan build of the C++ core (every kernel, every SIMD level, 1-3 threads)"
+cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTSDE_SANITIZE=ON -DCMAKE_CUDA_COMPILER=
+cmake --build build/asan --target test_kernels test_fsn1_simd
+# detect_leaks=0: libgomp keeps its thread pool alive at exit
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build/asan -L kernels --output-on-failure
+
 echo "test: pytest"
 # pytest exits 5 when it collected nothing: a failure here, like any other non-zero code.
 # Arguments that name paths replace the default `tests`; option-only arguments (-k ...) apply to `tests`.

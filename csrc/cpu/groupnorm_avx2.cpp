@@ -2,6 +2,8 @@
 // compiled for this ISA inside namespace fastsde::simd_avx2 (see groupnorm_avx512.cpp).
 #include <immintrin.h>
 #include <math.h>
+
+#include <cmath>
 #include <stdint.h>
 
 #include <vector>

@@ -3,6 +3,8 @@
 // csrc/groupnorm.h included, is compiled for this ISA inside namespace fastsde::simd_avx512.
 #include <immintrin.h>
 #include <math.h>
+
+#include <cmath>
 #include <stdint.h>
 
 #include <vector>

@@ -42,34 +42,46 @@ FASTSDE_SIMD_INLINE double gn_hsum(F v) {
   return s;
 }
 
-// a + v, or a + (v + d)^2 (kSq). (A helper, not a lambda: GCC does not apply the target pragma to lambdas.)
-template <bool kSq>
+// a + v, or a + (v + d)^2 (kSq); kScaled: v (+ d) times groupnorm::kGnTiny first (the overflow path, see
+// csrc/groupnorm.h). (A helper, not a lambda: GCC does not apply the target pragma to lambdas.)
+template <bool kSq, bool kScaled = false>
 FASTSDE_SIMD_INLINE F gn_acc(F a, F v, F d) {
-  if (!kSq) return f_add(a, v);
-  const F t = f_add(v, d);
+  if (!kSq) return kScaled ? f_fma(v, F(groupnorm::kGnTiny), a) : f_add(a, v);
+  F t = f_add(v, d);
+  if (kScaled) t = f_fma(t, F(groupnorm::kGnTiny), F(0.0f));
   return f_fma(t, t, a);
 }
 
-// sum_j x[j] over one contiguous row (kSq: sum_j (x[j] + d)^2).
-template <Dtype D, bool kSq>
+// sum_j x[j] over one contiguous row (kSq: sum_j (x[j] + d)^2; kScaled: of the values times kGnTiny, unscaled in
+// float64 on return).
+template <Dtype D, bool kSq, bool kScaled = false>
 double gn_row_sum(const typename Io<D>::T* x, int64_t len, float d) {
   using IO = Io<D>;
   const F dv(d);
   F acc[4] = {F(0.0f), F(0.0f), F(0.0f), F(0.0f)};
   int64_t j = 0;
   for (; j + 4 * kLanes <= len; j += 4 * kLanes)
-    for (int r = 0; r < 4; ++r) acc[r] = gn_acc<kSq>(acc[r], IO::ld(x + j + r * kLanes), dv);
-  for (; j + kLanes <= len; j += kLanes) acc[0] = gn_acc<kSq>(acc[0], IO::ld(x + j), dv);
+    for (int r = 0; r < 4; ++r) acc[r] = gn_acc<kSq, kScaled>(acc[r], IO::ld(x + j + r * kLanes), dv);
+  for (; j + kLanes <= len; j += kLanes) acc[0] = gn_acc<kSq, kScaled>(acc[0], IO::ld(x + j), dv);
   if (j < len) {  // zero padding adds nothing to a sum; for squares the padded lanes are cleared
     F v = gn_ld_part<D>(x + j, len - j);
     if (kSq) {
       const F t = gn_keep(f_add(v, dv), len - j);
-      acc[1] = f_fma(t, t, acc[1]);
+      acc[1] = gn_acc<true, kScaled>(acc[1], t, F(0.0f));
     } else {
-      acc[1] = f_add(acc[1], v);
+      acc[1] = gn_acc<false, kScaled>(acc[1], v, dv);
     }
   }
-  return gn_hsum(f_add(f_add(acc[0], acc[1]), f_add(acc[2], acc[3])));
+  const double s = gn_hsum(f_add(f_add(acc[0], acc[1]), f_add(acc[2], acc[3])));
+  if (!kScaled) return s;
+  return kSq ? s * groupnorm::kGnTinyInv * groupnorm::kGnTinyInv : s * groupnorm::kGnTinyInv;
+}
+
+// gn_row_sum, redone on scaled values when the float32 partial sums overflowed.
+template <Dtype D, bool kSq>
+double gn_row_sum_safe(const typename Io<D>::T* x, int64_t len, float d) {
+  const double s = gn_row_sum<D, kSq>(x, len, d);
+  return std::isfinite(s) ? s : gn_row_sum<D, kSq, true>(x, len, d);
 }
 
 template <bool kSilu>
@@ -99,17 +111,17 @@ void gn_nchw_dtype(const GroupNormArgs& A, int64_t n, int64_t g) {
   const bool one_row = A.emb_add == nullptr;
   double sum = 0.0;
   if (one_row)
-    sum = gn_row_sum<D, false>(x, count, 0.0f);
+    sum = gn_row_sum_safe<D, false>(x, count, 0.0f);
   else
     for (int64_t k = 0; k < cpg; ++k)
-      sum += gn_row_sum<D, false>(x + k * hw, hw, 0.0f) + double(hw) * groupnorm::gn_emb<float>(A, n, c0 + k);
+      sum += gn_row_sum_safe<D, false>(x + k * hw, hw, 0.0f) + double(hw) * groupnorm::gn_emb<float>(A, n, c0 + k);
   const float mean = float(sum / double(count));
   double sq = 0.0;
   if (one_row)
-    sq = gn_row_sum<D, true>(x, count, 0.0f - mean);
+    sq = gn_row_sum_safe<D, true>(x, count, 0.0f - mean);
   else
     for (int64_t k = 0; k < cpg; ++k)
-      sq += gn_row_sum<D, true>(x + k * hw, hw, groupnorm::gn_emb<float>(A, n, c0 + k) - mean);
+      sq += gn_row_sum_safe<D, true>(x + k * hw, hw, groupnorm::gn_emb<float>(A, n, c0 + k) - mean);
   const float rstd = groupnorm::gn_rstd<float>(sq, count, A.eps);
   for (int64_t k = 0; k < cpg; ++k)
     gn_row_apply<D, kSilu>(x + k * hw, y + k * hw, hw, groupnorm::gn_channel<float>(A, n, c0 + k, mean, rstd));
@@ -119,7 +131,7 @@ void gn_nchw_dtype(const GroupNormArgs& A, int64_t n, int64_t g) {
 // (flushed to float64 every kGnFlush positions), then summed per group in channel order.
 constexpr int64_t kGnFlush = 64;
 
-template <Dtype D, bool kSq>
+template <Dtype D, bool kSq, bool kScaled = false>
 void gn_channel_sums(const typename Io<D>::T* x, int64_t C, int64_t hw, const float* d, float* acc, double* out) {
   using IO = Io<D>;
   const int64_t body = C / kLanes * kLanes;
@@ -131,12 +143,24 @@ void gn_channel_sums(const typename Io<D>::T* x, int64_t C, int64_t hw, const fl
       const typename Io<D>::T* row = x + p * C;
       // d is zero past C and so is the padding of a partial vector: t = 0 there
       for (int64_t c = 0; c < body; c += kLanes)
-        store(acc + c, gn_acc<kSq>(load(acc + c), IO::ld(row + c), load(d + c)));
+        store(acc + c, gn_acc<kSq, kScaled>(load(acc + c), IO::ld(row + c), load(d + c)));
       if (body < C)
-        store(acc + body, gn_acc<kSq>(load(acc + body), gn_ld_part<D>(row + body, C - body), load(d + body)));
+        store(acc + body,
+              gn_acc<kSq, kScaled>(load(acc + body), gn_ld_part<D>(row + body, C - body), load(d + body)));
     }
-    for (int64_t c = 0; c < C; ++c) out[c] += acc[c];
+    const double unscale = !kScaled ? 1.0 : kSq ? groupnorm::kGnTinyInv * groupnorm::kGnTinyInv
+                                                : groupnorm::kGnTinyInv;
+    for (int64_t c = 0; c < C; ++c) out[c] += kScaled ? double(acc[c]) * unscale : double(acc[c]);
   }
+}
+
+// gn_channel_sums, redone on scaled values when a channel's float32 partial sums overflowed.
+template <Dtype D, bool kSq>
+void gn_channel_sums_safe(const typename Io<D>::T* x, int64_t C, int64_t hw, const float* d, float* acc,
+                          double* out) {
+  gn_channel_sums<D, kSq>(x, C, hw, d, acc, out);
+  for (int64_t c = 0; c < C; ++c)
+    if (!std::isfinite(out[c])) return gn_channel_sums<D, kSq, true>(x, C, hw, d, acc, out);
 }
 
 template <Dtype D, bool kSilu>
@@ -153,14 +177,14 @@ void gn_nhwc_dtype(const GroupNormArgs& A, int64_t n) {
   std::vector<float> mean(static_cast<size_t>(G)), rstd(static_cast<size_t>(G));
   const double count = double(cpg * hw);
 
-  gn_channel_sums<D, false>(x, C, hw, dv, acc, csum.data());
+  gn_channel_sums_safe<D, false>(x, C, hw, dv, acc, csum.data());
   for (int64_t g = 0; g < G; ++g) {
     double s = 0.0;
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += csum[c] + double(hw) * groupnorm::gn_emb<float>(A, n, c);
     mean[g] = float(s / count);
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) dv[c] = groupnorm::gn_emb<float>(A, n, c) - mean[g];
   }
-  gn_channel_sums<D, true>(x, C, hw, dv, acc, csum.data());
+  gn_channel_sums_safe<D, true>(x, C, hw, dv, acc, csum.data());
   for (int64_t g = 0; g < G; ++g) {
     double s = 0.0;
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += csum[c];

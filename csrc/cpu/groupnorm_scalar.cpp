@@ -1,6 +1,8 @@
 // The CPU GroupNorm kernels for any CPU: one float32 lane (csrc/cpu/simd_scalar.h), the scalar math of
 // csrc/groupnorm.h.
 #include <math.h>
+
+#include <cmath>
 #include <stdint.h>
 
 #include <vector>

@@ -53,21 +53,34 @@ __global__ void __launch_bounds__(kThreads) _group_norm_fwd_kernel(GroupNormArgs
       off = (c0 + k) * hw + (i - k * hw);
     }
   };
-  C part = C(0);
-  for (int64_t i = threadIdx.x; i < count; i += kThreads) {
-    int64_t k, off;
-    locate(i, k, off);
-    part += IO::ld(x + off) + groupnorm::gn_emb<C>(A, n, c0 + k);
+  // Each pass runs once more on values scaled by kGnTiny when its block total overflowed (csrc/groupnorm.h); the
+  // total is the same in every thread, so the whole block takes the same branch.
+  double total = 0.0;
+  for (int scaled = 0; scaled < 2; ++scaled) {
+    const C k_scale = scaled ? C(groupnorm::kGnTiny) : C(1);
+    C part = C(0);
+    for (int64_t i = threadIdx.x; i < count; i += kThreads) {
+      int64_t k, off;
+      locate(i, k, off);
+      part += (IO::ld(x + off) + groupnorm::gn_emb<C>(A, n, c0 + k)) * k_scale;
+    }
+    total = block_sum(double(part), shared) * (scaled ? groupnorm::kGnTinyInv : 1.0);
+    if (isfinite(total)) break;
   }
-  const C mean = C(block_sum(double(part), shared) / double(count));
-  part = C(0);
-  for (int64_t i = threadIdx.x; i < count; i += kThreads) {
-    int64_t k, off;
-    locate(i, k, off);
-    const C t = IO::ld(x + off) + (groupnorm::gn_emb<C>(A, n, c0 + k) - mean);
-    part = groupnorm::f_fma(t, t, part);
+  const C mean = C(total / double(count));
+  for (int scaled = 0; scaled < 2; ++scaled) {
+    const C k_scale = scaled ? C(groupnorm::kGnTiny) : C(1);
+    C part = C(0);
+    for (int64_t i = threadIdx.x; i < count; i += kThreads) {
+      int64_t k, off;
+      locate(i, k, off);
+      const C t = (IO::ld(x + off) + (groupnorm::gn_emb<C>(A, n, c0 + k) - mean)) * k_scale;
+      part = groupnorm::f_fma(t, t, part);
+    }
+    total = block_sum(double(part), shared) * (scaled ? groupnorm::kGnTinyInv * groupnorm::kGnTinyInv : 1.0);
+    if (isfinite(total)) break;
   }
-  const C rstd = groupnorm::gn_rstd<C>(block_sum(double(part), shared), count, A.eps);
+  const C rstd = groupnorm::gn_rstd<C>(total, count, A.eps);
   for (int64_t i = threadIdx.x; i < count; i += kThreads) {
     int64_t k, off;
     locate(i, k, off);

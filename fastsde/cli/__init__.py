@@ -1,8 +1,9 @@
 """The `fastsde` command: one module per subcommand (sample, train, eval, inpaint, likelihood, bench, info), each an
 (add_arguments, run) pair registered in COMMANDS.
 
-Errors follow one rule: bad arguments exit 2, a run that fails with a ValueError/RuntimeError/OSError exits 1, each
-with one line `fastsde: error: ...` on stderr and no traceback (`--debug` re-raises instead).
+Errors follow one rule: bad arguments exit 2, a run that fails exits 1, each with one line `fastsde: error: ...` on
+stderr and no traceback (`--debug` re-raises instead). ValueError/RuntimeError/OSError carry their own message; any
+other exception is a bug in fastsde's checks and is reported as one line naming its type.
 """
 from __future__ import annotations
 
@@ -185,8 +186,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(err)
         return 1
+    except MemoryError:
+        if args.debug:
+            raise
+        _error("out of memory; ask for less (smaller --n or --batch-size)")
+        return 1
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except Exception as err:  # noqa: BLE001 - the promise is one line, never a traceback
+        if args.debug:
+            raise
+        _error(f"unexpected {type(err).__name__}: {err} (a fastsde bug: please report it with --debug's traceback)")
+        return 1
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 
 import torch
 
-from fastsde.cli.common import UsageError, positive_int
+from fastsde.cli.common import AtomicOutputs, UsageError, check_output_file, check_output_stem, positive_int
 
 __all__ = ["add_arguments", "run", "SUITES"]
 
@@ -28,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the tensors live: cpu (wall time) or cuda (CUDA events after warm-up; the records "
                         "gain the GPU's name, clocks and versions)")
-    p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads for every measurement")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch/OpenMP threads for every measurement")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--tradeoff", metavar="STEM", default=None,
                    help="e2e only: also measure quality vs time across PC step counts and ODE tolerances and write "
@@ -44,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tradeoff and --n apply to the e2e suite only")
     if args.tradeoff and args.device != "cpu":
         raise UsageError(f"--tradeoff measures on the CPU only, got --device {args.device}")
+    if args.json is not None:  # outputs are checked before minutes of measurements
+        check_output_file(args.json, "--json")
+    if args.tradeoff is not None:
+        check_output_stem(args.tradeoff, (".json", ".png"), "--tradeoff")
     torch.set_num_threads(args.threads)
     from fastsde.benchmarks.common import get_device, print_table, write_json
 
@@ -56,18 +59,18 @@ def run(args: argparse.Namespace) -> int:
     print()
     print_table(records)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        write_json(records, args.json)
+        with AtomicOutputs() as files:
+            write_json(records, files.path(args.json))
         print(f"wrote {args.json}")
     if args.tradeoff:
         from fastsde.benchmarks import bench_e2e
 
         print("quality vs time (fastsde native):", flush=True)
         result = bench_e2e.tradeoff(n=args.n or 256, backend=args.backend)
-        os.makedirs(os.path.dirname(os.path.abspath(args.tradeoff)), exist_ok=True)
-        with open(args.tradeoff + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        bench_e2e.plot_tradeoff(result, args.tradeoff + ".png")
+        with AtomicOutputs() as files:
+            with open(files.path(args.tradeoff + ".json"), "w") as f:
+                json.dump(result, f, indent=1)
+            bench_e2e.plot_tradeoff(result, files.path(args.tradeoff + ".png"))
         print(f"wrote {args.tradeoff}.json, {args.tradeoff}.png")
     return 0
 

@@ -3,8 +3,12 @@ from the command line, and the helpers of the image-model commands (model loadin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
+import tempfile
+import zipfile
 
 import numpy as np
 import torch
@@ -17,8 +21,9 @@ from fastsde.sampling import PC_DEFAULTS
 
 __all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "nonnegative_int", "seed_value", "positive_float",
            "model_spec", "npz_path", "build_sampler", "load_model_for", "with_threads", "output_stem",
-           "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "IMAGE_BATCH",
-           "batch_argument", "micro_batch"]
+           "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
+           "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
+           "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch"]
 
 
 class UsageError(Exception):
@@ -65,6 +70,34 @@ def positive_float(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """--device: 'cpu' or 'cuda[:K]' with CUDA available (torch would fail late, or on meta tensors, oddly)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be cpu or cuda[:K], got {text!r}") from None
+    if device.type == "cpu":
+        return text
+    if device.type != "cuda":
+        raise argparse.ArgumentTypeError(f"must be cpu or cuda[:K], got {text!r}")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} needs CUDA, which this torch build or machine does not have "
+                                         f"(use cpu)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
 def model_spec(text: str) -> tuple[str, str]:
     """'digits' (the shipped digits model of --sde), a score model file PATH.safetensors, or 'gmm[:NAME]' with NAME
     a preset of fastsde.models.analytic -> (kind, name or path)."""
@@ -84,8 +117,16 @@ def model_spec(text: str) -> tuple[str, str]:
 
 
 def npz_path(out: str) -> str:
+    """The .npz file of --out: PATH.npz as given, or PATH + '.npz' without an extension; any other extension is a
+    usage error (numpy would write PATH.EXT.npz behind the reported name)."""
     root, ext = os.path.splitext(out)
-    return out if ext else out + ".npz"
+    if os.path.basename(out) in ("", ".", ".."):
+        raise UsageError(f"--out must name a file, got {out!r}")
+    if ext and ext != ".npz":
+        raise UsageError(f"--out must end in .npz or have no extension, got {out!r}")
+    path = out if ext else out + ".npz"
+    check_output_file(path)
+    return path
 
 
 def build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None, *,
@@ -140,10 +181,160 @@ def with_threads(args, fn):
         torch.set_num_threads(threads)
 
 
-def output_stem(out: str) -> str:
+def output_stem(out: str, suffixes=(".npz", ".png")) -> str:
+    """The stem of --out (a trailing .png/.npz is dropped), checked with check_output_stem before any work."""
     root, ext = os.path.splitext(out)
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    return root if ext in (".png", ".npz") else out
+    stem = root if ext in (".png", ".npz") else out
+    check_output_stem(stem, suffixes)
+    return stem
+
+
+def check_output_file(path: str, flag: str = "--out") -> str:
+    """Raise UsageError unless `path` can be written: a non-empty name that is not a directory, whose parent is (or
+    can be created as) a writable directory, probed by creating and removing a temporary file in the nearest existing
+    directory. Leaves nothing behind: the parents are made when the file is written."""
+    if not path or os.path.basename(path) in ("", ".", ".."):
+        raise UsageError(f"{flag} must name a file, got {path!r}")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} is a directory, expected a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"{flag}: cannot create {parent}: {probe} is a file")
+    try:  # a real write (and delete) where the file or its missing parents would go: os.access is wrong for root
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag}: {probe} is not writable ({exc.strerror or exc})") from None
+    return path
+
+
+def check_output_stem(stem: str, suffixes=(".npz", ".png"), flag: str = "--out") -> None:
+    """check_output_file for every STEM+suffix a command writes."""
+    if not stem or os.path.basename(stem) in ("", ".", ".."):
+        raise UsageError(f"{flag} must name a file stem, got {stem!r}")
+    for suffix in suffixes:
+        check_output_file(stem + suffix, flag)
+
+
+class AtomicOutputs:
+    """Write several output files all or nothing: `path(final)` hands out a temporary path in final's directory
+    (same extension, so writers keep their format); on success every temporary is renamed over its final path, on
+    an exception every temporary is removed and no final path is touched.
+
+        with AtomicOutputs() as out:
+            np.savez(out.path("a.npz"), ...)
+            fig.savefig(out.path("a.png"))
+    """
+
+    def __init__(self):
+        self._pending: list[tuple[str, str]] = []
+
+    def path(self, final: str) -> str:
+        parent = os.path.dirname(os.path.abspath(final))
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=os.path.splitext(final)[1] or ".tmp",
+                                   dir=parent)
+        os.close(fd)
+        self._pending.append((tmp, final))
+        return tmp
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            for tmp, final in self._pending:
+                os.replace(tmp, final)
+        else:
+            for tmp, _ in self._pending:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+        self._pending = []
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+def available_memory(device) -> int:
+    """Bytes a request may use on `device`: free CUDA memory, or MemAvailable (and the cgroup limit) on the host."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    limit = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limit = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                free = int(text) - int(f.read().strip())
+            limit = free if limit is None else min(limit, free)
+    except (OSError, ValueError):
+        pass
+    return limit if limit is not None else 1 << 62
+
+
+def memory_estimate(n: int, numel: int, *, batch: int | None = None, buffers: int = 8, activations: int = 0,
+                    itemsize: int = 4) -> int:
+    """Bytes a sampling request needs: the n outputs (n x numel x itemsize, kept, plus one copy for the file) and, per
+    batch of `batch` samples (default n), `buffers` state-sized buffers (x, x_mean, score, noise, the reference, ...)
+    plus `activations` bytes per sample for the model."""
+    batch = n if batch is None else min(batch, n)
+    return 2 * n * numel * itemsize + batch * (buffers * numel * itemsize + activations)
+
+
+def check_memory(what: str, needed: int, device, limit: int | None = None) -> None:
+    """Refuse a request whose estimate exceeds the available memory: one line with both numbers."""
+    limit = available_memory(device) if limit is None else limit
+    if needed > limit:
+        raise ValueError(f"{what} needs about {_gib(needed)} of memory, more than the {_gib(limit)} available on "
+                         f"{torch.device(device).type}; ask for less")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def unet_activation_bytes(config) -> int:
+    """A bound on the bytes of a UNet forward per sample (inference): ~24 live feature maps of the widest level."""
+    widest = max(config.nf * m * (config.resolution // 2**i) ** 2 for i, m in enumerate(config.ch_mult))
+    attn = max([(r * r) ** 2 for r in config.attn_resolutions] or [0])
+    return 4 * (24 * widest + 2 * attn)
+
+
+def read_samples_npz(path: str):
+    """The 'samples' array of a `fastsde sample` .npz as float32 (N, 1, 16, 16) images; one clear error for a
+    missing, damaged, pickled, wrong-kind or empty file. Never unpickles."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz archive (a `fastsde sample` output)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "samples" not in data.files:
+                raise ValueError(f"{path} has no 'samples' array (has: {', '.join(data.files) or 'nothing'})")
+            images = np.asarray(data["samples"])
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ValueError(f"{path} is damaged ({exc})") from None
+    except ValueError as exc:
+        if "samples" in str(exc) and path in str(exc):
+            raise
+        raise ValueError(f"{path}: cannot read 'samples' ({exc})") from None
+    if images.dtype.kind != "f":
+        raise ValueError(f"{path}: 'samples' must be floating point, got {images.dtype}")
+    if images.ndim != 4 or images.shape[1:] != (1, 16, 16):
+        raise ValueError(f"{path}: 'samples' must be (N, 1, 16, 16) digits, got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{path}: 'samples' is empty (0 images)")
+    return torch.from_numpy(images.astype(np.float32))
 
 
 def image_model_arguments(p: argparse.ArgumentParser, n_default: int) -> None:
@@ -153,7 +344,7 @@ def image_model_arguments(p: argparse.ArgumentParser, n_default: int) -> None:
                    help=f"which shipped digits model (default: {DIGITS_DEFAULTS['sde']})")
     p.add_argument("--n", type=positive_int, default=n_default, help="number of test digits / samples")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the noise (and of the choice of test digits)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)

@@ -8,8 +8,9 @@ import os
 import torch
 
 from fastsde import distributed
-from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, batch_argument, fmt_optional, image_model_arguments,
-                                load_model_for, micro_batch, parse_model, positive_int, with_threads)
+from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory, fmt_optional,
+                                image_model_arguments, load_model_for, memory_estimate, micro_batch, parse_model,
+                                positive_int, read_samples_npz, unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
 __all__ = ["add_arguments", "run"]
@@ -43,12 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 
     evaluator = DigitsEvaluator()
     if args.samples:
-        if not os.path.exists(args.samples):
-            raise FileNotFoundError(f"{args.samples}: no such file")
-        with np.load(args.samples) as data:
-            if "samples" not in data:
-                raise ValueError(f"{args.samples} has no 'samples' array")
-            images = torch.from_numpy(np.asarray(data["samples"], dtype=np.float32))
+        images = read_samples_npz(args.samples)
         n, source = len(images), args.samples
         batch = micro_batch(args, n, IMAGE_BATCH)
 
@@ -57,6 +53,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         parse_model(args)
         mf, backend = load_model_for(args)
+        check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
+            mf.model.config)), args.device)
         n, steps = args.n, args.steps or DIGITS_DEFAULTS["steps"]
         batch = micro_batch(args, n, IMAGE_BATCH)
         predictor, corrector, eps = SDE_DEFAULTS[mf.sde_name]

@@ -5,10 +5,12 @@ import argparse
 import json
 import os
 
+import torch
 
+from fastsde import sampling
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
-from fastsde.cli.common import (SDE_DEFAULTS, positive_int, image_model_arguments, load_model_for, output_stem, parse_model,
-                                test_subset, with_threads)
+from fastsde.cli.common import (SDE_DEFAULTS, AtomicOutputs, image_model_arguments, load_model_for, output_stem,
+                                parse_model, positive_float, positive_int, test_subset, with_threads)
 from fastsde.digits.data import MASKS, make_mask
 
 __all__ = ["add_arguments", "run"]
@@ -20,11 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what to generate: 'right' half (the left half is known), left, bottom, top, or a 4x4 "
                         "checkerboard")
     p.add_argument("--steps", type=positive_int, default=None, help=f"sampler steps (default: {DIGITS_DEFAULTS['steps']})")
-    p.add_argument("--predictor", default="reverse_diffusion", help="PC predictor")
-    p.add_argument("--corrector", default="langevin",
+    p.add_argument("--predictor", default="reverse_diffusion", choices=sampling.predictor_names(),
+                   help="PC predictor")
+    p.add_argument("--corrector", default="langevin", choices=sampling.corrector_names(),
                    help="PC corrector (score_sde's inpainting setup; with 'none' the completions agree less with "
                         "the known half: 39%% vs 63%% classified as the original digit on 64 test digits, right half)")
-    p.add_argument("--snr", type=float, default=0.16, help="Langevin corrector signal-to-noise ratio")
+    p.add_argument("--snr", type=positive_float, default=0.16, help="Langevin corrector signal-to-noise ratio")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
     p.add_argument("--out", default="inpaint", help="output stem: writes STEM.png and STEM.npz")
 
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from fastsde.digits.evaluation import DigitsEvaluator
 
     parse_model(args)
+    stem = output_stem(args.out)  # checked before any work
     mf, backend = load_model_for(args)
     steps = args.steps or DIGITS_DEFAULTS["steps"]
     predictor, corrector, eps = args.predictor, args.corrector, SDE_DEFAULTS[mf.sde_name][2]
@@ -57,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     out, wall = with_threads(args, run)
     raw = out.detach().float().cpu()
+    bad = int((~torch.isfinite(raw.reshape(len(raw), -1)).all(dim=1)).sum())
+    if bad:
+        raise RuntimeError(f"{bad} of {len(raw)} completions are not finite (NaN or inf): the sampler diverged or "
+                           f"the model returned non-finite scores; nothing was written")
     # score_sde's inpainter returns mean_coef(eps) data at the known pixels; report that drift, then put the known
     # pixels back exactly (in image space, so no scaler round-off either).
     known_drift = float(((raw - images).abs() * mask).max())
@@ -66,20 +74,21 @@ def run(args: argparse.Namespace) -> int:
     acc = float((evaluator.logits(completed.clamp(0, 1)).argmax(1) == labels).double().mean())
     masked_view = images * mask + 0.5 * (1 - mask)
     acc_masked = float((evaluator.logits(images * mask).argmax(1) == labels).double().mean())
-    stem = output_stem(args.out)
     report = {"model": os.path.basename(mf.path), "sde": mf.sde_name, "mask": args.mask, "n": args.n,
               "steps": steps, "predictor": predictor, "corrector": corrector, "backend": backend, "seed": args.seed,
               "wall_time_s": wall, "known_pixels_max_abs_error": known_err,
               "known_pixels_sampler_drift": known_drift,
               "classifier_accuracy_completed": acc, "classifier_accuracy_masked_zero_filled": acc_masked,
               "npz": stem + ".npz", "png": stem + ".png"}
-    np.savez(report["npz"], original=images.numpy(), mask=mask.numpy(), completed=completed.numpy(),
-             labels=labels.numpy())
-    plotting.save_image_panels([("test digits", images), ("known pixels (gray: to generate)", masked_view),
-                                ("completed", completed.clamp(0, 1))], report["png"],
-                               title=f"inpainting the {args.mask} part: {mf.sde_name}, {predictor}+{corrector}, "
-                                     f"{steps} steps\ncompletions classified as the original digit: {100 * acc:.0f}%",
-                               nrow=int(np.ceil(np.sqrt(args.n))))
+    with AtomicOutputs() as files:
+        np.savez(files.path(report["npz"]), original=images.numpy(), mask=mask.numpy(), completed=completed.numpy(),
+                 labels=labels.numpy())
+        plotting.save_image_panels([("test digits", images), ("known pixels (gray: to generate)", masked_view),
+                                    ("completed", completed.clamp(0, 1))], files.path(report["png"]),
+                                   title=f"inpainting the {args.mask} part: {mf.sde_name}, {predictor}+"
+                                         f"{corrector}, {steps} steps\ncompletions classified as the original "
+                                         f"digit: {100 * acc:.0f}%",
+                                   nrow=int(np.ceil(np.sqrt(args.n))))
     if args.json:
         print(json.dumps(report))
     else:

@@ -9,7 +9,7 @@ import torch
 
 from fastsde import distributed
 from fastsde.cli.common import (IMAGE_BATCH, batch_argument, image_model_arguments, load_model_for, micro_batch,
-                                parse_model, test_subset, with_threads)
+                                parse_model, positive_float, test_subset, with_threads)
 
 __all__ = ["add_arguments", "run"]
 
@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     image_model_arguments(p, 32)
     p.add_argument("--probe", choices=("Rademacher", "Gaussian"), default="Rademacher",
                    help="Hutchinson probe distribution")
-    p.add_argument("--rtol", type=float, default=1e-5, help="RK45 relative tolerance")
-    p.add_argument("--atol", type=float, default=1e-5, help="RK45 absolute tolerance")
+    p.add_argument("--rtol", type=positive_float, default=1e-5, help="RK45 relative tolerance")
+    p.add_argument("--atol", type=positive_float, default=1e-5, help="RK45 absolute tolerance")
     batch_argument(p, f"n up to {IMAGE_BATCH}; RK45 takes its steps for a whole micro-batch, so bits/dim depend "
                       f"on it")
 

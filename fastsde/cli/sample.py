@@ -14,9 +14,11 @@ import fastsde
 from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
 from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
-from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, UsageError, batch_argument, build_sampler, fmt_optional,
-                                load_model_for, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
-                                positive_float, positive_int, seed_value, with_threads)
+from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, AtomicOutputs, UsageError, batch_argument, build_sampler,
+                                check_memory, check_output_file, device_name, finite_float, fmt_optional,
+                                load_model_for, memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path,
+                                output_stem, positive_float, positive_int, seed_value, unet_activation_bytes,
+                                with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
 
@@ -55,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--sigma-min", type=positive_float, metavar="S", help="VE sigma_min (default: 0.01)")
     model.add_argument("--sigma-max", type=positive_float, metavar="S",
                        help="VE sigma_max (default: 50, score_sde's; ~5 is plenty for the 2-D presets)")
-    model.add_argument("--beta-min", type=float, metavar="B", help="VP/subVP beta_min (default: 0.1)")
-    model.add_argument("--beta-max", type=float, metavar="B", help="VP/subVP beta_max (default: 20)")
+    model.add_argument("--beta-min", type=finite_float, metavar="B", help="VP/subVP beta_min (default: 0.1)")
+    model.add_argument("--beta-max", type=finite_float, metavar="B", help="VP/subVP beta_max (default: 20)")
     cont = model.add_mutually_exclusive_group()
     cont.add_argument("--continuous", dest="continuous", action="store_true", default=True,
                       help="condition the model on continuous time labels (default)")
@@ -104,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                               "fp32, bf16, fp16, or auto (default): bf16 where the device computes bfloat16 "
                               "natively (CPU: AVX512-BF16 or AMX-BF16, detected at run time), else fp32; a "
                               "mixture's exact score runs fp32 under auto")
-    sampler.add_argument("--device", default="cpu", help="torch device to sample on")
+    sampler.add_argument("--device", type=device_name, default="cpu", help="torch device to sample on")
     sampler.add_argument("--threads", type=positive_int, metavar="T",
                          help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
                               "1 is fastest for the 2-D presets on a busy machine)")
@@ -237,6 +239,12 @@ def _run_mixture(args: argparse.Namespace) -> int:
     _check_splittable(args, batch)
     _, preset = args.model
     mixture = analytic.get_mixture(preset)
+    npz = npz_path(args.out)  # outputs and memory checked before any work
+    png = os.path.splitext(npz)[0] + ".png" if args.plot else None
+    if png:
+        check_output_file(png)
+    check_memory(f"--n {args.n} samples of gmm:{preset}", memory_estimate(args.n, mixture.dim, buffers=16),
+                 args.device)
     sde = _build_sde(args)
     _, info = _build_sampler(args, sde, (min(batch, args.n), mixture.dim))
     model = analytic.AnalyticScoreModel(mixture, sde, continuous=args.continuous).to(args.device)
@@ -262,12 +270,15 @@ def _run_mixture(args: argparse.Namespace) -> int:
                       dim=mixture.dim,
                       threads=args.threads or torch.get_num_threads(), nfe=int(result.arrays["nfe"].max()),
                       wall_time_s=wall, samples_per_s=result.sampled / wall, version=fastsde.__version__)
+        check_finite_samples(samples)
         reference = mixture.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
         report.update(_quality(samples, reference, mixture, args.seed))
-        distributed.write_npz_atomic(npz, {"samples": samples.numpy(), "reference": reference.numpy(),
-                                           **{key: np.asarray(value) for key, value in report.items()}})
-        if args.plot:
-            plotting.plot_samples_2d(samples, mixture, os.path.splitext(npz)[0] + ".png", _plot_title(report))
+        with AtomicOutputs() as files:  # both files or neither
+            np.savez(files.path(npz), samples=samples.numpy(), reference=reference.numpy(),
+                     **{key: np.asarray(value) for key, value in report.items()})
+            if args.plot:
+                plotting.plot_samples_2d(samples, mixture, files.path(os.path.splitext(npz)[0] + ".png"),
+                                         _plot_title(report))
 
     npz = npz_path(args.out)
     result = with_threads(args, lambda: distributed.sample(
@@ -279,6 +290,14 @@ def _run_mixture(args: argparse.Namespace) -> int:
                   processes=distributed.world_size(), resumed=result.resumed)
     print(json.dumps(report) if args.json else _format_report(report))
     return 0
+
+
+def check_finite_samples(samples: torch.Tensor) -> None:
+    """Refuse to write samples with NaN or inf (a diverging sampler or model): exit 1, no files."""
+    bad = int((~torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)).sum())
+    if bad:
+        raise RuntimeError(f"{bad} of {len(samples)} samples are not finite (NaN or inf): the sampler diverged or "
+                           f"the model returned non-finite scores; nothing was written")
 
 
 def _manifest_arguments(args: argparse.Namespace) -> dict:
@@ -338,7 +357,6 @@ def _class_labels(spec: str, n: int) -> torch.Tensor:
 
 def run_sample_images(args: argparse.Namespace) -> int:
     """`fastsde sample` for image models: sample a grid, time it, score it with the digits metrics, write png/npz."""
-    from fastsde.digits import plotting
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
 
@@ -348,7 +366,11 @@ def run_sample_images(args: argparse.Namespace) -> int:
             raise UsageError("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
     elif args.guidance_scale is not None:
         raise UsageError("--guidance-scale applies with --class-label only")
+    args.n = args.n or DIGITS_DEFAULTS["n"]
+    stem = output_stem(args.out, (".npz", ".png") if args.plot else (".npz",))  # before any work
     mf, _ = load_model_for(args)
+    check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
+        mf.model.config)), args.device)
     args.sde = mf.sde_name
     args.steps = args.steps or _default_steps(args.sampler)
     args.n = args.n or DIGITS_DEFAULTS["n"]
@@ -385,6 +407,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
                 x, nfe = sampler(model)
             else:
                 x, nfe = sampler(model, class_labels[ids]), info["nfe"]
+            check_finite_samples(x.detach().float().cpu())
             return {"samples": x.detach().float().cpu().clamp(0.0, 1.0), "nfe": np.full(len(ids), int(nfe))}
         return draw
 
@@ -413,18 +436,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
             report["requested_class_accuracy"] = float((predicted == class_labels).double().mean())
         report["npz"] = npz
         report["png"] = stem + ".png" if args.plot else None
-        distributed.write_npz_atomic(npz, {"samples": images.numpy(), **({"class_labels": class_labels.numpy()}
-                                                                         if class_labels is not None else {})})
-        if args.plot:
-            what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
-                    f"probability-flow ODE, {report['nfe']} evaluations" if info["sampler"] == "ode" else
-                    f"{info['sampler']}, {report['nfe']} evaluations")
-            title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
-                     f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
-                     + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
-                        else ""))
-            plotting.save_image_grid(images, report["png"], title=title,
-                                     nrow=10 if args.class_label == "all" else None)
+        with AtomicOutputs() as files:  # both files or neither
+            _write_images(args, report, images, class_labels, info, wall, files)
+
 
     arguments = {**_manifest_arguments(args), "model": mf.path}
     result = with_threads(args, lambda: distributed.sample(
@@ -435,6 +449,23 @@ def run_sample_images(args: argparse.Namespace) -> int:
     report.update(batch=batch, processes=distributed.world_size(), resumed=result.resumed)
     print(json.dumps(report) if args.json else _format_images_report(report))
     return 0
+
+
+def _write_images(args, report, images, class_labels, info, wall, files) -> None:
+    from fastsde.digits import plotting
+
+    np.savez(files.path(report["npz"]), samples=images.numpy(), **({"class_labels": class_labels.numpy()}
+                                                                    if class_labels is not None else {}))
+    if args.plot:
+        what = (f"{info['predictor']}+{info['corrector']}, {args.steps} steps" if info["sampler"] == "pc" else
+                f"probability-flow ODE, {report['nfe']} evaluations" if info["sampler"] == "ode" else
+                f"{info['sampler']}, {report['nfe']} evaluations")
+        title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
+                 f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
+                 + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
+                    else ""))
+        plotting.save_image_grid(images, files.path(report["png"]), title=title,
+                                 nrow=10 if args.class_label == "all" else None)
 
 
 def _conditional_sampler(args, mf, sde, shape, inverse_scaler, *, sample_ids=None, progress=None):

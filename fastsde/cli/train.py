@@ -7,7 +7,8 @@ import os
 
 import torch
 
-from fastsde.cli.common import UsageError, positive_int
+from fastsde.cli.common import (UsageError, check_memory, device_name, finite_float, nonnegative_int, positive_float,
+                                positive_int, seed_value)
 
 __all__ = ["add_arguments", "run"]
 
@@ -21,12 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=d.preset, help="UNet preset of fastsde.models.ncsnpp")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="optimisation steps in total")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate after warm-up")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up steps")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: off)")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the exported weights")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate after warm-up")
+    p.add_argument("--warmup", type=nonnegative_int, default=d.warmup, help="linear learning-rate warm-up steps")
+    p.add_argument("--grad-clip", type=finite_float, default=d.grad_clip, help="gradient-norm clip (0: off)")
+    p.add_argument("--ema-decay", type=finite_float, default=d.ema_decay, help="EMA decay of the exported weights")
     p.add_argument("--likelihood-weighting", action="store_true", help="weight the loss by g(t)^2")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_value, default=d.seed)
     p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
     p.add_argument("--snapshot-every", type=positive_int, default=d.snapshot_every,
                    help="write a sample grid (EMA weights) every this many steps")
@@ -41,15 +42,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score model training: the forward/backward under autocast in bf16 or fp16 with float32 "
                         "master weights (fp16 adds loss scaling); auto: bf16 where the device computes bfloat16 "
                         "natively, else fp32 (default: fp32)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", required=True, help="run directory (checkpoint, sample grids, exported model)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastsde.digits.training import TrainConfig, Trainer, train_classifier
+    from fastsde.digits.training import TrainConfig, Trainer, train_classifier, training_memory
 
+    if args.grad_clip < 0:
+        raise UsageError(f"--grad-clip must be >= 0 (0: off), got {args.grad_clip}")
+    if not 0 <= args.ema_decay < 1:
+        raise UsageError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if args.seed >= 2**63 - 3:
+        raise UsageError(f"--seed must be below 2**63 - 3 for training (torch generators), got {args.seed}")
+    if not args.out or os.path.isfile(args.out):
+        raise UsageError(f"--out must name a run directory, got {args.out!r}" + (" (a file)" if args.out else ""))
+    check_memory(f"--batch-size {args.batch_size}", training_memory(args.preset, args.sde, args.batch_size,
+                                                                   classifier=args.classifier != "none"),
+                 args.device)
     from fastsde.precision import resolve_precision
 
     if args.threads:

@@ -85,10 +85,63 @@ def load_score_model(path: str, *, reference: bool = False, backend: str = "auto
     meta = read_metadata(path)
     if "fastsde.sde" not in meta:
         raise ValueError(f"{path} carries no SDE metadata: not a fastsde score model file")
-    sde = json.loads(meta["fastsde.sde"])
-    model = load_model_file(path, reference=reference, backend=backend, device=device)
-    return ScoreModelFile(model, sde["name"], dict(sde["kwargs"]), json.loads(meta.get("fastsde.training", "{}")),
-                          path)
+    name, kwargs = _sde_metadata(path, meta["fastsde.sde"])
+    training = _json_metadata(path, "fastsde.training", meta.get("fastsde.training", "{}"))
+    if meta.get("format") != "fastsde.score_sde/1":  # a fastsde UNet file: its config fields are UNetConfig's
+        _check_config(path, meta.get("config", "{}"))
+    try:
+        model = load_model_file(path, reference=reference, backend=backend, device=device)
+    except (TypeError, KeyError, json.JSONDecodeError, RuntimeError) as exc:  # config fields, missing tensors
+        raise ValueError(f"{path}: the model config or weights do not fit fastsde's UNet ({exc})") from None
+    except Exception as exc:  # safetensors' own SafetensorError (e.g. a truncated file, an unknown device)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{path}: cannot load the weights ({exc})") from None
+    return ScoreModelFile(model, name, kwargs, training if isinstance(training, dict) else {}, path)
+
+
+def _check_config(path: str, text: str) -> None:
+    import dataclasses
+
+    from fastsde.models.ncsnpp import UNetConfig
+
+    config = _json_metadata(path, "config", text)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {text[:80]!r}")
+    known = {f.name for f in dataclasses.fields(UNetConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: metadata 'config' has unknown UNet field(s) {unknown}; known: {sorted(known)}")
+
+
+def _json_metadata(path: str, key: str, text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: metadata {key!r} is not JSON ({exc})") from None
+
+
+def _sde_metadata(path: str, text: str) -> tuple[str, dict]:
+    """(name, hyper-parameters) of a model file's "fastsde.sde" entry, checked: {"name": ve|vp|subvp, "kwargs": {...}}
+    with only that SDE's own float hyper-parameters (N is chosen by the sampler, never by the file)."""
+    import inspect
+
+    sde = _json_metadata(path, "fastsde.sde", text)
+    if not isinstance(sde, dict) or not isinstance(sde.get("name"), str) or not isinstance(sde.get("kwargs", {}), dict):
+        raise ValueError(f"{path}: metadata 'fastsde.sde' must be {{\"name\": NAME, \"kwargs\": {{...}}}}, got "
+                         f"{text[:80]!r}")
+    name, kwargs = sde["name"], dict(sde.get("kwargs", {}))
+    if name not in sde_lib.SDE_CLASSES:
+        raise ValueError(f"{path}: metadata 'fastsde.sde' names an unknown SDE {name!r}; known: {sde_lib.SDE_NAMES}")
+    allowed = set(inspect.signature(sde_lib.SDE_CLASSES[name]).parameters) - {"N"}
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise ValueError(f"{path}: metadata 'fastsde.sde' has {key!r}, not a hyper-parameter of the {name} SDE "
+                             f"(allowed: {sorted(allowed)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value \
+                or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{path}: metadata 'fastsde.sde' {key} must be a finite number, got {value!r}")
+    return name, kwargs
 
 
 def save_classifier(model, path: str, *, sde: str | None = None, training: dict | None = None) -> None:

@@ -148,7 +148,6 @@ class Trainer:
         self.config, self.out_dir, self.device = config, out_dir, torch.device(device)
         self.progress, self.log = progress, log
         self.command = command if command is not None else _command_line()
-        os.makedirs(out_dir, exist_ok=True)
         images, _ = load_dataset(config.dataset, "train")
         self.sde = make_sde(config.sde)
         self.model_config = get_preset(config.preset, config.sde, in_channels=images.shape[1],
@@ -168,6 +167,7 @@ class Trainer:
         self.batch_gen = torch.Generator().manual_seed(config.seed + 2)
         self.step, self.losses, self._order, self._cursor = 0, [], None, 0
         self.resumed = self._maybe_resume()
+        os.makedirs(out_dir, exist_ok=True)  # only once everything above is checked
 
     # ------------------------------------------------------------------------------------------ state
     def _state(self) -> dict:
@@ -184,8 +184,13 @@ class Trainer:
         path = os.path.join(self.out_dir, self.CHECKPOINT)
         if not os.path.exists(path):
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on the CPU
-        saved, mine = {"precision": "fp32", **state["config"]}, dataclasses.asdict(self.config)
+        try:  # weights_only: a pickle payload is refused, never executed; generator states stay on the CPU
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            saved, mine = {"precision": "fp32", **state["config"]}, dataclasses.asdict(self.config)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip/EOF errors, a dict without "config"
+            raise ValueError(f"{path} cannot be resumed: not a fastsde training checkpoint or damaged "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); move it away or use "
+                             f"another --out") from None
         diff = {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
         if diff:
             raise ValueError(f"{path} was written by a different run (saved vs requested: {diff}); use another "
@@ -362,6 +367,19 @@ def _shift_augment(x: torch.Tensor, generator: torch.Generator, background: floa
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
+def training_memory(preset: str, sde: str, batch_size: int, *, classifier: bool = False) -> int:
+    """Bytes a training step needs, estimated before anything is built: weights, gradients, Adam moments and EMA
+    (5 copies of the parameters) plus the activations kept for the backward pass (~3x an inference forward) per
+    sample of the batch. The classifier is smaller than the UNet preset; the UNet's estimate bounds it."""
+    from fastsde.models.ncsnpp import get_preset
+
+    config = get_preset(preset, sde)
+    widest = max(config.nf * m * (config.resolution // 2**i) ** 2 for i, m in enumerate(config.ch_mult))
+    params = 40 * config.nf**2 * sum(m * m for m in config.ch_mult) * config.num_res_blocks
+    per_sample = 4 * 3 * (24 * widest + 2 * max([(r * r) ** 2 for r in config.attn_resolutions] or [0]))
+    return 5 * 4 * params + batch_size * per_sample
+
+
 def train_classifier(out_dir: str, *, time_dependent: bool = False, sde: str = "vp", steps: int = 1500,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device="cpu", progress: bool = True,
                      eps: float = 1e-5, command: str | None = None) -> dict:
@@ -380,6 +398,8 @@ def train_classifier(out_dir: str, *, time_dependent: bool = False, sde: str = "
 
     device = torch.device(device)
     command = command if command is not None else _command_line()
+    if sde not in SDE_NAMES:
+        raise ValueError(f"sde must be one of {SDE_NAMES}, got {sde!r}")
     os.makedirs(out_dir, exist_ok=True)
     images, labels = load_digits("train")
     test_images, test_labels = load_digits("test")

@@ -10,7 +10,9 @@ import math
 
 import torch
 
+from fastsde.ops.checks import check_float_tensor, positive_count
 from fastsde.ops.dispatch import implementation, register, resolve
+from fastsde.ops.groupnorm import autograd_backend
 from fastsde.reference import attention as _ref
 
 __all__ = ["attn_block"]
@@ -20,19 +22,26 @@ def attn_block(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, out_bias
                skip_rescale=False, eps=1e-6, backend="auto"):
     """x: (B, C, H, W); gn_*: (C,); qkv_weight (3C, C), qkv_bias (3C,); out_weight (C, C), out_bias (C,).
     Returns (x + proj(attention(GN(x)))) [/ sqrt(2)], shaped like x."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    check_float_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     expected = {"gn_weight": (C,), "gn_bias": (C,), "qkv_weight": (3 * C, C), "qkv_bias": (3 * C,),
                 "out_weight": (C, C), "out_bias": (C,)}
-    for name, t in zip(expected, (gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, out_bias)):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected[name]:
-            raise ValueError(f"{name} must have shape {expected[name]}, got {tuple(getattr(t, 'shape', ()))}")
-    if C % num_heads:
-        raise ValueError(f"num_heads ({num_heads}) must divide the channels ({C})")
-    if C % num_groups:
-        raise ValueError(f"num_groups ({num_groups}) must divide the channels ({C})")
+    params = (gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, out_bias)
+    for name, t in zip(expected, params):
+        check_float_tensor(name, t)
+        if tuple(t.shape) != expected[name] or t.device != x.device:
+            raise ValueError(f"{name} must have shape {expected[name]} on {x.device}, got {tuple(t.shape)} on "
+                             f"{t.device}")
+    num_heads = positive_count("num_heads", num_heads, C)
+    num_groups = positive_count("num_groups", num_groups, C)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    backend = autograd_backend("attn_block", backend, x, *params)
     _, impl = resolve("attn_block", backend, x.device)
+    if x.numel() == 0:
+        return torch.empty_like(x)
     return impl(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, out_bias, num_groups, num_heads,
                 bool(skip_rescale), float(eps))
 

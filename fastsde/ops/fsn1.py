@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from fastsde import random as _random
-from fastsde.ops.checks import as_u64, i64_bits
+from fastsde.ops.checks import as_u64, check_float_tensor, check_no_autograd, i64_bits
 from fastsde.ops.dispatch import register, resolve
 
 __all__ = ["fsn1_normal", "BACKENDS"]
@@ -21,8 +21,8 @@ BACKENDS = ("auto", "native", "reference")
 def _check(out, seed, sample_ids, draw, backend):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    check_float_tensor("out", out)
+    check_no_autograd("fsn1_normal", {"out": out})
     if out.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"out must be float32 or float64, got {out.dtype}")
     if out.dim() != 2:

@@ -8,22 +8,23 @@ two passes, float32 accumulation for half/bfloat16 inputs.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from fastsde.ops.checks import check_float_tensor, check_no_autograd, positive_count, records_autograd
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import groupnorm as _ref
 
-__all__ = ["group_norm"]
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
+__all__ = ["group_norm", "autograd_backend"]
 
 def _check_vec(name, v, shape, x):
     if v is None:
         return None
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of shape {shape}, got {type(v).__name__}")
-    if tuple(v.shape) != shape or v.device != x.device or not v.dtype.is_floating_point:
+    check_float_tensor(name, v)
+    if tuple(v.shape) != shape or v.device != x.device:
         raise ValueError(f"{name} must be a float tensor of shape {shape} on {x.device}, got "
                          f"{v.dtype} {tuple(v.shape)} on {v.device}")
     return v
@@ -33,30 +34,43 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-6, *, scale=None, s
                out=None, backend="auto"):
     """GroupNorm family (see module docstring). x: (N, C, *spatial), NCHW or channels-last; weight, bias: (C,);
     scale, shift, emb_add: (N, C); act: None or "silu". Returns y shaped and laid out like x (or writes `out`)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_float_tensor("x", x)
     if x.dim() < 2:
         raise ValueError(f"x must be (N, C, *spatial), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     N, C = x.shape[:2]
-    if not isinstance(num_groups, int) or num_groups < 1 or C % num_groups:
-        raise ValueError(f"num_groups must be a positive int dividing the channels ({C}), got {num_groups}")
+    num_groups = positive_count("num_groups", num_groups, C)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     if act not in _ref.ACTIVATIONS:
         raise ValueError(f"act must be one of {_ref.ACTIVATIONS}, got {act!r}")
     weight, bias = _check_vec("weight", weight, (C,), x), _check_vec("bias", bias, (C,), x)
     scale, shift = _check_vec("scale", scale, (N, C), x), _check_vec("shift", shift, (N, C), x)
     emb_add = _check_vec("emb_add", emb_add, (N, C), x)
-    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
-        raise ValueError(f"out must match x ({tuple(x.shape)} {x.dtype} on {x.device}), got "
-                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    if out is not None:
+        check_float_tensor("out", out)
+        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(f"out must match x ({tuple(x.shape)} {x.dtype} on {x.device}), got "
+                             f"{tuple(out.shape)} {out.dtype} on {out.device}")
+        check_no_autograd("group_norm's out=", {"out": out})
+    backend = autograd_backend("group_norm", backend, x, weight, bias, scale, shift, emb_add)
+    _, impl = resolve("group_norm", backend, x.device)
     if x.numel() == 0:
         return torch.empty_like(x) if out is None else out
-    _, impl = resolve("group_norm", backend, x.device)
     y = impl(x, num_groups, weight, bias, float(eps), scale, shift, emb_add, act)
     if out is None:
         return y
     return out.copy_(y)
+
+
+def autograd_backend(op, backend, *tensors):
+    """The backend when autograd records the call: only the reference has a backward, so "auto" takes it and an
+    explicit native/triton backend is refused (it would return a result without grad_fn)."""
+    if not records_autograd(*tensors):
+        return backend
+    if backend in ("auto", "reference"):
+        return "reference"
+    raise ValueError(f"{op} backend={backend!r} has no backward, but an input requires grad: use backend='auto' or "
+                     f"'reference' for training, or call it under torch.no_grad()")
 
 
 @register("group_norm", "reference")

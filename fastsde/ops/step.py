@@ -21,14 +21,14 @@ import math
 import torch
 
 from fastsde import random as _random
-from fastsde.ops.checks import as_u64, check_like, check_score, i64_bits, score_dtypes
+from fastsde.ops.checks import (as_u64, check_float_tensor, check_like, check_no_autograd, check_outputs_distinct,
+                                check_score, i64_bits, score_dtypes)
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
 __all__ = ["affine_step", "langevin_step", "step_sq_norms", "LoopSteps", "affine_combine_step", "CombineSteps",
            "MAX_OUTPUTS"]
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _coef(name, v, x) -> torch.Tensor:
@@ -67,12 +67,9 @@ def _noise_args(x, noise, seed, sample_ids, draw):
 
 
 def _check_state(x, score):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_float_tensor("x", x)
     if x.dim() < 1:
         raise ValueError(f"x must be (batch, ...), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x[0].numel() > _random.MAX_ELEMENTS if x.shape[0] else False:
         raise ValueError(f"x has more than 2**34 elements per sample: {tuple(x.shape)}")
     check_score("score", score, x)
@@ -91,6 +88,8 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
     x_mean <- x'(1-m) + data_a data m (score_sde's controllable sampler).
     """
     _check_state(x, score)
+    check_no_autograd("affine_step", dict(x=x, score=score, a=a, b=b, c=c, noise=noise, out=out,
+                                          x_mean_out=x_mean_out, mask=mask, data=data))
     a, b = _coef("a", a, x), _coef("b", b, x)
     c = None if c is None else _coef("c", c, x)
     z, seed_, ids, draw_ = _noise_args(x, noise, seed, sample_ids, draw) if c is not None else (None, 0, None, 0)
@@ -100,6 +99,8 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
         check_like("out", out, x)
     if x_mean_out is not None:
         check_like("x_mean_out", x_mean_out, x)
+    check_outputs_distinct({"out": out, "x_mean_out": x_mean_out},
+                           {"x": x, "score": score, "noise": noise, "mask": mask, "data": data})
     project = mask is not None or data is not None
     if project:
         if mask is None or data is None or data_a is None or data_c is None or data_draw is None:
@@ -128,6 +129,7 @@ def step_sq_norms(score, *, noise=None, seed=None, sample_ids=None, draw=0, back
 
     Explicit `noise` is state-like: score's dtype, or the wider state's beside a narrower score (module docstring)."""
     _check_state(score, score)
+    check_no_autograd("step_sq_norms", dict(score=score, noise=noise))
     if noise is not None:
         check_score("score", score, noise, "noise")
     z, seed_, ids, draw_ = _noise_args(noise if noise is not None else score, noise, seed, sample_ids, draw)
@@ -148,8 +150,14 @@ def langevin_step(x, score, snr, alpha, *, noise=None, seed=None, sample_ids=Non
     data, data_a, data_c, data_draw) add affine_step's inpainting projection to the update pass.
     """
     _check_state(x, score)
+    check_no_autograd("langevin_step", dict(x=x, score=score, noise=noise, out=out, x_mean_out=x_mean_out))
     if noise is not None:
         check_like("noise", noise, x)
+    if out is not None:
+        check_like("out", out, x)
+    if x_mean_out is not None:
+        check_like("x_mean_out", x_mean_out, x)
+    check_outputs_distinct({"out": out, "x_mean_out": x_mean_out}, {"x": x, "score": score, "noise": noise})
     if out is None:
         out = torch.empty_like(x)
     if x.numel() == 0:
@@ -328,6 +336,8 @@ def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, samp
     """
     _check_state(x, x)
     _check_outputs(x, outputs, b, out)
+    check_no_autograd("affine_combine_step", dict(x=x, noise=noise, out=out, a=a, c=c,
+                                                  **{f"outputs[{k}]": o for k, o in enumerate(outputs)}))
     a = _coef("a", a, x)
     b = [_coef(f"b[{k}]", v, x) for k, v in enumerate(b)]
     c = None if c is None else _coef("c", c, x)
@@ -352,7 +362,8 @@ def _affine_combine_step_reference(out, x, outputs, a, b, c, noise, seed, ids, d
 
 @register("affine_combine_step", "native")
 def _affine_combine_step_native(out, x, outputs, a, b, c, noise, seed, ids, draw):
-    first = outputs[0] if outputs else x
+    # no outputs: x' = a x + c z, with a zero tensor as the score (x with b = 0 would turn an inf in x into NaN)
+    first = outputs[0] if outputs else torch.zeros_like(x)
     b0 = b[0] if outputs else torch.zeros(1, dtype=torch.float64, device=x.device)
     _affine_step_native(out, x, first, a, b0, c, noise, seed, ids, draw, None, None, None, None, None, 0)
     for o, b_k in zip(outputs[1:], b[1:]):
@@ -378,6 +389,7 @@ class CombineSteps:
         self.backend, self._impl = resolve("affine_combine_step", backend, x.device)
         self.native = self.backend == "native"
         self._zero = torch.zeros(1, dtype=torch.float64, device=x.device)
+        self._zeros = None
 
     def accepts(self, t) -> bool:
         """Whether `t` may take the unchecked path (x's shape and device, a score dtype, contiguous)."""
@@ -388,8 +400,10 @@ class CombineSteps:
         """out <- a x + sum_k b_k outputs[k] (+ c z(draw) when noisy); row/floats as in the class docstring."""
         c = row[4:5] if noisy else None
         if self.native:
-            first = outputs[0] if outputs else x
-            b0 = row[1:2] if outputs else self._zero  # no outputs: x' = a x + c z, with x standing in for D
+            if not outputs and self._zeros is None:
+                self._zeros = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+            first = outputs[0] if outputs else self._zeros  # no outputs: x' = a x + c z (0 * inf would be NaN)
+            b0 = row[1:2] if outputs else self._zero
             torch.ops.fastsde.affine_step_(out, x, first, row[0:1], b0, c, None, self.seed_bits, self.ids,
                                            i64_bits(draw), None, None, None, None, None, 0)
             for k in range(1, len(outputs)):

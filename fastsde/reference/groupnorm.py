@@ -29,7 +29,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-6, *, scale=None, s
     h = x.double()
     if emb_add is not None:
         h = h + _nc(emb_add.double(), h)
-    g = h.reshape(N, num_groups, -1)
+    g = h.reshape(N, num_groups, (C // num_groups) * h[0, 0].numel())  # explicit: N may be 0
     mean = g.mean(dim=2, keepdim=True)
     var = ((g - mean) ** 2).mean(dim=2, keepdim=True)
     h = ((g - mean) / torch.sqrt(var + eps)).reshape(h.shape)

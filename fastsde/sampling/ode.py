@@ -1,4 +1,7 @@
-"""The probability-flow ODE sampler (Song et al. section 4.3), integrated with scipy's solve_ivp."""
+"""The probability-flow ODE sampler (Song et al. section 4.3), integrated with scipy's solve_ivp.
+
+The integration stops with a clear error when the model returns NaN/inf (scipy would shrink its step to nan and never
+advance) and after `max_evals` drift evaluations on a pathological model (fastsde.sampling.guard)."""
 from __future__ import annotations
 
 import torch
@@ -6,24 +9,57 @@ from scipy import integrate
 
 from fastsde.noise import NoiseStream
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
+from fastsde.sampling.guard import check_finite
 from fastsde.sampling.predictors import ReverseDiffusionPredictor
-from fastsde.sampling.registry import check_sde, check_shape
+from fastsde.sampling.registry import check_eps, check_positive, check_sde, check_seed, check_shape
 from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
 
-__all__ = ["get_ode_sampler"]
+__all__ = ["get_ode_sampler", "ODE_METHODS", "MAX_EVALS", "EvalBudget"]
+
+ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+MAX_EVALS = 100_000  # drift evaluations before an integration is declared stuck (RK45 on the digits: ~150-600)
+
+
+class EvalBudget:
+    """Counts an integrator's function evaluations and raises once `limit` is passed (a bounded run on any model)."""
+
+    def __init__(self, limit: int, what: str):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_evals must be a positive int, got {limit!r}")
+        self.limit, self.what, self.count = limit, what, 0
+
+    def spend(self, t: float) -> None:
+        self.count += 1
+        if self.count > self.limit:
+            raise RuntimeError(f"{self.what} made no progress: {self.limit} evaluations and still at t = {t:.6g} "
+                               f"(pass a larger max_evals, looser tolerances, or check the model)")
+
+
+def check_ode_args(sde, rtol, atol, method, eps) -> float:
+    """The ODE integrators' shared checks (sampler and likelihood); returns eps as a float."""
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    if method not in ODE_METHODS:
+        raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
+    return check_eps(sde, eps)
 
 
 def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
                     device="cpu", *, seed=None, noise="fastsde", sample_ids=None, dtype=torch.float32,
-                    precision=None):
+                    max_evals=MAX_EVALS, precision=None):
     """Probability-flow ODE sampler (Song et al. section 4.3) with scipy's solve_ivp.
 
     Returns sampler(model, z=None) -> (x (shape), nfe): integrates dx/dt = f - g^2 s / 2 from T to eps, starting
     at z or a prior sample; `denoise` adds one reverse-diffusion mean step at eps. nfe counts score evaluations.
+    A NaN/inf drift stops the run with guard.NonFiniteError naming t; more than max_evals evaluations, RuntimeError.
     precision ("fp32", "bf16", "fp16", "auto", or None: `dtype`) runs the model in that precision; its output is
     converted to `dtype` before the drift (fastsde.precision). The sampler's `precision` attribute is the resolved one.
     """
     sde, shape = check_sde(sde), check_shape(shape)
+    eps = check_ode_args(sde, rtol, atol, method, eps)
+    check_seed(seed)
+    NoiseStream(noise, 0, sample_ids)
+    EvalBudget(max_evals, "")
     precision = resolve_precision(precision, device)
     precision_dtype(precision, dtype)
     casts = {}
@@ -34,6 +70,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
 
     def ode_sampler(model, z=None):
         stream = NoiseStream(noise, seed, sample_ids)
+        budget = EvalBudget(max_evals, "the probability-flow ODE")
         model = for_sampling(model, precision, dtype, casts, output_dtype=dtype)
         with torch.no_grad():
             if z is None:
@@ -44,9 +81,12 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                 x = z.to(device=device, dtype=dtype)
 
             def ode_func(t, y):
+                budget.spend(t)
                 xt = from_flattened_numpy(y, shape).to(device=device, dtype=dtype)
                 vec_t = torch.ones(shape[0], device=device, dtype=dtype) * t
-                return to_flattened_numpy(drift_fn(model, xt, vec_t))
+                drift = drift_fn(model, xt, vec_t)
+                check_finite(drift, step=budget.count, t=t, what="the probability-flow drift")
+                return to_flattened_numpy(drift)
 
             solution = integrate.solve_ivp(ode_func, (sde.T, eps), to_flattened_numpy(x), rtol=rtol, atol=atol,
                                            method=method)
@@ -60,6 +100,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                 predictor_obj = ReverseDiffusionPredictor(sde, score_fn, probability_flow=False, noise=stream)
                 _, x = predictor_obj.update_fn(x, torch.ones(shape[0], device=device) * eps)
                 nfe += 1
+            check_finite(x, t=eps, what="the ODE sample")
             return inverse_scaler(x), nfe
 
     ode_sampler.precision = precision

@@ -20,7 +20,8 @@ from fastsde.ops import loop as loop_ops
 from fastsde.ops.checks import check_score, score_dtypes
 from fastsde.ops.loop import seed_tensor
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
-from fastsde.sampling.registry import check_pc_args, check_sde, check_shape, langevin_alpha, progress_bar
+from fastsde.sampling.registry import (check_pc_args, check_sde, check_seed, check_shape, langevin_alpha,
+                                       progress_bar)
 from fastsde.score import get_score_fn, get_score_parts
 
 __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
@@ -47,6 +48,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     the resolved value.
     """
     sde, shape = check_sde(sde), check_shape(shape)  # score_sde's SDE objects are converted (sde.as_fastsde_sde)
+    check_seed(seed)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
     mode = check_loop_mode(backend, noise, compile, capture, capture_steps)

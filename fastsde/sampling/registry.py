@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import inspect
 import math
+import operator
 import warnings
 
 import torch
@@ -18,10 +19,12 @@ import torch
 from fastsde import sde as sde_lib
 from fastsde.noise import NoiseStream
 from fastsde.ops import dispatch
+from fastsde.ops.checks import as_u64
 
 __all__ = ["Predictor", "Corrector", "register_predictor", "register_corrector", "get_predictor", "get_corrector",
            "predictor_names", "corrector_names", "resolve_predictor", "resolve_corrector", "langevin_alpha",
-           "check_backend", "check_shape", "check_pc_args", "check_sde", "progress_bar", "BACKENDS", "PC_DEFAULTS"]
+           "check_backend", "check_shape", "check_seed", "check_eps", "check_positive", "check_pc_args", "check_sde",
+           "progress_bar", "BACKENDS", "PC_DEFAULTS"]
 
 BACKENDS = dispatch.BACKENDS
 
@@ -206,10 +209,34 @@ def check_sde(sde) -> sde_lib.SDE:
 
 
 def check_shape(shape) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or any(s < 1 for s in shape):
+    """shape as a tuple of ints: (batch, ...) with rank >= 2 and positive integer sizes (4.5 is refused, not cut)."""
+    try:
+        dims = tuple(shape)
+        shape = tuple(operator.index(s) for s in dims)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints (batch, ...), got {shape!r}") from None
+    if len(shape) < 2 or any(s < 1 for s in shape) or any(isinstance(s, bool) for s in dims):
         raise ValueError(f"shape must be (batch, ...) with rank >= 2 and positive sizes, got {shape}")
     return shape
+
+
+def check_seed(seed) -> int | None:
+    """None (drawn from torch's global generator) or an int in [0, 2**64); 3.7, "3" and True are refused."""
+    return None if seed is None else as_u64("seed", seed)
+
+
+def check_positive(name: str, value) -> float:
+    """A finite float > 0 (tolerances, snr-like scales), or a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_eps(sde, eps) -> float:
+    """The last time eps of a sampler: a number in (0, T)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps!r}")
+    return float(eps)
 
 
 def progress_bar(iterable, enabled: bool, desc: str):
@@ -231,12 +258,15 @@ def check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow, eps
     NoiseStream(noise, 0, sample_ids)
     predictor_cls = resolve_predictor(predictor)
     corrector_cls = resolve_corrector(corrector)
-    if int(n_steps) < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
-    if not isinstance(snr, (int, float)) or not math.isfinite(snr):
-        raise ValueError(f"snr must be a finite number, got {snr!r}")
+    try:
+        ok = not isinstance(n_steps, bool) and operator.index(n_steps) >= 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
+    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not math.isfinite(snr) or snr < 0:
+        raise ValueError(f"snr must be a finite number >= 0, got {snr!r}")
+    check_eps(sde, eps)
     _check_discrete_betas(sde, predictor_cls, corrector_cls, int(n_steps))
     # Building the objects checks the combination (e.g. ancestral sampling of a subVP SDE).
     predictor_cls(sde, lambda x, t: x, probability_flow)

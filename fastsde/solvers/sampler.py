@@ -1,12 +1,15 @@
 """get_sampler: the few-step solvers' factory, beside fastsde.sampling.get_pc_sampler."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from fastsde import sde as sde_lib
 from fastsde.noise import NoiseStream
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
-from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_shape
+from fastsde.sampling.guard import check_finite
+from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_eps, check_seed, check_shape
 from fastsde.score import get_model_fn, get_score_parts
 from fastsde.solvers.grid import point_fn, time_grid
 from fastsde.solvers.program import Program, SolverLoop
@@ -66,13 +69,19 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     solver = get_solver(name)(**options)
     shape = check_shape(shape)
     backend = check_backend(backend)
-    if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    try:
+        count = operator.index(steps) if not isinstance(steps, bool) else 0
+    except TypeError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"steps must be >= 1 (an int), got {steps!r}")
+    steps = count
+    check_seed(seed)
+    NoiseStream("fastsde", seed, sample_ids)  # checks sample_ids
+    eps = default_eps(sde) if eps is None else check_eps(sde, eps)
     precision = resolve_precision(precision, device)
     precision_dtype(precision, dtype)
     casts = {}
-    NoiseStream("fastsde", seed, sample_ids)  # checks seed
-    eps = default_eps(sde) if eps is None else float(eps)
     labels_fn, scale_fn = get_score_parts(sde, continuous)
     inverse_scaler = inverse_scaler or (lambda v: v)
     at_time, _ = point_fn(sde, continuous)
@@ -117,6 +126,7 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
                                   sample_ids=ids, backend=backend)
                 x = loop.run(model_fn)
                 evals += program.model_evals
+            check_finite(x, step=evals, t=eps, what=f"the {name} solver's sample")
             return inverse_scaler(x), evals
 
     sampler.program = program
