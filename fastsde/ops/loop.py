@@ -26,11 +26,24 @@ from typing import Optional
 import torch
 
 from fastsde.ops.checks import i64_bits
-from fastsde.ops.dispatch import resolve
+from fastsde.ops import dispatch
 
 __all__ = ["loop_affine_", "loop_langevin_"]
 
 _U64 = 1 << 64
+
+
+_IMPLS: dict = {}
+
+
+def resolve(op: str, backend: str, device: torch.device):
+    """dispatch.resolve, remembered per (op, backend, device): a loop step pays one dict lookup. The key holds the
+    availability probe, so replacing it (tests simulating a missing extension) resolves afresh."""
+    key = (op, backend, device, dispatch.backend_available)
+    hit = _IMPLS.get(key)
+    if hit is None:
+        hit = _IMPLS[key] = dispatch.resolve(op, backend, device)
+    return hit
 
 
 def _host_int(t: torch.Tensor) -> int:

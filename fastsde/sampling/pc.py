@@ -11,6 +11,8 @@ fastsde.noise.DrawPlan, so they agree to float tolerance.
 from __future__ import annotations
 
 
+import math
+
 import torch
 
 from fastsde._util import per_sample
@@ -20,6 +22,7 @@ from fastsde.ops import loop as loop_ops
 from fastsde.ops.checks import check_score, score_dtypes
 from fastsde.ops.loop import seed_tensor
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
+from fastsde.sampling.guard import NonFiniteError, count_nonfinite
 from fastsde.sampling.registry import (check_pc_args, check_sde, check_seed, check_shape, langevin_alpha,
                                        progress_bar)
 from fastsde.score import get_score_fn, get_score_parts
@@ -173,6 +176,10 @@ class FusedLoop:
         self.i = torch.zeros((), dtype=torch.int64, device=device)
         self.label = torch.empty(1, dtype=labels.dtype, device=device)
         self.scratch = torch.empty(3, dtype=torch.float64, device=device)
+        # non-finite watch without a host read per step: sum(x) in float64 accumulated on the device (NaN and inf
+        # propagate), read once after the last step
+        self.finite_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.finite_acc = torch.zeros((), dtype=torch.float64, device=device)
         self.x = torch.empty_like(x, memory_format=torch.contiguous_format)  # the loop's state: static buffers
         self.x_mean = torch.empty_like(self.x)
         self.seed = torch.zeros((), dtype=torch.int64, device=device)
@@ -261,6 +268,8 @@ class FusedLoop:
             self._affine(x, x_mean, out, self.pred, plan.offset("predictor"), noise, proj)
         elif self.proj is not None:
             self._affine(x, x_mean, x, self.identity, 0, None, proj)
+        torch.sum(x.view(-1), 0, dtype=torch.float64, out=self.finite_sum)
+        self.finite_acc.add_(self.finite_sum)
         self.i.add_(1)
 
     # ---------------------------------------------------------------------------------------------- the loop
@@ -281,6 +290,7 @@ class FusedLoop:
         x, x_mean = self.x, self.x_mean
         x.copy_(x0)
         self.i.zero_()
+        self.finite_acc.zero_()
         step = self.step
         if self.mode["compile"]:
             if self._compiled is None:
@@ -295,6 +305,11 @@ class FusedLoop:
                 # exists before tracing and the compiled step is traced once for steps 1 .. N-1
                 (self.step if k == 0 else step)(x, x_mean)
         loop_end()
+        if not math.isfinite(float(self.finite_acc)):  # one host read, after the steps
+            bad = count_nonfinite(x)
+            raise NonFiniteError(f"the sampler state became non-finite during the {self.n} steps: {bad} of "
+                                 f"{x.shape[0]} samples hold NaN or inf (the model returned non-finite values or the "
+                                 f"step sizes diverged)")
         if self.pred is None and self.proj is None:  # the identity predictor returns (x, x) last
             x_mean.copy_(x)
         return x.clone(), x_mean.clone()
