@@ -198,7 +198,7 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
     out = [rec for name, preset, batch in CASES
            for rec in _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device, precisions)]
     like = _score_sde_like()
-    if like is None or device != "cpu":
+    if like is None or torch.device(device).type != "cpu":
         why = f"{_STAND_IN} not found (run from a checkout)" if like is None else f"CPU only, not {device}"
         print(f"  score_sde cases skipped: {why}", flush=True)
         return out
