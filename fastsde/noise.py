@@ -107,3 +107,12 @@ class NoiseStream:
             return sde.prior_sampling(shape).to(device=device, dtype=dtype)
         self.seek(DrawPlan.PRIOR)
         return sde.prior_from_normal(self.normal_like(torch.empty(shape, device=device, dtype=dtype)))
+
+    def start(self, sde, shape, z=None, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        """A sampler's initial state: a prior sample (draw id 0), or the caller's z (checked to have `shape`), as a
+        new tensor on `device` in `dtype`."""
+        if z is None:
+            return self.prior(sde, shape, device=device, dtype=dtype)
+        if tuple(z.shape) != tuple(shape):
+            raise ValueError(f"z must have shape {tuple(shape)}, got {tuple(z.shape)}")
+        return z.to(device=device, dtype=dtype).clone()

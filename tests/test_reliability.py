@@ -207,8 +207,9 @@ def test_inpaint_with_a_nan_model_fails_and_writes_nothing(capsys, tmp_path, mon
     model.config = mf.model.config
     mf.model = model
     monkeypatch.setattr(inpaint, "load_model_for", lambda args: (mf, "auto"))
-    code, out, err = _run(capsys, "inpaint", "--n", "2", "--steps", "3", "--out", str(tmp_path / "o"), "--no-progress")
-    assert code == 1 and "not finite" in _one_line(err)
+    code, out, err = _run(capsys, "inpaint", "--n", "2", "--steps", "20", "--out", str(tmp_path / "o"),
+                          "--no-progress")
+    assert code == 1 and ("not finite" in _one_line(err) or "became non-finite" in _one_line(err))
     assert not list(tmp_path.iterdir())
 
 
@@ -240,12 +241,14 @@ def test_sample_writes_atomically_and_reports_exact_paths(capsys, tmp_path, monk
     code, _, err = _run(capsys, "sample", "--model", "gmm:ring", "--n", "8", "--steps", "5",
                         "--out", str(tmp_path / "s"), "--no-progress")
     assert code == 1 and "disk full" in _one_line(err)
-    assert not list(tmp_path.iterdir())  # the .npz written before the failure was a temporary, now removed
+    # the .npz written before the failure was a temporary, now removed; what stays is the resume state of the sampled
+    # micro-batches (fastsde.distributed), so running the command again merges instead of sampling again
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["s.shards"])
     monkeypatch.undo()
     code, out, err = _run(capsys, "sample", "--model", "gmm:ring", "--n", "8", "--steps", "5",
                           "--out", str(tmp_path / "s.npz"), "--no-progress", "--json")
     report = json.loads(out)
-    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "s.png"]
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir() if p.name != "s.shards") == ["s.npz", "s.png"]
     assert report["npz"] == str(tmp_path / "s.npz") and report["png"] == str(tmp_path / "s.png")
 
 

@@ -369,6 +369,11 @@ def run_sample_images(args: argparse.Namespace) -> int:
     args.n = args.n or DIGITS_DEFAULTS["n"]
     stem = output_stem(args.out, (".npz", ".png") if args.plot else (".npz",))  # before any work
     mf, _ = load_model_for(args)
+    from fastsde.models.ncsnpp import UNet
+
+    if args.precision_reason.startswith("auto") and args.precision != "fp32" and not isinstance(mf.model, UNet):
+        # half precision is verified end to end (quality guard) for fastsde's own U-Net only
+        args.precision, args.precision_reason = "fp32", "auto: half precision is verified for fastsde's U-Net only"
     check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
         mf.model.config)), args.device)
     args.sde = mf.sde_name

@@ -16,8 +16,6 @@ update itself runs in x's compute type.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fastsde import random as _random
@@ -26,7 +24,7 @@ from fastsde.ops.checks import (as_u64, check_float_tensor, check_like, check_no
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
-__all__ = ["affine_step", "langevin_step", "step_sq_norms", "LoopSteps", "affine_combine_step", "CombineSteps",
+__all__ = ["affine_step", "langevin_step", "step_sq_norms", "affine_combine_step", "CombineSteps",
            "MAX_OUTPUTS"]
 
 
@@ -232,74 +230,6 @@ def _step_sq_norms_triton(*args):
     from fastsde.kernels import step as _kernels
 
     return _kernels.step_sq_norms(*args)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pre-validated fast entry for sampler loops (fastsde.sampling._FusedPC): the state x, seed and sample ids are
-# checked once; each step then only checks that the score is x-like and contiguous (else the caller falls back to
-# the public functions) and calls the backend directly. Coefficients are float64 (1,) tensors the caller tabulated.
-
-
-class LoopSteps:
-    """Unchecked affine/Langevin steps on one contiguous state x updated in place (FSN1 noise, no projection)."""
-
-    def __init__(self, x, seed, sample_ids, backend="auto"):
-        _check_state(x, x)
-        if not x.is_contiguous():
-            raise ValueError("LoopSteps needs a contiguous x")
-        _, seed, ids, _ = _noise_args(x, None, seed, sample_ids, 0)
-        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
-        self.score_dtypes = score_dtypes(x.dtype)
-        self.seed, self.seed_bits, self.ids = seed, i64_bits(seed), ids.contiguous()
-        self.one = torch.ones(1, dtype=torch.float64, device=x.device)
-        a_name, self._affine = resolve("affine_step", backend, x.device)
-        n_name, self._norms = resolve("step_sq_norms", backend, x.device)
-        self.native = a_name == "native" and n_name == "native"
-        if self.native:
-            self._affine_op = torch.ops.fastsde.affine_step_
-            self._norms_op = torch.ops.fastsde.step_sq_norms
-        self.cpu = x.device.type == "cpu"
-        if self.cpu:  # the Langevin (b, c) pair, written through numpy: CPU ops run synchronously, so reuse is safe
-            self._bc = torch.empty(2, dtype=torch.float64)
-            self._bc_np = self._bc.numpy()
-            self._b, self._c = self._bc[0:1], self._bc[1:2]
-
-    def accepts(self, score) -> bool:
-        """Whether `score` may take the unchecked path (x's shape and device, a score dtype, contiguous)."""
-        return (isinstance(score, torch.Tensor) and score.shape == self.shape and score.dtype in self.score_dtypes
-                and score.device == self.device and score.is_contiguous())
-
-    def affine(self, x, score, a, b, c, draw, x_mean):
-        """x <- a x + b score + c z(draw) in place, x_mean <- a x + b score; a, b, c float64 (1,), c may be None."""
-        if self.native:
-            self._affine_op(x, x, score, a, b, c, None, self.seed_bits, self.ids, i64_bits(draw), x_mean, None,
-                            None, None, None, 0)
-        else:
-            self._affine(x, x, score, a, b, c, None, self.seed, self.ids, draw, x_mean, None, None, None, None, 0)
-
-    def langevin(self, x, score, snr, alpha, scale, draw, x_mean):
-        """langevin_step with batch-mean norms; alpha and scale (or None) Python floats for this step."""
-        if self.native:
-            sq = self._norms_op(score, None, self.seed_bits, self.ids, i64_bits(draw))
-        else:
-            sq = self._norms(score, None, self.seed, self.ids, draw)
-        means = sq.sqrt_().mean(0)  # (2,): batch means of ||score||, ||z||
-        if self.cpu:
-            gn, zn = means.tolist()
-            if scale is not None:
-                gn = gn * abs(scale)
-            if gn != 0:
-                step = (snr * zn / gn) ** 2 * 2 * alpha
-                self._bc_np[0] = step if scale is None else step * scale
-                self._bc_np[1] = math.sqrt(2 * step)
-                self.affine(x, score, self.one, self._b, self._c, draw, x_mean)
-                return
-        ratio = means[1:] / means[:1]
-        if scale is not None:
-            ratio = ratio / abs(scale)
-        step = (ratio * snr).square_().mul_(2 * alpha)
-        b = step if scale is None else step * scale
-        self.affine(x, score, self.one, b, (2 * step).sqrt_(), draw, x_mean)
 
 
 # ----------------------------------------------------------------------------------------------------------------

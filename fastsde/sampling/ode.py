@@ -73,12 +73,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
         budget = EvalBudget(max_evals, "the probability-flow ODE")
         model = for_sampling(model, precision, dtype, casts, output_dtype=dtype)
         with torch.no_grad():
-            if z is None:
-                x = stream.prior(sde, shape, device=device, dtype=dtype)
-            else:
-                if tuple(z.shape) != shape:
-                    raise ValueError(f"z must have shape {shape}, got {tuple(z.shape)}")
-                x = z.to(device=device, dtype=dtype)
+            x = stream.start(sde, shape, z, device=device, dtype=dtype)
 
             def ode_func(t, y):
                 budget.spend(t)

@@ -109,12 +109,7 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
         else:
             model_fn = get_model_fn(target, train=False)
         with torch.no_grad():
-            if z is None:
-                x = stream.prior(sde, shape, device=device, dtype=dtype)
-            else:
-                if tuple(z.shape) != shape:
-                    raise ValueError(f"z must have shape {shape}, got {tuple(z.shape)}")
-                x = z.to(device=device, dtype=dtype).clone()
+            x = stream.start(sde, shape, z, device=device, dtype=dtype)
             x = x.contiguous()
             ids = None if stream.sample_ids is None else stream.sample_ids.to(device)
             evals = 0
