@@ -36,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Every rank samples (or reads) its micro-batches and sums their statistics; the sums are all_reduced and rank
     0 reports. Equal to one process up to the order of the float64 sums (README: distributed runs)."""
-    import numpy as np
-
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.sampling import get_pc_sampler
