@@ -17,3 +17,18 @@ def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
 def flat_norm(x: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm of the flattened sample: (B, ...) -> (B,)."""
     return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+
+
+def register_in(registry: dict, kind: str, cls=None, *, name=None):
+    """Class decorator (or call with cls) adding a class to `registry` under `name` (default: the class name); a
+    second registration of a name is a ValueError. Every registry of the package (predictors, correctors, solvers,
+    score_sde model names) registers through this."""
+
+    def deco(c):
+        key = c.__name__ if name is None else name
+        if key in registry:
+            raise ValueError(f"{kind} {key!r} is already registered")
+        registry[key] = c
+        return c
+
+    return deco if cls is None else deco(cls)

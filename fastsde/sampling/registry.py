@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from fastsde import sde as sde_lib
+from fastsde._util import register_in
 from fastsde.noise import NoiseStream
 from fastsde.ops import dispatch
 from fastsde.ops.checks import as_u64
@@ -32,25 +33,14 @@ _PREDICTORS: dict[str, type] = {}
 _CORRECTORS: dict[str, type] = {}
 
 
-def _register(registry: dict, kind: str, cls=None, *, name=None):
-    def deco(c):
-        key = c.__name__ if name is None else name
-        if key in registry:
-            raise ValueError(f"{kind} {key!r} is already registered")
-        registry[key] = c
-        return c
-
-    return deco if cls is None else deco(cls)
-
-
 def register_predictor(cls=None, *, name=None):
     """Class decorator registering a Predictor under `name` (default: the class name)."""
-    return _register(_PREDICTORS, "predictor", cls, name=name)
+    return register_in(_PREDICTORS, "predictor", cls, name=name)
 
 
 def register_corrector(cls=None, *, name=None):
     """Class decorator registering a Corrector under `name` (default: the class name)."""
-    return _register(_CORRECTORS, "corrector", cls, name=name)
+    return register_in(_CORRECTORS, "corrector", cls, name=name)
 
 
 def _lookup(registry: dict, kind: str, name: str):

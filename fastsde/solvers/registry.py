@@ -4,6 +4,8 @@ from __future__ import annotations
 import abc
 import math
 
+from fastsde._util import register_in
+
 __all__ = ["Solver", "register_solver", "get_solver", "solver_names"]
 
 _SOLVERS: dict[str, type] = {}
@@ -13,11 +15,8 @@ def register_solver(cls=None, *, name=None):
     """Class decorator registering a Solver under `name` (default: the class name); a duplicate is a ValueError."""
 
     def deco(c):
-        key = c.__name__ if name is None else name
-        if key in _SOLVERS:
-            raise ValueError(f"solver {key!r} is already registered")
-        _SOLVERS[key] = c
-        c.name = key
+        register_in(_SOLVERS, "solver", c, name=name)
+        c.name = c.__name__ if name is None else name
         return c
 
     return deco if cls is None else deco(cls)

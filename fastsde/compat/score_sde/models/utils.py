@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fastsde._util import register_in
 from fastsde.score import from_flattened_numpy, get_model_fn, get_score_fn, to_flattened_numpy
 
 __all__ = ["register_model", "get_model", "create_model", "get_sigmas", "get_ddpm_params", "get_model_fn",
@@ -15,15 +16,7 @@ _MODELS: dict[str, type] = {}
 
 def register_model(cls=None, *, name=None):
     """Class decorator registering a model class under `name` (default: the class name); twice is an error."""
-
-    def deco(c):
-        key = c.__name__ if name is None else name
-        if key in _MODELS:
-            raise ValueError(f"model {key!r} is already registered")
-        _MODELS[key] = c
-        return c
-
-    return deco if cls is None else deco(cls)
+    return register_in(_MODELS, "model", cls, name=name)
 
 
 def get_model(name: str) -> type:
