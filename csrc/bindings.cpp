@@ -14,6 +14,7 @@
 #include "cpu/fsn1_cpu.h"
 #include "cpu/groupnorm_cpu.h"
 #include "cpu/step_cpu.h"
+#include "step.h"
 
 #ifdef FASTSDE_WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -348,6 +349,276 @@ void fsn1_bits_meta_op(const at::Tensor& out, int64_t seed, const at::Tensor& sa
   check_fsn1_bits_args(out, sample_ids);
 }
 
+// ---- affine_combine_ (the solvers' update) and the loop ops (fastsde/ops/loop.py) -----------------------------
+
+// A 0-d int64 tensor on x's device: a step index or a seed's bits, read when the kernel runs.
+void check_index(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.dim() == 0 && t.scalar_type() == at::kLong, op, ": ", name, " must be a 0-d int64 tensor, got ",
+              t.scalar_type(), " of shape ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " (the device of x), got ",
+              t.device());
+}
+
+void check_combine_args(const at::Tensor& out, const at::Tensor& x, at::TensorList outputs, const at::Tensor& a,
+                        at::TensorList b, const c10::optional<at::Tensor>& c, const c10::optional<at::Tensor>& noise,
+                        const at::Tensor& sample_ids, const c10::optional<at::Tensor>& seed_bits) {
+  const char* op = "affine_combine_";
+  check_state(op, "x", x);
+  check_like_x(op, "out", out, x);
+  TORCH_CHECK(!outputs.empty() && outputs.size() <= 3, op, ": outputs must hold 1 to 3 tensors, got ", outputs.size());
+  TORCH_CHECK(b.size() == outputs.size(), op, ": b must hold one coefficient per output (", outputs.size(), "), got ",
+              b.size());
+  check_coef(op, "a", a, x);
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    const std::string name = "outputs[" + std::to_string(k) + "]";
+    check_score(op, name.c_str(), outputs[k], x);
+    TORCH_CHECK(outputs[k].scalar_type() == outputs[0].scalar_type(), op, ": ", name, " must have the dtype of outputs[0] (",
+                outputs[0].scalar_type(), "), got ", outputs[k].scalar_type());
+    TORCH_CHECK(!outputs[k].is_alias_of(out), op, ": ", name,
+                " must not share memory with out (it is overwritten before it is read)");
+    const std::string coef = "b[" + std::to_string(k) + "]";
+    check_coef(op, coef.c_str(), b[k], x);
+  }
+  if (c) check_coef(op, "c", *c, x);
+  if (noise) check_like_x(op, "noise", *noise, x);
+  check_ids(op, sample_ids, x);
+  if (seed_bits) check_index(op, "seed_bits", *seed_bits, x);
+}
+
+// ids: sample_ids made contiguous (kept alive by the caller).
+AffineStepArgs make_combine_args(const at::Tensor& out, const at::Tensor& x, at::TensorList outputs,
+                                 const at::Tensor& a, at::TensorList b, const c10::optional<at::Tensor>& c,
+                                 const c10::optional<at::Tensor>& noise, int64_t seed, const at::Tensor& ids,
+                                 int64_t draw, const c10::optional<at::Tensor>& seed_bits) {
+  AffineStepArgs args = make_affine_args(out, x, outputs[0], a, b[0], c, noise, seed, ids, draw, c10::nullopt,
+                                         c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt, 0);
+  if (outputs.size() > 1) {
+    args.score2 = outputs[1].data_ptr();
+    args.b2 = b[1].data_ptr<double>();
+    args.b2_len = b[1].size(0);
+  }
+  if (outputs.size() > 2) {
+    args.score3 = outputs[2].data_ptr();
+    args.b3 = b[2].data_ptr<double>();
+    args.b3_len = b[2].size(0);
+  }
+  if (seed_bits) args.index.seed = seed_bits->data_ptr<int64_t>();
+  return args;
+}
+
+void affine_combine_cpu_op(const at::Tensor& out, const at::Tensor& x, at::TensorList outputs, const at::Tensor& a,
+                           at::TensorList b, const c10::optional<at::Tensor>& c, const c10::optional<at::Tensor>& noise,
+                           int64_t seed, const at::Tensor& sample_ids, int64_t draw,
+                           const c10::optional<at::Tensor>& seed_bits) {
+  TORCH_CHECK(x.device().is_cpu(), "affine_combine_: x must be a CPU tensor here, got ", x.device());
+  check_combine_args(out, x, outputs, a, b, c, noise, sample_ids, seed_bits);
+  if (x.numel() == 0) return;
+  const at::Tensor ids = sample_ids.contiguous();
+  if (c && !noise) check_id_values("affine_combine_", ids);
+  affine_step_cpu(make_combine_args(out, x, outputs, a, b, c, noise, seed, ids, draw, seed_bits));
+}
+
+void affine_combine_meta_op(const at::Tensor& out, const at::Tensor& x, at::TensorList outputs, const at::Tensor& a,
+                            at::TensorList b, const c10::optional<at::Tensor>& c,
+                            const c10::optional<at::Tensor>& noise, int64_t seed, const at::Tensor& sample_ids,
+                            int64_t draw, const c10::optional<at::Tensor>& seed_bits) {
+  (void)seed;
+  (void)draw;
+  check_combine_args(out, x, outputs, a, b, c, noise, sample_ids, seed_bits);
+}
+
+// A loop op's coefficient table: (rows, N) float64 on x's device, contiguous, rows one of the allowed counts.
+void check_table(const char* op, const char* name, const at::Tensor& t, int64_t rows_lo, int64_t rows_hi,
+                 const at::Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == at::kDouble && t.dim() == 2 && t.size(0) >= rows_lo && t.size(0) <= rows_hi &&
+                  t.size(1) >= 1,
+              op, ": ", name, " must be a float64 (", rows_lo, "..", rows_hi, ", steps) table, got ", t.scalar_type(),
+              " of shape ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+// Checks shared by loop_affine_step_ and loop_langevin_step_ (no data access: Meta-safe).
+void check_loop_args(const char* op, const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& score,
+                     const at::Tensor& step, const at::Tensor& seed, const at::Tensor& sample_ids,
+                     const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& mask,
+                     const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& proj_table) {
+  check_state(op, "x", x);
+  check_like_x(op, "x_mean", x_mean, x);
+  check_score(op, "score", score, x);
+  TORCH_CHECK(!x_mean.is_alias_of(x) && !x_mean.is_alias_of(score), op,
+              ": x_mean must not share memory with x or score");
+  check_index(op, "step", step, x);
+  check_index(op, "seed", seed, x);
+  check_ids(op, sample_ids, x);
+  if (noise) check_like_x(op, "noise", *noise, x);
+  TORCH_CHECK(mask.has_value() == data.has_value() && mask.has_value() == proj_table.has_value(), op,
+              ": mask, data and proj_table must be given together");
+  if (mask) {
+    check_like_x(op, "mask", *mask, x);
+    check_like_x(op, "data", *data, x);
+    check_table(op, "proj_table", *proj_table, 2, 2, x);
+  }
+}
+
+// The step index, checked against the tables, on the CPU (a host read of CPU memory; a CUDA check would
+// synchronize: there FusedLoop owns the index).
+int64_t cpu_step(const char* op, const at::Tensor& step, const at::Tensor& table,
+                 const c10::optional<at::Tensor>& proj_table) {
+  const int64_t i = step.data_ptr<int64_t>()[0];
+  const int64_t n = table.size(1);
+  TORCH_CHECK(i >= 0 && i < n && (!proj_table || i < proj_table->size(1)), op, ": step must be in [0, ", n,
+              "), got ", i);
+  return i;
+}
+
+// The arguments of one loop update x <- a_i x + b_i score [+ c_i z] [projection], x_mean <- the mean, with every
+// per-step value read at run time (StepIndex): table (2|3, N) = [a; b; (c)], proj_table (2, N) = [data_a; data_c].
+AffineStepArgs make_loop_args(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& score,
+                              const at::Tensor& table, const at::Tensor& step, const at::Tensor& seed,
+                              const at::Tensor& ids, int64_t draw_offset, int64_t draw_stride,
+                              const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& mask,
+                              const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& proj_table,
+                              int64_t proj_offset) {
+  AffineStepArgs A{};
+  A.dtype = to_dtype(x.scalar_type());
+  A.score_dtype = to_dtype(score.scalar_type());
+  A.batch = x.size(0);
+  A.numel = x.size(0) ? x.numel() / x.size(0) : 0;
+  A.out = x.data_ptr();
+  A.x = x.data_ptr();
+  A.score = score.data_ptr();
+  A.x_mean = x_mean.data_ptr();
+  const double* t = table.data_ptr<double>();
+  const int64_t n = table.size(1);
+  A.a = t;
+  A.b = t + n;
+  A.c = table.size(0) == 3 ? t + 2 * n : nullptr;
+  A.a_len = A.b_len = A.c_len = 1;
+  A.noise = A.c ? opt_data(noise) : nullptr;
+  if (mask) {
+    A.mask = mask->data_ptr();
+    A.data = data->data_ptr();
+    const double* p = proj_table->data_ptr<double>();
+    A.data_a = p;
+    A.data_c = p + proj_table->size(1);
+    A.data_a_len = A.data_c_len = 1;
+  }
+  A.draw = as_u64(draw_offset);
+  A.data_draw = as_u64(proj_offset);
+  A.sample_ids = ids.data_ptr<int64_t>();
+  A.index.step = step.data_ptr<int64_t>();
+  A.index.seed = seed.data_ptr<int64_t>();
+  A.index.draw_stride = draw_stride;
+  A.index.coef_by_step = StepIndex::kAll;
+  return A;
+}
+
+void loop_affine_step_cpu_op(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& score,
+                             const at::Tensor& table, const at::Tensor& step, const at::Tensor& seed,
+                             const at::Tensor& sample_ids, int64_t draw_offset, int64_t draw_stride,
+                             const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& mask,
+                             const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& proj_table,
+                             int64_t proj_offset) {
+  const char* op = "loop_affine_step_";
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_loop_args(op, x, x_mean, score, step, seed, sample_ids, noise, mask, data, proj_table);
+  check_table(op, "table", table, 2, 3, x);
+  cpu_step(op, step, table, proj_table);
+  if (x.numel() == 0) return;
+  const at::Tensor ids = sample_ids.contiguous();
+  if ((table.size(0) == 3 && !noise) || mask) check_id_values(op, ids);
+  affine_step_cpu(make_loop_args(x, x_mean, score, table, step, seed, ids, draw_offset, draw_stride, noise, mask,
+                                 data, proj_table, proj_offset));
+}
+
+void loop_affine_step_meta_op(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& score,
+                              const at::Tensor& table, const at::Tensor& step, const at::Tensor& seed,
+                              const at::Tensor& sample_ids, int64_t draw_offset, int64_t draw_stride,
+                              const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& mask,
+                              const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& proj_table,
+                              int64_t proj_offset) {
+  (void)draw_offset;
+  (void)draw_stride;
+  (void)proj_offset;
+  check_loop_args("loop_affine_step_", x, x_mean, score, step, seed, sample_ids, noise, mask, data, proj_table);
+  check_table("loop_affine_step_", "table", table, 2, 3, x);
+}
+
+// loop_langevin_step_'s scratch (float64, on x's device): [0, 3) the update's [1, b, c], [3, 3 + 2B) the per-sample
+// squared norms, then (CUDA) the norm kernel's chunk partials.
+int64_t langevin_scratch_numel(const at::Tensor& score) {
+  const int64_t batch = score.size(0);
+  int64_t n = 3 + 2 * batch;
+#ifdef FASTSDE_WITH_CUDA
+  if (score.is_cuda()) {
+    SqNormsArgs probe{};
+    probe.batch = batch;
+    probe.numel = batch ? score.numel() / batch : 0;
+    n += 2 * step_sq_norms_cuda_partials(probe);
+  }
+#endif
+  return n;
+}
+
+void check_langevin_loop_args(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& scratch,
+                              const at::Tensor& score, const at::Tensor& table, const at::Tensor& step,
+                              const at::Tensor& seed, const at::Tensor& sample_ids,
+                              const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& mask,
+                              const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& proj_table) {
+  const char* op = "loop_langevin_step_";
+  check_loop_args(op, x, x_mean, score, step, seed, sample_ids, noise, mask, data, proj_table);
+  check_table(op, "table", table, 1, 2, x);
+  TORCH_CHECK(scratch.scalar_type() == at::kDouble && scratch.dim() == 1 && scratch.is_contiguous() &&
+                  scratch.device() == x.device(),
+              op, ": scratch must be a contiguous 1-D float64 tensor on ", x.device(), ", got ", scratch.scalar_type(),
+              " of shape ", scratch.sizes(), " on ", scratch.device());
+}
+
+void loop_langevin_step_cpu_op(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& scratch,
+                               const at::Tensor& score, const at::Tensor& table, double snr, const at::Tensor& step,
+                               const at::Tensor& seed, const at::Tensor& sample_ids, int64_t draw_offset,
+                               int64_t draw_stride, const c10::optional<at::Tensor>& noise,
+                               const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& data,
+                               const c10::optional<at::Tensor>& proj_table, int64_t proj_offset) {
+  const char* op = "loop_langevin_step_";
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_langevin_loop_args(x, x_mean, scratch, score, table, step, seed, sample_ids, noise, mask, data, proj_table);
+  const int64_t i = cpu_step(op, step, table, proj_table);
+  TORCH_CHECK(scratch.numel() >= langevin_scratch_numel(score), op, ": scratch must hold at least ",
+              langevin_scratch_numel(score), " values, got ", scratch.numel());
+  if (x.numel() == 0) return;
+  const at::Tensor ids = sample_ids.contiguous();
+  if (!noise || mask) check_id_values(op, ids);
+  double* sc = scratch.data_ptr<double>();
+  SqNormsArgs norms = make_sq_norms_args(score, noise, 0, ids, draw_offset);
+  norms.index.step = step.data_ptr<int64_t>();
+  norms.index.seed = seed.data_ptr<int64_t>();
+  norms.index.draw_stride = draw_stride;
+  step_sq_norms_cpu(norms, sc + 3);
+  const double* t = table.data_ptr<double>();
+  step::langevin_coefs(sc + 3, x.size(0), t[i], table.size(0) == 2 ? t[table.size(1) + i] : 1.0, snr, sc);
+  // the update reads [1, b, c] from scratch; the projection's coefficients stay indexed by the step
+  const at::Tensor coefs = scratch.narrow(0, 0, 3).view({3, 1});
+  AffineStepArgs A = make_loop_args(x, x_mean, score, coefs, step, seed, ids, draw_offset, draw_stride, noise, mask,
+                                    data, proj_table, proj_offset);
+  A.index.coef_by_step = StepIndex::kDataA | StepIndex::kDataC;
+  affine_step_cpu(A);
+}
+
+void loop_langevin_step_meta_op(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& scratch,
+                                const at::Tensor& score, const at::Tensor& table, double snr, const at::Tensor& step,
+                                const at::Tensor& seed, const at::Tensor& sample_ids, int64_t draw_offset,
+                                int64_t draw_stride, const c10::optional<at::Tensor>& noise,
+                                const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& data,
+                                const c10::optional<at::Tensor>& proj_table, int64_t proj_offset) {
+  (void)snr;
+  (void)draw_offset;
+  (void)draw_stride;
+  (void)proj_offset;
+  check_langevin_loop_args(x, x_mean, scratch, score, table, step, seed, sample_ids, noise, mask, data, proj_table);
+}
+
 #ifdef FASTSDE_WITH_CUDA
 void affine_step_cuda_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
                          const at::Tensor& b, const c10::optional<at::Tensor>& c,
@@ -377,6 +648,71 @@ at::Tensor step_sq_norms_cuda_op(const at::Tensor& score, const c10::optional<at
   at::Tensor partial = at::empty({step_sq_norms_cuda_partials(args) * 2}, out.options());
   C10_CUDA_CHECK(step_sq_norms_cuda(args, partial.data_ptr<double>(), out.data_ptr<double>(), current_stream()));
   return out;
+}
+
+void affine_combine_cuda_op(const at::Tensor& out, const at::Tensor& x, at::TensorList outputs, const at::Tensor& a,
+                            at::TensorList b, const c10::optional<at::Tensor>& c,
+                            const c10::optional<at::Tensor>& noise, int64_t seed, const at::Tensor& sample_ids,
+                            int64_t draw, const c10::optional<at::Tensor>& seed_bits) {
+  TORCH_CHECK(x.is_cuda(), "affine_combine_: x must be a CUDA tensor here, got ", x.device());
+  check_combine_args(out, x, outputs, a, b, c, noise, sample_ids, seed_bits);
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor ids = sample_ids.contiguous();
+  C10_CUDA_CHECK(
+      affine_step_cuda(make_combine_args(out, x, outputs, a, b, c, noise, seed, ids, draw, seed_bits), current_stream()));
+}
+
+// The loop ops on CUDA never read the device on the host: the step index and the seed are read by the kernels, and
+// the Langevin step size is computed on the device (step_sq_norms -> langevin_coefs -> affine), so a CUDA graph
+// records them once for every step. The step index is not range-checked here (FusedLoop owns it).
+void loop_affine_step_cuda_op(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& score,
+                              const at::Tensor& table, const at::Tensor& step, const at::Tensor& seed,
+                              const at::Tensor& sample_ids, int64_t draw_offset, int64_t draw_stride,
+                              const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& mask,
+                              const c10::optional<at::Tensor>& data, const c10::optional<at::Tensor>& proj_table,
+                              int64_t proj_offset) {
+  const char* op = "loop_affine_step_";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
+  check_loop_args(op, x, x_mean, score, step, seed, sample_ids, noise, mask, data, proj_table);
+  check_table(op, "table", table, 2, 3, x);
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor ids = sample_ids.contiguous();
+  C10_CUDA_CHECK(affine_step_cuda(make_loop_args(x, x_mean, score, table, step, seed, ids, draw_offset, draw_stride,
+                                                 noise, mask, data, proj_table, proj_offset),
+                                  current_stream()));
+}
+
+void loop_langevin_step_cuda_op(const at::Tensor& x, const at::Tensor& x_mean, const at::Tensor& scratch,
+                                const at::Tensor& score, const at::Tensor& table, double snr, const at::Tensor& step,
+                                const at::Tensor& seed, const at::Tensor& sample_ids, int64_t draw_offset,
+                                int64_t draw_stride, const c10::optional<at::Tensor>& noise,
+                                const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& data,
+                                const c10::optional<at::Tensor>& proj_table, int64_t proj_offset) {
+  const char* op = "loop_langevin_step_";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
+  check_langevin_loop_args(x, x_mean, scratch, score, table, step, seed, sample_ids, noise, mask, data, proj_table);
+  TORCH_CHECK(scratch.numel() >= langevin_scratch_numel(score), op, ": scratch must hold at least ",
+              langevin_scratch_numel(score), " values, got ", scratch.numel());
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor ids = sample_ids.contiguous();
+  double* sc = scratch.data_ptr<double>();
+  SqNormsArgs norms = make_sq_norms_args(score, noise, 0, ids, draw_offset);
+  norms.index.step = step.data_ptr<int64_t>();
+  norms.index.seed = seed.data_ptr<int64_t>();
+  norms.index.draw_stride = draw_stride;
+  const int64_t batch = x.size(0);
+  C10_CUDA_CHECK(step_sq_norms_cuda(norms, sc + 3 + 2 * batch, sc + 3, current_stream()));
+  const double* t = table.data_ptr<double>();
+  C10_CUDA_CHECK(langevin_coefs_cuda(sc + 3, batch, t, table.size(0) == 2 ? t + table.size(1) : nullptr,
+                                     step.data_ptr<int64_t>(), snr, sc, current_stream()));
+  const at::Tensor coefs = scratch.narrow(0, 0, 3).view({3, 1});
+  AffineStepArgs A = make_loop_args(x, x_mean, score, coefs, step, seed, ids, draw_offset, draw_stride, noise, mask,
+                                    data, proj_table, proj_offset);
+  A.index.coef_by_step = StepIndex::kDataA | StepIndex::kDataC;
+  C10_CUDA_CHECK(affine_step_cuda(A, current_stream()));
 }
 #endif
 
@@ -564,6 +900,21 @@ TORCH_LIBRARY(fastsde, m) {
       "int data_draw) -> ()");
   // (B, 2) float64: per-sample sums of score^2 and z^2.
   m.def("step_sq_norms(Tensor score, Tensor? noise, int seed, Tensor sample_ids, int draw) -> Tensor");
+  // out = a x + sum_k b[k] outputs[k] [+ c z]: the few-step solvers' update, one pass over up to 3 outputs.
+  // seed_bits (0-d int64 on x's device), when given, holds the seed, read when the kernel runs.
+  m.def(
+      "affine_combine_(Tensor(a!) out, Tensor x, Tensor[] outputs, Tensor a, Tensor[] b, Tensor? c, Tensor? noise, "
+      "int seed, Tensor sample_ids, int draw, Tensor? seed_bits=None) -> ()");
+  // The loop ops (fastsde/ops/loop.py): x <- a_i x + b_i score [+ c_i z] [projection], x_mean <- the mean, i = step;
+  // the Langevin corrector's step size from the norms, on the device. Step index and seed read at run time.
+  m.def(
+      "loop_affine_step_(Tensor(a!) x, Tensor(b!) x_mean, Tensor score, Tensor table, Tensor step, Tensor seed, "
+      "Tensor sample_ids, int draw_offset, int draw_stride, Tensor? noise, Tensor? mask, Tensor? data, "
+      "Tensor? proj_table, int proj_offset) -> ()");
+  m.def(
+      "loop_langevin_step_(Tensor(a!) x, Tensor(b!) x_mean, Tensor(c!) scratch, Tensor score, Tensor table, "
+      "float snr, Tensor step, Tensor seed, Tensor sample_ids, int draw_offset, int draw_stride, Tensor? noise, "
+      "Tensor? mask, Tensor? data, Tensor? proj_table, int proj_offset) -> ()");
   // Debug: out (B, blocks, 4) int32 = the FSN1 Philox words of the CPU SIMD path.
   m.def("fsn1_bits_(Tensor(a!) out, int seed, Tensor sample_ids, int draw) -> ()");
   m.def(
@@ -574,6 +925,9 @@ TORCH_LIBRARY(fastsde, m) {
 TORCH_LIBRARY_IMPL(fastsde, CPU, m) {
   m.impl("fsn1_normal_", &fastsde::fsn1_normal_cpu_op);
   m.impl("affine_step_", &fastsde::affine_step_cpu_op);
+  m.impl("affine_combine_", &fastsde::affine_combine_cpu_op);
+  m.impl("loop_affine_step_", &fastsde::loop_affine_step_cpu_op);
+  m.impl("loop_langevin_step_", &fastsde::loop_langevin_step_cpu_op);
   m.impl("step_sq_norms", &fastsde::step_sq_norms_cpu_op);
   m.impl("fsn1_bits_", &fastsde::fsn1_bits_cpu_op);
   m.impl("group_norm", &fastsde::group_norm_cpu_op);
@@ -582,6 +936,9 @@ TORCH_LIBRARY_IMPL(fastsde, CPU, m) {
 TORCH_LIBRARY_IMPL(fastsde, Meta, m) {
   m.impl("fsn1_normal_", &fastsde::fsn1_normal_meta_op);
   m.impl("affine_step_", &fastsde::affine_step_meta_op);
+  m.impl("affine_combine_", &fastsde::affine_combine_meta_op);
+  m.impl("loop_affine_step_", &fastsde::loop_affine_step_meta_op);
+  m.impl("loop_langevin_step_", &fastsde::loop_langevin_step_meta_op);
   m.impl("step_sq_norms", &fastsde::step_sq_norms_meta_op);
   m.impl("fsn1_bits_", &fastsde::fsn1_bits_meta_op);
   m.impl("group_norm", &fastsde::group_norm_meta_op);
@@ -591,6 +948,9 @@ TORCH_LIBRARY_IMPL(fastsde, Meta, m) {
 TORCH_LIBRARY_IMPL(fastsde, CUDA, m) {
   m.impl("fsn1_normal_", &fastsde::fsn1_normal_cuda_op);
   m.impl("affine_step_", &fastsde::affine_step_cuda_op);
+  m.impl("affine_combine_", &fastsde::affine_combine_cuda_op);
+  m.impl("loop_affine_step_", &fastsde::loop_affine_step_cuda_op);
+  m.impl("loop_langevin_step_", &fastsde::loop_langevin_step_cuda_op);
   m.impl("step_sq_norms", &fastsde::step_sq_norms_cuda_op);
   m.impl("group_norm", &fastsde::group_norm_cuda_op);
 }

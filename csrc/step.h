@@ -1,6 +1,6 @@
 // Fused sampler step: the per-element math, written once for the CPU (scalar, AVX2, AVX-512 lane types) and CUDA.
 //
-//   affine_step_:  xm = a x + b s;  xo = xm + c z                (c absent: xo = xm, no noise drawn)
+//   affine_step_:  xm = a x + b s [+ b2 s2 + b3 s3];  xo = xm + c z    (c absent: xo = xm, no noise drawn)
 //                  [projection: p = data_a data;  xo = xo (1 - m) + (p + data_c z2) m;  xm = xo (1 - m) + p m]
 //                  out = xo, x_mean = xm (optional)
 //   step_sq_norms: per sample, sum of s^2 and of z^2 (float64)
@@ -40,6 +40,12 @@ FASTSDE_HD FASTSDE_INLINE F step_mean(F a, F b, F x, F s) {
   return f_fma(a, x, f_mul(b, s));
 }
 
+// xm + b s: a further model output of a combine (solvers: x' = a x + sum_k b_k D_k + c z).
+template <typename F>
+FASTSDE_HD FASTSDE_INLINE F step_add(F xm, F b, F s) {
+  return f_fma(b, s, xm);
+}
+
 // xo = xm + c z.
 template <typename F>
 FASTSDE_HD FASTSDE_INLINE F step_noisy(F xm, F c, F z) {
@@ -53,6 +59,32 @@ FASTSDE_HD FASTSDE_INLINE void step_project(F& xo, F& xm, F m, F data, F data_a,
   const F keep = f_sub(F(1.0f), m);
   xo = f_fma(xo, keep, f_mul(f_fma(data_c, z2, p), m));
   xm = f_fma(xo, keep, f_mul(p, m));
+}
+
+// Langevin corrector coefficients (Song et al. algorithm 5 with score_sde's batch-mean norms) from the per-sample
+// squared norms sq (batch, 2) = [||s||^2, ||z||^2]: g = mean ||s|| |scale|, n = mean ||z||,
+// eps = 2 alpha (snr n / g)^2, coefs = [1, eps scale, sqrt(2 eps)] (scale = 1 for a score model, -1/std folded in
+// for a noise-predicting one). Sums run in row order (the same on every device). A zero score keeps score_sde's
+// division by zero: eps = inf (nan when the noise norm is 0 too).
+FASTSDE_HD inline void langevin_coefs(const double* sq, int64_t batch, double alpha, double scale, double snr,
+                                      double* coefs) {
+  double g = 0.0, n = 0.0;
+  for (int64_t r = 0; r < batch; ++r) {
+    g += sqrt(sq[2 * r]);
+    n += sqrt(sq[2 * r + 1]);
+  }
+  g = g / double(batch) * fabs(scale);
+  n = n / double(batch);
+  double eps;
+  if (g == 0.0) {
+    eps = n != 0.0 ? INFINITY : NAN;
+  } else {
+    const double r = snr * n / g;
+    eps = r * r * 2.0 * alpha;
+  }
+  coefs[0] = 1.0;
+  coefs[1] = eps * scale;
+  coefs[2] = eps >= 0.0 ? sqrt(2.0 * eps) : NAN;
 }
 
 }  // namespace step

@@ -32,7 +32,7 @@ from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contigu
                       tracing_interpreted)
 from .fsn1 import fsn1_normals
 
-__all__ = ["affine_step", "step_sq_norms"]
+__all__ = ["affine_step", "affine_combine_step", "step_sq_norms"]
 
 _NO_NOISE, _EXPLICIT, _FSN1 = 0, 1, 2
 
@@ -52,15 +52,18 @@ def _affine_step_fwd_kernel(
     DATA_ptr,  # (B, M) projection data (read when PROJECT)
     DA_ptr,  # (B,) or (1,) float64: coefficient of data (PROJECT)
     DC_ptr,  # (B,) or (1,) float64: coefficient of z2 (PROJECT)
+    S2_ptr, S3_ptr,  # (B, M) further model outputs of a combine, in SCORE's dtype (read when NOUT >= 2, 3)
+    B2_ptr, B3_ptr,  # (B,) or (1,) float64: their coefficients
     M,  # elements per sample
     n0,  # first sample of this launch (batches past 65535 launch in chunks)
-    a_stride, b_stride, c_stride, da_stride, dc_stride,
+    a_stride, b_stride, c_stride, da_stride, dc_stride, b2_stride, b3_stride,
     seed_lo, seed_hi, draw_lo, draw_hi, data_draw_lo, data_draw_hi,  # int32 bit patterns of uint64 seed/draws
     NOISE: tl.constexpr,  # 0: c is None; 1: explicit noise; 2: FSN1 at (seed, IDS[n], draw)
     WRITE_MEAN: tl.constexpr,
     PROJECT: tl.constexpr,
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for float64 tensors
     BLOCK: tl.constexpr,  # elements per program, a multiple of 4
+    NOUT: tl.constexpr = 1,  # model outputs combined: x_mean = a x + b score (+ b2 s2 + b3 s3)
 ):
     pid = tl.program_id(0).to(tl.int64)
     n = n0 + tl.program_id(1).to(tl.int64)
@@ -74,6 +77,10 @@ def _affine_step_fwd_kernel(
     a = tl.load(A_ptr + n * a_stride).to(COMPUTE)
     b = tl.load(B_ptr + n * b_stride).to(COMPUTE)
     x_mean = a * x + b * s
+    if NOUT >= 2:
+        x_mean += tl.load(B2_ptr + n * b2_stride).to(COMPUTE) * tl.load(S2_ptr + offs, mask=ok, other=0).to(COMPUTE)
+    if NOUT >= 3:
+        x_mean += tl.load(B3_ptr + n * b3_stride).to(COMPUTE) * tl.load(S3_ptr + offs, mask=ok, other=0).to(COMPUTE)
     x_new = x_mean
     if NOISE != 0 or PROJECT:
         sample = tl.load(IDS_ptr + n).to(tl.uint32)
@@ -197,8 +204,8 @@ def _affine_step_op(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor, a: 
         wrap_triton(_affine_step_fwd_kernel)[grid](
             out, x, score, a, b, a if c is None else c, x if noise is None else noise, sample_ids,
             x if x_mean_out is None else x_mean_out, x if mask is None else mask, x if data is None else data,
-            a if data_a is None else data_a, a if data_c is None else data_c,
-            numel, n0, _stride(a), _stride(b), _stride(c), _stride(data_a), _stride(data_c),
+            a if data_a is None else data_a, a if data_c is None else data_c, score, score, b, b,
+            numel, n0, _stride(a), _stride(b), _stride(c), _stride(data_a), _stride(data_c), 0, 0,
             seed_lo, seed_hi, draw_lo, draw_hi, ddraw_lo, ddraw_hi,
             NOISE=mode, WRITE_MEAN=x_mean_out is not None, PROJECT=project, COMPUTE=compute_dtype(x.dtype),
             BLOCK=_BLOCK, num_warps=_NUM_WARPS,
@@ -241,6 +248,65 @@ def affine_step(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean_ou
         out.copy_(target)
     if mean_target is not x_mean_out:
         x_mean_out.copy_(mean_target)
+    return out
+
+
+@triton_op("fastsde::affine_combine_triton", mutates_args={"out"})
+def _affine_combine_op(out: torch.Tensor, x: torch.Tensor, outputs: list[torch.Tensor], a: torch.Tensor,
+                       b: list[torch.Tensor], c: Optional[torch.Tensor], noise: Optional[torch.Tensor], seed: int,
+                       sample_ids: torch.Tensor, draw: int) -> None:
+    """affine_combine_step on contiguous tensors (1 to 3 outputs of one dtype); seed, draw: uint64 bits as int64."""
+    batch = x.shape[0]
+    numel = x.numel() // batch if batch else 0
+    if numel == 0 or tracing_interpreted(x):
+        return
+    s1, s2, s3 = (outputs + [outputs[0]] * 2)[:3]
+    b1, b2, b3 = (b + [b[0]] * 2)[:3]
+    seed_lo, seed_hi = split_u64(seed)
+    draw_lo, draw_hi = split_u64(draw)
+    mode = _NO_NOISE if c is None else (_EXPLICIT if noise is not None else _FSN1)
+    for n0 in range(0, batch, _MAX_GRID_Y):
+        grid = (triton.cdiv(numel, _BLOCK), min(batch - n0, _MAX_GRID_Y))
+        wrap_triton(_affine_step_fwd_kernel)[grid](
+            out, x, s1, a, b1, a if c is None else c, x if noise is None else noise, sample_ids, x, x, x, a, a,
+            s2, s3, b2, b3, numel, n0, _stride(a), _stride(b1), _stride(c), 0, 0, _stride(b2), _stride(b3),
+            seed_lo, seed_hi, draw_lo, draw_hi, 0, 0,
+            NOISE=mode, WRITE_MEAN=False, PROJECT=False, COMPUTE=compute_dtype(x.dtype), BLOCK=_BLOCK,
+            NOUT=len(outputs), num_warps=_NUM_WARPS,
+        )
+
+
+def affine_combine_step(out, x, outputs, a, b, c, noise, seed, sample_ids, draw) -> torch.Tensor:
+    """out = a x + sum_k b[k] outputs[k] + c z in one pass: fastsde.reference.step.affine_combine_step on Triton.
+
+    x, out, noise: (B, ...) of one float dtype and device (out may be x, never an output); outputs: 1 to 3 tensors
+    like x in x's dtype or a narrower one, all of one dtype; a, c, b[k]: float64 (B,) or (1,) (c None: no noise);
+    noise None: FSN1 at (seed, sample_ids, draw). Non-contiguous tensors are copied. Returns out.
+    """
+    check_runnable(x)
+    if x.dtype not in FLOATS:
+        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if not 1 <= len(outputs) <= 3 or len(b) != len(outputs):
+        raise ValueError(f"outputs must hold 1 to 3 tensors with one coefficient each, got {len(outputs)} outputs "
+                         f"and {len(b)} coefficients")
+    for name, t in (("out", out), ("noise", noise)):
+        _check_tensor(name, t, x)
+    for k, o in enumerate(outputs):
+        _check_score(o, x)
+        if o.dtype != outputs[0].dtype:
+            raise ValueError(f"outputs[{k}] must have the dtype of outputs[0] ({outputs[0].dtype}), got {o.dtype}")
+    for name, t in (("a", a), ("c", c), *((f"b[{k}]", v) for k, v in enumerate(b))):
+        _check_coef(name, t, x)
+    if x.numel() == 0:
+        return out
+    if sample_ids is None:
+        sample_ids = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+    torch.ops.fastsde.affine_combine_triton(
+        target, x.contiguous(), [o.contiguous() for o in outputs], a, list(b), c, contiguous(noise), signed_u64(seed),
+        sample_ids.to(torch.int64).contiguous(), signed_u64(draw))
+    if target is not out:
+        out.copy_(target)
     return out
 
 

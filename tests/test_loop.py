@@ -217,3 +217,80 @@ def test_fused_loop_stops_on_non_finite_state():
     sde = _sde("vp", 30)
     with pytest.raises(NonFiniteError, match="non-finite during the 30 steps: 16 of 16 samples"):
         _sampler(sde, "euler_maruyama", "none", 1, batch=16, backend=FUSED[0])(Bad())
+
+
+# ------------------------------------------------------------------------------------------ the native loop ops
+NATIVE = backend_available("native", torch.device("cpu"))[0]
+
+
+def _loop_case(shape, score_dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g)
+    score = torch.randn(*shape, generator=g).to(score_dtype)
+    n = 4
+    table3 = torch.rand(3, n, dtype=torch.float64, generator=g) + 0.1
+    lang2 = torch.stack([torch.rand(n, dtype=torch.float64, generator=g) * 0.1,
+                         -1 / (torch.rand(n, dtype=torch.float64, generator=g) + 0.5)])
+    mask = (torch.rand(*shape, generator=g) > 0.5).float()
+    data = torch.randn(*shape, generator=g)
+    proj = torch.rand(2, n, dtype=torch.float64, generator=g)
+    return x, score, table3, lang2, mask, data, proj
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native extension is not built")
+@pytest.mark.parametrize("shape", [(5, 2), (3, 1, 300)])  # the flat kernels and the chunked ones
+@pytest.mark.parametrize("score_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form", ["noisy", "noise_free", "projection", "langevin", "langevin_scaled",
+                                  "langevin_projection", "explicit_noise"])
+def test_native_loop_ops_match_the_host_indexed_form(shape, score_dtype, form):
+    """fastsde::loop_affine_step_ / loop_langevin_step_ (step, seed and step size read in C++) against the
+    reference backend's loop ops (step and seed read on the host, the step size in Python) at several steps."""
+    from fastsde.ops import loop as loop_ops
+
+    x0, score, table3, lang2, mask, data, proj = _loop_case(shape, score_dtype)
+    seed = loop_ops.seed_tensor(2**63 + 5, "cpu")  # a seed past int64: the bits travel as int64
+    ids = torch.arange(shape[0]) * 7 + 3
+    noise = torch.randn(*shape) if form == "explicit_noise" else None
+    table = table3[:2] if form == "noise_free" else table3
+    lang = lang2 if form == "langevin_scaled" else lang2[:1]
+    projected = form in ("projection", "langevin_projection")
+    pargs = (mask, data, proj, 9) if projected else (None, None, None, 0)
+    results = {}
+    for backend in ("native", "reference"):
+        affine, langevin = loop_ops.step_ops(backend, "cpu")
+        x, x_mean = x0.clone(), torch.empty_like(x0)
+        scratch = loop_ops.langevin_scratch(x)
+        for i in (0, 3, 1):
+            step = torch.tensor(i)
+            if form.startswith("langevin"):
+                langevin(x, x_mean, scratch, score, lang, 0.16, step, seed, ids, 1, 5, noise, *pargs)
+            else:
+                affine(x, x_mean, score, table, step, seed, ids, 2, 5, noise, *pargs)
+        results[backend] = (x, x_mean)
+    for got, want in zip(results["native"], results["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(results["native"][0]).all()
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native extension is not built")
+def test_native_loop_ops_reject_bad_arguments_in_one_line():
+    from fastsde.ops import loop as loop_ops
+
+    x0, score, table3, lang2, mask, data, proj = _loop_case((4, 6), torch.float32)
+    affine, langevin = loop_ops.step_ops("native", "cpu")
+    seed, ids = loop_ops.seed_tensor(1, "cpu"), torch.arange(4)
+    x, xm = x0.clone(), torch.empty_like(x0)
+    with pytest.raises(RuntimeError, match=r"step must be in \[0, 4\), got 4"):
+        affine(x, xm, score, table3, torch.tensor(4), seed, ids, 0, 1, None, None, None, None, 0)
+    with pytest.raises(RuntimeError, match="step must be a 0-d int64 tensor"):
+        affine(x, xm, score, table3, torch.tensor([1]), seed, ids, 0, 1, None, None, None, None, 0)
+    with pytest.raises(RuntimeError, match="table must be a float64"):
+        affine(x, xm, score, table3.float(), torch.tensor(1), seed, ids, 0, 1, None, None, None, None, 0)
+    with pytest.raises(RuntimeError, match="x_mean must not share memory"):
+        affine(x, x, score, table3, torch.tensor(1), seed, ids, 0, 1, None, None, None, None, 0)
+    with pytest.raises(RuntimeError, match="scratch must hold at least 11 values, got 3"):
+        langevin(x, xm, torch.zeros(3, dtype=torch.float64), score, lang2, 0.1, torch.tensor(0), seed, ids, 0, 1,
+                 None, None, None, None, 0)
+    with pytest.raises(RuntimeError, match="mask, data and proj_table must be given together"):
+        affine(x, xm, score, table3, torch.tensor(1), seed, ids, 0, 1, None, mask, data, None, 0)
+    assert torch.equal(x, x0)  # nothing written by a rejected call

@@ -117,7 +117,7 @@ def test_loop_ops_take_the_half_model_output(half):
         xa, xm = x.clone(), torch.empty_like(x)
         loop_ops.loop_affine_(xa, xm, score, table, step, seed, ids, 1, 2, None, None, None, None, 0, "native")
         xl, xml = x.clone(), torch.empty_like(x)
-        scratch = torch.empty(3, dtype=torch.float64)
+        scratch = loop_ops.langevin_scratch(x)
         loop_ops.loop_langevin_(xl, xml, scratch, score, lang, 0.16, step, seed, ids, 1, 2, None, None, None, None,
                                 0, "native")
         results.append((xa, xm, xl, xml))

@@ -164,6 +164,45 @@ def test_affine_combine_step_matches_reference(backend, k, noisy):
     torch.testing.assert_close(in_place, out, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", [FUSED, "triton"])
+@pytest.mark.parametrize("shape", [(5, 3, 7), (3, 2, 150)])  # short rows (the flat kernels) and chunked rows
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                    (torch.float64, torch.float32)])
+def test_affine_combine_step_one_pass_all_forms(backend, shape, dtypes):
+    """1-3 outputs in one kernel pass: per-sample and broadcast coefficients, half outputs beside a float32 state,
+    against the float64 reference on the same FSN1 noise; and one op call per combine (no composed passes)."""
+    if backend == "triton" and not dispatch.backend_available("triton", torch.device("cpu"))[0]:
+        pytest.skip("triton is not installed")
+    state, out_dtype = dtypes
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g).to(state)
+    ids = torch.arange(shape[0]) * 3 + 1
+    for k in (1, 2, 3):
+        outputs = [torch.randn(*shape, generator=g).to(out_dtype) for _ in range(k)]
+        a = torch.rand(shape[0], dtype=torch.float64, generator=g)
+        b = [torch.rand(1 if j % 2 else shape[0], dtype=torch.float64, generator=g) - 0.5 for j in range(k)]
+        got = ops.affine_combine_step(x, outputs, a, b, 0.7, seed=3, sample_ids=ids, draw=11, backend=backend)
+        want = ref_step.affine_combine_step(x.double(), [o.double() for o in outputs], a, b, 0.7, seed=3,
+                                            sample_ids=ids, draw=11)
+        tol = 1e-12 if state == torch.float64 else 4e-6
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
+    if backend == "native":
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Ops(TorchDispatchMode):
+            seen: list = []
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                Ops.seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        out = torch.empty_like(x)
+        with Ops():
+            ops.affine_combine_step(x, outputs, a, b, 0.7, seed=3, sample_ids=ids, draw=11, out=out, backend=backend)
+        assert [f for f in Ops.seen if "fastsde" in f] == ["fastsde.affine_combine_.default"], Ops.seen
+        assert not [f for f in Ops.seen if "add" in f or "mul" in f], Ops.seen
+
+
 def test_affine_combine_step_errors():
     x = torch.randn(4, 6)
     with pytest.raises(ValueError, match="at most 3"):

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "step_index.h"
 
 namespace fastsde {
 namespace {
@@ -93,7 +94,8 @@ const SimdKernels& simd_kernels() {
   }
 }
 
-void affine_step_cpu(const AffineStepArgs& args) {
+void affine_step_cpu(const AffineStepArgs& indexed) {
+  const AffineStepArgs args = at_step(indexed);
   const SimdKernels& k = simd_kernels();
   if (args.numel <= kStepFlatMaxNumel) {
     for_each_row_block(args.batch, args.numel, [&](int64_t r0, int64_t r1) { k.affine_flat(args, r0, r1); });
@@ -103,7 +105,8 @@ void affine_step_cpu(const AffineStepArgs& args) {
                  [&](int64_t row, int64_t, int64_t j0, int64_t j1) { k.affine(args, row, j0, j1); });
 }
 
-void step_sq_norms_cpu(const SqNormsArgs& args, double* out) {
+void step_sq_norms_cpu(const SqNormsArgs& indexed, double* out) {
+  const SqNormsArgs args = at_step(indexed);
   if (args.batch <= 0) return;
   if (args.numel <= 0) {
     for (int64_t b = 0; b < 2 * args.batch; ++b) out[b] = 0.0;

@@ -40,25 +40,41 @@ using step::coef_index;
 using step::NoiseMode;
 
 // Row pointers of one affine_step_ group (already offset to the group's first element): state-dtype T, score TS.
+// s2/s3: the further model outputs of a combine (null when absent).
 template <typename T, typename TS>
 struct AffinePtrs {
   const T* x;
   const TS* s;
   const T *noise, *mask, *data;
   T *out, *xm;
+  const TS *s2, *s3;
 };
+
+// The coefficients of one row as lanes: [a, b, c, data_a, data_c, b2, b3] (absent ones 0).
+constexpr int kCoefs = 7;
+
+// xm = a x + b s (+ b2 s2 + b3 s3): the mean of every affine update, in lanes (csrc/step.h).
+template <Dtype DS>
+FASTSDE_SIMD_INLINE F combine_mean(const F c[kCoefs], F x, const typename Io<DS>::T* s,
+                                   const typename Io<DS>::T* s2, const typename Io<DS>::T* s3) {
+  F xm = step::step_mean(c[0], c[1], x, Io<DS>::ld(s));
+  if (s2) xm = step::step_add(xm, c[5], Io<DS>::ld(s2));
+  if (s3) xm = step::step_add(xm, c[6], Io<DS>::ld(s3));
+  return xm;
+}
 
 template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
 FASTSDE_SIMD_INLINE void affine_group(const AffinePtrs<typename Io<D>::T, typename Io<DS>::T>& p, uint32_t blk0,
-                                      const F coef[5], uint32_t n, uint64_t draw, uint64_t data_draw, uint32_t k0,
-                                      uint32_t k1) {
+                                      const F coef[kCoefs], uint32_t n, uint64_t draw, uint64_t data_draw,
+                                      uint32_t k0, uint32_t k1) {
   using IO = Io<D>;
   F z[4], z2[4];
   if (NM == NoiseMode::kFsn1) fsn1_group(z, blk0, n, draw, k0, k1);
   if (kProject) fsn1_group(z2, blk0, n, data_draw, k0, k1);
   for (int r = 0; r < 4; ++r) {
     const int off = r * kLanes;
-    F xm = step::step_mean(coef[0], coef[1], IO::ld(p.x + off), Io<DS>::ld(p.s + off));
+    F xm = combine_mean<DS>(coef, IO::ld(p.x + off), p.s + off, p.s2 ? p.s2 + off : nullptr,
+                            p.s3 ? p.s3 + off : nullptr);
     F xo = xm;
     if (NM == NoiseMode::kFsn1) xo = step::step_noisy(xm, coef[2], z[r]);
     if (NM == NoiseMode::kExplicit) xo = step::step_noisy(xm, coef[2], IO::ld(p.noise + off));
@@ -81,34 +97,40 @@ void affine_range_f32(const AffineStepArgs& A, int64_t row, int64_t j0, int64_t 
   const int64_t base = row * A.numel;
   auto at = [&](const void* ptr) -> const T* { return ptr ? static_cast<const T*>(ptr) + base : nullptr; };
   const T *x = at(A.x), *noise = at(A.noise), *mask = at(A.mask), *data = at(A.data);
-  const TS* s = static_cast<const TS*>(A.score) + base;
+  auto at_s = [&](const void* ptr) -> const TS* { return ptr ? static_cast<const TS*>(ptr) + base : nullptr; };
+  const TS *s = at_s(A.score), *s2 = at_s(A.score2), *s3 = at_s(A.score3);
   T* out = static_cast<T*>(A.out) + base;
   T* xm = A.x_mean ? static_cast<T*>(A.x_mean) + base : nullptr;
-  const F coef[5] = {
+  const F coef[kCoefs] = {
       F(float(A.a[coef_index(A.a_len, row)])),
       F(float(A.b[coef_index(A.b_len, row)])),
       F(A.c ? float(A.c[coef_index(A.c_len, row)]) : 0.0f),
       F(kProject ? float(A.data_a[coef_index(A.data_a_len, row)]) : 0.0f),
       F(kProject ? float(A.data_c[coef_index(A.data_c_len, row)]) : 0.0f),
+      F(A.b2 ? float(A.b2[coef_index(A.b2_len, row)]) : 0.0f),
+      F(A.b3 ? float(A.b3[coef_index(A.b3_len, row)]) : 0.0f),
   };
   const uint32_t n = uint32_t(A.sample_ids[row]);
   const uint32_t k0 = uint32_t(A.seed), k1 = uint32_t(A.seed >> 32);
   int64_t j = j0;
   for (; j + G <= j1; j += G) {
     const AffinePtrs<T, TS> p{x + j, s + j, noise ? noise + j : nullptr, mask ? mask + j : nullptr,
-                              data ? data + j : nullptr, out + j, xm ? xm + j : nullptr};
+                              data ? data + j : nullptr, out + j, xm ? xm + j : nullptr,
+                              s2 ? s2 + j : nullptr, s3 ? s3 + j : nullptr};
     affine_group<D, DS, NM, kProject>(p, uint32_t(j >> 2), coef, n, A.draw, A.data_draw, k0, k1);
   }
   if (j < j1) {  // the row's last partial group, through zero-padded buffers
     const int64_t count = j1 - j;
     T bx[G] = {}, bn[G] = {}, bm[G] = {}, bd[G] = {}, bo[G] = {}, bxm[G] = {};
-    TS bs[G] = {};
+    TS bs[G] = {}, bs2[G] = {}, bs3[G] = {};
     copy_in(bx, x + j, count);
     copy_in(bs, s + j, count);
+    copy_in(bs2, s2 ? s2 + j : nullptr, count);
+    copy_in(bs3, s3 ? s3 + j : nullptr, count);
     copy_in(bn, noise ? noise + j : nullptr, count);
     copy_in(bm, mask ? mask + j : nullptr, count);
     copy_in(bd, data ? data + j : nullptr, count);
-    const AffinePtrs<T, TS> p{bx, bs, bn, bm, bd, bo, xm ? bxm : nullptr};
+    const AffinePtrs<T, TS> p{bx, bs, bn, bm, bd, bo, xm ? bxm : nullptr, s2 ? bs2 : nullptr, s3 ? bs3 : nullptr};
     affine_group<D, DS, NM, kProject>(p, uint32_t(j >> 2), coef, n, A.draw, A.data_draw, k0, k1);
     for (int64_t i = 0; i < count; ++i) out[j + i] = bo[i];
     if (xm)
@@ -123,6 +145,8 @@ inline void affine_range_f64(const AffineStepArgs& A, int64_t row, int64_t j0, i
   const int64_t base = row * A.numel;
   const double* x = static_cast<const double*>(A.x) + base;
   const S* s = static_cast<const S*>(A.score) + base;
+  const S* s2 = A.score2 ? static_cast<const S*>(A.score2) + base : nullptr;
+  const S* s3 = A.score3 ? static_cast<const S*>(A.score3) + base : nullptr;
   const double* noise = A.noise ? static_cast<const double*>(A.noise) + base : nullptr;
   const double* mask = A.mask ? static_cast<const double*>(A.mask) + base : nullptr;
   const double* data = A.data ? static_cast<const double*>(A.data) + base : nullptr;
@@ -132,6 +156,7 @@ inline void affine_range_f64(const AffineStepArgs& A, int64_t row, int64_t j0, i
   const double c = A.c ? A.c[coef_index(A.c_len, row)] : 0.0;
   const double da = mask ? A.data_a[coef_index(A.data_a_len, row)] : 0.0;
   const double dc = mask ? A.data_c[coef_index(A.data_c_len, row)] : 0.0;
+  const double b2 = s2 ? A.b2[coef_index(A.b2_len, row)] : 0.0, b3 = s3 ? A.b3[coef_index(A.b3_len, row)] : 0.0;
   const uint32_t n = uint32_t(A.sample_ids[row]);
   const bool gen = A.c && !A.noise;
   fsn1::Double4 z{}, z2{};
@@ -141,6 +166,8 @@ inline void affine_range_f64(const AffineStepArgs& A, int64_t row, int64_t j0, i
       if (mask) z2 = fsn1::fsn1_normals4_f64(fsn1::fsn1_block(A.seed, n, A.data_draw, uint32_t(j >> 2)));
     }
     double xm = step::step_mean(a, b, x[j], double(s[j]));
+    if (s2) xm = step::step_add(xm, b2, double(s2[j]));
+    if (s3) xm = step::step_add(xm, b3, double(s3[j]));
     double xo = xm;
     if (A.c) xo = step::step_noisy(xm, c, gen ? z.z[j & 3] : noise[j]);
     if (mask) step::step_project(xo, xm, mask[j], data[j], da, dc, z2.z[j & 3]);
@@ -369,20 +396,12 @@ inline void flat_compact(float* zc, float* zb, int64_t nrows, int64_t numel, int
     for (int64_t j = 0; j < numel; j += kLanes) store(zc + i * numel + j, load(zb + i * 4 * bpr + j));
 }
 
-template <typename T, typename TS>
-struct FlatPtrs {
-  const T* x;
-  const TS* s;
-  const T *noise, *mask, *data;
-  T *out, *xm;
-};
-
 // One vector of kLanes elements of a tile: exactly the operations of affine_group.
 template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
-FASTSDE_SIMD_INLINE void affine_flat_vec(const FlatPtrs<typename Io<D>::T, typename Io<DS>::T>& p, const F c[5], F z,
-                                         F z2) {
+FASTSDE_SIMD_INLINE void affine_flat_vec(const AffinePtrs<typename Io<D>::T, typename Io<DS>::T>& p, const F c[kCoefs],
+                                         F z, F z2) {
   using IO = Io<D>;
-  F xm = step::step_mean(c[0], c[1], IO::ld(p.x), Io<DS>::ld(p.s));
+  F xm = combine_mean<DS>(c, IO::ld(p.x), p.s, p.s2, p.s3);
   F xo = xm;
   if (NM == NoiseMode::kFsn1) xo = step::step_noisy(xm, c[2], z);
   if (NM == NoiseMode::kExplicit) xo = step::step_noisy(xm, c[2], IO::ld(p.noise));
@@ -402,13 +421,13 @@ void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
   const bool whole_blocks = M == 4 * bpr;
   float* zc = whole_blocks ? zb : zcb;
   float* z2c = whole_blocks ? z2b : z2cb;
-  alignas(64) float cf[5][kFlatTile + kLanes];  // per-element coefficients (per-sample ones only)
-  const double* cp[5] = {A.a, A.b, NM != NoiseMode::kNone ? A.c : nullptr, kProject ? A.data_a : nullptr,
-                         kProject ? A.data_c : nullptr};
-  const int64_t cl[5] = {A.a_len, A.b_len, A.c_len, A.data_a_len, A.data_c_len};
-  bool per[5];
-  F cb[5];
-  for (int q = 0; q < 5; ++q) {
+  alignas(64) float cf[kCoefs][kFlatTile + kLanes];  // per-element coefficients (per-sample ones only)
+  const double* cp[kCoefs] = {A.a, A.b, NM != NoiseMode::kNone ? A.c : nullptr, kProject ? A.data_a : nullptr,
+                              kProject ? A.data_c : nullptr, A.score2 ? A.b2 : nullptr, A.score3 ? A.b3 : nullptr};
+  const int64_t cl[kCoefs] = {A.a_len, A.b_len, A.c_len, A.data_a_len, A.data_c_len, A.b2_len, A.b3_len};
+  bool per[kCoefs];
+  F cb[kCoefs];
+  for (int q = 0; q < kCoefs; ++q) {
     per[q] = cp[q] && cl[q] != 1;
     cb[q] = F(cp[q] && !per[q] ? float(cp[q][0]) : 0.0f);
   }
@@ -428,7 +447,7 @@ void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
       else
         flat_compact(z2c, z2b, nrows, M, bpr);
     }
-    for (int q = 0; q < 5; ++q) {  // whole-vector broadcasts; each row's spill is overwritten by the next row
+    for (int q = 0; q < kCoefs; ++q) {  // whole-vector broadcasts; each row's spill is overwritten by the next row
       if (!per[q]) continue;
       float* dst = cf[q];
       for (int64_t i = 0; i < nrows; ++i) {
@@ -438,33 +457,40 @@ void affine_flat_f32(const AffineStepArgs& A, int64_t r0, int64_t r1) {
       store(dst + E, F(0.0f));
     }
     auto at = [&](const void* ptr) -> const T* { return ptr ? static_cast<const T*>(ptr) + base : nullptr; };
-    const FlatPtrs<T, TS> p{at(A.x),
-                            static_cast<const TS*>(A.score) + base,
-                        NM == NoiseMode::kExplicit ? at(A.noise) : nullptr,
-                        kProject ? at(A.mask) : nullptr,
-                        kProject ? at(A.data) : nullptr,
-                        static_cast<T*>(A.out) + base,
-                        A.x_mean ? static_cast<T*>(A.x_mean) + base : nullptr};
-    F c[5];
+    auto at_s = [&](const void* ptr) -> const TS* { return ptr ? static_cast<const TS*>(ptr) + base : nullptr; };
+    const AffinePtrs<T, TS> p{at(A.x),
+                              at_s(A.score),
+                              NM == NoiseMode::kExplicit ? at(A.noise) : nullptr,
+                              kProject ? at(A.mask) : nullptr,
+                              kProject ? at(A.data) : nullptr,
+                              static_cast<T*>(A.out) + base,
+                              A.x_mean ? static_cast<T*>(A.x_mean) + base : nullptr,
+                              at_s(A.score2),
+                              at_s(A.score3)};
+    F c[kCoefs];
     int64_t i = 0;
     for (; i + kLanes <= E; i += kLanes) {
-      for (int q = 0; q < 5; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
-      const FlatPtrs<T, TS> pi{p.x + i, p.s + i, p.noise ? p.noise + i : nullptr, p.mask ? p.mask + i : nullptr,
-                               p.data ? p.data + i : nullptr, p.out + i, p.xm ? p.xm + i : nullptr};
+      for (int q = 0; q < kCoefs; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
+      const AffinePtrs<T, TS> pi{p.x + i, p.s + i, p.noise ? p.noise + i : nullptr, p.mask ? p.mask + i : nullptr,
+                                 p.data ? p.data + i : nullptr, p.out + i, p.xm ? p.xm + i : nullptr,
+                                 p.s2 ? p.s2 + i : nullptr, p.s3 ? p.s3 + i : nullptr};
       affine_flat_vec<D, DS, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
                                        kProject ? load(z2c + i) : F(0.0f));
     }
     if (i < E) {  // the tile's last partial vector, through zero-padded buffers
       const int64_t count = E - i;
       T bx[kLanes] = {}, bn[kLanes] = {}, bm[kLanes] = {}, bd[kLanes] = {}, bo[kLanes] = {}, bxm[kLanes] = {};
-      TS bs[kLanes] = {};
+      TS bs[kLanes] = {}, bs2[kLanes] = {}, bs3[kLanes] = {};
       copy_in(bx, p.x + i, count);
       copy_in(bs, p.s + i, count);
+      if (p.s2) copy_in(bs2, p.s2 + i, count);
+      if (p.s3) copy_in(bs3, p.s3 + i, count);
       if (p.noise) copy_in(bn, p.noise + i, count);
       if (p.mask) copy_in(bm, p.mask + i, count);
       if (p.data) copy_in(bd, p.data + i, count);
-      for (int q = 0; q < 5; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
-      const FlatPtrs<T, TS> pi{bx, bs, bn, bm, bd, bo, p.xm ? bxm : nullptr};
+      for (int q = 0; q < kCoefs; ++q) c[q] = per[q] ? load(cf[q] + i) : cb[q];
+      const AffinePtrs<T, TS> pi{bx, bs, bn, bm, bd, bo, p.xm ? bxm : nullptr, p.s2 ? bs2 : nullptr,
+                                 p.s3 ? bs3 : nullptr};
       affine_flat_vec<D, DS, NM, kProject>(pi, c, NM == NoiseMode::kFsn1 ? load(zc + i) : F(0.0f),
                                        kProject ? load(z2c + i) : F(0.0f));
       for (int64_t t = 0; t < count; ++t) p.out[i + t] = bo[t];

@@ -2,7 +2,7 @@
 // step_sq_norms (one thread block per (sample, chunk), block reduction, then the chunks in order).
 //
 // affine_step_ reads x, score and writes out: 12 B/elem in float32 (+4 B x_mean, +4 B explicit noise, +8 B
-// mask/data); the noise is made in registers from FSN1 (csrc/fsn1.h). step_sq_norms reads score (+ noise): 4 B/elem.
+// mask/data, +4 B per further output of a combine); the noise is made in registers from FSN1 (csrc/fsn1.h). step_sq_norms reads score (+ noise): 4 B/elem.
 // Compiled with --fmad=false: the only fmas are the explicit ones of csrc/fsn1.h / step.h, so float32 normals are
 // bit-identical to the CPU's. The kernels are templated on the state dtype D and the score dtype DS (a half-precision
 // model output beside a float32 state, csrc/step_args.h): the score is converted as it is loaded, in the same pass.
@@ -11,6 +11,7 @@
 #include "cuda/dtype_io.cuh"
 #include "fsn1.h"
 #include "step.h"
+#include "step_index.h"
 
 namespace fastsde {
 namespace {
@@ -29,13 +30,17 @@ __device__ __forceinline__ fsn1::Normals4<C> normals(uint64_t seed, uint32_t n, 
 }
 
 template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
-__global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepArgs A, int64_t blocks, int64_t total) {
+__global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepArgs indexed, int64_t blocks,
+                                                                                    int64_t total) {
+  const AffineStepArgs A = at_step(indexed);  // the step index and seed read from device memory (StepIndex)
   using IO = Io<D>;
   using IOS = Io<DS>;
   using T = typename IO::T;
   using C = typename IO::C;
   const T* x = static_cast<const T*>(A.x);             // (B, M) input
   const typename IOS::T* s = static_cast<const typename IOS::T*>(A.score);  // (B, M) score, in DS
+  const typename IOS::T* s2 = static_cast<const typename IOS::T*>(A.score2);  // (B, M) 2nd output or null
+  const typename IOS::T* s3 = static_cast<const typename IOS::T*>(A.score3);  // (B, M) 3rd output or null
   const T* noise = static_cast<const T*>(A.noise);     // (B, M) explicit noise or null
   const T* mask = static_cast<const T*>(A.mask);       // (B, M) projection mask or null
   const T* data = static_cast<const T*>(A.data);       // (B, M) projection data or null
@@ -50,6 +55,7 @@ __global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepAr
     const C c = NM == NoiseMode::kNone ? C(0) : C(A.c[coef_index(A.c_len, row)]);
     const C da = kProject ? C(A.data_a[coef_index(A.data_a_len, row)]) : C(0);
     const C dc = kProject ? C(A.data_c[coef_index(A.data_c_len, row)]) : C(0);
+    const C b2 = s2 ? C(A.b2[coef_index(A.b2_len, row)]) : C(0), b3 = s3 ? C(A.b3[coef_index(A.b3_len, row)]) : C(0);
     fsn1::Normals4<C> z{}, z2{};
     if (NM == NoiseMode::kFsn1) z = normals<C>(A.seed, n, A.draw, uint32_t(blk));
     if (kProject) z2 = normals<C>(A.seed, n, A.data_draw, uint32_t(blk));
@@ -60,6 +66,8 @@ __global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepAr
       if (t < left) {
         const int64_t i = base + t;
         C xm = step::step_mean(a, b, IO::ld(x + i), C(IOS::ld(s + i)));
+        if (s2) xm = step::step_add(xm, b2, C(IOS::ld(s2 + i)));
+        if (s3) xm = step::step_add(xm, b3, C(IOS::ld(s3 + i)));
         C xo = xm;
         if (NM == NoiseMode::kFsn1) xo = step::step_noisy(xm, c, z.z[t]);
         if (NM == NoiseMode::kExplicit) xo = step::step_noisy(xm, c, IO::ld(noise + i));
@@ -97,8 +105,9 @@ cudaError_t launch_affine_dtype(const AffineStepArgs& A, cudaStream_t stream) {
 // 65535): each thread sums squares of its blocks in float64, then a fixed-order shared-memory tree;
 // partial[(row * chunks + chunk) * 2 + {0, 1}].
 template <Dtype D, Dtype DS>
-__global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArgs A, int64_t chunks,
+__global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArgs indexed, int64_t chunks,
                                                                       double* __restrict__ partial) {
+  const SqNormsArgs A = at_step(indexed);
   using IO = Io<D>;
   using IOS = Io<DS>;
   using T = typename IO::T;
@@ -167,7 +176,22 @@ cudaError_t launch_sq_norms(const SqNormsArgs& A, double* partial, double* out, 
   return cudaGetLastError();
 }
 
+// coefs (3,) = the Langevin step's [1, b, c] at step *step (csrc/step.h, langevin_coefs): one thread, so the batch
+// mean sums in row order like the CPU's.
+__global__ void _langevin_coefs_kernel(const double* __restrict__ sq, int64_t batch, const double* __restrict__ alpha,
+                                       const double* __restrict__ scale, const int64_t* __restrict__ step, double snr,
+                                       double* __restrict__ coefs) {
+  const int64_t i = *step;
+  step::langevin_coefs(sq, batch, alpha[i], scale ? scale[i] : 1.0, snr, coefs);
+}
+
 }  // namespace
+
+cudaError_t langevin_coefs_cuda(const double* sq, int64_t batch, const double* alpha, const double* scale,
+                                const int64_t* step, double snr, double* coefs, cudaStream_t stream) {
+  _langevin_coefs_kernel<<<1, 1, 0, stream>>>(sq, batch, alpha, scale, step, snr, coefs);
+  return cudaGetLastError();
+}
 
 cudaError_t affine_step_cuda(const AffineStepArgs& args, cudaStream_t stream) {
   if (args.batch <= 0 || args.numel <= 0) return cudaSuccess;

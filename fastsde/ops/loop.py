@@ -13,10 +13,14 @@ Tables are float64 on x's device: `table` (3, N) = [a; b; c] for a noisy affine 
 noise-free one; the Langevin `table` (2, N) = [alpha; score_scale] or (1, N) = [alpha]; the inpainting projection's
 `proj_table` (2, N) = [data_a; data_c] with its draw at `proj_offset + step * draw_stride`.
 
-Bytes per element are affine_step's / langevin_step's (fastsde/ops/step.py). The host reads `step` and `seed` from
-their tensors on the CPU (a memory read, not a device synchronisation). On CUDA tensors that read would synchronise,
-so the CUDA kernels must read them from device memory instead; until they do, a CUDA loop is compiled but not
-captured (docs/design.md, "What runs where").
+Native backend (C++/CUDA: `fastsde::loop_affine_step_`, `loop_langevin_step_`, csrc/bindings.cpp): the kernels read
+the step index, the seed and the coefficients from memory when they run, and the Langevin step size is computed on
+the device from the pass-1 norms into `scratch` and read by pass 2 from there -- nothing is read on the host, so a
+CUDA graph captures them. `step_ops(backend, device)` hands a loop these ops directly (one dispatcher call per
+update). The reference and Triton backends read `step` and `seed` on the host (free on the CPU; on CUDA a
+synchronisation, so a Triton loop is compiled but not captured: docs/design.md, "What runs where").
+
+Bytes per element are affine_step's / langevin_step's (fastsde/ops/step.py).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch
 from fastsde.ops.checks import i64_bits
 from fastsde.ops import dispatch
 
-__all__ = ["loop_affine_", "loop_langevin_"]
+__all__ = ["loop_affine_", "loop_langevin_", "step_ops", "langevin_scratch", "seed_tensor"]
 
 _U64 = 1 << 64
 
@@ -72,12 +76,25 @@ _LIB.define("loop_langevin_(Tensor(a!) x, Tensor(b!) x_mean, Tensor(c!) scratch,
             "Tensor? mask, Tensor? data, Tensor? proj_table, int proj_offset, str backend) -> ()")
 
 
+def _native_available(backend: str, device: torch.device) -> bool:
+    """Whether the loop runs on the native ops: backend "native", or "auto" wherever the native build runs (on CUDA
+    too, where "auto" prefers Triton for the single ops: the native loop ops read their per-step values on the
+    device, which a captured loop needs)."""
+    if backend == "auto":
+        return dispatch.backend_available("native", device)[0]
+    return resolve("affine_step", backend, device)[0] == "native"
+
+
 def _loop_affine_impl(x: torch.Tensor, x_mean: torch.Tensor, score: torch.Tensor, table: torch.Tensor,
                       step: torch.Tensor, seed: torch.Tensor, sample_ids: torch.Tensor, draw_offset: int,
                       draw_stride: int, noise: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                       data: Optional[torch.Tensor], proj_table: Optional[torch.Tensor], proj_offset: int,
                       backend: str) -> None:
     """x <- a_i x + b_i score + c_i z in place, x_mean <- a_i x + b_i score, i = step (module docstring)."""
+    if _native_available(backend, x.device):
+        torch.ops.fastsde.loop_affine_step_(x, x_mean, score, table, step, seed, sample_ids, draw_offset, draw_stride,
+                                            noise, mask, data, proj_table, proj_offset)
+        return
     i = _host_int(step)
     seed_u = _u64(_host_int(seed))
     _, impl = resolve("affine_step", backend, x.device)
@@ -100,7 +117,11 @@ def _loop_langevin_impl(x: torch.Tensor, x_mean: torch.Tensor, scratch: torch.Te
                    backend: str) -> None:
     """One Langevin iteration with score_sde's batch-mean norms (fastsde.ops.langevin_step), step i = `step`:
     pass 1 reduces ||s|| and ||z|| per sample, the step size is computed from their batch means, pass 2 updates.
-    scratch: (3,) float64 on x's device, reused for the pass-2 coefficients [1, b, c] (no per-step allocation)."""
+    scratch: langevin_scratch(x), float64 on x's device: the pass-2 coefficients [1, b, c] (and, native, the norms)."""
+    if _native_available(backend, x.device):
+        torch.ops.fastsde.loop_langevin_step_(x, x_mean, scratch, score, table, snr, step, seed, sample_ids,
+                                              draw_offset, draw_stride, noise, mask, data, proj_table, proj_offset)
+        return
     i = _host_int(step)
     seed_u = _u64(_host_int(seed))
     draw = draw_offset + i * draw_stride
@@ -141,3 +162,32 @@ loop_langevin_ = torch.ops.fastsde.loop_langevin_.default
 def seed_tensor(seed: int, device) -> torch.Tensor:
     """A uint64 seed as the 0-d int64 tensor (same bits) the loop ops read."""
     return torch.tensor(i64_bits(seed), dtype=torch.int64, device=device)
+
+
+# Elements per chunk of the CUDA norm kernel (kNormChunk, csrc/cuda/step.cu): its partial sums live in the scratch.
+_CUDA_NORM_CHUNK = 16384
+
+
+def langevin_scratch(x: torch.Tensor) -> torch.Tensor:
+    """The loop_langevin_ scratch for a state like x: float64 [1, b, c, per-sample norms (2B), CUDA partials]."""
+    batch = x.shape[0]
+    numel = x[0].numel() if batch else 0
+    chunks = -(-numel // _CUDA_NORM_CHUNK) if x.is_cuda else 0
+    return torch.zeros(3 + 2 * batch + 2 * batch * chunks, dtype=torch.float64, device=x.device)
+
+
+def step_ops(backend: str, device):
+    """(affine, langevin): the loop's two updates for `backend` on `device`, called with loop_affine_'s and
+    loop_langevin_'s arguments minus `backend`. Native: the C++/CUDA ops themselves (no host read: capturable);
+    otherwise the dispatching ops with the backend bound."""
+    device = torch.device(device)
+    if _native_available(backend, device):
+        return torch.ops.fastsde.loop_affine_step_.default, torch.ops.fastsde.loop_langevin_step_.default
+
+    def affine(*args):
+        loop_affine_(*args, backend)
+
+    def langevin(*args):
+        loop_langevin_(*args, backend)
+
+    return affine, langevin

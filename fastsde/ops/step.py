@@ -234,10 +234,9 @@ def _step_sq_norms_triton(*args):
 
 # ----------------------------------------------------------------------------------------------------------------
 # affine_combine_step: the update of the few-step solvers (fastsde.solvers), x' = a x + sum_k b_k D_k + c z with up to
-# MAX_OUTPUTS stored model outputs D_k. Bytes per element, float32: (2 + K) x 4 B for K outputs (reads x and the
-# D_k, writes x'), +4 B for explicit noise. Native today: one output runs the native affine_step_ kernel; more
-# outputs add the extra terms with in-place torch ops (one more read-modify-write of x' per extra output). A
-# single-pass native/Triton kernel is the planned replacement; the reference stays the specification.
+# MAX_OUTPUTS stored model outputs D_k, one pass over memory on every backend (native: the affine-step kernels
+# with up to three score pointers, fastsde::affine_combine_). Bytes per element, float32: (2 + K) x 4 B for K
+# outputs (reads x and the D_k, writes x'), +4 B for explicit noise; the noise is made in registers.
 
 MAX_OUTPUTS = 3
 
@@ -292,20 +291,35 @@ def _affine_combine_step_reference(out, x, outputs, a, b, c, noise, seed, ids, d
 
 @register("affine_combine_step", "native")
 def _affine_combine_step_native(out, x, outputs, a, b, c, noise, seed, ids, draw):
-    # no outputs: x' = a x + c z, with a zero tensor as the score (x with b = 0 would turn an inf in x into NaN)
-    first = outputs[0] if outputs else torch.zeros_like(x)
-    b0 = b[0] if outputs else torch.zeros(1, dtype=torch.float64, device=x.device)
-    _affine_step_native(out, x, first, a, b0, c, noise, seed, ids, draw, None, None, None, None, None, 0)
-    for o, b_k in zip(outputs[1:], b[1:]):
-        out.addcmul_(b_k.to(out.dtype).reshape(-1, *([1] * (out.dim() - 1))), o)
+    if not outputs:  # x' = a x + c z, with a zero tensor as the output (x with b = 0 would turn an inf into NaN)
+        outputs, b = [torch.zeros_like(x)], [torch.zeros(1, dtype=torch.float64, device=x.device)]
+    # the kernel reads every output in one dtype: a mixed list (a half model output beside state-dtype history)
+    # runs in the state's
+    dtype = outputs[0].dtype if all(o.dtype == outputs[0].dtype for o in outputs) else x.dtype
+    target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+    torch.ops.fastsde.affine_combine_(target, x.contiguous(), [o.to(dtype).contiguous() for o in outputs], a, b, c,
+                                      _contig(noise), i64_bits(seed), ids, i64_bits(draw))
+    if target is not out:
+        out.copy_(target)
+
+
+@register("affine_combine_step", "triton")
+def _affine_combine_step_triton(out, x, outputs, a, b, c, noise, seed, ids, draw):
+    from fastsde.kernels import step as _kernels
+
+    if not outputs:  # x' = a x + c z (module comment of the native twin)
+        outputs, b = [torch.zeros_like(x)], [torch.zeros(1, dtype=torch.float64, device=x.device)]
+    dtype = outputs[0].dtype if all(o.dtype == outputs[0].dtype for o in outputs) else x.dtype
+    _kernels.affine_combine_step(out, x, [o.to(dtype) for o in outputs], a, b, c, noise, seed, ids, draw)
 
 
 class CombineSteps:
     """Unchecked affine_combine_step on contiguous buffers like one state x (FSN1 noise): the solver loop's entry.
 
     The buffers, seed and sample ids are checked once here; `combine` then calls the backend with coefficients the
-    caller tabulated: `row` a float64 (5,) tensor [a, b0, b1, b2, c] on x's device and `floats` the same five values
-    as Python floats (the native path adds the terms past the first output with them, no device-to-host copy).
+    caller tabulated: `coefs` = (a, [b_0, ..], c) as float64 (1,) views on x's device (c None when noiseless). The
+    seed sits in the 0-d tensor `seed_bits` on x's device (native: read by the kernel when it runs, so a recorded
+    graph serves any seed after a copy into it).
     """
 
     def __init__(self, x, seed, sample_ids, backend="auto"):
@@ -315,30 +329,32 @@ class CombineSteps:
         _, seed, ids, _ = _noise_args(x, None, 0 if seed is None else seed, sample_ids, 0)
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
         self.score_dtypes = score_dtypes(x.dtype)
-        self.seed, self.seed_bits, self.ids = seed, i64_bits(seed), ids.contiguous()
+        self.seed, self.ids = seed, ids.contiguous()
+        self.seed_bits = torch.tensor(i64_bits(seed), dtype=torch.int64, device=x.device)
         self.backend, self._impl = resolve("affine_combine_step", backend, x.device)
         self.native = self.backend == "native"
         self._zero = torch.zeros(1, dtype=torch.float64, device=x.device)
         self._zeros = None
+
+    def set_seed(self, seed) -> None:
+        """A new seed for the next combines (a copy into seed_bits: recorded graphs stay valid)."""
+        self.seed = as_u64("seed", seed)
+        self.seed_bits.fill_(i64_bits(self.seed))
 
     def accepts(self, t) -> bool:
         """Whether `t` may take the unchecked path (x's shape and device, a score dtype, contiguous)."""
         return (isinstance(t, torch.Tensor) and t.shape == self.shape and t.dtype in self.score_dtypes
                 and t.device == self.device and t.is_contiguous())
 
-    def combine(self, out, x, outputs, row, floats, noisy, draw):
-        """out <- a x + sum_k b_k outputs[k] (+ c z(draw) when noisy); row/floats as in the class docstring."""
-        c = row[4:5] if noisy else None
-        if self.native:
-            if not outputs and self._zeros is None:
+    def combine(self, out, x, outputs, coefs, draw):
+        """out <- a x + sum_k b_k outputs[k] (+ c z(draw) when c is not None); coefs as in the class docstring."""
+        a, b, c = coefs
+        if not outputs:  # x' = a x + c z (0 * inf would be NaN with x as the output)
+            if self._zeros is None:
                 self._zeros = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-            first = outputs[0] if outputs else self._zeros  # no outputs: x' = a x + c z (0 * inf would be NaN)
-            b0 = row[1:2] if outputs else self._zero
-            torch.ops.fastsde.affine_step_(out, x, first, row[0:1], b0, c, None, self.seed_bits, self.ids,
-                                           i64_bits(draw), None, None, None, None, None, 0)
-            for k in range(1, len(outputs)):
-                out.add_(outputs[k], alpha=floats[1 + k])
+            outputs, b = [self._zeros], [self._zero]
+        if self.native:
+            torch.ops.fastsde.affine_combine_(out, x, outputs, a, b, c, None, 0, self.ids, i64_bits(draw),
+                                              self.seed_bits)
             return
-        self._impl(out, x, list(outputs), row[0:1], [row[1 + k:2 + k] for k in range(len(outputs))], c, None,
-                   self.seed, self.ids, draw)
-
+        self._impl(out, x, list(outputs), a, list(b), c, None, self.seed, self.ids, draw)

@@ -175,13 +175,15 @@ class FusedLoop:
         self.mode, self.n = mode, labels.shape[0]
         self.i = torch.zeros((), dtype=torch.int64, device=device)
         self.label = torch.empty(1, dtype=labels.dtype, device=device)
-        self.scratch = torch.empty(3, dtype=torch.float64, device=device)
         # non-finite watch without a host read per step: sum(x) in float64 accumulated on the device (NaN and inf
         # propagate), read once after the last step
         self.finite_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.finite_acc = torch.zeros((), dtype=torch.float64, device=device)
         self.x = torch.empty_like(x, memory_format=torch.contiguous_format)  # the loop's state: static buffers
         self.x_mean = torch.empty_like(self.x)
+        self.scratch = loop_ops.langevin_scratch(self.x)  # the Langevin step's coefficients (and norms) on the device
+        # the two updates: the native C++/CUDA ops read i, the seed and the coefficients in the kernels (capturable)
+        self.affine_op, self.langevin_op = loop_ops.step_ops(backend, device)
         self.seed = torch.zeros((), dtype=torch.int64, device=device)
         self.ids = torch.zeros(batch, dtype=torch.int64, device=device)
         self.batch = batch
@@ -239,8 +241,8 @@ class FusedLoop:
 
     def _affine(self, x, x_mean, score, table, draw_offset, noise, proj_offset=None):
         mask, data, ptable, poff = self._proj_args(proj_offset) if proj_offset is not None else (None, None, None, 0)
-        loop_ops.loop_affine_(x, x_mean, score, table, self.i, self.seed, self.ids, draw_offset, self.plan.per_step,
-                              noise, mask, data, ptable, poff, self.backend)
+        self.affine_op(x, x_mean, score, table, self.i, self.seed, self.ids, draw_offset, self.plan.per_step, noise,
+                       mask, data, ptable, poff)
 
     def step(self, x, x_mean):
         """One PC step at i = self.i, in place on x and x_mean; then i += 1."""
@@ -255,9 +257,8 @@ class FusedLoop:
                 self._affine(x, x_mean, out, self.corr, plan.offset("corrector", j), noise, proj)
             else:
                 mask, data, ptable, poff = self._proj_args(proj) if proj is not None else (None, None, None, 0)
-                loop_ops.loop_langevin_(x, x_mean, self.scratch, out, self.corr, self.snr, self.i, self.seed,
-                                        self.ids, plan.offset("corrector", j), plan.per_step, noise, mask, data,
-                                        ptable, poff, self.backend)
+                self.langevin_op(x, x_mean, self.scratch, out, self.corr, self.snr, self.i, self.seed, self.ids,
+                                 plan.offset("corrector", j), plan.per_step, noise, mask, data, ptable, poff)
         if self.proj is not None and self.iterations == 0:
             self._affine(x, x_mean, x, self.identity, 0, None, plan.offset("corrector_projection"))
         proj = plan.offset("predictor_projection") if self.proj is not None else None

@@ -105,7 +105,13 @@ class SolverLoop:
 
     `labels_of(point)` gives the model's time argument for a Point as a (B,) tensor (built once per Eval here);
     `denoiser_coefs(point)` gives (p, q) with D = p x + q out. `noise_fn(draw)`, when given, replaces FSN1 with an
-    explicit noise tensor per draw (k-diffusion's noise_sampler).
+    explicit noise tensor per draw (k-diffusion's noise_sampler). The state is `x` (updated in place).
+
+    Everything an instruction reads is a tensor made here once: the coefficients are (1,) views of one float64
+    (n, 5) table, the labels one (B,) tensor per Eval, the seed the 0-d tensor CombineSteps.seed_bits. So
+    `eval_step` (the model call + its affine pass) compiles to one graph shared by every Eval (compile=True), and
+    `capture`/`replay` record the whole program in one CUDA graph: a new start x, seed or sample ids is a copy into
+    the static tensors, never a re-capture.
     """
 
     def __init__(self, program: Program, x: torch.Tensor, labels_of, denoiser_coefs, *, seed, sample_ids,
@@ -116,44 +122,74 @@ class SolverLoop:
         dev = x.device
         self.bufs = {"x": x, "y": torch.empty_like(x)}
         self.slots = [torch.empty_like(x) for _ in range(SLOTS)]
-        rows, self.floats, self.labels = [], [], []
+        rows, self.labels = [], []
         for ins in program.code:
             if isinstance(ins, Eval):
                 p, q = denoiser_coefs(ins.point)
-                row = (float(p), float(q), 0.0, 0.0, 0.0)
+                rows.append((float(p), float(q), 0.0, 0.0, 0.0))
                 self.labels.append(labels_of(ins.point))
             else:
-                row = ins.coefs
+                rows.append(ins.coefs)
                 self.labels.append(None)
-            rows.append(row)
-            self.floats.append(row)
         self.rows = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5).to(dev)
+        self.coefs = []  # per instruction: (a, [b_k], c or None) as (1,) views of self.rows
+        for k, ins in enumerate(program.code):
+            row = self.rows[k]
+            n = 1 if isinstance(ins, Eval) else len(ins.slots)
+            noisy = isinstance(ins, Combine) and ins.draw is not None
+            self.coefs.append((row[0:1], [row[1 + j:2 + j] for j in range(n)], row[4:5] if noisy else None))
+        self._graph = None
 
-    def run(self, model, callback=None) -> torch.Tensor:
-        """Execute the program with `model(x, labels) -> out`; returns the result buffer."""
-        steps, bufs, slots = self.steps, self.bufs, self.slots
+    def eval_step(self, model, src, labels, slot, coefs) -> None:
+        """One Eval: slot <- D(src) = p src + q model(src, labels), the model call and its affine pass."""
+        out = model(src, labels)
+        if self.steps.accepts(out):
+            self.steps.combine(slot, src, [out], coefs, 0)
+        else:  # an odd model output (strided, other dtype) goes through the checked public op
+            step_ops.affine_combine_step(src, [out.to(src.dtype)], coefs[0], coefs[1], out=slot,
+                                         backend=self.steps.backend)
+
+    def run(self, model, callback=None, eval_step=None) -> torch.Tensor:
+        """Execute the program with `model(x, labels) -> out`; returns the result buffer. `eval_step` (default
+        self.eval_step) runs each Eval: a compiled twin of it for compile=True."""
+        eval_step = eval_step or self.eval_step
+        bufs, slots = self.bufs, self.slots
         for k, ins in enumerate(self.program.code):
-            row, floats = self.rows[k], self.floats[k]
+            coefs = self.coefs[k]
             if isinstance(ins, Eval):
                 src = bufs[ins.src]
-                out = model(src, self.labels[k])
-                if steps.accepts(out):
-                    steps.combine(slots[ins.slot], src, [out], row, floats, False, 0)
-                else:  # an odd model output (strided, other dtype) goes through the checked public op
-                    step_ops.affine_combine_step(src, [out.to(src.dtype)], row[0:1], [row[1:2]],
-                                                 out=slots[ins.slot], backend=steps.backend)
+                eval_step(model, src, self.labels[k], slots[ins.slot], coefs)
                 if callback is not None and ins.first:
                     callback(ins, src, slots[ins.slot])
             else:
                 outputs = [slots[s] for s in ins.slots]
                 if ins.draw is not None and self.noise_fn is not None:
-                    a = row[0:1]
-                    b = [row[1 + j:2 + j] for j in range(len(outputs))]
-                    step_ops.affine_combine_step(bufs[ins.src], outputs, a, b, row[4:5],
+                    step_ops.affine_combine_step(bufs[ins.src], outputs, coefs[0], coefs[1], coefs[2],
                                                  noise=self.noise_fn(ins.draw), out=bufs[ins.dst],
-                                                 backend=steps.backend)
+                                                 backend=self.steps.backend)
                 else:
-                    steps.combine(bufs[ins.dst], bufs[ins.src], outputs, row, floats, ins.draw is not None,
-                                  ins.draw or 0)
+                    self.steps.combine(bufs[ins.dst], bufs[ins.src], outputs, coefs, ins.draw or 0)
+        return self.result()
+
+    def result(self) -> torch.Tensor:
         kind, where = self.program.result
-        return bufs[where] if kind != "slot" else slots[where]
+        return self.bufs[where] if kind != "slot" else self.slots[where]
+
+    # ------------------------------------------------------------------------------------------------ CUDA graphs
+    def replay(self, model, eval_step=None) -> torch.Tensor:
+        """The program from the graph recorded by an earlier call (recorded now when there is none, or when the
+        model's parameters moved to new storage: a graph reads them at the addresses it recorded). The caller ran
+        the program eagerly once before (warm-up: lazily built model state, library autotuning). Memory: one graph
+        pool holding the program's peak activations, beside the buffers here."""
+        if self.noise_fn is not None:
+            raise ValueError("a captured solver draws its noise from FSN1 (noise_sampler is host noise)")
+        addresses = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())) \
+            if isinstance(model, torch.nn.Module) else ()
+        if self._graph is None or self._graph[0] != addresses:
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.run(model, eval_step=eval_step)
+            self._graph = (addresses, graph)
+        self._graph[1].replay()
+        return self.result()

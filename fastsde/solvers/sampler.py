@@ -51,7 +51,7 @@ def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rh
 def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, continuous: bool = True,
                 grid: str = "logsnr", rho: float = 7.0, eps: float | None = None, denoise: bool = True, seed=None,
                 sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32, precision=None,
-                compile: bool = False, **options):
+                compile: bool = False, capture: bool = False, **options):
     """Few-step solver `name` (fastsde.solvers.solver_names()) for a score model under `sde`'s conventions.
 
     Returns sampler(model, z=None) -> (x (shape), model_evals): starts at z or a prior sample (FSN1 draw 0 of `seed`,
@@ -61,11 +61,16 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     solver's (e.g. eta, s_churn; see the solver class). The adaptive solver ignores `steps` and `grid`.
     precision ("fp32", "bf16", "fp16", "auto", or None: `dtype`) runs the model in that precision; the update ops
     read its output directly and the state stays `dtype` (fastsde.precision). `sampler.precision`: the resolved one.
-    compile=True runs the model through torch.compile(fullgraph=True) (compiled once per model; the time labels are
-    tensors, so the steps share one graph); the updates between model calls are the fused ops either way.
+    compile=True compiles each model call together with its fused update (SolverLoop.eval_step,
+    torch.compile(fullgraph=True)): the time labels and coefficients are tensors, so every step shares one graph.
+    capture=True (CUDA) records the whole program in one CUDA graph on the first call and replays it on later calls
+    (a new start z is a copy into the graph's input); on the CPU it runs the compiled program. The program, its
+    buffers and graphs are kept per model between calls.
     """
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be True or False, got {compile!r}")
+    for flag, value in (("compile", compile), ("capture", capture)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    compile = compile or capture
     solver = get_solver(name)(**options)
     shape = check_shape(shape)
     backend = check_backend(backend)
@@ -96,18 +101,12 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     def labels_of(point):
         return labels_fn(torch.full((shape[0],), point.t, dtype=dtype, device=device))
 
-    compiled = {}  # id(model) -> (model, compiled model): the model is kept, so its id cannot be reused
+    loops = {}  # id(model) -> (model, SolverLoop, compiled eval step): the entry keeps the model alive (ids unique)
 
     def sampler(model, z=None):
         stream = NoiseStream("fastsde", seed, sample_ids)
         target = for_sampling(model, precision, dtype, casts)
-        if compile:
-            if id(target) not in compiled:  # the entry keeps `target`, so its id cannot be reused
-                compiled[id(target)] = (target, torch.compile(target, fullgraph=True, dynamic=False))
-            target.train(False)
-            model_fn = compiled[id(target)][1]
-        else:
-            model_fn = get_model_fn(target, train=False)
+        model_fn = get_model_fn(target, train=False)
         with torch.no_grad():
             x = stream.start(sde, shape, z, device=device, dtype=dtype)
             x = x.contiguous()
@@ -117,12 +116,34 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
                 x, evals = solver.sample(sde, x, model_fn, labels_fn, None if isinstance(sde, sde_lib.VESDE)
                                          else scale_fn, eps, stream.seed, ids, backend)
             if program is not None:
-                loop = SolverLoop(program, x, labels_of, lambda p: denoiser_coefs(sde, p), seed=stream.seed,
-                                  sample_ids=ids, backend=backend)
-                x = loop.run(model_fn)
+                x = run_program(target, model_fn, x, stream.seed, ids)
                 evals += program.model_evals
             check_finite(x, step=evals, t=eps, what=f"the {name} solver's sample")
             return inverse_scaler(x), evals
+
+    def run_program(target, model_fn, x, seed_value, ids):
+        """The program from x on the model's kept SolverLoop (eager, compiled or captured)."""
+        entry = loops.get(id(target))
+        if entry is None or entry[1].bufs["x"].shape != x.shape or entry[1].bufs["x"].device != x.device:
+            loop = SolverLoop(program, torch.empty_like(x), labels_of, lambda p: denoiser_coefs(sde, p),
+                              seed=seed_value, sample_ids=ids, backend=backend)
+            entry = loops[id(target)] = [target, loop, None]
+        loop = entry[1]
+        loop.bufs["x"].copy_(x)
+        loop.steps.set_seed(0 if seed_value is None else seed_value)
+        if ids is not None:
+            loop.steps.ids.copy_(ids)
+        if not compile:
+            return loop.run(model_fn).clone()
+        target.train(False)
+        if entry[2] is None:  # the first call runs eagerly (lazily built model state exists before tracing)
+            entry[2] = torch.compile(loop.eval_step, fullgraph=True, dynamic=False)
+            out = loop.run(target)
+        elif capture and x.is_cuda:
+            out = loop.replay(target, entry[2])
+        else:
+            out = loop.run(target, eval_step=entry[2])
+        return out.clone()
 
     sampler.program = program
     sampler.solver = solver
