@@ -106,7 +106,8 @@ def ring_denoiser(x, sigma):
 
 
 class ConvDenoiser(torch.nn.Module):
-    """A small random conv net as a k-diffusion denoiser: D = x - sigma net(x / sqrt(1 + sigma^2), log sigma)."""
+    """A small random conv net as a k-diffusion denoiser with EDM's preconditioning (sigma_data = 1), so D stays
+    O(1) at every sigma as a trained one's does: D = x / (1 + s^2) + s / sqrt(1 + s^2) net(x / sqrt(1 + s^2), log s)."""
 
     def __init__(self):
         super().__init__()
@@ -115,12 +116,12 @@ class ConvDenoiser(torch.nn.Module):
         self.conv2 = torch.nn.Conv2d(16, 2, 3, padding=1)
         with torch.no_grad():
             for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
     def forward(self, x, sigma):
         s = sigma.to(x.dtype)[:, None, None, None]
         h = torch.cat([x / torch.sqrt(1 + s**2), torch.log(s).expand(-1, 1, *x.shape[2:])], dim=1)
-        return x - s * self.conv2(torch.nn.functional.silu(self.conv1(h)))
+        return x / (1 + s**2) + s / torch.sqrt(1 + s**2) * self.conv2(torch.nn.functional.silu(self.conv1(h)))
 
 
 CONV = ConvDenoiser()
