@@ -84,8 +84,10 @@ setup(
     extras_require={
         "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "tqdm>=4.60"],
         "triton": ["triton>=2.1"],
-        # Compatibility tests against k-diffusion's and diffusers' own samplers (tests/test_kdiffusion.py).
-        "dev": ["pytest", "k-diffusion>=0.1", "diffusers>=0.20"],
+        # Compatibility tests against k-diffusion's and diffusers' own samplers (tests/test_real_packages.py).
+        # k-diffusion's full dependency list pulls torchvision and a CUDA torch: the dev environment installs it
+        # with --no-deps (requirements-nodeps.txt) and only what k_diffusion.sampling imports.
+        "dev": ["pytest", "diffusers>=0.42", "torchsde>=0.2.5", "torchdiffeq>=0.2", "Pillow"],
     },
     entry_points={"console_scripts": ["fastsde = fastsde.cli:main"]},
     zip_safe=False,

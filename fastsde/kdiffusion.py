@@ -16,6 +16,7 @@ import torch
 
 from fastsde.solvers import get_solver
 from fastsde.solvers.grid import Point
+from fastsde.solvers.library import Churn
 from fastsde.solvers.program import Program, SolverLoop
 
 __all__ = ["get_sigmas_karras", "get_sigmas_exponential", "get_sigmas_vp", "sample_euler", "sample_euler_ancestral",
@@ -55,9 +56,15 @@ def _sample(name, model, x, sigmas, extra_args, callback, *, seed=None, sample_i
     grid = sig[:-1] if to_zero else sig
     points = [Point(s, 1.0, s) for s in grid]
     program = Program()
-    solver.build(program, points, lambda lam: Point(math.exp(-lam), 1.0, math.exp(-lam)), len(sig) - 1)
+    at_log_snr = lambda lam: Point(math.exp(-lam), 1.0, math.exp(-lam))  # noqa: E731
+    solver.build(program, points, at_log_snr, len(sig) - 1)
     if to_zero:
-        program.finish_with_denoise(points[-1], len(grid) - 1)
+        # k-diffusion's last step (to sigma 0) churns like the others: the EDM solvers raise sigma before the final
+        # denoising too (s_churn > 0 and s_tmin <= sigma_last <= s_tmax), and the sample is D at the raised sigma.
+        last = points[-1]
+        if isinstance(solver, Churn):
+            last = solver.churn(program, len(grid) - 1, last, at_log_snr, len(sig) - 1)
+        program.finish_with_denoise(last, len(grid) - 1)
     extra_args = {} if extra_args is None else extra_args
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())

@@ -13,6 +13,8 @@ PY=.venv/bin/python
 
 echo "bootstrap: installing requirements-dev.txt"
 "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+echo "bootstrap: installing requirements-nodeps.txt (--no-deps)"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 
 stamp=$(ls fastsde/_C*.so 2>/dev/null | head -n 1 || true)
 rebuild=${FASTSDE_REBUILD:-0}

@@ -7,7 +7,8 @@ DDPMScheduler / DDIMScheduler configs (beta_schedule "linear") are score_sde's d
 linspace(beta_start, beta_end, N) = VPSDE(beta_start N, beta_end N, N) with labels t (N - 1); the wrapper turns
 "v_prediction" and "sample" outputs into the noise prediction the VP convention expects. ScoreSdeVeScheduler
 configs are the continuous VESDE(sigma_min, sigma_max, N), whose UNet takes sigma as its timestep and returns the
-score. diffusers is never imported: the UNet is any module called as unet(x, timesteps) returning a tensor, a
+score. `times_of_timesteps` turns a DDPM-type scheduler's integer timesteps into fastsde times, so a solver can run
+on exactly the scheduler's grid (get_sampler(..., grid=times)). diffusers is never imported: the UNet is any module called as unet(x, timesteps) returning a tensor, a
 tuple or an object with `.sample`.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from fastsde import sde as sde_lib
 from fastsde._util import per_sample
 
-__all__ = ["from_diffusers", "DiffusersScoreModel"]
+__all__ = ["from_diffusers", "DiffusersScoreModel", "times_of_timesteps"]
 
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
@@ -65,3 +66,21 @@ def from_diffusers(unet, scheduler_config):
         raise ValueError(f"beta_schedule must be 'linear' (score_sde's VPSDE), got {schedule!r}")
     sde = sde_lib.VPSDE(float(_get(config, "beta_start")) * n, float(_get(config, "beta_end")) * n, n)
     return DiffusersScoreModel(unet, sde, _get(config, "prediction_type", "epsilon")), sde, False
+
+
+def times_of_timesteps(sde, timesteps) -> torch.Tensor:
+    """float64 times t_k of a discrete VPSDE (from_diffusers of a DDPM-type config) whose table row and model label
+    are exactly the integer timesteps k: long(t_k (N - 1)) = k in float64 (the solvers' (alpha, sigma)) and
+    t_k (N - 1) = k after rounding t_k to float32 (the label the UNet sees). t_k = k / (N - 1), moved up one float64
+    ulp where the product would fall just under k."""
+    if not isinstance(sde, sde_lib.VPSDE):
+        raise ValueError(f"times_of_timesteps needs the discrete VPSDE of a DDPM-type config, got {type(sde).__name__}")
+    k = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).flatten()
+    n = sde.N - 1
+    if not bool((k == k.round()).all() and (k >= 0).all() and (k <= n).all()):
+        raise ValueError(f"timesteps must be integers in [0, {n}], got {k.tolist()[:4]}...")
+    t = k / n
+    t = torch.where((t * n).floor() < k, torch.nextafter(t, torch.full_like(t, 2.0)), t)
+    if not bool(((t * n).floor() == k).all() and (t.float() * n == k.float()).all()):
+        raise ValueError(f"no time of {type(sde).__name__} maps exactly onto the timesteps {k.tolist()[:4]}...")
+    return t

@@ -16,7 +16,7 @@ import torch
 
 from fastsde import sde as sde_lib
 
-__all__ = ["Point", "GRIDS", "time_grid", "marginal", "log_snr", "time_of_log_snr", "point_fn"]
+__all__ = ["Point", "GRIDS", "time_grid", "explicit_grid", "marginal", "log_snr", "time_of_log_snr", "point_fn"]
 
 GRIDS = ("uniform", "logsnr", "karras", "quadratic")
 
@@ -75,10 +75,14 @@ def time_of_log_snr(sde, lam: torch.Tensor) -> torch.Tensor:
     return 0.5 * (lo + hi)
 
 
-def time_grid(sde, steps: int, eps: float, kind: str = "logsnr", rho: float = 7.0) -> torch.Tensor:
+def time_grid(sde, steps: int, eps: float, kind="logsnr", rho: float = 7.0) -> torch.Tensor:
     """(steps + 1,) float64 times from T down to eps (both exact). kind: "uniform" in t; "logsnr" uniform in lambda
     (DPM-Solver); "karras" uniform in sigma~^(1/rho) (EDM, Karras et al. 2022 eq. 5); "quadratic" uniform in sqrt(t)
-    (DPM-Solver's time_quadratic)."""
+    (DPM-Solver's time_quadratic). An explicit grid is a sequence or 1-D tensor of steps + 1 decreasing times in
+    [0, T], returned as float64 as given (eps is then not used); e.g. another library's discrete timesteps
+    (fastsde.compat.diffusers.times_of_timesteps)."""
+    if not isinstance(kind, str):
+        return explicit_grid(sde, steps, kind)
     if kind not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {kind!r}")
     if int(steps) < 1:
@@ -115,3 +119,16 @@ def point_fn(sde, continuous: bool = True) -> tuple[Callable, Callable]:
         return at_time(float(time_of_log_snr(sde, torch.tensor([lam], dtype=torch.float64))[0]))
 
     return at_time, at_log_snr
+
+
+def explicit_grid(sde, steps: int, times) -> torch.Tensor:
+    """`times` (a sequence or 1-D tensor of steps + 1 strictly decreasing times in [0, T]) as a float64 tensor."""
+    t = torch.as_tensor(times).detach().to("cpu", torch.float64)
+    if t.dim() != 1 or t.numel() != int(steps) + 1:
+        raise ValueError(f"an explicit grid must be a 1-D sequence of steps + 1 = {int(steps) + 1} times, got shape "
+                         f"{tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()) or not bool((t >= 0).all() and (t <= sde.T).all()):
+        raise ValueError(f"an explicit grid's times must lie in [0, T={sde.T}], got {t.tolist()[:4]}...")
+    if not bool((t[1:] < t[:-1]).all()):
+        raise ValueError(f"an explicit grid's times must strictly decrease, got {t.tolist()[:4]}...")
+    return t.clone()

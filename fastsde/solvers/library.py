@@ -25,11 +25,11 @@ import numpy as np
 from fastsde.solvers.program import churn_draw, update_draw
 from fastsde.solvers.registry import Solver, register_solver
 
-__all__ = ["DDIM", "Euler", "EulerAncestral", "Heun", "DPM2", "DPMpp2M", "DPMpp2MSDE", "DPMpp3M", "DPMpp3MSDE",
+__all__ = ["Churn", "DDIM", "Euler", "EulerAncestral", "Heun", "DPM2", "DPMpp2M", "DPMpp2MSDE", "DPMpp3M", "DPMpp3MSDE",
            "DPMSolver2", "DPMSolver3", "UniPC"]
 
 
-class _Churn(Solver):
+class Churn(Solver):
     """EDM's churn: before step i's first model call, raise sigma~ to sigma~ (1 + gamma) with fresh noise."""
 
     defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
@@ -71,7 +71,7 @@ class DDIM(Solver):
 
 
 @register_solver(name="euler")
-class Euler(_Churn):
+class Euler(Churn):
     """Euler in sigma~ (EDM algorithm 2 without the correction): x~' = x~ + (sigma~_Q - sigma~_H)(x~ - D) / sigma~_H."""
 
     def build(self, program, points, at_log_snr, churn_steps):
@@ -104,7 +104,7 @@ class EulerAncestral(Solver):
 
 
 @register_solver(name="heun")
-class Heun(_Churn):
+class Heun(Churn):
     """EDM's Heun (Karras et al. 2022 algorithm 2): Euler to Q, then the trapezoid of the two slopes."""
 
     order = 2
@@ -123,7 +123,7 @@ class Heun(_Churn):
 
 
 @register_solver(name="dpm_2")
-class DPM2(_Churn):
+class DPM2(Churn):
     """k-diffusion's sample_dpm_2: Euler to the log-midpoint M of sigma~, then the full step with M's slope."""
 
     order = 2

@@ -32,7 +32,8 @@ def denoiser_coefs(sde, point):
 
 
 def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rho=7.0, eps=None, denoise=True):
-    """(Program, time grid) of `solver` (a Solver instance) on `steps` steps of `grid` from T to eps."""
+    """(Program, time grid) of `solver` (a Solver instance) on `steps` steps of `grid` (a name of GRIDS, from T to
+    eps, or an explicit sequence of steps + 1 times: fastsde.solvers.grid.time_grid)."""
     eps = default_eps(sde) if eps is None else float(eps)
     ts = time_grid(sde, steps, eps, grid, rho)
     at_time, at_log_snr = point_fn(sde, continuous)
@@ -57,7 +58,9 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     Returns sampler(model, z=None) -> (x (shape), model_evals): starts at z or a prior sample (FSN1 draw 0 of `seed`,
     `sample_ids`), runs `steps` steps of `grid` ("uniform", "logsnr", "karras" with `rho`, "quadratic") from T to
     eps (default: 1e-5 VE, 1e-3 VP/subVP) and, with `denoise`, returns the data prediction D(x, eps) (one more
-    model call). model(x, labels) follows fastsde.score.get_score_parts(sde, continuous). `options` are the
+    model call). `grid` may instead be an explicit 1-D sequence of steps + 1 decreasing times in [0, T] (eps is
+    then unused and the denoising is at the last time), e.g. a diffusers scheduler's timesteps through
+    fastsde.compat.diffusers.times_of_timesteps. model(x, labels) follows fastsde.score.get_score_parts(sde, continuous). `options` are the
     solver's (e.g. eta, s_churn; see the solver class). The adaptive solver ignores `steps` and `grid`.
     precision ("fp32", "bf16", "fp16", "auto", or None: `dtype`) runs the model in that precision; the update ops
     read its output directly and the state stays `dtype` (fastsde.precision). `sampler.precision`: the resolved one.
@@ -93,6 +96,8 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     program = None if solver.adaptive else build_program(solver, sde, steps, continuous=continuous, grid=grid,
                                                          rho=rho, eps=eps, denoise=denoise)[0]
     if solver.adaptive:
+        if not isinstance(grid, str):
+            raise ValueError("the adaptive solver chooses its own steps: grid must be a name, not explicit times")
         time_grid(sde, 1, eps, grid, rho)  # checks eps and grid
         if denoise:
             program = Program()
