@@ -189,20 +189,35 @@ def test_reused_inpainter_sees_new_data():
     assert torch.equal(reused(model, second, mask), make()(model, second, mask))
 
 
-def test_solver_compile_equals_eager():
-    """get_sampler(..., compile=True): the model compiled once; same samples as eager within float32 rounding."""
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m_sde", "heun"])
+def test_solver_compiled_and_captured_programs(name):
+    """get_sampler(..., compile=True / capture=True): the kept program (first call eager, then the compiled eval
+    step; capture on the CPU = compiled) gives the eager samples for each new start, with no graph break and one
+    compiled graph for every Eval; a kept program fed a new start forgets the old one."""
     from fastsde import solvers
 
     sde = _sde("vp", 1000)
     model = _model(sde)
-    make = lambda **kw: solvers.get_sampler("dpmpp_2m", sde, (32, 2), 8, seed=4, **kw)  # noqa: E731
-    torch._dynamo.reset()
-    counters.clear()
-    eager, compiled = make()(model)[0], make(compile=True)(model)[0]
-    assert (eager - compiled).abs().max().item() <= 1e-5 * eager.abs().max().item()
-    assert dict(counters["graph_break"]) == {}
+    make = lambda **kw: solvers.get_sampler(name, sde, (32, 2), 6, seed=4, **kw)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(32, 2, generator=g), torch.randn(32, 2, generator=g)
+    eager = make()
+    want = {1: eager(model, z1)[0], 2: eager(model, z2)[0]}
+    assert not torch.equal(want[1], want[2])
+    torch.testing.assert_close(eager(model, z1)[0], want[1], rtol=0, atol=0)  # the kept buffers start afresh
+    for mode in ({"compile": True}, {"capture": True}):
+        torch._dynamo.reset()
+        counters.clear()
+        sampler = make(**mode)
+        for k in (1, 2, 1, 2):
+            got = sampler(model, z1 if k == 1 else z2)[0]
+            assert (got - want[k]).abs().max().item() <= 1e-5 * want[k].abs().max().item(), (mode, k)
+        assert dict(counters["graph_break"]) == {}
+        assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     with pytest.raises(TypeError, match="compile must be True or False"):
         make(compile=1)
+    with pytest.raises(TypeError, match="capture must be True or False"):
+        make(capture="yes")
 
 
 def test_fused_loop_stops_on_non_finite_state():

@@ -34,22 +34,29 @@ SimdLevel detect_level() {
   return best;
 }
 
+// Problems that generate FSN1 noise are compute-bound (~1 ns per normal on one core: Philox + Box-Muller), so they
+// go parallel from this many elements instead of kMinParallel (a parallel region costs a few microseconds).
+constexpr int64_t kMinParallelFsn1 = 4096;
+
 // fn(row, c, j0, j1) over every (row, chunk of kChunk elements): csrc/cpu/parallel.h.
 template <typename Fn>
-void for_each_chunk(int64_t batch, int64_t numel, const Fn& fn) {
-  parallel_for_chunks(batch, numel, kChunk, fn);
+void for_each_chunk(int64_t batch, int64_t numel, const Fn& fn, int64_t min_parallel = kMinParallel) {
+  parallel_for_chunks(batch, numel, kChunk, fn, min_parallel);
 }
 
 // Short rows: fn(r0, r1) over blocks of whole rows, about kChunk elements each (the whole batch at once when the
 // problem is too small to go parallel).
 template <typename Fn>
-void for_each_row_block(int64_t batch, int64_t numel, const Fn& fn) {
+void for_each_row_block(int64_t batch, int64_t numel, const Fn& fn, int64_t min_parallel = kMinParallel) {
   if (batch <= 0 || numel <= 0) return;
-  const int64_t rows = batch * numel < kMinParallel ? batch : (kChunk / numel > 0 ? kChunk / numel : 1);
-  parallel_for((batch + rows - 1) / rows, batch * numel, [&](int64_t item) {
+  const int64_t total = batch * numel;
+  int64_t rows = kChunk / numel > 0 ? kChunk / numel : 1;
+  if (total < min_parallel) rows = batch;
+  else if (min_parallel < kMinParallel && total < 2 * kChunk) rows = (batch + 1) / 2;  // a small problem: 2 blocks
+  parallel_for((batch + rows - 1) / rows, total, [&](int64_t item) {
     const int64_t r0 = item * rows;
     fn(r0, r0 + rows < batch ? r0 + rows : batch);
-  });
+  }, min_parallel);
 }
 
 }  // namespace
@@ -97,12 +104,15 @@ const SimdKernels& simd_kernels() {
 void affine_step_cpu(const AffineStepArgs& indexed) {
   const AffineStepArgs args = at_step(indexed);
   const SimdKernels& k = simd_kernels();
+  const int64_t min_parallel = (args.c && !args.noise) || args.mask ? kMinParallelFsn1 : kMinParallel;
   if (args.numel <= kStepFlatMaxNumel) {
-    for_each_row_block(args.batch, args.numel, [&](int64_t r0, int64_t r1) { k.affine_flat(args, r0, r1); });
+    for_each_row_block(
+        args.batch, args.numel, [&](int64_t r0, int64_t r1) { k.affine_flat(args, r0, r1); }, min_parallel);
     return;
   }
-  for_each_chunk(args.batch, args.numel,
-                 [&](int64_t row, int64_t, int64_t j0, int64_t j1) { k.affine(args, row, j0, j1); });
+  for_each_chunk(
+      args.batch, args.numel, [&](int64_t row, int64_t, int64_t j0, int64_t j1) { k.affine(args, row, j0, j1); },
+      min_parallel);
 }
 
 void step_sq_norms_cpu(const SqNormsArgs& indexed, double* out) {
@@ -113,21 +123,27 @@ void step_sq_norms_cpu(const SqNormsArgs& indexed, double* out) {
     return;
   }
   const SimdKernels& k = simd_kernels();
+  const int64_t min_parallel = args.noise ? kMinParallel : kMinParallelFsn1;
   if (args.numel <= kStepFlatMaxNumel) {
-    for_each_row_block(args.batch, args.numel, [&](int64_t r0, int64_t r1) { k.sq_norms_flat(args, r0, r1, out); });
+    for_each_row_block(
+        args.batch, args.numel, [&](int64_t r0, int64_t r1) { k.sq_norms_flat(args, r0, r1, out); }, min_parallel);
     return;
   }
   const int64_t chunks = (args.numel + kChunk - 1) / kChunk;
   if (chunks == 1) {  // one partial per row: it is the row's sum (0 + p = p, p >= +0 or NaN)
-    for_each_chunk(args.batch, args.numel, [&](int64_t row, int64_t, int64_t j0, int64_t j1) {
-      k.sq_norms(args, row, j0, j1, out + 2 * row);
-    });
+    for_each_chunk(
+        args.batch, args.numel,
+        [&](int64_t row, int64_t, int64_t j0, int64_t j1) { k.sq_norms(args, row, j0, j1, out + 2 * row); },
+        min_parallel);
     return;
   }
   std::vector<double> partial(size_t(args.batch * chunks * 2));
-  for_each_chunk(args.batch, args.numel, [&](int64_t row, int64_t c, int64_t j0, int64_t j1) {
-    k.sq_norms(args, row, j0, j1, &partial[size_t((row * chunks + c) * 2)]);
-  });
+  for_each_chunk(
+      args.batch, args.numel,
+      [&](int64_t row, int64_t c, int64_t j0, int64_t j1) {
+        k.sq_norms(args, row, j0, j1, &partial[size_t((row * chunks + c) * 2)]);
+      },
+      min_parallel);
   // Chunk partials in chunk order: the same sums whatever the thread count.
   for (int64_t row = 0; row < args.batch; ++row) {
     double s = 0.0, z = 0.0;
