@@ -10,7 +10,9 @@ digits_pc_b64: 64 digits from fastsde/data/digits_vp.safetensors with the defaul
   compile      the reference loop driving torch.compile of the reference build
   eager_inplace  none (a whole sampler has no hand-written in-place form)
 Equal output: before timing, both paths run on the same FSN1 noise and the record's max_abs_diff says how far apart
-their images are (float32 rounding, accumulated over the steps).
+their images are (float32 rounding, accumulated over the steps). Timing: the contenders of the PC rows (fastsde,
+its compiled loop, reference, compile) and of the default-job rows are timed round-robin in one set
+(common.interleaved_ms, record field "timing"), so a slow spell of the shared machine falls on all of them.
 
 On CUDA (device="cuda") both paths run on the GPU, with one more baseline, compile_reduce_overhead (the reference
 loop driving torch.compile(mode="reduce-overhead") of the reference build: CUDA graphs per model call), and two more
@@ -41,7 +43,7 @@ import time
 import torch
 
 from fastsde.benchmarks import common
-from fastsde.benchmarks.common import median_ms, record
+from fastsde.benchmarks.common import interleaved_ms, median_ms, record
 
 SUITE = "e2e"
 
@@ -132,31 +134,16 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
     err = float((a - b).abs().max())
     # Timed as score_sde runs: torch.randn_like noise (the reference's generation of FSN1 numbers is not its cost).
     slow = _sampler(reference, "reference", n, steps, noise="torch", device=device)
-    ms = median_ms(lambda: fast(fused.model), reps, warmup=1, device=device)
-    ref_ms = median_ms(lambda: slow(reference.model), reps, warmup=1, device=device)
-    baselines = {"reference": ref_ms, "eager_inplace": None, "compile": None}
+    # every contender of the PC rows is timed round-robin in one set (common.interleaved_ms): fastsde eager, its
+    # compiled/captured loops, the reference, torch.compile(reference) (and on CUDA the reference under CUDA graphs)
+    contenders = {"fastsde": lambda: fast(fused.model), "reference": lambda: slow(reference.model)}
     if use_compile:
-        baselines["compile"] = _baseline_ms("torch.compile", lambda: torch.compile(reference.model, dynamic=False),
-                                            slow, reps, device)
-    if cuda:
-        baselines["compile_reduce_overhead"] = (
-            _baseline_ms("torch.compile(mode='reduce-overhead')", lambda: _graphs_model(reference.model), slow, reps,
-                         device) if use_compile else None)
-    compile_ms = baselines["compile"]
-    print(f"  digits_pc_b{n}: fastsde {ms / 1e3:.3f} s, reference {ref_ms / 1e3:.3f} s, compile "
-          f"{'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}; max |fastsde - reference| = {err:.2e}",
-          flush=True)
-    sampler_name = f"pc {DIGITS_DEFAULTS['predictor']}+{DIGITS_DEFAULTS['corrector']}"
-    facts = dict(steps=steps, model_evals=_model_evals(steps), sampler=sampler_name, model=path.rsplit("/", 1)[-1])
-    rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps, baselines, device=device)
-    rec.update(max_abs_diff=err, precision="fp32", **facts)
-    out = [rec]
-    if precisions:
-        out += _precision_records(fused, reference, backend, n, steps, reps, device, copy_gbps, a, ms, ref_ms, slow,
-                                  facts, rec, precisions)
-    # the fastsde loop compiled (every device) and captured (CUDA; on the CPU capture=True is the compiled loop),
-    # against the same baselines
-    rec.setdefault("skipped", {})
+        compiled_ref = torch.compile(reference.model, dynamic=False)
+        contenders["compile"] = lambda: slow(compiled_ref)
+        if cuda:
+            graphs_ref = _graphs_model(reference.model)
+            contenders["compile_reduce_overhead"] = lambda: slow(graphs_ref)
+    skipped, variants = {}, {}
     for suffix, keyword in LOOP_VARIANTS.items():
         why = loop_variant_missing(keyword)
         if why is None and keyword == "capture" and not cuda:
@@ -167,24 +154,95 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
             try:
                 variant = _sampler(fused, backend, n, steps, device=device, **{keyword: True})
                 with torch.no_grad():
-                    v = variant(fused.model)[0].clone()  # a captured loop may reuse its buffers
-                v_ms = median_ms(lambda: variant(fused.model), reps, warmup=1, device=device)
+                    variants[suffix] = variant(fused.model)[0].clone()  # a captured loop may reuse its buffers
+                contenders[suffix] = (lambda v: lambda: v(fused.model))(variant)
             except Exception as exc:  # reported, never replaced by another measurement
                 why = f"{keyword}=True failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if why is not None:
-            rec["skipped"][suffix] = why
+            skipped[suffix] = why
             print(f"  digits_pc_b{n}_{suffix}: skipped ({why})", flush=True)
+    with torch.no_grad():
+        times = interleaved_ms(contenders, reps, warmup=1, device=device)
+    ms, ref_ms = times["fastsde"], times["reference"]
+    baselines = {"reference": ref_ms, "eager_inplace": None, "compile": times.get("compile")}
+    if cuda:
+        baselines["compile_reduce_overhead"] = times.get("compile_reduce_overhead")
+    compile_ms = baselines["compile"]
+    print(f"  digits_pc_b{n}: fastsde {ms / 1e3:.3f} s, reference {ref_ms / 1e3:.3f} s, compile "
+          f"{'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}; max |fastsde - reference| = {err:.2e}",
+          flush=True)
+    sampler_name = f"pc {DIGITS_DEFAULTS['predictor']}+{DIGITS_DEFAULTS['corrector']}"
+    facts = dict(steps=steps, model_evals=_model_evals(steps), sampler=sampler_name, model=path.rsplit("/", 1)[-1])
+    rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps, baselines, device=device)
+    rec.update(max_abs_diff=err, precision="fp32", timing="interleaved", **facts)
+    rec["skipped"] = skipped
+    out = [rec]
+    for suffix, v in variants.items():
+        v_ms = times.get(suffix)
+        if v_ms is None:
+            skipped[suffix] = "failed while timed (printed above)"
             continue
         v_err = float((v - b).abs().max())
-        print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {keyword}=True - reference| = "
+        print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {LOOP_VARIANTS[suffix]}=True - reference| = "
               f"{v_err:.2e}", flush=True)
         vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
                       device=device)
-        vrec.update(max_abs_diff=v_err, **facts)
+        vrec.update(max_abs_diff=v_err, timing="interleaved", **facts)
         out.append(vrec)
+    if precisions:
+        out[1:1] = _precision_records(fused, reference, backend, n, steps, reps, device, copy_gbps, a, ms, ref_ms,
+                                      slow, facts, rec, precisions)
     out += default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, ms, ref_ms, baselines)
     out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps, compiled=use_compile)
+    out.append(model_profile(fused, reference, n, device, use_compile, copy_gbps))
     return out
+
+
+def model_profile(fused, reference, n: int, device, use_compile: bool, copy_gbps: float, calls: int = 5) -> dict:
+    """Where one U-Net evaluation of the main job spends its time (torch.profiler, self time of `calls` forwards at
+    batch n): convolutions, matrix products, fastsde's kernels, Inductor's generated code and the rest, for the fused
+    build (eager and compiled) and torch.compile of the reference build. What bounds the loop's speedup: the
+    convolutions are the same oneDNN calls in every build."""
+    from torch.profiler import profile
+
+    x = torch.randn(n, 1, 16, 16, device=device)
+    labels = torch.rand(n, device=device) * 999
+    models = {"fastsde_eager": fused.model}
+    if use_compile:
+        models["fastsde_compiled"] = torch.compile(fused.model, fullgraph=True, dynamic=False)
+        models["reference_compiled"] = torch.compile(reference.model, dynamic=False)
+    matmuls = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::matmul", "aten::linear"}
+
+    def kind(key: str) -> str:
+        if key.startswith("aten::") and "conv" in key:
+            return "convolution"
+        if key in matmuls:
+            return "matmul"
+        if key.startswith("fastsde::"):
+            return "fastsde_ops"
+        return "inductor_code" if "CompiledFxGraph" in key else "other"
+
+    shares = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            model(x, labels)
+            model(x, labels)
+            with profile() as prof:
+                for _ in range(calls):
+                    model(x, labels)
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events)
+            parts = dict.fromkeys(["convolution", "matmul", "fastsde_ops", "inductor_code", "other"], 0.0)
+            for e in events:
+                parts[kind(e.key)] += e.self_cpu_time_total
+            shares[name] = {"ms_per_call": total / calls / 1e3,
+                            **{k: round(v / total, 3) if total else None for k, v in parts.items()}}
+            print(f"  model_profile {name}: {shares[name]['ms_per_call']:.1f} ms per U-Net call (profiled); "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in shares[name].items() if k != "ms_per_call"), flush=True)
+    rec = record(SUITE, f"model_profile_b{n}", "native", n * 256, shares["fastsde_eager"]["ms_per_call"], None, copy_gbps,
+                 {"reference": None, "eager_inplace": None, "compile": None}, device=device)
+    rec.update(shares=shares, calls=calls)
+    return rec
 
 
 def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, pc_ms, pc_ref_ms,
@@ -205,28 +263,35 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compi
                                    seed=0, backend=be, device=device, **kw)
 
     plain = make(reference, "reference")
-    ref_ms = median_ms(lambda: plain(reference.model), reps, warmup=1, device=device)
-    compile_ms = None
-    if use_compile:
-        compiled_ref = make(reference, "reference", compile=True)
-        compile_ms = median_ms(lambda: compiled_ref(reference.model), reps, warmup=1, device=device)
     with torch.no_grad():
         truth = plain(reference.model)[0]
-    base = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms, "pc200_fused": pc_ms,
-            "pc200_reference": pc_ref_ms, "pc200_compile": pc_baselines.get("compile")}
-    out = []
+    contenders = {"reference": lambda: plain(reference.model)}
+    if use_compile:  # the peer a user has: torch.compile of the reference model, driven by the same solver
+        compiled_model = torch.compile(reference.model, dynamic=False)
+        contenders["compile"] = lambda: plain(compiled_model)
     variants = [("", {}), ("_bf16", {"precision": "bf16"})]
     if use_compile:
         variants += [("_compiled", {"compile": True}), ("_bf16_compiled", {"precision": "bf16", "compile": True})]
+    results = {}
     for suffix, kw in variants:
         try:
             fast = make(fused, backend, **kw)
             with torch.no_grad():
-                x, evals = fast(fused.model)
-            t_ms = median_ms(lambda: fast(fused.model), reps, warmup=1, device=device)
+                results[suffix] = fast(fused.model)
+            contenders[suffix] = (lambda f: lambda: f(fused.model))(fast)
         except Exception as exc:  # reported, never replaced by another measurement
             print(f"  digits_default_b{n}{suffix}: skipped ({type(exc).__name__}: {exc})", flush=True)
+    with torch.no_grad():  # round-robin, like the PC rows (common.interleaved_ms)
+        times = interleaved_ms(contenders, reps, warmup=1, device=device)
+    ref_ms, compile_ms = times["reference"], times.get("compile")
+    base = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms, "pc200_fused": pc_ms,
+            "pc200_reference": pc_ref_ms, "pc200_compile": pc_baselines.get("compile")}
+    out = []
+    for suffix, kw in variants:
+        t_ms = times.get(suffix)
+        if t_ms is None:
             continue
+        x, evals = results[suffix]
         err = float((x - truth).abs().max())
         print(f"  digits_default_b{n}{suffix}: {name} {steps} steps ({evals} model evals) {t_ms / 1e3:.3f} s; "
               f"reference {ref_ms / 1e3:.3f} s, compile {'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}"
@@ -234,7 +299,7 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compi
         rec = record(SUITE, f"digits_default_b{n}{suffix}", backend, x.numel(), t_ms, None, copy_gbps, base,
                      device=device)
         rec.update(max_abs_diff=err, sampler=name, steps=steps, model_evals=int(evals),
-                   precision=kw.get("precision", "fp32"), compiled=bool(kw.get("compile")))
+                   precision=kw.get("precision", "fp32"), compiled=bool(kw.get("compile")), timing="interleaved")
         out.append(rec)
     return out
 

@@ -80,6 +80,33 @@ def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2, device=None)
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
+def interleaved_ms(fns: dict, reps: int, warmup: int = 1, device=None) -> dict:
+    """Median ms of each fn in `fns` (name -> fn), the reps run round-robin (A B C A B C ...) so that a slow spell
+    of a shared machine falls on every contender alike: ratios from one run stay comparable. A contender whose
+    warm-up raises gets None (the reason printed), never another measurement. CPU wall time; on CUDA each call is
+    synchronized (median_ms's CUDA events per contender would need the calls back to back)."""
+    live = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            live[name] = fn
+        except Exception as exc:  # reported missing, never replaced
+            print(f"  ({name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    times = {name: [] for name in live}
+    cuda = is_cuda(device)
+    for _ in range(reps):
+        for name, fn in live.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: (1e3 * statistics.median(times[name]) if name in times else None) for name in fns}
+
+
 def compiled_ms(fn: Callable, reps: int, args: tuple = (), device=None, mode: str | None = None) -> float | None:
     """Median ms of torch.compile(fn, mode=mode)(*args) after warm-up (which includes compiling); None if it cannot
     run. mode="reduce-overhead" (CUDA graphs) marks a new step before each call, as an inference loop does.

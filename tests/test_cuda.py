@@ -388,3 +388,87 @@ def test_compiled_and_captured_loop_on_cuda(monkeypatch, keyword):
     torch.testing.assert_close(again, got, rtol=0, atol=0)
     assert torch.isfinite(got).all() and got.shape == eager.shape
     _assert_sampler_close(got, _pc(*case, "reference", CUDA), _truth(case, monkeypatch))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The device-indexed loop ops, the one-pass combine and the captured solver program
+
+
+@pytest.mark.parametrize("langevin", [False, True])
+def test_native_loop_ops_on_cuda_match_the_cpu(langevin):
+    """fastsde::loop_affine_step_ / loop_langevin_step_ on CUDA (step, seed and step size read on the device) give the
+    CPU kernels' result on the same FSN1 noise, at several steps, inside and outside a CUDA graph."""
+    from fastsde.ops import loop as loop_ops
+
+    _need("native")
+    g = torch.Generator().manual_seed(1)
+    x0, score = torch.randn(6, 3, 40, generator=g), torch.randn(6, 3, 40, generator=g)
+    table = (torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.1) if not langevin else \
+        torch.stack([torch.rand(5, dtype=torch.float64, generator=g) * 0.1, -torch.ones(5, dtype=torch.float64)])
+    ids = torch.arange(6) * 5 + 2
+    results = {}
+    for dev in (CPU, CUDA):
+        affine, lang = loop_ops.step_ops("native", dev)
+        x, xm = x0.to(dev), torch.empty_like(x0, device=dev)
+        step, seed = torch.tensor(0, device=dev), loop_ops.seed_tensor(77, dev)
+        s, t, i = score.to(dev), table.to(dev), ids.to(dev)
+        scratch = loop_ops.langevin_scratch(x)
+
+        def one():
+            if langevin:
+                lang(x, xm, scratch, s, t, 0.16, step, seed, i, 1, 3, None, None, None, None, 0)
+            else:
+                affine(x, xm, s, t, step, seed, i, 1, 3, None, None, None, None, 0)
+            step.add_(1)
+
+        one()
+        if dev == CUDA:  # steps 1 and 2 recorded once, replayed: the graph reads the advanced step
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            saved_x, saved_step = x.clone(), step.clone()
+            with torch.cuda.graph(graph):
+                one()
+                one()
+            x.copy_(saved_x)
+            step.copy_(saved_step)
+            graph.replay()
+        else:
+            one()
+            one()
+        results[dev.type] = (x.cpu(), xm.cpu())
+    for got, want in zip(results["cuda"], results["cpu"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_affine_combine_step_on_cuda(backend, k):
+    _need(backend)
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(7, 300, generator=g)
+    outputs = [torch.randn(7, 300, generator=g) for _ in range(k)]
+    a = torch.rand(7, dtype=torch.float64, generator=g)
+    b = [torch.rand(1, dtype=torch.float64, generator=g) for _ in range(k)]
+    ids = torch.arange(7) + 3
+    got = step_ops.affine_combine_step(x.to(CUDA), [o.to(CUDA) for o in outputs], a.to(CUDA), [v.to(CUDA) for v in b],
+                                       0.4, seed=5, sample_ids=ids.to(CUDA), draw=2, backend=backend)
+    want = ref_step.affine_combine_step(x.double(), [o.double() for o in outputs], a, b, 0.4, seed=5, sample_ids=ids,
+                                        draw=2)
+    torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=4e-6)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m_sde"])
+def test_captured_solver_on_cuda(name):
+    """get_sampler(capture=True): the first call eager (recording the graph), later calls replays, each new start
+    giving the eager samples."""
+    from fastsde import solvers
+
+    _need("native")
+    sde = sde_lib.VPSDE(N=1000)
+    model = AnalyticScoreModel(get_mixture("ring"), sde, continuous=True).to(CUDA)
+    make = lambda **kw: solvers.get_sampler(name, sde, (64, 2), 8, seed=3, device=CUDA, **kw)  # noqa: E731
+    eager, captured = make(), make(capture=True)
+    for k in range(3):
+        z = torch.randn(64, 2, generator=torch.Generator().manual_seed(k)).to(CUDA)
+        want, got = eager(model, z)[0], captured(model, z)[0]
+        assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item(), k
