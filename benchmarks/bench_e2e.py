@@ -194,8 +194,41 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
                                       slow, facts, rec, precisions)
     out += default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, ms, ref_ms, baselines)
     out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps, compiled=use_compile)
+    out += solver_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps)
     out.append(model_profile(fused, reference, n, device, use_compile, copy_gbps))
     return out
+
+
+def solver_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None, steps: int = 10) -> list[dict]:
+    """Each few-step solver's own cost per model evaluation outside the model (its fused updates, dispatch and
+    in-kernel noise), for the main job's batch (64 x 1 x 16 x 16): `steps` steps of the solver around a model that
+    costs nothing (it returns a preallocated output), eager. Case solver_overhead_<name>."""
+    from fastsde import solvers
+    from fastsde.sde import VPSDE
+
+    shape = (64, 1, 16, 16)
+    copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device) if copy_gbps is None else copy_gbps
+    out = torch.randn(shape, device=device) * 0.1
+
+    class Free(torch.nn.Module):
+        def forward(self, x, t):
+            return out
+
+    model, records = Free(), []
+    for name in solvers.solver_names():
+        if name == "adaptive":  # its step count follows its error estimate, not `steps`
+            continue
+        sampler = solvers.get_sampler(name, VPSDE(N=1000), shape, steps, seed=0, device=device)
+        with torch.no_grad():
+            evals = sampler(model)[1]
+            us = median_ms(lambda: sampler(model), reps, warmup=1, device=device) * 1e3 / evals
+        print(f"  solver_overhead {name}: {us:.1f} us per model evaluation outside the model ({evals} evaluations)",
+              flush=True)
+        rec = record(SUITE, f"solver_overhead_{name}", "native", out.numel(), us / 1e3, None, copy_gbps,
+                     {"reference": None, "eager_inplace": None, "compile": None}, device=device)
+        rec.update(us_per_eval=us, model_evals=int(evals), steps=steps)
+        records.append(rec)
+    return records
 
 
 def model_profile(fused, reference, n: int, device, use_compile: bool, copy_gbps: float, calls: int = 5) -> dict:

@@ -70,6 +70,12 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     assert default == ["digits_default_b64", "digits_default_b64_bf16"]  # --no-compile: no compiled rows
     assert [o["case"] for o in overhead] == ["loop_overhead_b64", "loop_overhead_gmm_1024x2"]
     assert all(o["us_per_step"] > 0 for o in overhead)
+    solver_rows = [o for o in rest if o["case"].startswith("solver_overhead_")]
+    assert solver_rows and all(o["us_per_eval"] > 0 and o["model_evals"] >= 10 for o in solver_rows)
+    (prof,) = [o for o in rest if o["case"].startswith("model_profile")]
+    eager = prof["shares"]["fastsde_eager"]  # --no-compile: the eager fused build only
+    assert set(prof["shares"]) == {"fastsde_eager"} and eager["ms_per_call"] > 0
+    assert abs(sum(v for k, v in eager.items() if k != "ms_per_call") - 1) < 0.01 and eager["convolution"] > 0
     assert set(r) >= KEYS and r["case"] == "digits_pc_b64" and r["steps"] == 3 and r["numel"] == 64 * 256
     assert r["max_abs_diff"] < 1e-4 and r["baselines"]["reference"] > 0 and r["precision"] == "fp32"
     # precision rows: the model in bf16 / fp16 against the fp32 fastsde path, the reference and its autocast peer
@@ -180,7 +186,9 @@ def test_cuda_e2e_reports_missing_loop_variants(fake_cuda, monkeypatch, one_thre
     monkeypatch.setattr(bench_e2e, "loop_variant_missing", lambda keyword: f"no {keyword}= here")
     monkeypatch.setattr(bench_e2e, "loop_overhead", lambda *a, **k: [])
     monkeypatch.setattr(bench_e2e, "default_job", lambda *a, **k: [])
-    (r,) = bench_e2e.run(quick=True, use_compile=False, n=4, precisions=())
+    monkeypatch.setattr(bench_e2e, "solver_overhead", lambda *a, **k: [])
+    monkeypatch.setattr(bench_e2e, "model_profile", lambda *a, **k: {})
+    (r, _) = bench_e2e.run(quick=True, use_compile=False, n=4, precisions=())
     assert set(r) >= CUDA_KEYS and r["case"] == "digits_pc_b4" and r["max_abs_diff"] < 1e-4
     assert r["skipped"] == {"compiled": "no compile= here", "captured": "no capture= here"}
 

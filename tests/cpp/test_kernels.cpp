@@ -329,12 +329,82 @@ void test_gn_threads() {
 
 }  // namespace
 
+// The solvers' combine: x' = a x + b s + b2 s2 + b3 s3 + c z in one pass (score2/score3, b2 per sample, b3
+// broadcast), every level, flat and chunked rows, against float64.
+void test_combine_levels() {
+  const int64_t sizes[][2] = {{3, 7}, {5, 128}, {2, 129}, {3, 1000}};
+  for (const Level& L : levels()) {
+    for (int outputs = 2; outputs <= 3; ++outputs) {
+      for (const auto& sz : sizes) {
+        StepCase s = make_step(sz[0], sz[1], 23);
+        const std::vector<float> s2 = random_vec(size_t(s.batch * s.numel), 31), s3 = random_vec(size_t(s.batch * s.numel), 37);
+        std::vector<double> b2, b3 = {0.25};
+        for (int64_t r = 0; r < s.batch; ++r) b2.push_back(0.2 - 0.05 * double(r));
+        s.args.x_mean = nullptr;
+        s.args.score2 = s2.data();
+        s.args.b2 = b2.data();
+        s.args.b2_len = s.batch;
+        if (outputs == 3) {
+          s.args.score3 = s3.data();
+          s.args.b3 = b3.data();
+          s.args.b3_len = 1;
+        }
+        if (sz[1] <= kStepFlatMaxNumel)
+          L.step.affine_flat(s.args, 0, s.batch);
+        else
+          for (int64_t r = 0; r < s.batch; ++r) L.step.affine(s.args, r, 0, s.numel);
+        const std::vector<float> z = fsn1_rows(s.batch, s.numel, s.args.seed, s.ids.data(), s.args.draw);
+        for (int64_t r = 0; r < s.batch; ++r)
+          for (int64_t j = 0; j < s.numel; ++j) {
+            const size_t i = size_t(r * s.numel + j);
+            double want = s.a[r] * s.x[i] + s.b[r] * s.score[i] + b2[r] * s2[i] + s.c[0] * z[i];
+            if (outputs == 3) want += b3[0] * s3[i];
+            EXPECT(std::fabs(s.out[i] - want) <= 2e-6 * (1 + std::fabs(want)),
+                   "combine %s %d outputs %lldx%lld: out[%lld, %lld] = %.9g, want %.9g", simd_level_name(L.level),
+                   outputs, (long long)sz[0], (long long)sz[1], (long long)r, (long long)j, double(s.out[i]), want);
+          }
+      }
+    }
+  }
+}
+
+// StepIndex (the loop ops): the step index and seed read from memory when the call runs, the coefficients at row
+// i of their tables, the draw at offset + i stride -- equal to the same step with the values given directly.
+void test_step_index() {
+  StepCase direct = make_step(4, 300, 5), indexed = make_step(4, 300, 5);
+  const int64_t n = 6, i = 4, stride = 3, seed_bits = int64_t(0x1234567890abcdefULL);
+  std::vector<double> table(size_t(3 * n));
+  for (int64_t k = 0; k < 3 * n; ++k) table[size_t(k)] = 0.1 * double(k + 1);
+  direct.args.a = &table[size_t(i)];
+  direct.args.b = &table[size_t(n + i)];
+  direct.args.c = &table[size_t(2 * n + i)];
+  direct.args.a_len = direct.args.b_len = direct.args.c_len = 1;
+  direct.args.seed = uint64_t(seed_bits);
+  direct.args.draw = 2 + uint64_t(i * stride);
+  AffineStepArgs& A = indexed.args;
+  A.a = table.data();
+  A.b = table.data() + n;
+  A.c = table.data() + 2 * n;
+  A.a_len = A.b_len = A.c_len = 1;
+  A.seed = 0;
+  A.draw = 2;
+  A.index.step = &i;
+  A.index.seed = &seed_bits;
+  A.index.draw_stride = stride;
+  A.index.coef_by_step = StepIndex::kAll;
+  affine_step_cpu(direct.args);
+  affine_step_cpu(indexed.args);
+  EXPECT(direct.out == indexed.out && direct.x_mean == indexed.x_mean, "StepIndex: the indexed step differs from the direct one");
+}
+
 int main() {
   std::printf("levels:");
   for (const Level& L : levels()) std::printf(" %s", simd_level_name(L.level));
   std::printf(" (selected %s)\n", simd_level_name(simd_level()));
   test_step_levels();
   test_step_threads();
+  test_combine_levels();
+  test_step_index();
   test_gn_levels();
   test_gn_threads();
   if (g_failures) {
