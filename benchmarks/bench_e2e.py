@@ -123,7 +123,7 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
 
     path = score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"])
     steps = DIGITS_DEFAULTS["steps"]
-    reps = 1 if quick else 3
+    reps = 1 if quick else 5  # interleaved: 5 rounds of every contender (a shared machine varies by +-15%)
     cuda = common.is_cuda(device)
     copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device)
     fused, reference = _models(path, backend, device)

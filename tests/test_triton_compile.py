@@ -27,14 +27,14 @@ def _variants():
 
     from fastsde.kernels import fsn1, step
 
-    def affine(ptr, noise, mean, project, compute, m="i32"):
+    def affine(ptr, noise, mean, project, compute, m="i32", nout=1):
         sig = {name: ptr for name in ("OUT_ptr", "X_ptr", "SCORE_ptr", "NOISE_ptr", "XMEAN_ptr", "MASK_ptr",
-                                      "DATA_ptr")}
-        sig.update({name: "*fp64" for name in ("A_ptr", "B_ptr", "C_ptr", "DA_ptr", "DC_ptr")})
+                                      "DATA_ptr", "S2_ptr", "S3_ptr")}
+        sig.update({name: "*fp64" for name in ("A_ptr", "B_ptr", "C_ptr", "DA_ptr", "DC_ptr", "B2_ptr", "B3_ptr")})
         sig.update(IDS_ptr="*i64", M=m, n0="i32", a_stride="i32", b_stride="i32", c_stride="i32",
-                   da_stride="i32", dc_stride="i32", seed_lo="i32", seed_hi="i32", draw_lo="i32", draw_hi="i32",
-                   data_draw_lo="i32", data_draw_hi="i32")
-        consts = dict(NOISE=noise, WRITE_MEAN=mean, PROJECT=project, COMPUTE=compute, BLOCK=step._BLOCK)
+                   da_stride="i32", dc_stride="i32", b2_stride="i32", b3_stride="i32", seed_lo="i32", seed_hi="i32",
+                   draw_lo="i32", draw_hi="i32", data_draw_lo="i32", data_draw_hi="i32")
+        consts = dict(NOISE=noise, WRITE_MEAN=mean, PROJECT=project, COMPUTE=compute, BLOCK=step._BLOCK, NOUT=nout)
         return step._affine_step_fwd_kernel, sig, consts, step._NUM_WARPS
 
     def norms(ptr, noise, compute):
@@ -51,6 +51,8 @@ def _variants():
     yield ("affine_step bf16 fsn1", *affine("*bf16", 2, False, False, f32))
     yield ("affine_step fp16 fsn1", *affine("*fp16", 2, False, False, f32))
     yield ("affine_step fp64 fsn1+x_mean+projection", *affine("*fp64", 2, True, True, f64))
+    yield ("affine_combine fp32 3 outputs fsn1", *affine("*fp32", 2, False, False, f32, nout=3))
+    yield ("affine_combine fp32 2 outputs no noise", *affine("*fp32", 0, False, False, f32, nout=2))
     yield ("step_sq_norms fp32 fsn1", *norms("*fp32", 2, f32))
     yield ("step_sq_norms fp32 explicit noise", *norms("*fp32", 1, f32))
     yield ("step_sq_norms fp64 fsn1", *norms("*fp64", 2, f64))

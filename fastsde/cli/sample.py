@@ -99,8 +99,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                               "rejects one that is not available (default: auto)")
     sampler.add_argument("--compile", action="store_true", default=None,
                          help="pc: compile each step (model + fused updates) into one graph with torch.compile; "
-                              "solvers: compile the model (a one-time compile of tens of seconds, then faster "
-                              "steps; same numbers)")
+                              "solvers: compile each model call with its fused update (a one-time compile of tens of "
+                              "seconds, then faster steps; same numbers)")
     sampler.add_argument("--precision", choices=PRECISIONS, default="auto",
                          help="the model's precision (the sampler state, coefficients and noise stay float32): "
                               "fp32, bf16, fp16, or auto (default): bf16 where the device computes bfloat16 "
