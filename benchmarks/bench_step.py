@@ -5,7 +5,9 @@ Baselines, all timed in the same run on the same tensors (never zeros):
   eager_inplace  the best hand-written eager form: preallocated noise filled by normal_, in-place mul_/add_
   compile        torch.compile of the reference update
 Bytes per element (float32, each input read once, each output written once): noisy affine step 12 B (x, score
-in; x out), ODE step 12 B, Langevin 16 B (score read twice: norm pass + update pass).
+in; x out), ODE step 12 B, Langevin 16 B (score read twice: norm pass + update pass), the solvers' combine of
+three stored outputs with noise 20 B (x and three outputs in, x out; reference: the expression as k-diffusion-style
+solvers write it, with torch.randn_like).
 On CUDA (device="cuda") the same cases run on the GPU, with one more baseline, compile_reduce_overhead (torch.compile
 of the reference with CUDA graphs), and the eager Langevin keeps its step size on the device (no host sync).
 """
@@ -24,6 +26,27 @@ from fastsde.ops import step as step_ops
 SUITE = "steps"
 
 
+def _combine_setup(x0, x, z, backend):
+    """The combine3 case: a few-step solver's update (DPM-Solver++ 3M-SDE's shape), three stored outputs + noise."""
+    outs = [torch.randn_like(x0) for _ in range(3)]
+    a, b, c = 0.9, (0.3, -0.2, 0.05), 0.1
+
+    def reference():  # as k-diffusion-style solvers write it
+        return a * x + b[0] * outs[0] + b[1] * outs[1] + b[2] * outs[2] + c * torch.randn_like(x)
+
+    def eager():
+        x.mul_(a).add_(outs[0], alpha=b[0]).add_(outs[1], alpha=b[1]).add_(outs[2], alpha=b[2]).add_(
+            z.normal_(), alpha=c)
+
+    def fused():
+        step_ops.affine_combine_step(x, outs, a, list(b), c, seed=1, draw=3, out=x, backend=backend)
+
+    def reset():
+        x.copy_(x0)
+
+    return fused, reference, eager, reset, 20
+
+
 def _setup(numel, batch, backend, kind, device="cpu"):
     """(fused, reference, eager, reset, bytes_per_elem) for one case, on fresh non-zero tensors on `device`."""
     torch.manual_seed(0)
@@ -32,6 +55,8 @@ def _setup(numel, batch, backend, kind, device="cpu"):
     x = x0.clone()
     z = torch.empty_like(x0)
     t = torch.full((batch,), 0.5, device=device)
+    if kind == "combine3":
+        return _combine_setup(x0, x, z, backend)
     if kind == "em":  # VP Euler–Maruyama
         sde = sde_lib.VPSDE()
         pred = sampling.EulerMaruyamaPredictor(sde, lambda x, t: score)
@@ -91,6 +116,7 @@ CASES = [
     ("reverse_diffusion_noisy_16M", 16 << 20, 16, "rd"),
     ("langevin_16M", 16 << 20, 16, "langevin"),
     ("ode_step_16M", 16 << 20, 16, "ode"),
+    ("combine3_noisy_16M", 16 << 20, 16, "combine3"),
     ("em_noisy_1M", 1 << 20, 16, "em"),
 ]
 

@@ -23,12 +23,13 @@ def test_steps_suite_records(tmp_path, monkeypatch, capsys):
     from fastsde.benchmarks import bench_step, common
 
     # Every case kind, at a size that runs in milliseconds; torch.compile is skipped (it takes ~20 s per case).
-    monkeypatch.setattr(bench_step, "CASES", [(f"{k}_tiny", 4096, 4, k) for k in ("em", "rd", "langevin", "ode")])
+    kinds = ("em", "rd", "langevin", "ode", "combine3")
+    monkeypatch.setattr(bench_step, "CASES", [(f"{k}_tiny", 4096, 4, k) for k in kinds])
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "steps.json"
     assert main(["bench", "steps", "--quick", "--no-compile", "--json", str(out)]) == 0
     records = json.loads(out.read_text())
-    assert [r["case"] for r in records] == ["em_tiny", "rd_tiny", "langevin_tiny", "ode_tiny"]
+    assert [r["case"] for r in records] == [f"{k}_tiny" for k in kinds]
     for r in records:
         assert set(r) == KEYS and r["suite"] == "steps" and r["backend"] == "native" and r["numel"] == 4096
         assert r["median_ms"] > 0 and r["gbps"] > 0 and r["copy_gbps"] == 10.0

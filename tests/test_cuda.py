@@ -459,8 +459,8 @@ def test_affine_combine_step_on_cuda(backend, k):
 
 @pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m_sde"])
 def test_captured_solver_on_cuda(name):
-    """get_sampler(capture=True): the first call eager (recording the graph), later calls replays, each new start
-    giving the eager samples."""
+    """get_sampler(capture=True): the first call compiles, the second records the program's CUDA graph, later
+    calls replay it; each new start gives the eager samples."""
     from fastsde import solvers
 
     _need("native")

@@ -149,16 +149,20 @@ class SolverLoop:
             step_ops.affine_combine_step(src, [out.to(src.dtype)], coefs[0], coefs[1], out=slot,
                                          backend=self.steps.backend)
 
-    def run(self, model, callback=None, eval_step=None) -> torch.Tensor:
+    def run(self, model, callback=None, eval_step=None, eager_evals: int = 0) -> torch.Tensor:
         """Execute the program with `model(x, labels) -> out`; returns the result buffer. `eval_step` (default
-        self.eval_step) runs each Eval: a compiled twin of it for compile=True."""
+        self.eval_step) runs each Eval: a compiled twin of it for compile=True, with the first `eager_evals` Evals
+        run eagerly (state a model builds lazily on its first call exists before tracing)."""
         eval_step = eval_step or self.eval_step
         bufs, slots = self.bufs, self.slots
+        evals = 0
         for k, ins in enumerate(self.program.code):
             coefs = self.coefs[k]
             if isinstance(ins, Eval):
                 src = bufs[ins.src]
-                eval_step(model, src, self.labels[k], slots[ins.slot], coefs)
+                (self.eval_step if evals < eager_evals else eval_step)(model, src, self.labels[k], slots[ins.slot],
+                                                                       coefs)
+                evals += 1
                 if callback is not None and ins.first:
                     callback(ins, src, slots[ins.slot])
             else:

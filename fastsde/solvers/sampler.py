@@ -66,8 +66,9 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     read its output directly and the state stays `dtype` (fastsde.precision). `sampler.precision`: the resolved one.
     compile=True compiles each model call together with its fused update (SolverLoop.eval_step,
     torch.compile(fullgraph=True)): the time labels and coefficients are tensors, so every step shares one graph.
-    capture=True (CUDA) records the whole program in one CUDA graph on the first call and replays it on later calls
-    (a new start z is a copy into the graph's input); on the CPU it runs the compiled program. The program, its
+    The first call runs its first model call eagerly and compiles for the rest. capture=True (CUDA) also records
+    the whole program in one CUDA graph on the second call and replays it from then on (a new start z is a copy into
+    the graph's input); on the CPU it runs the compiled program. The program, its
     buffers and graphs are kept per model between calls.
     """
     for flag, value in (("compile", compile), ("capture", capture)):
@@ -141,9 +142,9 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
         if not compile:
             return loop.run(model_fn).clone()
         target.train(False)
-        if entry[2] is None:  # the first call runs eagerly (lazily built model state exists before tracing)
+        if entry[2] is None:  # the first model call runs eagerly (lazily built model state exists before tracing)
             entry[2] = torch.compile(loop.eval_step, fullgraph=True, dynamic=False)
-            out = loop.run(target)
+            out = loop.run(target, eval_step=entry[2], eager_evals=1)
         elif capture and x.is_cuda:
             out = loop.replay(target, entry[2])
         else:
