@@ -1,7 +1,8 @@
 """Suite "e2e": the main job end to end — sampling digits from the shipped model, fastsde native vs the reference.
 
-digits_pc_b64: 64 digits from fastsde/data/digits_vp.safetensors with the default fast sampler (the settings of
-`fastsde sample` with no arguments: fastsde.cli_images.DIGITS_DEFAULTS), FSN1 noise of seed 0 in both paths.
+digits_pc_b64: 64 digits from fastsde/digits/weights/digits_vp.safetensors with the PC sampler of `fastsde sample
+--sampler pc` (fastsde.digits.pretrained.DIGITS_DEFAULTS: steps, predictor, corrector), FSN1 noise of seed 0 in
+both paths. digits_default_b64 (default_job below) is the main job's few-step solver.
   fastsde      the fused build of the U-Net (GN+SiLU(+time embedding) and attention kernels, channels-last on the
                CPU) driven by the fused PC loop (one update kernel per step on preallocated buffers), backend native
   reference    the plain-PyTorch build of the same weights (score_sde's layer layout, NCHW) driven by the
@@ -33,7 +34,7 @@ model's half precision; the quality guard is tests/test_precision.py and tradeof
 `tradeoff()` measures the quality/speed trade-off of the fastsde path (fused U-Net on `backend`; the PC loop fused
 too, the ODE integrated by scipy's RK45 around it): PC at several step counts and the
 probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and the Fréchet distance of its
-samples (fastsde.evaluation, classifier features vs the test digits) next to real-vs-real at the same n.
+samples (fastsde.digits.evaluation, classifier features vs the test digits) next to real-vs-real at the same n.
 """
 from __future__ import annotations
 

@@ -9,12 +9,18 @@ CUDA and Triton versions: device_info), "timing" ("cuda_events"), "tflops" (achi
 compute-bound, else None), and the baseline "compile_reduce_overhead" (torch.compile with CUDA graphs). CPU records
 are unchanged.
 
+Smoke mode (`fastsde bench SUITE --smoke`, `with common.smoke():`, what CI's tests run): every timed function runs
+once, with no warm-up, and the copy-bandwidth floor is taken on 64 K elements; the suites shrink their sizes where
+they read `smoke_mode()`. It checks that a suite runs and writes its records in seconds on any CPU (bf16 emulated
+included); its numbers mean nothing and are marked so (record field "smoke": true).
+
 Timing. CPU: wall time (time.perf_counter) of each call, median over `reps`. CUDA: after the warm-up and a
 synchronize, each call is bracketed by CUDA events, with a 256 MB buffer overwritten before it (outside the
 events) so that no call finds its inputs in the L2 cache left by the previous one; median over `reps`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import statistics
@@ -25,10 +31,30 @@ from typing import Callable
 import torch
 
 __all__ = ["median_ms", "compiled_ms", "copy_bandwidth_gbps", "record", "print_table", "write_json", "get_device",
-           "device_info", "is_cuda", "set_baseline", "COPY_NUMEL", "L2_FLUSH_BYTES"]
+           "device_info", "is_cuda", "set_baseline", "smoke", "smoke_mode", "COPY_NUMEL", "L2_FLUSH_BYTES"]
 
 COPY_NUMEL = 16 * 1024 * 1024  # float32 elements of the copy-bandwidth floor (64 MB: past the L2 of any GPU here)
 L2_FLUSH_BYTES = 256 * 1024 * 1024  # written before each timed CUDA call: more than any GPU's L2
+
+
+SMOKE_COPY_NUMEL = 64 * 1024
+_SMOKE = [False]
+
+
+@contextlib.contextmanager
+def smoke(on: bool = True):
+    """Smoke mode inside the block (module docstring): one untimed-quality call per measurement, no warm-up."""
+    before = _SMOKE[0]
+    _SMOKE[0] = bool(on)
+    try:
+        yield
+    finally:
+        _SMOKE[0] = before
+
+
+def smoke_mode() -> bool:
+    """Whether the suites run in smoke mode (sizes shrink, every measurement is one call)."""
+    return _SMOKE[0]
 
 
 def get_device(name: str = "cpu") -> torch.device:
@@ -58,7 +84,9 @@ def _flush_buffer(device: str) -> torch.Tensor:
 
 def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2, device=None) -> float:
     """Median time of fn() in milliseconds over `reps` runs after `warmup` runs (module docstring: CPU wall time,
-    CUDA events on a cold L2)."""
+    CUDA events on a cold L2). Smoke mode: one call, no warm-up."""
+    if _SMOKE[0]:
+        reps, warmup = 1, 0
     for _ in range(warmup):
         fn()
     if not is_cuda(device):
@@ -84,7 +112,10 @@ def interleaved_ms(fns: dict, reps: int, warmup: int = 1, device=None) -> dict:
     """Median ms of each fn in `fns` (name -> fn), the reps run round-robin (A B C A B C ...) so that a slow spell
     of a shared machine falls on every contender alike: ratios from one run stay comparable. A contender whose
     warm-up raises gets None (the reason printed), never another measurement. CPU wall time; on CUDA each call is
-    synchronized (median_ms's CUDA events per contender would need the calls back to back)."""
+    synchronized (median_ms's CUDA events per contender would need the calls back to back). Smoke mode: one call
+    of each, no warm-up."""
+    if _SMOKE[0]:
+        reps, warmup = 1, 0
     live = {}
     for name, fn in fns.items():
         try:
@@ -123,7 +154,7 @@ def compiled_ms(fn: Callable, reps: int, args: tuple = (), device=None, mode: st
             def call():
                 return compiled(*args)
         with torch.no_grad():
-            return median_ms(call, reps, warmup=3, device=device)
+            return median_ms(call, reps, warmup=1 if _SMOKE[0] else 3, device=device)
     except Exception as exc:
         label = "torch.compile" if mode is None else f"torch.compile(mode={mode!r})"
         print(f"  ({label} baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
@@ -131,7 +162,10 @@ def compiled_ms(fn: Callable, reps: int, args: tuple = (), device=None, mode: st
 
 
 def copy_bandwidth_gbps(numel: int = COPY_NUMEL, reps: int = 15, device=None) -> float:
-    """y.copy_(x) on `numel` float32 on `device`: 8 B per element moved (read + write), as GB/s."""
+    """y.copy_(x) on `numel` float32 on `device`: 8 B per element moved (read + write), as GB/s (smoke mode: on
+    SMOKE_COPY_NUMEL elements)."""
+    if _SMOKE[0]:
+        numel = min(numel, SMOKE_COPY_NUMEL)
     x = torch.randn(numel, device=device)
     y = torch.empty_like(x)
     ms = median_ms(lambda: y.copy_(x), reps, device=device)
@@ -212,6 +246,8 @@ def record(suite, case, backend, numel, median, bytes_per_elem, copy_gbps, basel
         out["tflops"] = None if flops is None else float(f"{flops / (median * 1e-3) / 1e12:.4g}")
         out["timing"] = "cuda_events"
         out["device"] = device_info(str(torch.device(device)))
+    if _SMOKE[0]:
+        out["smoke"] = True  # one untimed-quality call: the numbers mean nothing
     return out
 
 

@@ -11,7 +11,7 @@ conversion pass). The sampler factories take `precision=`:
     "bf16"   bfloat16 model beside a float32 state
     "fp16"   float16 model beside a float32 state
     "auto"   "bf16" where the hardware has native bfloat16 arithmetic (CPU: AVX512-BF16 or AMX-BF16, read from
-             /proc/cpuinfo at run time; CUDA: torch.cuda.is_bf16_supported()), else "fp32"
+             /proc/cpuinfo at run time, unless ONEDNN_MAX_CPU_ISA caps oneDNN below them; CUDA: torch.cuda.is_bf16_supported()), else "fp32"
 
 "auto" picks bf16 only where it is measured to pay and the quality guard holds (tests/test_precision.py: Fréchet
 distance and class entropy of the shipped digits model, analytic mixtures against their exact distributions).
@@ -19,6 +19,7 @@ distance and class entropy of the shipped digits model, analytic mixtures agains
 from __future__ import annotations
 
 import copy
+import os
 import functools
 
 import torch
@@ -59,9 +60,27 @@ def native_bf16(device="cpu") -> tuple[bool, str]:
     if device.type != "cpu":
         return False, f"no bfloat16 detection for {device.type} devices"
     found = sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    if found:
-        return True, f"CPU has {' and '.join(found)}"
-    return False, "CPU has neither avx512_bf16 nor amx_bf16 (or /proc/cpuinfo is unreadable)"
+    if not found:
+        return False, "CPU has neither avx512_bf16 nor amx_bf16 (or /proc/cpuinfo is unreadable)"
+    capped = _onednn_isa_cap()
+    if capped is not None:
+        return False, f"CPU has {' and '.join(found)}, but {capped} keeps oneDNN below AVX512_CORE_BF16"
+    return True, f"CPU has {' and '.join(found)}"
+
+
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA, formerly DNNL_MAX_CPU_ISA) below which its convolutions and matmuls have
+# no bfloat16 instructions and emulate them (tens of times slower than float32 on an AVX2 CPU). A user (or
+# scripts/emulate_cpu.sh, which CI time estimates use) who sets one gets the fp32 answer from "auto".
+_ONEDNN_NO_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def _onednn_isa_cap():
+    """'NAME=VALUE' of the environment variable that caps oneDNN below bfloat16 instructions, or None."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(name, "").strip().upper()
+        if value in _ONEDNN_NO_BF16:
+            return f"{name}={value}"
+    return None
 
 
 def resolve_precision(precision, device="cpu"):

@@ -9,6 +9,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _run_in_a_scratch_folder(tmp_path_factory):
+    """Every test runs with a scratch folder as its working directory: a command given a relative output path (the
+    CLI fuzzers' `--out .npz`, say) writes there, never into the checkout."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

@@ -129,12 +129,30 @@ def test_loop_ops_take_the_half_model_output(half):
 
 
 def test_auto_follows_the_cpu_flags(monkeypatch):
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
     for flags, want in [({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"), ({"avx512f", "avx2"}, "fp32"),
                         (set(), "fp32")]:
         monkeypatch.setattr(prec, "_cpu_flags", lambda flags=flags: frozenset(flags))
         assert prec.resolve_precision("auto", "cpu") == want
         assert prec.native_bf16("cpu")[0] == (want == "bf16")
     assert prec.resolve_precision("fp16", "cpu") == "fp16" and prec.resolve_precision(None) is None
+
+
+def test_auto_follows_a_onednn_isa_cap(monkeypatch):
+    """A oneDNN cap below AVX512_CORE_BF16 (scripts/emulate_cpu.sh, or a user's) makes bf16 emulated: auto -> fp32."""
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16"}))
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value, want in [("ONEDNN_MAX_CPU_ISA", "AVX2", "fp32"), ("ONEDNN_MAX_CPU_ISA", "avx512_core", "fp32"),
+                              ("DNNL_MAX_CPU_ISA", "AVX512_CORE_VNNI", "fp32"),
+                              ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", "bf16"),
+                              ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", "bf16"), ("ONEDNN_MAX_CPU_ISA", "ALL", "bf16")]:
+        monkeypatch.setenv(name, value)
+        native, why = prec.native_bf16("cpu")
+        assert prec.resolve_precision("auto", "cpu") == want, (name, value, why)
+        assert native == (want == "bf16") and (native or f"{name}={value.upper()}" in why)
+        monkeypatch.delenv(name)
 
 
 def test_precision_names_and_state_dtypes():
@@ -372,6 +390,8 @@ def test_sample_command_reports_the_precision(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     r = json.loads(out)
     assert r["precision"] == "fp32" and r["precision_reason"].startswith("auto")  # an exact score stays fp32
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # scripts/emulate_cpu.sh sets one
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(prec, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
     code, out, err = _run(capsys, "sample", "--n", "4", "--steps", "3", "--threads", "1", "--no-plot",
                           "--no-progress", "--json", "--out", str(tmp_path / "d"))
@@ -394,26 +414,43 @@ def test_sample_command_reports_the_precision(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_bf16_digits_quality_matches_fp32():
-    """FD of 256 digits of the shipped model in bf16 vs fp32, same seed and sampler (its default, 100 steps instead
-    of 200 to fit CI on one thread): the difference lies within the spread of real-vs-real FD over seeds at the same
-    n (the metric's own noise), and the class entropy moves by at most 0.01."""
+def test_bf16_digits_quality_matches_fp32(capsys):
+    """FD of 256 digits of the shipped model in bf16 vs fp32, same seed and sampler: the difference lies within the
+    spread of real-vs-real FD over seeds at the same n (the metric's own noise), and the class entropy moves by at
+    most 0.01.
+
+    The sampler is sized to the CPU. Where bf16 is native (AVX512-BF16/AMX) it is PC with 100 steps (200 model
+    evaluations: the long accumulation a half model output feeds, ~3 min on one thread). Where oneDNN emulates bf16
+    (an AVX2-only or AVX-512-only CPU: a bf16 U-Net call costs ~20x a float32 one, so PC would take ~40 min), it is
+    the main job's default solver (10 evaluations, what `--precision bf16` runs by default; ~2 min) -- `auto`
+    never picks bf16 on such a CPU, so the guard there checks the path a user must ask for."""
+    from fastsde import solvers
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.digits.pretrained import DIGITS_DEFAULTS, load_score_model, shipped_path
 
     _backend_or_skip("native")
-    n, steps = 256, 100
+    n = 256
+    native, why = prec.native_bf16("cpu")
     evaluator = DigitsEvaluator()
     real = [evaluator.real_vs_real(n, seed=s) for s in range(5)]
     spread = max(real) - min(real)  # 12.2 .. 18.8 at n = 256
     mf = load_score_model(shipped_path(f"digits_{DIGITS_DEFAULTS['sde']}.safetensors"), backend="native")
+    inverse = get_data_inverse_scaler(mf.centered)
+    with capsys.disabled():
+        print(f"\n  bf16 quality guard: {'PC, 100 steps' if native else DIGITS_DEFAULTS['sampler']} ({why})")
     quality = {}
     for precision in ("fp32", "bf16"):
-        sampler = sampling.get_pc_sampler(mf.make_sde(N=steps), (n, 1, 16, 16), DIGITS_DEFAULTS["predictor"],
-                                          DIGITS_DEFAULTS["corrector"], get_data_inverse_scaler(mf.centered), 0.16,
-                                          continuous=True, eps=DIGITS_DEFAULTS["eps"], seed=0, precision=precision)
-        x, _ = sampler(mf.model)
+        if native:
+            sampler = sampling.get_pc_sampler(mf.make_sde(N=100), (n, 1, 16, 16), DIGITS_DEFAULTS["predictor"],
+                                              DIGITS_DEFAULTS["corrector"], inverse, 0.16, continuous=True,
+                                              eps=DIGITS_DEFAULTS["eps"], seed=0, precision=precision)
+        else:
+            sampler = solvers.get_sampler(DIGITS_DEFAULTS["sampler"], mf.make_sde(N=1000), (n, 1, 16, 16),
+                                          DIGITS_DEFAULTS["solver_steps"], inverse_scaler=inverse,
+                                          eps=DIGITS_DEFAULTS["eps"], seed=0, precision=precision)
+        with torch.no_grad():
+            x, _ = sampler(mf.model)
         quality[precision] = evaluator.evaluate(x.float().clamp(0, 1))
         assert quality[precision]["nonfinite"] == 0
     fd32, fd16 = quality["fp32"]["fd"], quality["bf16"]["fd"]

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", choices=SUITES, metavar="SUITE",
                    help=f"which suite to run: {', '.join(SUITES)}")
     p.add_argument("--quick", action="store_true", help="fewer repeats (a rough number in less time)")
+    p.add_argument("--smoke", action="store_true",
+                   help="check that the suite runs and writes its records, in seconds: one call per measurement, "
+                        "no warm-up, the smallest sizes; the numbers mean nothing (records say \"smoke\": true)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the records as a JSON list to PATH")
     p.add_argument("--backend", choices=("native", "triton"), default="native",
                    help="the fused backend to measure")
@@ -48,14 +51,17 @@ def run(args: argparse.Namespace) -> int:
     if args.tradeoff is not None:
         check_output_stem(args.tradeoff, (".json", ".png"), "--tradeoff")
     torch.set_num_threads(args.threads)
+    from fastsde.benchmarks import common
     from fastsde.benchmarks.common import get_device, print_table, write_json
 
     device = get_device(args.device)  # no GPU: one line, before any work
     where = f"{args.threads} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"fastsde bench {args.suite}: float32, {where}, backend {args.backend}", flush=True)
+    smoke = " (smoke mode: one call per measurement, the numbers mean nothing)" if args.smoke else ""
+    print(f"fastsde bench {args.suite}: float32, {where}, backend {args.backend}{smoke}", flush=True)
     module = importlib.import_module(f"fastsde.benchmarks.bench_{_BENCH_MODULES[args.suite]}")
     kwargs = {} if args.suite == "sampler" else {"use_compile": not args.no_compile}  # the sampler suite has none
-    records = module.run(quick=args.quick, backend=args.backend, device=device, **kwargs)
+    with common.smoke(args.smoke):
+        records = module.run(quick=args.quick or args.smoke, backend=args.backend, device=device, **kwargs)
     print()
     print_table(records)
     if args.json:
@@ -66,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from fastsde.benchmarks import bench_e2e
 
         print("quality vs time (fastsde native):", flush=True)
-        result = bench_e2e.tradeoff(n=args.n or 256, backend=args.backend)
+        with common.smoke(args.smoke):
+            result = bench_e2e.tradeoff(n=args.n or 256, backend=args.backend)
         with AtomicOutputs() as files:
             with open(files.path(args.tradeoff + ".json"), "w") as f:
                 json.dump(result, f, indent=1)

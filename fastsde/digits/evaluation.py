@@ -1,6 +1,6 @@
 """Quality of generated digits without downloads: a shipped classifier's feature space and its predictions.
 
-`DigitsEvaluator` loads the clean-image classifier (fastsde/data/digits_classifier.safetensors, trained on the
+`DigitsEvaluator` loads the clean-image classifier (fastsde/digits/weights/digits_classifier.safetensors, trained on the
 training split only) and reports, for a batch of generated images in [0, 1]:
   fd            Fréchet distance between Gaussians fitted to the classifier's penultimate features of the generated
                 images and of the held-out test digits (359 images) — an FID computed in a digit classifier's space;

@@ -1,4 +1,4 @@
-"""The models shipped with fastsde (fastsde/data/) and the files that carry trained models around.
+"""The models shipped with fastsde (fastsde/digits/weights/) and the files that carry trained models around.
 
 A score model file is a UNet safetensors checkpoint (fastsde.models.ncsnpp.save_checkpoint) or a score_sde network
 written by `fastsde convert` (fastsde.models.score_sde_nets.save_file), whose metadata also names its SDE and
@@ -167,12 +167,11 @@ def load_classifier(path: str, device="cpu"):
     return model.to(device).eval(), json.loads(meta["fastsde.sde"]), json.loads(meta.get("fastsde.training", "{}"))
 
 
-# The default fast sampler for the shipped digits model (fastsde sample with no arguments, bench e2e): the VP
-# model with score_sde's VP sampler (Euler-Maruyama predictor, no corrector) at 200 steps, 64 digits.
-# `fastsde sample` with no arguments: the shipped VP model with the few-step solver chosen by measurement
-# (README "Speed and quality": the best FD at <= 20 model evaluations, averaged over seeds 0-2, n = 256) —
-# singlestep DPM-Solver-3 on 3 uniform-log-SNR steps + the final denoising call, 10 model evaluations.
-# "steps" is the PC sampler's N (score_sde's VP sampler, Euler-Maruyama without a corrector) when --sampler pc.
+# `fastsde sample` with no arguments (and bench e2e's digits_default rows): 64 digits from the shipped VP model
+# with the few-step solver chosen by measurement (README "Speed and quality": the best FD at <= 20 model
+# evaluations, averaged over seeds 0-2, n = 256) -- singlestep DPM-Solver-3 on 3 uniform-log-SNR steps + the final
+# denoising call, 10 model evaluations. "steps" is the PC sampler's N for `--sampler pc` (and bench e2e's
+# digits_pc rows): score_sde's VP sampler, Euler-Maruyama predictor without a corrector, 200 steps.
 DIGITS_DEFAULTS = {"sde": "vp", "sampler": "dpm_solver_3", "solver_steps": 3, "steps": 200, "n": 64}
 DIGITS_DEFAULTS.update(zip(("predictor", "corrector", "eps"), PC_DEFAULTS[DIGITS_DEFAULTS["sde"]]))
 

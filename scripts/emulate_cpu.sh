@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run a command as if this CPU had fewer features, to estimate what another CPU kind of the CI machines costs:
+#
+#   scripts/emulate_cpu.sh avx2   CMD ...   # AMD EPYC with AVX2 only: no AVX-512, bf16 emulated by oneDNN
+#   scripts/emulate_cpu.sh avx512 CMD ...   # AVX-512 without AVX512-BF16/AMX: bf16 emulated with AVX-512
+#
+# It caps oneDNN (ONEDNN_MAX_CPU_ISA: convolutions, matmuls), ATen's vectorized kernels (ATEN_CPU_CAPABILITY) and
+# fastsde's own kernels (FASTSDE_SIMD); fastsde.precision.native_bf16 reads the oneDNN cap, so "auto" precision
+# and the tests that size themselves to native bf16 behave as on that CPU. Instruction latencies and caches stay
+# this CPU's: the result is an estimate (on an Intel Xeon with AMX, the AVX2 cap makes a bf16 convolution ~30x
+# slower than float32; a real AVX2-only EPYC measured ~17x).
+set -euo pipefail
+level=${1:-}
+shift || true
+case "$level" in
+  avx2) export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 FASTSDE_SIMD=avx2 ;;
+  avx512) export ONEDNN_MAX_CPU_ISA=AVX512_CORE ATEN_CPU_CAPABILITY=avx512 FASTSDE_SIMD=avx512 ;;
+  *) echo "usage: scripts/emulate_cpu.sh avx2|avx512 COMMAND [ARGS...] (got level '${level}')" >&2; exit 2 ;;
+esac
+if [[ $# -eq 0 ]]; then
+  echo "usage: scripts/emulate_cpu.sh avx2|avx512 COMMAND [ARGS...] (no command given)" >&2
+  exit 2
+fi
+exec "$@"
