@@ -116,6 +116,8 @@ def _baseline_ms(label: str, make_model, slow, reps: int, device) -> float | Non
 # fp16 has no fast path on these CPUs (no AVX512-FP16 GEMMs in oneDNN's default build here: 200 U-Net calls take
 # minutes), so the e2e suite times bf16; `run(precisions=("bf16", "fp16"))` adds fp16.
 PRECISIONS = ("bf16",)
+# Smoke mode (common.smoke_mode()): the timed case's images and PC steps, and every overhead row's repeats.
+SMOKE_N, SMOKE_STEPS = 4, 3
 
 
 def run(quick: bool = False, backend: str = "native", use_compile: bool = True, n: int = 64,
@@ -124,6 +126,8 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
 
     path = score_model_path("digits", "digits", DIGITS_DEFAULTS["sde"])
     steps = DIGITS_DEFAULTS["steps"]
+    if common.smoke_mode():  # the records and plumbing in seconds, bf16 emulated included (common: smoke mode)
+        n, steps = min(n, SMOKE_N), min(steps, SMOKE_STEPS)
     reps = 1 if quick else 5  # interleaved: 5 rounds of every contender (a shared machine varies by +-15%)
     cuda = common.is_cuda(device)
     copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device)

@@ -5,8 +5,44 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU tens
 import pytest
 import torch
 
+try:  # no hypothesis test may depend on the machine's load: no per-example deadline, the same examples every run
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("fastsde", deadline=None, derandomize=True)
+    _hypothesis_settings.load_profile("fastsde")
+except ImportError:  # hypothesis is a dev requirement; the suites that use it import it themselves
+    pass
+
 # Tests run on 2 cores: keep torch's thread count deterministic across machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+# FASTSDE_TEST_TIMES=PATH: write each test's wall time and CPU time (this process's threads plus the subprocesses
+# it waited for) as JSON to PATH. CPU seconds hardly move when other work shares the cores, so two such files, one
+# from a plain run and one under scripts/emulate_cpu.sh, estimate another CPU kind's suite time
+# (scripts/suite_estimate.py).
+_TIMES_PATH = os.environ.get("FASTSDE_TEST_TIMES")
+_TIMES: dict = {}
+
+
+if _TIMES_PATH:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        import resource
+        import time
+
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        yield
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        _TIMES[item.nodeid] = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0
+                               + (kids1.ru_utime - kids.ru_utime) + (kids1.ru_stime - kids.ru_stime)}
+
+    def pytest_sessionfinish(session, exitstatus):
+        import json
+
+        with open(_TIMES_PATH, "w") as f:
+            json.dump(_TIMES, f, indent=0)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,6 +88,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    stray = [item.nodeid for item in items
+             if item.get_closest_marker("cuda") is not None and item.path.name != "test_cuda.py"]
+    if stray:  # scripts/gpu_check.sh collects tests/test_cuda.py only: a CUDA test elsewhere would never run
+        raise pytest.UsageError(f"cuda-marked tests belong in tests/test_cuda.py, found {stray[:3]}")
     why = cuda_missing()
     if why is None:
         return

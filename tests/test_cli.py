@@ -157,6 +157,6 @@ def test_info(capsys):
 
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "fastsde", "--help"], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     assert "sample" in result.stdout and "info" in result.stdout
