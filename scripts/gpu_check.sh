@@ -9,7 +9,8 @@
 #   bash scripts/gpu_check.sh [OUTDIR]          (default OUTDIR: out/gpu_check in the repository)
 #
 # Environment: PYTHON (interpreter; default: the first of python3, python, .venv/bin/python whose torch sees a GPU,
-# else the first that imports torch), GPU_CHECK_BUDGET_S (default 450), GPU_CHECK_SUITES (default: every suite),
+# else the first that imports torch), GPU_CHECK_BUDGET_S (default 480), GPU_CHECK_SUITES (default: steps,
+# steps:triton, e2e; e.g. "groupnorm attention:triton sampler unet" for the others),
 # GPU_CHECK_QUICK=1 (--quick suites), GPU_CHECK_DEVICE=cpu (dry run: the benchmark phases on the CPU, to check the
 # commands on a machine without a GPU; their numbers are not GPU numbers).
 set -uo pipefail
@@ -39,8 +40,11 @@ esac
 
 OUT=${1:-out/gpu_check}
 [[ $# -ge 1 && $OUT != /* ]] && OUT="$CALLER_DIR/$OUT"  # a given OUTDIR is relative to where the script was called
-BUDGET=${GPU_CHECK_BUDGET_S:-450}
-SUITES=${GPU_CHECK_SUITES:-"steps steps:triton groupnorm groupnorm:triton attention attention:triton sampler e2e unet"}
+# The default budget and suites fit a lent GPU's ~15 minutes with the machine's start and the copies around it:
+# env ~10 s, build ~100 s (16 compilers, one architecture), the CUDA tests ~200 s (Triton JIT and torch.compile
+# dominate), steps ~60 s, steps on Triton ~45 s, e2e ~100 s: about 8 minutes. More suites: GPU_CHECK_SUITES.
+BUDGET=${GPU_CHECK_BUDGET_S:-480}
+SUITES=${GPU_CHECK_SUITES:-"steps steps:triton e2e"}
 START=$(date +%s)
 mkdir -p "$OUT/logs" "$OUT/bench" || exit 1
 rm -f "$OUT"/bench/*.json
@@ -118,7 +122,7 @@ fi
 # ---- tests: the CUDA selection (every cuda-marked test lives in tests/test_cuda.py: tests/conftest.py enforces it),
 # Triton compiled (not interpreted), a backend that cannot run fails ---------------------------------------------------
 if [[ $HAVE_CUDA == 1 ]]; then
-  phase tests 150 30 env TRITON_INTERPRET=0 FASTSDE_REQUIRE_CUDA=1 OMP_NUM_THREADS=4 \
+  phase tests 240 30 env TRITON_INTERPRET=0 FASTSDE_REQUIRE_CUDA=1 OMP_NUM_THREADS=4 \
     "$PY" -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider -rs --junitxml="$OUT/pytest_cuda.xml"
 else
   # The dry run checks the selection. Collecting one module takes seconds on an idle machine; its limit is what is

@@ -50,6 +50,49 @@ def read_records(outdir: str) -> list[dict]:
     return records
 
 
+def read_junit(outdir: str) -> dict | None:
+    """The CUDA tests' outcome from OUTDIR/pytest_cuda.xml (pytest's junit XML): counts, seconds and the failing
+    tests with the first line of their message; None when the file is missing, {"error": ...} when unreadable."""
+    import xml.etree.ElementTree as ET
+
+    path = os.path.join(outdir, "pytest_cuda.xml")
+    if not os.path.exists(path):
+        return None
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        return {"error": f"{path}: {exc}"}
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    out = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "seconds": 0.0, "failed": [], "slowest": []}
+    for suite in suites:
+        for key in ("tests", "failures", "errors", "skipped"):
+            out[key] += int(suite.get(key, 0))
+        out["seconds"] += float(suite.get("time", 0.0))
+        for case in suite.iter("testcase"):
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            out["slowest"].append((float(case.get("time", 0.0)), name))
+            for bad in list(case.findall("failure")) + list(case.findall("error")):
+                msg = (bad.get("message") or bad.text or "").strip().splitlines()
+                out["failed"].append((name, msg[0][:200] if msg else ""))
+    out["slowest"] = sorted(out["slowest"], reverse=True)[:5]
+    return out
+
+
+def junit_lines(outdir: str) -> list[str]:
+    j = read_junit(outdir)
+    if j is None:
+        return ["### CUDA tests", "", "no junit XML (the tests phase did not run)", ""]
+    if "error" in j:
+        return ["### CUDA tests", "", f"unreadable junit XML: {j['error']}", ""]
+    passed = j["tests"] - j["failures"] - j["errors"] - j["skipped"]
+    lines = ["### CUDA tests", "", f"{passed} passed, {j['failures']} failed, {j['errors']} errors, {j['skipped']} "
+             f"skipped of {j['tests']} in {j['seconds']:.0f} s (pytest_cuda.xml).", ""]
+    lines += [f"- FAILED {name}: {msg}" for name, msg in j["failed"]]
+    if j["slowest"]:
+        lines += ["", "Slowest: " + ", ".join(f"{name.rsplit('::', 1)[-1]} {t:.1f} s" for t, name in j["slowest"])]
+    return lines + [""]
+
+
 def device_line(records: list[dict]) -> str:
     """One line on what ran the benchmarks (from the first record that carries a device)."""
     for r in records:
@@ -72,7 +115,8 @@ def markdown(outdir: str) -> str:
     lines = ["### Phases", "", "| phase | status | seconds |", "|---|---|---:|"]
     lines += [f"| {p['phase']} | {p['status']} | {p['seconds']} |" for p in phases] or ["| (none) | | |"]
     total = sum(int(p["seconds"] or 0) for p in phases)
-    lines += ["", f"The phases took {total} s in all.", "", "### Benchmarks", "", device_line(records), ""]
+    lines += ["", f"The phases took {total} s in all.", ""] + junit_lines(outdir)
+    lines += ["### Benchmarks", "", device_line(records), ""]
     if records:
         head = ["suite", "case", "backend", "ms", "GB/s", "of copy", "TFLOP/s"] + [t for _, t in SPEEDUPS]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
