@@ -80,6 +80,20 @@ def test_real_vs_real_is_far_below_real_vs_noise(evaluator):
     assert evaluator.real_vs_real(256) < evaluator.frechet_distance(blurred) < evaluator.real_vs_noise(256)
 
 
+def test_kernel_distance_of_real_digits_is_zero_within_its_error(evaluator):
+    """KID has no small-n bias: training digits score 0 within a few standard errors at n = 64 and 256 (FD's
+    real-vs-real is 67 and 15 there), noise far above, and every evaluation reports it."""
+    g = torch.Generator().manual_seed(0)
+    for n in (64, 256):
+        real = evaluator.train_images[torch.randperm(len(evaluator.train_images), generator=g)[:n]]
+        kid = evaluator.kernel_distance(real)
+        assert kid["subset_size"] == n // 4 and abs(kid["kid"]) < 4 * kid["stderr"], kid
+        noise = evaluator.kernel_distance(torch.rand(n, 1, 16, 16, generator=g))
+        assert noise["kid"] > kid["kid"] + 5 * (noise["stderr"] + kid["stderr"]), (noise, kid)
+    report = evaluator.evaluate(real)
+    assert report["kid"] == evaluator.kernel_distance(real) and evaluator.kernel_distance(real[:7]) is None
+
+
 def test_shipped_classifiers_load_with_their_provenance():
     clean, sde, training = load_classifier(shipped_path("digits_classifier.safetensors"))
     assert sde is None and "fastsde train --classifier clean" in training["command"]

@@ -4,6 +4,9 @@
 training split only) and reports, for a batch of generated images in [0, 1]:
   fd            Fréchet distance between Gaussians fitted to the classifier's penultimate features of the generated
                 images and of the held-out test digits (359 images) — an FID computed in a digit classifier's space;
+  kid           the kernel distance in the same space (metrics.kernel_distance: unbiased, so comparable across n,
+                with its standard error over disjoint subsets of the generated and test images); None from the summed
+                statistics of several processes (evaluate_statistics), which carry no features;
   classes       the histogram of predicted classes, its entropy (log 10 = 2.303 is perfectly balanced) and the mean
                 confidence;
   test_accuracy the classifier's accuracy on the real test digits (how much its features can be trusted).
@@ -65,9 +68,22 @@ class DigitsEvaluator:
         return metrics.frechet_distance(self.features(images), self.test_features)
 
     def evaluate(self, images: torch.Tensor) -> dict:
-        """{'fd', 'n', 'classes': class_statistics, 'test_accuracy', 'nonfinite'} for generated images; images with
-        NaN/inf are counted in 'nonfinite' and left out of everything else ('n' counts the finite ones)."""
-        return self.evaluate_statistics(self.statistics(images))
+        """{'fd', 'kid', 'n', 'classes': class_statistics, 'test_accuracy', 'nonfinite'} for generated images;
+        images with NaN/inf are counted in 'nonfinite' and left out of everything else ('n' counts the finite ones).
+        'kid' is metrics.kernel_distance against the test digits ({'kid', 'stderr', 'subsets', 'subset_size'}), None
+        below 2 images per subset."""
+        result = self.evaluate_statistics(self.statistics(images))
+        result["kid"] = self.kernel_distance(images)
+        return result
+
+    def kernel_distance(self, images: torch.Tensor) -> dict | None:
+        """metrics.kernel_distance of the finite images' features against the test digits', None when there are
+        fewer than 2 finite images per subset (the estimate needs pairs)."""
+        images = images.detach().cpu()
+        good = images[torch.isfinite(images.flatten(1)).all(1)]
+        if len(good) < 2 * metrics.KID_SUBSETS:
+            return None
+        return metrics.kernel_distance(self.features(good), self.test_features)
 
     @functools.cached_property
     def num_classes(self) -> int:
@@ -109,7 +125,7 @@ class DigitsEvaluator:
                                               shift=self._feature_shift.numpy())
         test = self.test_features.numpy()
         fd = metrics.frechet_distance_gaussians(mean, cov, test.mean(0), np.cov(test, rowvar=False))
-        return {"n": n, "nonfinite": int(stats[1]), "fd": fd,
+        return {"n": n, "nonfinite": int(stats[1]), "fd": fd, "kid": None,  # KID needs the features themselves
                 "classes": metrics.class_statistics_from_counts(stats[3:3 + k], float(stats[2])),
                 "test_accuracy": self.test_accuracy}
 
