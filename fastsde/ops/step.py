@@ -20,7 +20,7 @@ import torch
 
 from fastsde import random as _random
 from fastsde.ops.checks import (as_u64, check_float_tensor, check_like, check_no_autograd, check_outputs_distinct,
-                                check_score, i64_bits, score_dtypes)
+                                check_score, i64_bits, overlaps, same_view, score_dtypes)
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
@@ -250,8 +250,9 @@ def _check_outputs(x, outputs, b, out):
                          f"{len(b) if isinstance(b, (list, tuple)) else type(b).__name__}")
     for k, o in enumerate(outputs):
         check_score(f"outputs[{k}]", o, x)
-        if out is not None and o.numel() and o.data_ptr() == out.data_ptr():
-            raise ValueError(f"outputs[{k}] must not share memory with out (it is overwritten before it is read)")
+        if isinstance(out, torch.Tensor) and overlaps(o, out):  # not even as the same view: a model output is never the update's
+            raise ValueError(f"outputs[{k}] must not share memory with out: expected separate storage, got "
+                             f"{'the same view' if same_view(o, out) else 'a partial overlap'}")
 
 
 def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0, out=None,
@@ -275,6 +276,8 @@ def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, samp
         ids = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     if out is not None:
         check_like("out", out, x)
+        # out may be x itself (in place, as affine_step), never a partial overlap of x or the noise
+        check_outputs_distinct({"out": out}, {"x": x, "noise": noise})
     else:
         out = torch.empty_like(x)
     if x.numel() == 0:
