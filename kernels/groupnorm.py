@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import FLOATS, check_runnable, compute_dtype, contiguous, tracing_interpreted
+from ._common import FLOATS, check_runnable, compute_dtype, contiguous, on_device, tracing_interpreted
 
 __all__ = ["group_norm"]
 
@@ -232,6 +232,7 @@ def group_norm(x, num_groups, weight, bias, eps, scale, shift, emb_add, act) -> 
         raise ValueError(f"x must be (N, C, *spatial) with num_groups ({num_groups}) dividing C, got {tuple(x.shape)}")
     if act not in (None, "silu"):
         raise ValueError(f"act must be None or 'silu', got {act!r}")
-    return torch.ops.fastsde.group_norm_triton(x, num_groups, contiguous(weight), contiguous(bias), float(eps),
-                                               contiguous(scale), contiguous(shift), contiguous(emb_add),
-                                               _ACT_SILU if act == "silu" else 0)
+    with on_device(x):  # Triton launches on the current device: make it x's
+        return torch.ops.fastsde.group_norm_triton(x, num_groups, contiguous(weight), contiguous(bias), float(eps),
+                                                   contiguous(scale), contiguous(shift), contiguous(emb_add),
+                                                   _ACT_SILU if act == "silu" else 0)

@@ -321,8 +321,8 @@ class CombineSteps:
 
     The buffers, seed and sample ids are checked once here; `combine` then calls the backend with coefficients the
     caller tabulated: `coefs` = (a, [b_0, ..], c) as float64 (1,) views on x's device (c None when noiseless). The
-    seed sits in the 0-d tensor `seed_bits` on x's device (native: read by the kernel when it runs, so a recorded
-    graph serves any seed after a copy into it).
+    seed sits in the 0-d tensor `seed_bits` on x's device (native and Triton: read by the kernel when it runs, so a
+    compiled step has no seed to guard on and a recorded graph serves any seed after a copy into it).
     """
 
     def __init__(self, x, seed, sample_ids, backend="auto"):
@@ -360,4 +360,7 @@ class CombineSteps:
             torch.ops.fastsde.affine_combine_(out, x, outputs, a, b, c, None, 0, self.ids, i64_bits(draw),
                                               self.seed_bits)
             return
-        self._impl(out, x, list(outputs), a, list(b), c, None, self.seed, self.ids, draw)
+        # Triton reads the seed from seed_bits when the kernel runs (no Python int for a compiled graph to guard on,
+        # none for a recorded graph to freeze); the reference backend takes it on the host, and only when noisy.
+        seed = self.seed_bits if self.backend == "triton" else (self.seed if c is not None else 0)
+        self._impl(out, x, list(outputs), a, list(b), c, None, seed, self.ids, draw)
