@@ -73,3 +73,161 @@ def test_combine_in_place_matches_reference(backend):
     got = ops.affine_combine_step(x, outs, 0.8, [0.1, 0.2, -0.3], 0.4, seed=11, draw=2, out=x, backend=backend)
     assert got is x
     torch.testing.assert_close(x, want, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- shared model pieces
+from fastsde import capture_safety  # noqa: E402
+from fastsde import sde as sde_lib  # noqa: E402
+from fastsde import solvers  # noqa: E402
+from fastsde.controllable import get_pc_inpainter  # noqa: E402
+from fastsde.models.analytic import AnalyticScoreModel, get_mixture  # noqa: E402
+from fastsde.sampling.pc import FusedLoop, get_pc_sampler  # noqa: E402
+from fastsde.score import get_model_fn, get_score_parts  # noqa: E402
+from fastsde.solvers.grid import point_fn  # noqa: E402
+from fastsde.solvers.program import Program, SolverLoop  # noqa: E402
+from fastsde.solvers.sampler import denoiser_coefs  # noqa: E402
+
+FUSED = [b for b in BACKENDS if b != "reference"]
+SHAPE = (4, 2)
+
+
+def _vp():
+    return sde_lib.VPSDE(beta_min=0.1, beta_max=2.0, N=4)  # beta_max / N < 1: the Langevin alpha stays positive
+
+
+def _model(sde):
+    return AnalyticScoreModel(get_mixture("ring"), sde, continuous=True)
+
+
+class _Scaled(torch.nn.Module):
+    """An analytic model with a buffer: .double() moves it to new storage in a new dtype (a re-recording that
+    needs a recompile of the compiled step)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x, labels):
+        return self.inner(x, labels) * self.scale.to(x.dtype)
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def eager_compile(monkeypatch, fresh_dynamo):
+    """torch.compile with the eager backend: dynamo's guards (what decides a recompile) are the backend's; the
+    inductor codegen would only cost minutes here. One test per loop family keeps inductor."""
+    real = torch.compile
+
+    def compile_eager(fn=None, **kwargs):
+        return real(fn, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+
+
+class _FakeGraphs:
+    """CPU stand-ins for capture_safety.capture_stream / record_graph: a recording runs its body (a CUDA capture
+    would only record it) and notes how many graphs dynamo compiled meanwhile -- a compile inside a capture is what
+    raises on a GPU. A replay runs the body again."""
+
+    def __init__(self, monkeypatch):
+        self.compiles_while_recording = []
+        self.streams = []
+        monkeypatch.setattr(capture_safety, "capture_stream", self._capture_stream)
+        monkeypatch.setattr(capture_safety, "record_graph", self._record)
+
+    def _capture_stream(self, device):
+        import contextlib
+
+        self.streams.append(torch.device(device))
+        return contextlib.nullcontext("side")
+
+    def _record(self, body, stream):
+        before = _unique_graphs()
+        body()
+        self.compiles_while_recording.append(_unique_graphs() - before)
+
+        class _Graph:
+            def replay(self):
+                body()
+
+        return _Graph()
+
+
+# ---------------------------------------------------------------------- 1, 3: nothing compiles inside a capture
+@pytest.mark.parametrize("backend", FUSED)
+def test_pc_capture_compiles_outside_the_recording(monkeypatch, eager_compile, backend):
+    """FusedLoop._run_captured: step 0 eager (the analytic model builds its device cache), step 1 compiled outside
+    the capture, then the recordings; after a dtype change of a buffer (new storage: a re-recording, and a recompile
+    of the step) the recompile again happens before the recording. On a GPU a compile inside the capture raises."""
+    fake = _FakeGraphs(monkeypatch)
+    monkeypatch.setattr(FusedLoop, "_captures", staticmethod(lambda x: True))
+    sde = _vp()
+    model = _Scaled(_model(sde))
+    sampler = get_pc_sampler(sde, (4, 2), "euler_maruyama", "langevin", lambda v: v, 0.16, continuous=True, seed=3,
+                             backend=backend, capture=True, capture_steps=1)
+    x, _ = sampler(model)
+    assert fake.compiles_while_recording == [0] and torch.isfinite(x).all()
+    sampler(model)
+    assert fake.compiles_while_recording == [0]  # replayed, not re-recorded
+    model.double()  # the buffer moves to new storage in float64: re-recorded, and the compiled step recompiles
+    x, _ = sampler(model)
+    assert fake.compiles_while_recording == [0, 0] and torch.isfinite(x).all()
+    assert fake.streams and all(d == torch.device("cpu") for d in fake.streams)  # the tensors' own device
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_single_eval_program_capture_compiles_outside_the_recording(monkeypatch, eager_compile, backend):
+    """A program with one Eval (the adaptive solver's denoising): the sampler's first call runs that Eval eagerly,
+    so the compiled eval step first runs at the recording -- it must run (and compile) before it. The replay then
+    gives the eager program's result."""
+    fake = _FakeGraphs(monkeypatch)
+    sde = _vp()
+    model = _model(sde)
+    at_time, _ = point_fn(sde, True)
+    labels_fn, _ = get_score_parts(sde, True)
+    program = Program()
+    program.finish_with_denoise(at_time(1e-3), 0)
+    x0 = torch.randn(SHAPE)
+    want = SolverLoop(program, x0.clone(), lambda p: labels_fn(torch.full((4,), p.t)),
+                      lambda p: denoiser_coefs(sde, p), seed=1, sample_ids=None, backend="reference").run(
+        get_model_fn(model)).clone()
+    loop = SolverLoop(program, x0.clone(), lambda p: labels_fn(torch.full((4,), p.t)),
+                      lambda p: denoiser_coefs(sde, p), seed=1, sample_ids=None, backend=backend)
+    eval_step = torch.compile(loop.eval_step, fullgraph=True, dynamic=False)
+    loop.run(model, eval_step=eval_step, eager_evals=1)  # the sampler's first call
+    got = loop.replay(model, eval_step).clone()  # its second: record and replay
+    assert fake.compiles_while_recording == [0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ 5: captures the backend cannot record
+def test_capture_refused_where_the_loop_reads_the_host():
+    """capture=True on CUDA with a loop that reads the step index (PC on Triton or reference ops) or the sample ids
+    (the reference solver combine) on the host: refused in one line, by the factory, before any work."""
+    sde = _vp()
+    with pytest.raises(ValueError, match=r"^capture=True on cuda .*backend='triton'") as info:
+        get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, device="cuda", backend="triton",
+                       capture=True)
+    assert "\n" not in str(info.value) and "compile=True" in str(info.value)
+    if not dispatch.backend_available("native", torch.device("cuda"))[0]:  # this build: auto cannot capture either
+        with pytest.raises(ValueError, match=r"^capture=True on cuda .*backend='auto'"):
+            get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, device="cuda", capture=True)
+    with pytest.raises(ValueError, match=r"^capture=True on cuda .*backend='reference'") as info:
+        solvers.get_sampler("euler", sde, SHAPE, 3, device="cuda", backend="reference", capture=True)
+    assert "\n" not in str(info.value)
+    solvers.get_sampler("euler", sde, SHAPE, 3, device="cuda", backend="triton", capture=True)  # capturable: built
+    # on the CPU capture=True is the compiled loop: every fused backend is accepted
+    get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, backend="triton", capture=True)
