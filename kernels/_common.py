@@ -9,9 +9,10 @@ from typing import Optional
 import torch
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op
 
-__all__ = ["FLOATS", "INTERPRETED", "MAX_GRID_Y", "check_runnable", "compute_dtype", "contiguous", "on_device",
-           "seed_arg", "signed_u64", "split_u64", "tracing_interpreted"]
+__all__ = ["FLOATS", "INTERPRETED", "MAX_GRID_Y", "check_runnable", "compute_dtype", "contiguous", "launcher_op",
+           "on_device", "seed_arg", "signed_u64", "split_u64", "tracing_interpreted"]
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_GRID_Y = 65535  # CUDA's limit on grid axes 1 and 2: larger batches launch in chunks
@@ -89,3 +90,20 @@ def seed_arg(seed, device: torch.device) -> torch.Tensor:
             _SEEDS.clear()
         hit = _SEEDS[key] = torch.tensor(bits, dtype=torch.int64, device=device)
     return hit
+
+
+def launcher_op(name: str, mutates_args):
+    """Decorator registering a launcher as the torch.library op `name`: a triton_op, which torch.compile traces into
+    (inductor sees the kernels). Under TRITON_INTERPRET=1 a plain custom_op instead, whose fake is the same body
+    (tracing_interpreted: it launches nothing on fake tensors): a compiled graph calls it as one opaque op that
+    interprets the kernels when it runs. Traced as a triton_op, the interpreted body would leave no kernel in the
+    graph, and an inductor-compiled sampler would silently skip its updates on the CPU."""
+    if not INTERPRETED:
+        return triton_op(name, mutates_args=mutates_args)
+
+    def register(fn):
+        op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+        op.register_fake(fn)
+        return op
+
+    return register

@@ -22,9 +22,9 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import MAX_GRID_Y, check_runnable, on_device, tracing_interpreted
+from ._common import MAX_GRID_Y, check_runnable, launcher_op, on_device, tracing_interpreted
 
 __all__ = ["attention", "attn_block"]
 
@@ -106,7 +106,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-@triton_op("fastsde::attention_triton", mutates_args={"out"})
+@launcher_op("fastsde::attention_triton", mutates_args={"out"})
 def _attention_op(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """out = softmax(q k^T / sqrt(d)) v on (Z, L, d) tensors with any strides (out: q's shape and dtype)."""
     Z, Lq, d = q.shape

@@ -21,9 +21,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import FLOATS, check_runnable, compute_dtype, contiguous, on_device, tracing_interpreted
+from ._common import (FLOATS, check_runnable, compute_dtype, contiguous, launcher_op, on_device,
+                      tracing_interpreted)
 
 __all__ = ["group_norm"]
 
@@ -197,7 +198,7 @@ def _as_nchw(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous().view(x.shape[0], x.shape[1], -1)
 
 
-@triton_op("fastsde::group_norm_triton", mutates_args={})
+@launcher_op("fastsde::group_norm_triton", mutates_args={})
 def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                    emb_add: Optional[torch.Tensor], act: int) -> torch.Tensor:

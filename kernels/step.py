@@ -26,10 +26,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, on_device, seed_arg, signed_u64,
-                      split_u64,
+from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, launcher_op, on_device, seed_arg,
+                      signed_u64, split_u64,
                       tracing_interpreted)
 from .fsn1 import fsn1_normals
 
@@ -193,7 +193,7 @@ def _stride(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None or t.shape[0] == 1 else 1
 
 
-@triton_op("fastsde::affine_step_triton", mutates_args={"out", "x_mean_out"})
+@launcher_op("fastsde::affine_step_triton", mutates_args={"out", "x_mean_out"})
 def _affine_step_op(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                     c: Optional[torch.Tensor], noise: Optional[torch.Tensor], seed: torch.Tensor,
                     sample_ids: torch.Tensor, draw: int, x_mean_out: Optional[torch.Tensor], mask: Optional[torch.Tensor],
@@ -261,7 +261,7 @@ def affine_step(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean_ou
     return out
 
 
-@triton_op("fastsde::affine_combine_triton", mutates_args={"out"})
+@launcher_op("fastsde::affine_combine_triton", mutates_args={"out"})
 def _affine_combine_op(out: torch.Tensor, x: torch.Tensor, outputs: list[torch.Tensor], a: torch.Tensor,
                        b: list[torch.Tensor], c: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                        seed: torch.Tensor, sample_ids: torch.Tensor, draw: int) -> None:
@@ -321,7 +321,7 @@ def affine_combine_step(out, x, outputs, a, b, c, noise, seed, sample_ids, draw)
     return out
 
 
-@triton_op("fastsde::step_sq_norms_triton", mutates_args={})
+@launcher_op("fastsde::step_sq_norms_triton", mutates_args={})
 def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: torch.Tensor,
                       sample_ids: torch.Tensor, draw: int) -> torch.Tensor:
     """step_sq_norms on contiguous tensors; seed (0-d tensor), draw carry uint64 bits as int64. Returns (B, 2)

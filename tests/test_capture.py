@@ -231,3 +231,96 @@ def test_capture_refused_where_the_loop_reads_the_host():
     solvers.get_sampler("euler", sde, SHAPE, 3, device="cuda", backend="triton", capture=True)  # capturable: built
     # on the CPU capture=True is the compiled loop: every fused backend is accepted
     get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, backend="triton", capture=True)
+
+
+# ------------------------------------------------------------ 2, 7: compiled samplers never recompile across calls
+PC_CASES = [  # (sde, predictor, corrector): every predictor and corrector once
+    ("vp", "euler_maruyama", "none"),
+    ("vp", "reverse_diffusion", "langevin"),
+    ("vp", "ancestral_sampling", "ald"),
+    ("ve", "none", "langevin"),
+]
+
+
+def _sde(name):
+    return _vp() if name == "vp" else sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=4)
+
+
+def _calls(run, count=3):
+    """`count` calls, each after torch.manual_seed(100 + k): seed=None samplers draw a new seed (and prior) from it."""
+    results = []
+    for k in range(count):
+        torch.manual_seed(100 + k)
+        results.append(run(k))
+    return results
+
+
+def _assert_calls_match(got, want):
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(got[0], got[1])  # the seeds (and starts) did change
+
+
+@pytest.fixture
+def no_recompiles():
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        yield
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("case", PC_CASES, ids="-".join)
+def test_pc_compiled_never_recompiles(eager_compile, no_recompiles, backend, case):
+    sde = _sde(case[0])
+    model = _model(sde)
+    make = lambda **kw: get_pc_sampler(sde, SHAPE, case[1], case[2], lambda v: v, 0.16, continuous=True,  # noqa: E731
+                                       **kw)
+    compiled, reference = make(backend=backend, compile=True), make(backend="reference")
+    _assert_calls_match(_calls(lambda k: compiled(model)[0]), _calls(lambda k: reference(model)[0]))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("name", solvers.solver_names())
+def test_solver_compiled_never_recompiles(eager_compile, no_recompiles, backend, name):
+    """Every solver, compiled, over 3 calls with new seeds (seed=None) and new starts: no recompile (the Triton
+    combine used to pass the seed as a Python int: a recompile per call, FailOnRecompileLimitHit at the 9th)."""
+    sde = _vp()
+    model = _model(sde)
+    make = lambda **kw: solvers.get_sampler(name, sde, SHAPE, 3, **kw)  # noqa: E731
+    compiled, reference = make(backend=backend, compile=True), make(backend="reference")
+    starts = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    _assert_calls_match(_calls(lambda k: compiled(model, starts[k])[0]),
+                        _calls(lambda k: reference(model, starts[k])[0]))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_inpainter_compiled_never_recompiles(eager_compile, no_recompiles, backend):
+    sde = _vp()
+    model = _model(sde)
+    g = torch.Generator().manual_seed(2)
+    data = [torch.randn(SHAPE, generator=g) for _ in range(3)]
+    mask = (torch.rand(SHAPE, generator=g) > 0.5).float()
+    make = lambda **kw: get_pc_inpainter(sde, "euler_maruyama", "langevin", lambda v: v, 0.16,  # noqa: E731
+                                         continuous=True, **kw)
+    compiled, reference = make(backend=backend, compile=True), make(backend="reference")
+    _assert_calls_match(_calls(lambda k: compiled(model, data[k], mask)),
+                        _calls(lambda k: reference(model, data[k], mask)))
+
+
+@pytest.mark.parametrize("family", ["pc-native", "dpmpp_2m-triton"])
+def test_inductor_compiled_never_recompiles(fresh_dynamo, no_recompiles, family):
+    """One PC loop and one solver through inductor itself (the default backend), 3 calls with new seeds."""
+    sde = _vp()
+    model = _model(sde)
+    if family == "pc-native":
+        if "native" not in FUSED:
+            pytest.skip("fastsde._C is not built")
+        sampler = get_pc_sampler(sde, SHAPE, "reverse_diffusion", "langevin", lambda v: v, 0.16, continuous=True,
+                                 backend="native", compile=True)
+        got = _calls(lambda k: sampler(model)[0])
+    else:
+        if "triton" not in FUSED:
+            pytest.skip("triton is not installed")
+        sampler = solvers.get_sampler("dpmpp_2m", sde, SHAPE, 3, backend="triton", compile=True)
+        got = _calls(lambda k: sampler(model)[0])
+    assert all(torch.isfinite(g).all() for g in got) and not torch.equal(got[0], got[1])
