@@ -21,7 +21,8 @@ import contextlib
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["CaptureMonitor", "step_boundary", "loop_end", "HostSyncError"]
+__all__ = ["CaptureMonitor", "step_boundary", "loop_end", "HostSyncError", "on_device", "capture_stream",
+           "record_graph"]
 
 # Ops that read device memory on the host or whose output shape depends on the data.
 _SYNC_OPS = {
@@ -47,6 +48,53 @@ def loop_end() -> None:
     """Mark the end of the steps: what follows (copying the result out) is counted apart, as step -1."""
     if _ACTIVE:
         _ACTIVE[-1].step = -1
+
+
+# ---------------------------------------------------------------------------------------------- recording graphs
+# The one path every captured sampler (sampling/pc.py FusedLoop, solvers/program.py SolverLoop) records through:
+#
+#     with on_device(x):                          # eager warm-up and replays on x's device
+#         <eager warm-up: lazily built model state>
+#         with capture_stream(x.device) as side:  # a side stream of x's device, ordered after the current one
+#             <one compiled call, outside any capture: a (re)compile happens here, never inside the capture>
+#             graph = record_graph(body, side)    # records body(); nothing runs
+#         graph.replay()
+#
+# tests/test_capture.py replaces capture_stream and record_graph with CPU stand-ins to prove that nothing compiles
+# inside a recording.
+
+
+def on_device(device):
+    """torch.cuda.device(device) for a CUDA device (kernels, graph replays and captures go to the current device),
+    else a no-op context."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def capture_stream(device):
+    """Makes `device` current and a fresh side stream of it the current stream, after the caller's stream's pending
+    work; yields the side stream (warm up and record on it, as torch recommends). On exit the caller's stream waits
+    for the side stream's work."""
+    device = torch.device(device)
+    with torch.cuda.device(device):
+        caller = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(caller)
+        with torch.cuda.stream(side):
+            yield side
+        caller.wait_stream(side)
+
+
+def record_graph(body, stream):
+    """A CUDA graph of body() recorded on `stream` (from capture_stream; its device is the graph's): nothing runs,
+    so body's in-place side effects on the device happen only at replay. Every kernel body launches must already be
+    compiled and loaded (a torch.compile'd function compiled, Triton kernels JIT-compiled) by a call outside."""
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        body()
+    return graph
 
 
 class _Mode(TorchDispatchMode):

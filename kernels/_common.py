@@ -2,15 +2,17 @@
 the interpreter's tracing guard, the compute dtype, grid limits and uint64 kernel arguments."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
 import torch
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op
 
-__all__ = ["FLOATS", "INTERPRETED", "MAX_GRID_Y", "check_runnable", "compute_dtype", "contiguous", "signed_u64",
-           "split_u64", "tracing_interpreted"]
+__all__ = ["FLOATS", "INTERPRETED", "MAX_GRID_Y", "check_runnable", "compute_dtype", "contiguous", "launcher_op",
+           "on_device", "seed_arg", "signed_u64", "split_u64", "tracing_interpreted"]
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_GRID_Y = 65535  # CUDA's limit on grid axes 1 and 2: larger batches launch in chunks
@@ -55,3 +57,53 @@ def split_u64(value: int) -> tuple[int, int]:
     stable kernel argument type)."""
     lo, hi = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
     return (lo - (1 << 32) if lo >= 1 << 31 else lo), (hi - (1 << 32) if hi >= 1 << 31 else hi)
+
+
+def on_device(t: torch.Tensor):
+    """A context that makes t's CUDA device the current one while a launcher runs (Triton launches on the current
+    device, and a CUDA graph records on it): torch.cuda.device(t.device) for an eager CUDA tensor, else nothing
+    (the CPU interpreter; a compiled graph, whose generated code guards the device itself)."""
+    if t.device.type == "cuda" and not torch.compiler.is_compiling():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+_SEEDS: dict = {}  # (device, int64 bits) -> 0-d int64 tensor: a host seed becomes a device tensor once, not per call
+
+
+def seed_arg(seed, device: torch.device) -> torch.Tensor:
+    """The seed as the kernels read it: a 0-d int64 tensor on `device` holding the uint64 seed's bits. A tensor is
+    passed through (checked): its value is read when the kernel runs, so a compiled graph has no int to guard on and
+    a recorded CUDA graph serves any seed copied into it. A Python int gets a cached constant tensor (never written)."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.dim() != 0 or seed.device != torch.device(device):
+            raise ValueError(f"seed must be a 0-d int64 tensor on {device}, got {seed.dtype} "
+                             f"{tuple(seed.shape)} on {seed.device}")
+        return seed
+    bits = signed_u64(seed)
+    if torch.compiler.is_compiling():
+        return torch.tensor(bits, dtype=torch.int64, device=device)
+    key = (torch.device(device), bits)
+    hit = _SEEDS.get(key)
+    if hit is None:
+        if len(_SEEDS) >= 256:
+            _SEEDS.clear()
+        hit = _SEEDS[key] = torch.tensor(bits, dtype=torch.int64, device=device)
+    return hit
+
+
+def launcher_op(name: str, mutates_args):
+    """Decorator registering a launcher as the torch.library op `name`: a triton_op, which torch.compile traces into
+    (inductor sees the kernels). Under TRITON_INTERPRET=1 a plain custom_op instead, whose fake is the same body
+    (tracing_interpreted: it launches nothing on fake tensors): a compiled graph calls it as one opaque op that
+    interprets the kernels when it runs. Traced as a triton_op, the interpreted body would leave no kernel in the
+    graph, and an inductor-compiled sampler would silently skip its updates on the CPU."""
+    if not INTERPRETED:
+        return triton_op(name, mutates_args=mutates_args)
+
+    def register(fn):
+        op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+        op.register_fake(fn)
+        return op
+
+    return register

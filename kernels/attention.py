@@ -22,9 +22,9 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import MAX_GRID_Y, check_runnable, tracing_interpreted
+from ._common import MAX_GRID_Y, check_runnable, launcher_op, on_device, tracing_interpreted
 
 __all__ = ["attention", "attn_block"]
 
@@ -106,7 +106,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-@triton_op("fastsde::attention_triton", mutates_args={"out"})
+@launcher_op("fastsde::attention_triton", mutates_args={"out"})
 def _attention_op(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """out = softmax(q k^T / sqrt(d)) v on (Z, L, d) tensors with any strides (out: q's shape and dtype)."""
     Z, Lq, d = q.shape
@@ -152,7 +152,8 @@ def attention(q, k, v, out=None) -> torch.Tensor:
     except RuntimeError:  # leading dimensions that do not merge: write a temporary, then copy
         target = None
     tmp = torch.empty(flat(q).shape, dtype=q.dtype, device=q.device) if target is None else target
-    torch.ops.fastsde.attention_triton(tmp, flat(q), flat(k), flat(v))
+    with on_device(q):  # Triton launches on the current device: make it q's
+        torch.ops.fastsde.attention_triton(tmp, flat(q), flat(k), flat(v))
     if target is None:
         out.copy_(tmp.view(out.shape))
     return out
@@ -178,7 +179,8 @@ def attn_block(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, out_bias
     qkv = torch.baddbmm(b[None, :, None], w.expand(B, -1, -1), h).reshape(B * num_heads, 3 * d, L)
     q, k, v = (t.mT for t in qkv.split(d, dim=1))  # (B heads, L, d), strides (3 d L, 1, L)
     a = torch.empty(B, C, L, dtype=dt, device=x.device)
-    torch.ops.fastsde.attention_triton(a.reshape(B * num_heads, d, L).mT, q, k, v)
+    with on_device(x):
+        torch.ops.fastsde.attention_triton(a.reshape(B * num_heads, d, L).mT, q, k, v)
     res = 1.0 / math.sqrt(2.0) if skip_rescale else 1.0
     y = torch.baddbmm(xc, out_weight.to(dt).expand(B, -1, -1), a, beta=res, alpha=res)
     return y.add_((out_bias.to(dt) * res)[None, :, None]).reshape(B, C, H, W)

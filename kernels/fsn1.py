@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import split_u64
+from ._common import on_device, split_u64
 
 __all__ = ["fsn1_words", "fsn1_uniform_u", "fsn1_uniform_v", "fsn1_normals", "fsn1_words_debug", "fsn1_normal_debug", "split_u64"]
 
@@ -163,6 +163,7 @@ def fsn1_normal_debug(out: torch.Tensor, seed: int, sample_ids: torch.Tensor, dr
     batch, numel = out.shape
     if out.numel():
         BLOCK = 256
-        _fsn1_normal_fwd_kernel[(triton.cdiv(numel, BLOCK), batch)](
-            out, sample_ids, numel, *split_u64(seed), *split_u64(draw), BLOCK=BLOCK)
+        with on_device(out):
+            _fsn1_normal_fwd_kernel[(triton.cdiv(numel, BLOCK), batch)](
+                out, sample_ids, numel, *split_u64(seed), *split_u64(draw), BLOCK=BLOCK)
     return out

@@ -21,9 +21,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import FLOATS, check_runnable, compute_dtype, contiguous, tracing_interpreted
+from ._common import (FLOATS, check_runnable, compute_dtype, contiguous, launcher_op, on_device,
+                      tracing_interpreted)
 
 __all__ = ["group_norm"]
 
@@ -197,7 +198,7 @@ def _as_nchw(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous().view(x.shape[0], x.shape[1], -1)
 
 
-@triton_op("fastsde::group_norm_triton", mutates_args={})
+@launcher_op("fastsde::group_norm_triton", mutates_args={})
 def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                    emb_add: Optional[torch.Tensor], act: int) -> torch.Tensor:
@@ -232,6 +233,7 @@ def group_norm(x, num_groups, weight, bias, eps, scale, shift, emb_add, act) -> 
         raise ValueError(f"x must be (N, C, *spatial) with num_groups ({num_groups}) dividing C, got {tuple(x.shape)}")
     if act not in (None, "silu"):
         raise ValueError(f"act must be None or 'silu', got {act!r}")
-    return torch.ops.fastsde.group_norm_triton(x, num_groups, contiguous(weight), contiguous(bias), float(eps),
-                                               contiguous(scale), contiguous(shift), contiguous(emb_add),
-                                               _ACT_SILU if act == "silu" else 0)
+    with on_device(x):  # Triton launches on the current device: make it x's
+        return torch.ops.fastsde.group_norm_triton(x, num_groups, contiguous(weight), contiguous(bias), float(eps),
+                                                   contiguous(scale), contiguous(shift), contiguous(emb_add),
+                                                   _ACT_SILU if act == "silu" else 0)

@@ -26,9 +26,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, signed_u64, split_u64,
+from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, launcher_op, on_device, seed_arg,
+                      signed_u64, split_u64,
                       tracing_interpreted)
 from .fsn1 import fsn1_normals
 
@@ -37,7 +38,7 @@ __all__ = ["affine_step", "affine_combine_step", "step_sq_norms"]
 _NO_NOISE, _EXPLICIT, _FSN1 = 0, 1, 2
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "draw_lo", "draw_hi", "data_draw_lo", "data_draw_hi"])
+@triton.jit(do_not_specialize=["draw_lo", "draw_hi", "data_draw_lo", "data_draw_hi"])
 def _affine_step_fwd_kernel(
     OUT_ptr,  # (B, M) out: x' (may be X_ptr: each element is read before it is written, by the same program)
     X_ptr,  # (B, M) state x
@@ -47,6 +48,7 @@ def _affine_step_fwd_kernel(
     C_ptr,  # (B,) or (1,) float64: coefficient of z (read when NOISE != 0)
     NOISE_ptr,  # (B, M) explicit noise z (read when NOISE == 1)
     IDS_ptr,  # (B,) int64 FSN1 sample ids (read when NOISE == 2 or PROJECT)
+    SEED_ptr,  # () int64: the uint64 FSN1 seed's bits, read when the kernel runs (a recorded graph serves any seed)
     XMEAN_ptr,  # (B, M) out: x_mean (written when WRITE_MEAN)
     MASK_ptr,  # (B, M) projection mask m (read when PROJECT)
     DATA_ptr,  # (B, M) projection data (read when PROJECT)
@@ -57,7 +59,7 @@ def _affine_step_fwd_kernel(
     M,  # elements per sample
     n0,  # first sample of this launch (batches past 65535 launch in chunks)
     a_stride, b_stride, c_stride, da_stride, dc_stride, b2_stride, b3_stride,
-    seed_lo, seed_hi, draw_lo, draw_hi, data_draw_lo, data_draw_hi,  # int32 bit patterns of uint64 seed/draws
+    draw_lo, draw_hi, data_draw_lo, data_draw_hi,  # int32 bit patterns of the uint64 draws
     NOISE: tl.constexpr,  # 0: c is None; 1: explicit noise; 2: FSN1 at (seed, IDS[n], draw)
     WRITE_MEAN: tl.constexpr,
     PROJECT: tl.constexpr,
@@ -84,8 +86,7 @@ def _affine_step_fwd_kernel(
     x_new = x_mean
     if NOISE != 0 or PROJECT:
         sample = tl.load(IDS_ptr + n).to(tl.uint32)
-        key_lo = seed_lo.to(tl.uint32, bitcast=True)
-        key_hi = seed_hi.to(tl.uint32, bitcast=True)
+        key_lo, key_hi = _seed_key(SEED_ptr)
     if NOISE != 0:
         c = tl.load(C_ptr + n * c_stride).to(COMPUTE)
         if NOISE == 1:
@@ -107,16 +108,24 @@ def _affine_step_fwd_kernel(
     tl.store(OUT_ptr + offs, x_new.to(OUT_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "draw_lo", "draw_hi"])
+@triton.jit
+def _seed_key(SEED_ptr):
+    """The Philox key (seed & 0xffffffff, seed >> 32) as uint32 from the int64 bits of the uint64 seed at SEED_ptr."""
+    seed = tl.load(SEED_ptr).to(tl.uint64, bitcast=True)
+    return seed.to(tl.uint32), (seed >> 32).to(tl.uint32)
+
+
+@triton.jit(do_not_specialize=["draw_lo", "draw_hi"])
 def _step_sq_norms_kernel(
     SCORE_ptr,  # (B, M) score, in the state's dtype or a narrower one
     NOISE_ptr,  # (B, M) explicit noise z, in the state's dtype (read when NOISE == 1)
     IDS_ptr,  # (B,) int64 FSN1 sample ids (read when NOISE == 2)
+    SEED_ptr,  # () int64: the uint64 FSN1 seed's bits (read when NOISE == 2)
     PART_ptr,  # (B, P, 2) float64 out: per-program [sum score^2, sum z^2], P = cdiv(M, BLOCK)
     M,  # elements per sample
     P,  # programs per sample
     n0,  # first sample of this launch
-    seed_lo, seed_hi, draw_lo, draw_hi,  # int32 bit patterns of the uint64 seed and draw
+    draw_lo, draw_hi,  # int32 bit patterns of the uint64 draw
     NOISE: tl.constexpr,  # 1: explicit noise; 2: FSN1 at (seed, IDS[n], draw)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for float64 tensors
     BLOCK: tl.constexpr,  # elements per program, a multiple of 4
@@ -131,9 +140,9 @@ def _step_sq_norms_kernel(
         z = tl.load(NOISE_ptr + offs, mask=ok, other=0).to(COMPUTE)
     else:
         sample = tl.load(IDS_ptr + n).to(tl.uint32)
+        key_lo, key_hi = _seed_key(SEED_ptr)
         z = fsn1_normals((pid * (BLOCK // 4)).to(tl.uint32), sample, draw_lo.to(tl.uint32, bitcast=True),
-                         draw_hi.to(tl.uint32, bitcast=True), seed_lo.to(tl.uint32, bitcast=True),
-                         seed_hi.to(tl.uint32, bitcast=True), BLOCK, COMPUTE)
+                         draw_hi.to(tl.uint32, bitcast=True), key_lo, key_hi, BLOCK, COMPUTE)
         z = tl.where(ok, z, 0)
     part = PART_ptr + (n * P + pid) * 2
     # squares in float64, as the reference and native: a float32 square overflows for |score| > 1.8e19
@@ -144,7 +153,8 @@ def _step_sq_norms_kernel(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers. Arguments follow fastsde/ops/step.py's backend convention (validated there): out, x, score, a, b, c
-# (float64 (B,)|(1,)|None), noise|None, seed (uint64 int), sample_ids (int64 (B,)), draw (uint64 int),
+# (float64 (B,)|(1,)|None), noise|None, seed (uint64 int, or its int64 bits in a 0-d int64 tensor on x's device:
+# seed_arg), sample_ids (int64 (B,)), draw (uint64 int),
 # x_mean_out|None, mask|None, data|None, data_a|None, data_c|None, data_draw (uint64 int).
 
 _BLOCK = 1024  # 4 elements, i.e. one Philox call (per draw), per thread at 8 warps
@@ -183,30 +193,29 @@ def _stride(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None or t.shape[0] == 1 else 1
 
 
-@triton_op("fastsde::affine_step_triton", mutates_args={"out", "x_mean_out"})
+@launcher_op("fastsde::affine_step_triton", mutates_args={"out", "x_mean_out"})
 def _affine_step_op(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                    c: Optional[torch.Tensor], noise: Optional[torch.Tensor], seed: int, sample_ids: torch.Tensor,
-                    draw: int, x_mean_out: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                    c: Optional[torch.Tensor], noise: Optional[torch.Tensor], seed: torch.Tensor,
+                    sample_ids: torch.Tensor, draw: int, x_mean_out: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                     data: Optional[torch.Tensor], data_a: Optional[torch.Tensor], data_c: Optional[torch.Tensor],
                     data_draw: int) -> None:
-    """affine_step on contiguous tensors; seed, draw, data_draw carry uint64 bits as int64."""
+    """affine_step on contiguous tensors; seed (0-d tensor), draw, data_draw carry uint64 bits as int64."""
     batch = x.shape[0]
     numel = x.numel() // batch if batch else 0
     if numel == 0 or tracing_interpreted(x):
         return
     project = mask is not None
     mode = _NO_NOISE if c is None else (_EXPLICIT if noise is not None else _FSN1)
-    seed_lo, seed_hi = split_u64(seed)
     draw_lo, draw_hi = split_u64(draw)
     ddraw_lo, ddraw_hi = split_u64(data_draw)
     for n0 in range(0, batch, _MAX_GRID_Y):
         grid = (triton.cdiv(numel, _BLOCK), min(batch - n0, _MAX_GRID_Y))
         wrap_triton(_affine_step_fwd_kernel)[grid](
-            out, x, score, a, b, a if c is None else c, x if noise is None else noise, sample_ids,
+            out, x, score, a, b, a if c is None else c, x if noise is None else noise, sample_ids, seed,
             x if x_mean_out is None else x_mean_out, x if mask is None else mask, x if data is None else data,
             a if data_a is None else data_a, a if data_c is None else data_c, score, score, b, b,
             numel, n0, _stride(a), _stride(b), _stride(c), _stride(data_a), _stride(data_c), 0, 0,
-            seed_lo, seed_hi, draw_lo, draw_hi, ddraw_lo, ddraw_hi,
+            draw_lo, draw_hi, ddraw_lo, ddraw_hi,
             NOISE=mode, WRITE_MEAN=x_mean_out is not None, PROJECT=project, COMPUTE=compute_dtype(x.dtype),
             BLOCK=_BLOCK, num_warps=_NUM_WARPS,
         )
@@ -240,37 +249,38 @@ def affine_step(out, x, score, a, b, c, noise, seed, sample_ids, draw, x_mean_ou
     mean_target = x_mean_out
     if x_mean_out is not None and not x_mean_out.is_contiguous():
         mean_target = torch.empty_like(x_mean_out, memory_format=torch.contiguous_format)
-    torch.ops.fastsde.affine_step_triton(
-        target, x.contiguous(), score.contiguous(), a, b, c, contiguous(noise), signed_u64(seed),
-        sample_ids.to(torch.int64).contiguous(), signed_u64(draw), mean_target, contiguous(mask), contiguous(data),
-        data_a, data_c, signed_u64(data_draw))
-    if target is not out:
-        out.copy_(target)
-    if mean_target is not x_mean_out:
-        x_mean_out.copy_(mean_target)
+    with on_device(x):
+        torch.ops.fastsde.affine_step_triton(
+            target, x.contiguous(), score.contiguous(), a, b, c, contiguous(noise), seed_arg(seed, x.device),
+            sample_ids.to(torch.int64).contiguous(), signed_u64(draw), mean_target, contiguous(mask),
+            contiguous(data), data_a, data_c, signed_u64(data_draw))
+        if target is not out:
+            out.copy_(target)
+        if mean_target is not x_mean_out:
+            x_mean_out.copy_(mean_target)
     return out
 
 
-@triton_op("fastsde::affine_combine_triton", mutates_args={"out"})
+@launcher_op("fastsde::affine_combine_triton", mutates_args={"out"})
 def _affine_combine_op(out: torch.Tensor, x: torch.Tensor, outputs: list[torch.Tensor], a: torch.Tensor,
-                       b: list[torch.Tensor], c: Optional[torch.Tensor], noise: Optional[torch.Tensor], seed: int,
-                       sample_ids: torch.Tensor, draw: int) -> None:
-    """affine_combine_step on contiguous tensors (1 to 3 outputs of one dtype); seed, draw: uint64 bits as int64."""
+                       b: list[torch.Tensor], c: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                       seed: torch.Tensor, sample_ids: torch.Tensor, draw: int) -> None:
+    """affine_combine_step on contiguous tensors (1 to 3 outputs of one dtype); seed (0-d tensor), draw: uint64 bits
+    as int64."""
     batch = x.shape[0]
     numel = x.numel() // batch if batch else 0
     if numel == 0 or tracing_interpreted(x):
         return
     s1, s2, s3 = (outputs + [outputs[0]] * 2)[:3]
     b1, b2, b3 = (b + [b[0]] * 2)[:3]
-    seed_lo, seed_hi = split_u64(seed)
     draw_lo, draw_hi = split_u64(draw)
     mode = _NO_NOISE if c is None else (_EXPLICIT if noise is not None else _FSN1)
     for n0 in range(0, batch, _MAX_GRID_Y):
         grid = (triton.cdiv(numel, _BLOCK), min(batch - n0, _MAX_GRID_Y))
         wrap_triton(_affine_step_fwd_kernel)[grid](
-            out, x, s1, a, b1, a if c is None else c, x if noise is None else noise, sample_ids, x, x, x, a, a,
-            s2, s3, b2, b3, numel, n0, _stride(a), _stride(b1), _stride(c), 0, 0, _stride(b2), _stride(b3),
-            seed_lo, seed_hi, draw_lo, draw_hi, 0, 0,
+            out, x, s1, a, b1, a if c is None else c, x if noise is None else noise, sample_ids, seed, x, x, x,
+            a, a, s2, s3, b2, b3, numel, n0, _stride(a), _stride(b1), _stride(c), 0, 0, _stride(b2), _stride(b3),
+            draw_lo, draw_hi, 0, 0,
             NOISE=mode, WRITE_MEAN=False, PROJECT=False, COMPUTE=compute_dtype(x.dtype), BLOCK=_BLOCK,
             NOUT=len(outputs), num_warps=_NUM_WARPS,
         )
@@ -302,30 +312,31 @@ def affine_combine_step(out, x, outputs, a, b, c, noise, seed, sample_ids, draw)
     if sample_ids is None:
         sample_ids = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
-    torch.ops.fastsde.affine_combine_triton(
-        target, x.contiguous(), [o.contiguous() for o in outputs], a, list(b), c, contiguous(noise), signed_u64(seed),
-        sample_ids.to(torch.int64).contiguous(), signed_u64(draw))
-    if target is not out:
-        out.copy_(target)
+    with on_device(x):
+        torch.ops.fastsde.affine_combine_triton(
+            target, x.contiguous(), [o.contiguous() for o in outputs], a, list(b), c, contiguous(noise),
+            seed_arg(seed, x.device), sample_ids.to(torch.int64).contiguous(), signed_u64(draw))
+        if target is not out:
+            out.copy_(target)
     return out
 
 
-@triton_op("fastsde::step_sq_norms_triton", mutates_args={})
-def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: int, sample_ids: torch.Tensor,
-                      draw: int) -> torch.Tensor:
-    """step_sq_norms on contiguous tensors; seed, draw carry uint64 bits as int64. Returns (B, 2) float64."""
+@launcher_op("fastsde::step_sq_norms_triton", mutates_args={})
+def _step_sq_norms_op(score: torch.Tensor, noise: Optional[torch.Tensor], seed: torch.Tensor,
+                      sample_ids: torch.Tensor, draw: int) -> torch.Tensor:
+    """step_sq_norms on contiguous tensors; seed (0-d tensor), draw carry uint64 bits as int64. Returns (B, 2)
+    float64."""
     batch = score.shape[0]
     numel = score.numel() // batch if batch else 0
     programs = triton.cdiv(numel, _BLOCK)
     state = score if noise is None else noise  # the state's dtype sets the compute type (the score may be narrower)
     partial = torch.empty(batch, programs, 2, dtype=torch.float64, device=score.device)
-    seed_lo, seed_hi = split_u64(seed)
     draw_lo, draw_hi = split_u64(draw)
     for n0 in range(0, 0 if numel == 0 or tracing_interpreted(score) else batch, _MAX_GRID_Y):
         grid = (programs, min(batch - n0, _MAX_GRID_Y))
         wrap_triton(_step_sq_norms_kernel)[grid](
-            score, score if noise is None else noise, sample_ids, partial, numel, programs, n0,
-            seed_lo, seed_hi, draw_lo, draw_hi,
+            score, score if noise is None else noise, sample_ids, seed, partial, numel, programs, n0,
+            draw_lo, draw_hi,
             NOISE=_EXPLICIT if noise is not None else _FSN1, COMPUTE=compute_dtype(state.dtype), BLOCK=_BLOCK,
             num_warps=_NUM_WARPS,
         )
@@ -348,6 +359,7 @@ def step_sq_norms(score, noise, seed, sample_ids, draw) -> torch.Tensor:
         return torch.zeros(score.shape[0], 2, dtype=torch.float64, device=score.device)
     if sample_ids is None:
         sample_ids = torch.zeros(score.shape[0], dtype=torch.int64, device=score.device)
-    return torch.ops.fastsde.step_sq_norms_triton(
-        score.contiguous(), contiguous(noise), signed_u64(seed),
-        sample_ids.to(torch.int64).contiguous(), signed_u64(draw))
+    with on_device(score):
+        return torch.ops.fastsde.step_sq_norms_triton(
+            score.contiguous(), contiguous(noise), seed_arg(seed, score.device),
+            sample_ids.to(torch.int64).contiguous(), signed_u64(draw))

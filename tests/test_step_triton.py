@@ -350,10 +350,11 @@ def test_torch_library_opcheck():
     a, b, c = _coefs(2)
     ids = torch.tensor([3, (1 << 32) - 1])
     out, x_mean = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
+    seed = torch.tensor(-5)  # the seed's int64 bits in a 0-d tensor: the kernels read it when they run
     torch.library.opcheck(torch.ops.fastsde.affine_step_triton.default,
-                          (out, x, score, a, b, c, None, -5, ids, 3, x_mean, mask, data, a, c, 9), test_utils=tests)
+                          (out, x, score, a, b, c, None, seed, ids, 3, x_mean, mask, data, a, c, 9), test_utils=tests)
     torch.library.opcheck(torch.ops.fastsde.affine_step_triton.default,
-                          (out, x, score, a, b, c, noise, 0, ids, 0, None, None, None, None, None, 0),
+                          (out, x, score, a, b, c, noise, torch.tensor(0), ids, 0, None, None, None, None, None, 0),
                           test_utils=tests)
-    torch.library.opcheck(torch.ops.fastsde.step_sq_norms_triton.default, (score, None, -5, ids, 3),
+    torch.library.opcheck(torch.ops.fastsde.step_sq_norms_triton.default, (score, None, seed, ids, 3),
                           test_utils=tests)

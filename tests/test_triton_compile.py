@@ -31,15 +31,16 @@ def _variants():
         sig = {name: ptr for name in ("OUT_ptr", "X_ptr", "SCORE_ptr", "NOISE_ptr", "XMEAN_ptr", "MASK_ptr",
                                       "DATA_ptr", "S2_ptr", "S3_ptr")}
         sig.update({name: "*fp64" for name in ("A_ptr", "B_ptr", "C_ptr", "DA_ptr", "DC_ptr", "B2_ptr", "B3_ptr")})
-        sig.update(IDS_ptr="*i64", M=m, n0="i32", a_stride="i32", b_stride="i32", c_stride="i32",
-                   da_stride="i32", dc_stride="i32", b2_stride="i32", b3_stride="i32", seed_lo="i32", seed_hi="i32",
+        sig.update(IDS_ptr="*i64", SEED_ptr="*i64", M=m, n0="i32", a_stride="i32", b_stride="i32", c_stride="i32",
+                   da_stride="i32", dc_stride="i32", b2_stride="i32", b3_stride="i32",
                    draw_lo="i32", draw_hi="i32", data_draw_lo="i32", data_draw_hi="i32")
         consts = dict(NOISE=noise, WRITE_MEAN=mean, PROJECT=project, COMPUTE=compute, BLOCK=step._BLOCK, NOUT=nout)
         return step._affine_step_fwd_kernel, sig, consts, step._NUM_WARPS
 
     def norms(ptr, noise, compute):
-        sig = dict(SCORE_ptr=ptr, NOISE_ptr=ptr, IDS_ptr="*i64", PART_ptr="*fp64" if compute == tl.float64 else "*fp32",
-                   M="i32", P="i32", n0="i32", seed_lo="i32", seed_hi="i32", draw_lo="i32", draw_hi="i32")
+        sig = dict(SCORE_ptr=ptr, NOISE_ptr=ptr, IDS_ptr="*i64", SEED_ptr="*i64",
+                   PART_ptr="*fp64" if compute == tl.float64 else "*fp32",
+                   M="i32", P="i32", n0="i32", draw_lo="i32", draw_hi="i32")
         return step._step_sq_norms_kernel, sig, dict(NOISE=noise, COMPUTE=compute, BLOCK=step._BLOCK), step._NUM_WARPS
 
     f32, f64 = tl.float32, tl.float64

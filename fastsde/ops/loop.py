@@ -32,7 +32,7 @@ import torch
 from fastsde.ops.checks import i64_bits
 from fastsde.ops import dispatch
 
-__all__ = ["loop_affine_", "loop_langevin_", "step_ops", "langevin_scratch", "seed_tensor"]
+__all__ = ["loop_affine_", "loop_langevin_", "step_ops", "langevin_scratch", "seed_tensor", "check_capturable"]
 
 _U64 = 1 << 64
 
@@ -191,3 +191,29 @@ def step_ops(backend: str, device):
         loop_langevin_(*args, backend)
 
     return affine, langevin
+
+
+def check_capturable(backend: str, device, *, loop: str = "pc") -> None:
+    """Refuse, in one line and before any work, capture=True where the backend cannot be recorded in a CUDA graph on
+    `device` (only CUDA devices record; elsewhere capture runs the compiled loop and anything goes).
+
+    loop="pc": the PC loop records its updates, which must be the native loop ops (the reference and Triton loop
+    ops read the step index and seed on the host). loop="solver": the solver program records its combines, which
+    must not be the reference backend (it reads the sample ids on the host); native and Triton read the seed, ids
+    and coefficients on the device."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    if loop == "pc":
+        if _native_available(backend, device):
+            return
+        name = "auto" if backend == "auto" else resolve("affine_step", backend, device)[0]
+        why = "" if backend != "auto" else f" ({dispatch.backend_available('native', device)[1]})"
+        raise ValueError(f"capture=True on {device} records the PC loop's native loop ops: expected backend='native' "
+                         f"(or 'auto' with fastsde._C built with CUDA), got backend={name!r}{why}, whose loop reads "
+                         f"the step index on the host; use compile=True instead")
+    name = resolve("affine_combine_step", backend, device)[0]
+    if name == "reference":
+        raise ValueError(f"capture=True on {device} records the solver's combines: expected backend 'native', "
+                         f"'triton' or 'auto' resolving to one of them, got backend={backend!r} running 'reference', "
+                         f"which reads the sample ids on the host; use compile=True instead")

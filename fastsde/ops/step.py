@@ -20,7 +20,7 @@ import torch
 
 from fastsde import random as _random
 from fastsde.ops.checks import (as_u64, check_float_tensor, check_like, check_no_autograd, check_outputs_distinct,
-                                check_score, i64_bits, score_dtypes)
+                                check_score, i64_bits, overlaps, same_view, score_dtypes)
 from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
@@ -250,8 +250,9 @@ def _check_outputs(x, outputs, b, out):
                          f"{len(b) if isinstance(b, (list, tuple)) else type(b).__name__}")
     for k, o in enumerate(outputs):
         check_score(f"outputs[{k}]", o, x)
-        if out is not None and o.numel() and o.data_ptr() == out.data_ptr():
-            raise ValueError(f"outputs[{k}] must not share memory with out (it is overwritten before it is read)")
+        if isinstance(out, torch.Tensor) and overlaps(o, out):  # not even as the same view: a model output is never the update's
+            raise ValueError(f"outputs[{k}] must not share memory with out: expected separate storage, got "
+                             f"{'the same view' if same_view(o, out) else 'a partial overlap'}")
 
 
 def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0, out=None,
@@ -275,6 +276,8 @@ def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, samp
         ids = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     if out is not None:
         check_like("out", out, x)
+        # out may be x itself (in place, as affine_step), never a partial overlap of x or the noise
+        check_outputs_distinct({"out": out}, {"x": x, "noise": noise})
     else:
         out = torch.empty_like(x)
     if x.numel() == 0:
@@ -318,8 +321,8 @@ class CombineSteps:
 
     The buffers, seed and sample ids are checked once here; `combine` then calls the backend with coefficients the
     caller tabulated: `coefs` = (a, [b_0, ..], c) as float64 (1,) views on x's device (c None when noiseless). The
-    seed sits in the 0-d tensor `seed_bits` on x's device (native: read by the kernel when it runs, so a recorded
-    graph serves any seed after a copy into it).
+    seed sits in the 0-d tensor `seed_bits` on x's device (native and Triton: read by the kernel when it runs, so a
+    compiled step has no seed to guard on and a recorded graph serves any seed after a copy into it).
     """
 
     def __init__(self, x, seed, sample_ids, backend="auto"):
@@ -357,4 +360,7 @@ class CombineSteps:
             torch.ops.fastsde.affine_combine_(out, x, outputs, a, b, c, None, 0, self.ids, i64_bits(draw),
                                               self.seed_bits)
             return
-        self._impl(out, x, list(outputs), a, list(b), c, None, self.seed, self.ids, draw)
+        # Triton reads the seed from seed_bits when the kernel runs (no Python int for a compiled graph to guard on,
+        # none for a recorded graph to freeze); the reference backend takes it on the host, and only when noisy.
+        seed = self.seed_bits if self.backend == "triton" else (self.seed if c is not None else 0)
+        self._impl(out, x, list(outputs), a, list(b), c, None, seed, self.ids, draw)

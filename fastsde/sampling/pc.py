@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from fastsde._util import per_sample
+from fastsde import capture_safety
 from fastsde.capture_safety import loop_end, step_boundary
 from fastsde.noise import DrawPlan, NoiseStream
 from fastsde.ops import loop as loop_ops
@@ -54,6 +55,8 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
                                                           eps, backend, noise, sample_ids)
     mode = check_loop_mode(backend, noise, compile, capture, capture_steps)
+    if capture:
+        loop_ops.check_capturable(backend, device)
     precision = resolve_precision(precision, device)
     precision_dtype(precision, dtype)
     n_steps = int(n_steps)
@@ -124,6 +127,8 @@ def pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, p
     proj = None if projection is None else Projection(sde, *projection, timesteps)
     plan = DrawPlan(n_steps, projection=proj is not None)
     if backend != "reference" and not (proj is not None and stream.kind == "torch"):
+        if mode["capture"]:  # the inpainter and colorizer learn the device from their data
+            loop_ops.check_capturable(backend, device)
         key = (id(model), x.shape, x.dtype, x.device, proj is not None)
         fused = None if cache is None else cache.get(key)
         if fused is None:
@@ -289,7 +294,7 @@ class FusedLoop:
             if self._compiled is None:
                 self._compiled = torch.compile(self.step, fullgraph=True, dynamic=False)
             step = self._compiled
-        if self.mode["capture"] and x.is_cuda:
+        if self.mode["capture"] and self._captures(x):
             self._run_captured(x, x_mean, step, progress)
         else:
             for k in progress_bar(range(self.n), progress, "pc sampling"):
@@ -310,37 +315,54 @@ class FusedLoop:
             x_mean.copy_(x)
         return x.clone(), x_mean.clone()
 
+    @staticmethod
+    def _captures(x) -> bool:
+        """Whether capture=True records CUDA graphs for this state (CUDA), rather than running the compiled loop."""
+        return x.is_cuda
+
     def _run_captured(self, x, x_mean, step, progress):
-        """Step 0 eagerly (warm-up), then CUDA graphs of K steps replayed: the graphs read i, the seed and the sample
-        ids from their static tensors, so a new seed or new ids are copies into them, never a re-capture. Memory: one
-        graph pool holding the step's peak activations (the allocator reuses blocks within a capture) plus x/x_mean.
+        """Step 0 eagerly (lazily built model state), step 1 through the compiled step outside any capture (a first
+        compile, or a recompile after a dtype change, happens here and never inside a recording), then CUDA graphs of
+        K steps replayed for steps 2 .. N-1, all on x's device (recorded on a side stream of it). The graphs read i,
+        the seed and the sample ids from their static tensors, so a new seed or new ids are copies into them, never
+        a re-capture. Memory: one graph pool holding the step's peak activations (the allocator reuses blocks within
+        a capture) plus x/x_mean.
         """
-        step(x, x_mean)
-        remaining = self.n - 1
-        k = min(self.mode["capture_steps"] or remaining, remaining) if remaining else 0
-        # a graph reads parameters at the addresses it was recorded with: in-place updates (copy_, load_state_dict,
-        # an EMA swap) are seen, a parameter rebound to new storage (`p.data = t`, .to()) needs a new recording
-        addresses = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
-        if self._graphs is not None and self._graphs[0] != addresses:
-            self._graphs = None
-        if self._graphs is None:
-            graphs = {}
-            for length in {k, remaining % k if k else 0} - {0}:
-                torch.cuda.synchronize()
-                g = torch.cuda.CUDAGraph()
-                saved = self.i.clone()
-                with torch.cuda.graph(g):
-                    for _ in range(length):
-                        step(x, x_mean)
-                self.i.copy_(saved)  # capture records; it does not run
-                graphs[length] = g
-            self._graphs = (addresses, graphs)
-        graphs = self._graphs[1]
-        done = 0
-        bar = progress_bar(range(remaining), progress, "pc sampling (graphs)")
-        while done < remaining:
-            length = min(k, remaining - done)
-            graphs[length].replay()
-            done += length
-            if hasattr(bar, "update"):
-                bar.update(length)
+        with capture_safety.on_device(x.device):
+            self.step(x, x_mean)
+            remaining = self.n - 1
+            if not remaining:
+                return
+            # a graph reads parameters at the addresses it was recorded with: in-place updates (copy_,
+            # load_state_dict, an EMA swap) are seen, a parameter rebound to new storage (`p.data = t`, .to()) needs
+            # a new recording
+            addresses = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+            if self._graphs is not None and self._graphs[0] != addresses:
+                self._graphs = None
+            with capture_safety.capture_stream(x.device) as side:
+                step(x, x_mean)  # step 1, compiled, uncaptured: the warm-up every recording follows
+                remaining -= 1
+                k = min(self.mode["capture_steps"] or remaining, remaining) if remaining else 0
+                if self._graphs is None and remaining:
+                    graphs = {}
+                    for length in sorted({k, remaining % k} - {0}):
+                        saved = self.i.clone()
+
+                        def body(length=length):
+                            for _ in range(length):
+                                step(x, x_mean)
+
+                        graphs[length] = capture_safety.record_graph(body, side)
+                        self.i.copy_(saved)  # capture records; it does not run
+                    self._graphs = (addresses, graphs)
+            if not remaining:
+                return
+            graphs = self._graphs[1]
+            done = 0
+            bar = progress_bar(range(remaining), progress, "pc sampling (graphs)")
+            while done < remaining:
+                length = min(k, remaining - done)
+                graphs[length].replay()
+                done += length
+                if hasattr(bar, "update"):
+                    bar.update(length)

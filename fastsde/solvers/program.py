@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from fastsde import capture_safety
 from fastsde.ops import step as step_ops
 from fastsde.solvers.grid import Point
 
@@ -182,18 +183,30 @@ class SolverLoop:
     # ------------------------------------------------------------------------------------------------ CUDA graphs
     def replay(self, model, eval_step=None) -> torch.Tensor:
         """The program from the graph recorded by an earlier call (recorded now when there is none, or when the
-        model's parameters moved to new storage: a graph reads them at the addresses it recorded). The caller ran
-        the program eagerly once before (warm-up: lazily built model state, library autotuning). Memory: one graph
-        pool holding the program's peak activations, beside the buffers here."""
+        model's parameters moved to new storage: a graph reads them at the addresses it recorded). Before recording,
+        the first Eval runs eagerly (lazily built model state) and then through `eval_step` outside any capture (a
+        first compile -- a program with a single Eval, e.g. the adaptive solver's denoising, never called it before
+        -- or a recompile happens there, never inside the recording); both only write that Eval's slot, which the
+        replay writes again. Recorded on a side stream of x's device, replayed on x's device. Memory: one graph pool
+        holding the program's peak activations, beside the buffers here."""
         if self.noise_fn is not None:
             raise ValueError("a captured solver draws its noise from FSN1 (noise_sampler is host noise)")
+        eval_step = eval_step or self.eval_step
+        device = self.bufs["x"].device
         addresses = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())) \
             if isinstance(model, torch.nn.Module) else ()
-        if self._graph is None or self._graph[0] != addresses:
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.run(model, eval_step=eval_step)
-            self._graph = (addresses, graph)
-        self._graph[1].replay()
+        with capture_safety.on_device(device):
+            if self._graph is None or self._graph[0] != addresses:
+                self._graph = None
+                first = next((k for k, ins in enumerate(self.program.code) if isinstance(ins, Eval)), None)
+                if first is not None:
+                    ins = self.program.code[first]
+                    args = (model, self.bufs[ins.src], self.labels[first], self.slots[ins.slot], self.coefs[first])
+                    self.eval_step(*args)
+                with capture_safety.capture_stream(device) as side:
+                    if first is not None:
+                        eval_step(*args)
+                    graph = capture_safety.record_graph(lambda: self.run(model, eval_step=eval_step), side)
+                self._graph = (addresses, graph)
+            self._graph[1].replay()
         return self.result()

@@ -7,6 +7,7 @@ import torch
 
 from fastsde import sde as sde_lib
 from fastsde.noise import NoiseStream
+from fastsde.ops.loop import check_capturable
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_eps, check_seed, check_shape
@@ -78,6 +79,8 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     solver = get_solver(name)(**options)
     shape = check_shape(shape)
     backend = check_backend(backend)
+    if capture:  # the reference combine reads the sample ids on the host: refused on CUDA before any work
+        check_capturable(backend, device, loop="solver")
     try:
         count = operator.index(steps) if not isinstance(steps, bool) else 0
     except TypeError:
