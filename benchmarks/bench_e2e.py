@@ -454,6 +454,10 @@ def _solver_sampler(mf, backend, n, name, steps, seed, **options):
                                seed=seed, backend=backend, **options)
 
 
+def _kid_text(kid: dict | None) -> str:
+    return "KID -" if kid is None else f"KID {kid['kid']:.1f} +- {kid['stderr']:.1f}"
+
+
 def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend: str = "native", solver_names=None,
              solver_evals=None, pc_precisions=("fp32", "bf16")) -> dict:
     """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}. Besides PC
@@ -486,10 +490,11 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
         if kind == "pc":  # model evaluations (score_sde's nfe also counts a "none" corrector)
             nfe = _model_evals(steps)
         row = {"sampler": kind, "steps": steps if kind == "pc" else None, "rtol": rtol, "nfe": int(nfe),
-               "wall_s": wall, "fd": q["fd"], "class_entropy": q["classes"]["entropy"], "precision": precision}
+               "wall_s": wall, "fd": q["fd"], "kid": q["kid"], "class_entropy": q["classes"]["entropy"],
+               "precision": precision}
         print(f"  {kind} {precision} {'steps ' + str(steps) if kind == 'pc' else f'rtol {rtol:g}'}: nfe {nfe}, "
               f"{wall:.1f} s, "
-              f"FD {q['fd']:.2f}, class entropy {q['classes']['entropy']:.3f}", flush=True)
+              f"FD {q['fd']:.2f}, {_kid_text(q['kid'])}, class entropy {q['classes']['entropy']:.3f}", flush=True)
         rows.append(row)
     for name, steps in solver_configs:
         fn = _solver_sampler(mf, backend, n, name, steps, seed)
@@ -498,9 +503,9 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
         wall = time.perf_counter() - t0
         q = evaluator.evaluate(x.detach().float().clamp(0, 1))
         row = {"sampler": name, "steps": steps, "rtol": None, "nfe": int(evals), "wall_s": wall, "fd": q["fd"],
-               "class_entropy": q["classes"]["entropy"], "precision": "fp32"}
-        print(f"  {name} steps {steps}: model evals {evals}, {wall:.1f} s, FD {q['fd']:.2f}, class entropy "
-              f"{q['classes']['entropy']:.3f}", flush=True)
+               "kid": q["kid"], "class_entropy": q["classes"]["entropy"], "precision": "fp32"}
+        print(f"  {name} steps {steps}: model evals {evals}, {wall:.1f} s, FD {q['fd']:.2f}, {_kid_text(q['kid'])}, "
+              f"class entropy {q['classes']['entropy']:.3f}", flush=True)
         rows.append(row)
     return {"n": n, "seed": seed, "backend": backend, "rows": rows,
             "fd_real_vs_real": evaluator.real_vs_real(n, seed), "fd_real_vs_noise": evaluator.real_vs_noise(n, seed),

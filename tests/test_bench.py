@@ -97,6 +97,7 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
                                                                                   ("ode", "fp32")]
     assert result["n"] == 16
     assert all(row["fd"] >= 0 and row["nfe"] > 0 for row in result["rows"])
+    assert all(row["kid"]["subset_size"] == 4 and row["kid"]["stderr"] >= 0 for row in result["rows"])  # n = 16
     assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
 
 
