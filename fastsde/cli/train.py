@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from fastsde._util import check_regular_file
 from fastsde.cli.common import (MAX_THREADS, UsageError, check_memory, device_name, finite_float, nonnegative_int,
                                 positive_float, positive_int, seed_value, step_count, thread_count)
 
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be below 2**63 - 3 for training (torch generators), got {args.seed}")
     if not args.out or os.path.isfile(args.out):
         raise UsageError(f"--out must name a run directory, got {args.out!r}" + (" (a file)" if args.out else ""))
+    checkpoint = os.path.join(args.out, Trainer.CHECKPOINT)
+    if os.path.lexists(checkpoint):  # a resume: a FIFO or directory there would block or fail late
+        check_regular_file(checkpoint, "training checkpoint")
     check_memory(f"--batch-size {args.batch_size}", training_memory(args.preset, args.sde, args.batch_size,
                                                                    classifier=args.classifier != "none"),
                  args.device)
