@@ -25,7 +25,7 @@ __all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "nonnegative_int", "see
            "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
            "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
            "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch", "MAX_STEPS",
-           "step_count", "MAX_THREADS", "thread_count", "output_mode"]
+           "step_count", "MAX_THREADS", "thread_count", "output_mode", "DIGITS_METRICS_BYTES"]
 
 
 class UsageError(Exception):
@@ -315,12 +315,18 @@ def available_memory(device) -> int:
 
 
 def memory_estimate(n: int, numel: int, *, batch: int | None = None, buffers: int = 8, activations: int = 0,
-                    itemsize: int = 4) -> int:
-    """Bytes a sampling request needs: the n outputs (n x numel x itemsize, kept, plus one copy for the file) and, per
-    batch of `batch` samples (default n), `buffers` state-sized buffers (x, x_mean, score, noise, the reference, ...)
-    plus `activations` bytes per sample for the model."""
+                    itemsize: int = 4, per_sample: int = 0) -> int:
+    """Bytes a sampling request needs: the n outputs (n x numel x itemsize, kept, plus one copy for the file), what
+    runs on all n at once (`per_sample` bytes each, e.g. the digits metrics) and, per micro-batch of `batch` samples
+    (default n; sampling runs one micro-batch at a time), `buffers` state-sized buffers (x, x_mean, score, noise, the
+    reference, ...) plus `activations` bytes per sample for the model."""
     batch = n if batch is None else min(batch, n)
-    return 2 * n * numel * itemsize + batch * (buffers * numel * itemsize + activations)
+    return n * (2 * numel * itemsize + per_sample) + batch * (buffers * numel * itemsize + activations)
+
+
+# The digits metrics (fastsde.digits.evaluation) run the classifier on all n images and on n noise images in one
+# batch: ~77 KiB per image measured (CPU, float32), bounded here.
+DIGITS_METRICS_BYTES = 96 * 2**10
 
 
 def check_memory(what: str, needed: int, device, limit: int | None = None) -> None:

@@ -8,9 +8,10 @@ import os
 import torch
 
 from fastsde import distributed
-from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory, fmt_optional,
-                                image_model_arguments, load_model_for, memory_estimate, micro_batch, parse_model,
-                                positive_int, read_samples_npz, step_count, unet_activation_bytes, with_threads)
+from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory,
+                                fmt_optional, image_model_arguments, load_model_for, memory_estimate, micro_batch,
+                                parse_model, positive_int, read_samples_npz, step_count, unet_activation_bytes,
+                                with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
 __all__ = ["add_arguments", "run"]
@@ -53,8 +54,9 @@ def _run(args: argparse.Namespace) -> int:
         mf, backend = load_model_for(args)
         n, steps = args.n, args.steps or DIGITS_DEFAULTS["steps"]
         batch = micro_batch(args, n, IMAGE_BATCH)
-        check_memory(f"--n {args.n} digits", memory_estimate(  # activations per micro-batch, plus the n outputs
-            args.n, 256, batch=batch, activations=unet_activation_bytes(mf.model.config)), args.device)
+        check_memory(f"--n {args.n} digits", memory_estimate(  # activations per micro-batch; outputs and metrics
+            args.n, 256, batch=batch, activations=unet_activation_bytes(mf.model.config),
+            per_sample=DIGITS_METRICS_BYTES), args.device)
         predictor, corrector, eps = SDE_DEFAULTS[mf.sde_name]
         sde, inverse_scaler = mf.make_sde(N=steps), get_data_inverse_scaler(mf.centered)
 

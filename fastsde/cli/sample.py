@@ -14,11 +14,12 @@ import fastsde
 from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
 from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
-from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, AtomicOutputs, UsageError, batch_argument, build_sampler,
-                                check_memory, check_output_file, device_name, finite_float, fmt_optional,
-                                load_model_for, memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path,
-                                output_stem, positive_float, positive_int, seed_value, step_count, thread_count,
-                                unet_activation_bytes, with_threads, MAX_STEPS, MAX_THREADS)
+from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, MAX_STEPS, MAX_THREADS, SDE_DEFAULTS,
+                                AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory,
+                                check_output_file, device_name, finite_float, fmt_optional, load_model_for,
+                                memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
+                                positive_float, positive_int, seed_value, step_count, thread_count,
+                                unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
 
@@ -249,7 +250,8 @@ def _run_mixture(args: argparse.Namespace) -> int:
     png = os.path.splitext(npz)[0] + ".png" if args.plot else None
     if png:
         check_output_file(png)
-    check_memory(f"--n {args.n} samples of gmm:{preset}", memory_estimate(args.n, mixture.dim, batch=batch, buffers=16),
+    # batch=n: the quality metrics (exact reference samples, sliced Wasserstein) work on all n points at once
+    check_memory(f"--n {args.n} samples of gmm:{preset}", memory_estimate(args.n, mixture.dim, buffers=16),
                  args.device)
     sde = _build_sde(args)
     _, info = _build_sampler(args, sde, (min(batch, args.n), mixture.dim))
@@ -386,8 +388,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
     if args.class_label is not None:
         _class_labels(args.class_label, args.n)
     batch = micro_batch(args, args.n, IMAGE_BATCH)
-    check_memory(f"--n {args.n} digits", memory_estimate(  # activations per micro-batch, plus the n outputs
-        args.n, 256, batch=batch, activations=unet_activation_bytes(mf.model.config)), args.device)
+    check_memory(f"--n {args.n} digits", memory_estimate(  # activations per micro-batch; the n outputs and metrics
+        args.n, 256, batch=batch, activations=unet_activation_bytes(mf.model.config),
+        per_sample=DIGITS_METRICS_BYTES), args.device)
     _check_splittable(args, batch)
     sde = mf.make_sde(N=args.steps)
     inverse_scaler = get_data_inverse_scaler(mf.centered)
