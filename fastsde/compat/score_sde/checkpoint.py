@@ -12,8 +12,6 @@ partly loaded network.
 """
 from __future__ import annotations
 
-import pickle
-
 import torch
 from torch import nn
 
@@ -25,7 +23,11 @@ PREFIX = "module."
 def _read(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a checkpoint file") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, zip/EOF errors, struct.error on junk bytes, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not loadable as tensors without unpickling code (torch.load weights_only=True "
                          f"refused it: {first})") from None
