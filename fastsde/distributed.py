@@ -380,7 +380,7 @@ def _prepare(directory, manifest):
     if existing is not None and existing != manifest and finished:
         differences = _differences(existing, manifest)
         changed = [d.split(":")[0].rsplit(".", 1)[-1][:-len("_sha256")] for d in differences
-                   if d.split(":")[0].endswith("_sha256")]
+                   if d.split(":")[0].endswith("_sha256") and ": null there" not in d]  # null: an older manifest
         if changed:
             raise ValueError(f"{directory} holds {len(finished)} finished shards drawn from other input files: the "
                              f"{', '.join(changed)} file{'s' if len(changed) > 1 else ''} changed since "
