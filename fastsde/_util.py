@@ -32,3 +32,25 @@ def register_in(registry: dict, kind: str, cls=None, *, name=None):
         return c
 
     return deco if cls is None else deco(cls)
+
+
+def check_regular_file(path, what: str = "file") -> str:
+    """Raise unless `path` names an existing regular file (symlinks followed): FileNotFoundError when it is missing,
+    ValueError for a directory, FIFO, socket or device, which open() would fail on late or block on forever (a FIFO
+    with no writer). Only stats the path; never opens it. Returns the path as a str."""
+    import os
+    import stat
+
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot stat the {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                "not a regular file")
+        raise ValueError(f"{path} is {kind}: the {what} must be a regular file")
+    return path

@@ -11,7 +11,11 @@ bits, at any world size and on any number of machines.
 `sample` writes one shard per micro-batch (`OUT.shards/shard-K.npz`, the sample ids inside, written to a temporary
 file and renamed into place), so a run killed at any point and started again with the same arguments skips the
 finished shards; rank 0 merges them in sample-id order into the final file and then removes the shards. The
-arguments are stored in `OUT.shards/manifest.json`; a run with other arguments refuses to touch finished shards.
+arguments are stored in `OUT.shards/manifest.json` (callers put the sha256 of every input file that decides the
+samples there too, `file_sha256`); a run with other arguments or changed inputs refuses to touch finished shards.
+Rank 0 holds an exclusive lock on the `OUT.shards` directory (flock, released when the process ends, even on kill
+-9) for the whole run: a second run into the same output fails at once with "in use by another run". A run that fails
+before any shard is finished removes the shard directory it made; finished shards stay for the resume.
 Ranks exchange only counts (one int64 all_reduce per round of micro-batches); the samples themselves travel through
 the output directory, which must be on a filesystem every rank sees.
 
@@ -40,7 +44,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["session", "rank", "world_size", "batches", "for_each_batch", "all_reduce", "collective_bytes", "sample",
-           "SampleResult", "shard_directory", "write_npz_atomic", "MANIFEST", "FORMAT"]
+           "SampleResult", "shard_directory", "write_npz_atomic", "MANIFEST", "FORMAT", "file_sha256",
+           "current_umask"]
 
 MANIFEST = "manifest.json"
 FORMAT = "fastsde.distributed/1"
@@ -162,6 +167,31 @@ def shard_directory(out: str) -> str:
     return os.path.splitext(out)[0] + ".shards"
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 hex digest of a file's bytes (for a manifest: a resumed run must read the same inputs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     """np.savez(path, **arrays) through a temporary file in the same directory and os.replace, so `path` is either
     absent, the old file, or complete."""
@@ -173,6 +203,7 @@ def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; follow the umask as open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -204,6 +235,16 @@ def sample(sampler_factory: Callable[[torch.Tensor], Callable[[], object]], n: i
     manifest = {"format": FORMAT, "n": int(n), "batch": int(batch), "seed": seed, "arguments": arguments}
     sampler_factory(torch.arange(min(batch, n), dtype=torch.int64))
     bytes_before = collective_bytes()
+    with _exclusive(directory) as made:
+        try:
+            return _sample_locked(sampler_factory, n, out, directory, manifest, batch, progress, write, bytes_before)
+        except BaseException:
+            if made and rank() == 0 and not _finished_shards(directory):
+                shutil.rmtree(directory, ignore_errors=True)  # nothing to resume: leave nothing behind
+            raise
+
+
+def _sample_locked(sampler_factory, n, out, directory, manifest, batch, progress, write, bytes_before):
     _prepare(directory, manifest)
     start = time.perf_counter()
     counts = {"sampled": 0, "resumed": 0}
@@ -234,6 +275,45 @@ def sample(sampler_factory: Callable[[torch.Tensor], Callable[[], object]], n: i
     _remove(directory)
     result.merge_s = time.perf_counter() - start
     return result
+
+
+@contextlib.contextmanager
+def _exclusive(directory):
+    """Rank 0 holds an exclusive flock on the shard directory itself for the block (other ranks: nothing); yields
+    whether the directory was created here. A lock held by another live process is a ValueError naming the
+    directory. Where the filesystem cannot flock a directory (EBADF/ENOLCK/EINVAL, e.g. some network filesystems),
+    the run goes on unlocked, as before."""
+    if rank() != 0:
+        yield False
+        return
+    import errno
+    import fcntl
+
+    made = not os.path.isdir(directory)
+    while True:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                fd = None
+                break
+            raise ValueError(f"{directory} is in use by another run into the same output (it holds the lock); wait "
+                             f"for it to finish or write to another output") from None
+        try:  # the previous holder may have removed the directory between our open and our lock: lock the new one
+            same = os.stat(directory).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield made
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _check_counts(n, batch):
@@ -298,6 +378,14 @@ def _prepare(directory, manifest):
         raise ValueError(f"{directory} holds shards but no {MANIFEST}: not a resumable fastsde run; delete it to start "
                          f"over")
     if existing is not None and existing != manifest and finished:
+        differences = _differences(existing, manifest)
+        changed = [d.split(":")[0].rsplit(".", 1)[-1][:-len("_sha256")] for d in differences
+                   if d.split(":")[0].endswith("_sha256") and ": null there" not in d]  # null: an older manifest
+        if changed:
+            raise ValueError(f"{directory} holds {len(finished)} finished shards drawn from other input files: the "
+                             f"{', '.join(changed)} file{'s' if len(changed) > 1 else ''} changed since "
+                             f"({'; '.join(differences)}); restore the original to resume, or delete {directory} to "
+                             f"start over")
         raise ValueError(f"{directory} holds {len(finished)} finished shards of a run with other arguments ("
                          f"{'; '.join(_differences(existing, manifest))}); run again with those arguments to resume "
                          f"it, or delete {directory} to start over")

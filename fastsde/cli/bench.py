@@ -7,7 +7,8 @@ import json
 
 import torch
 
-from fastsde.cli.common import AtomicOutputs, UsageError, check_output_file, check_output_stem, positive_int
+from fastsde.cli.common import (AtomicOutputs, UsageError, check_output_file, check_output_stem, positive_int,
+                                thread_count)
 
 __all__ = ["add_arguments", "run", "SUITES"]
 
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the tensors live: cpu (wall time) or cuda (CUDA events after warm-up; the records "
                         "gain the GPU's name, clocks and versions)")
-    p.add_argument("--threads", type=positive_int, default=2, help="torch/OpenMP threads for every measurement")
+    p.add_argument("--threads", type=thread_count, default=2, help="torch/OpenMP threads for every measurement")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--tradeoff", metavar="STEM", default=None,
                    help="e2e only: also measure quality vs time across PC step counts and ODE tolerances and write "

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fastsde import distributed, sampling
+from fastsde._util import check_regular_file
 from fastsde import sde as sde_lib
 from fastsde.digits.pretrained import DIGITS_DEFAULTS, load_score_model, score_model_path
 from fastsde.models import analytic
@@ -23,7 +24,8 @@ __all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "nonnegative_int", "see
            "model_spec", "npz_path", "build_sampler", "load_model_for", "with_threads", "output_stem",
            "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
            "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
-           "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch"]
+           "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch", "MAX_STEPS",
+           "step_count", "MAX_THREADS", "thread_count", "output_mode", "DIGITS_METRICS_BYTES"]
 
 
 class UsageError(Exception):
@@ -50,6 +52,29 @@ def nonnegative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+MAX_STEPS = 100_000  # --steps of the samplers: score_sde uses 1000-2000; 10^9 would allocate gigabytes of tables
+# --threads: torch/OpenMP threads; 10^4 hangs and 10^5 crashes in OpenMP's thread creation, and more than a few per
+# core only adds waits.
+MAX_THREADS = min(1024, 4 * (os.cpu_count() or 1))
+
+
+def step_count(text: str) -> int:
+    """--steps of a sampler: a positive integer up to MAX_STEPS."""
+    value = positive_int(text)
+    if value > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_STEPS:,} sampler steps, got {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """--threads: a positive integer up to MAX_THREADS (4 per CPU core, at most 1024)."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS} (4 per CPU core of this machine, at most "
+                                         f"1024), got {value}")
     return value
 
 
@@ -219,6 +244,11 @@ def check_output_stem(stem: str, suffixes=(".npz", ".png"), flag: str = "--out")
         check_output_file(stem + suffix, flag)
 
 
+def output_mode() -> int:
+    """The permission bits open() gives a new file under this process's umask (0o644 under umask 022)."""
+    return 0o666 & ~distributed.current_umask()
+
+
 class AtomicOutputs:
     """Write several output files all or nothing: `path(final)` hands out a temporary path in final's directory
     (same extension, so writers keep their format); on success every temporary is renamed over its final path, on
@@ -246,7 +276,9 @@ class AtomicOutputs:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            mode = output_mode()
             for tmp, final in self._pending:
+                os.chmod(tmp, mode)  # mkstemp makes 0600; a written file follows the umask like open() would
                 os.replace(tmp, final)
         else:
             for tmp, _ in self._pending:
@@ -283,12 +315,18 @@ def available_memory(device) -> int:
 
 
 def memory_estimate(n: int, numel: int, *, batch: int | None = None, buffers: int = 8, activations: int = 0,
-                    itemsize: int = 4) -> int:
-    """Bytes a sampling request needs: the n outputs (n x numel x itemsize, kept, plus one copy for the file) and, per
-    batch of `batch` samples (default n), `buffers` state-sized buffers (x, x_mean, score, noise, the reference, ...)
-    plus `activations` bytes per sample for the model."""
+                    itemsize: int = 4, per_sample: int = 0) -> int:
+    """Bytes a sampling request needs: the n outputs (n x numel x itemsize, kept, plus one copy for the file), what
+    runs on all n at once (`per_sample` bytes each, e.g. the digits metrics) and, per micro-batch of `batch` samples
+    (default n; sampling runs one micro-batch at a time), `buffers` state-sized buffers (x, x_mean, score, noise, the
+    reference, ...) plus `activations` bytes per sample for the model."""
     batch = n if batch is None else min(batch, n)
-    return 2 * n * numel * itemsize + batch * (buffers * numel * itemsize + activations)
+    return n * (2 * numel * itemsize + per_sample) + batch * (buffers * numel * itemsize + activations)
+
+
+# The digits metrics (fastsde.digits.evaluation) run the classifier on all n images and on n noise images in one
+# batch: ~77 KiB per image measured (CPU, float32), bounded here.
+DIGITS_METRICS_BYTES = 96 * 2**10
 
 
 def check_memory(what: str, needed: int, device, limit: int | None = None) -> None:
@@ -313,8 +351,7 @@ def unet_activation_bytes(config) -> int:
 def read_samples_npz(path: str):
     """The 'samples' array of a `fastsde sample` .npz as float32 (N, 1, 16, 16) images; one clear error for a
     missing, damaged, pickled, wrong-kind or empty file. Never unpickles."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
+    check_regular_file(path, "samples file")  # a FIFO would block is_zipfile forever
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not an .npz archive (a `fastsde sample` output)")
     try:
@@ -345,7 +382,7 @@ def image_model_arguments(p: argparse.ArgumentParser, n_default: int) -> None:
     p.add_argument("--n", type=positive_int, default=n_default, help="number of test digits / samples")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the noise (and of the choice of test digits)")
     p.add_argument("--device", type=device_name, default="cpu")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=thread_count, help=f"torch CPU threads, 1 to {MAX_THREADS} (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 

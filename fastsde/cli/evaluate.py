@@ -8,9 +8,10 @@ import os
 import torch
 
 from fastsde import distributed
-from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory, fmt_optional,
-                                image_model_arguments, load_model_for, memory_estimate, micro_batch, parse_model,
-                                positive_int, read_samples_npz, unet_activation_bytes, with_threads)
+from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory,
+                                fmt_optional, image_model_arguments, load_model_for, memory_estimate, micro_batch,
+                                parse_model, positive_int, read_samples_npz, step_count, unet_activation_bytes,
+                                with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
 __all__ = ["add_arguments", "run"]
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", default=None, metavar="NPZ",
                    help="evaluate these images (a `fastsde sample` .npz, key 'samples') instead of sampling; the "
                         "model and sampler options then do not apply")
-    p.add_argument("--steps", type=positive_int, default=None,
+    p.add_argument("--steps", type=step_count, default=None,
                    help=f"sampler steps when sampling (default: {DIGITS_DEFAULTS['steps']})")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
     batch_argument(p, f"n up to {IMAGE_BATCH}")
@@ -51,10 +52,11 @@ def _run(args: argparse.Namespace) -> int:
     else:
         parse_model(args)
         mf, backend = load_model_for(args)
-        check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
-            mf.model.config)), args.device)
         n, steps = args.n, args.steps or DIGITS_DEFAULTS["steps"]
         batch = micro_batch(args, n, IMAGE_BATCH)
+        check_memory(f"--n {args.n} digits", memory_estimate(  # activations per micro-batch; outputs and metrics
+            args.n, 256, batch=batch, activations=unet_activation_bytes(mf.model.config),
+            per_sample=DIGITS_METRICS_BYTES), args.device)
         predictor, corrector, eps = SDE_DEFAULTS[mf.sde_name]
         sde, inverse_scaler = mf.make_sde(N=steps), get_data_inverse_scaler(mf.centered)
 

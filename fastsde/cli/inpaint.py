@@ -10,7 +10,7 @@ import torch
 from fastsde import sampling
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.cli.common import (SDE_DEFAULTS, AtomicOutputs, image_model_arguments, load_model_for, output_stem,
-                                parse_model, positive_float, positive_int, test_subset, with_threads)
+                                parse_model, positive_float, positive_int, step_count, test_subset, with_threads)
 from fastsde.digits.data import MASKS, make_mask
 
 __all__ = ["add_arguments", "run"]
@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", choices=MASKS, default="right",
                    help="what to generate: 'right' half (the left half is known), left, bottom, top, or a 4x4 "
                         "checkerboard")
-    p.add_argument("--steps", type=positive_int, default=None, help=f"sampler steps (default: {DIGITS_DEFAULTS['steps']})")
+    p.add_argument("--steps", type=step_count, default=None,
+                   help=f"sampler steps (default: {DIGITS_DEFAULTS['steps']})")
     p.add_argument("--predictor", default="reverse_diffusion", choices=sampling.predictor_names(),
                    help="PC predictor")
     p.add_argument("--corrector", default="langevin", choices=sampling.corrector_names(),

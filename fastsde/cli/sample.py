@@ -14,11 +14,12 @@ import fastsde
 from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
 from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
-from fastsde.cli.common import (IMAGE_BATCH, SDE_DEFAULTS, AtomicOutputs, UsageError, batch_argument, build_sampler,
-                                check_memory, check_output_file, device_name, finite_float, fmt_optional,
-                                load_model_for, memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path,
-                                output_stem, positive_float, positive_int, seed_value, unet_activation_bytes,
-                                with_threads)
+from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, MAX_STEPS, MAX_THREADS, SDE_DEFAULTS,
+                                AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory,
+                                check_output_file, device_name, finite_float, fmt_optional, load_model_for,
+                                memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
+                                positive_float, positive_int, seed_value, step_count, thread_count,
+                                unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
 
@@ -50,10 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             f"score of a Gaussian-mixture preset, NAME one of {', '.join(sorted(analytic.PRESETS))}")
     model.add_argument("--sde", choices=sorted(sde_lib.SDE_NAMES), default=None,
                        help="forward SDE (default: vp for digits, ve for gmm; a model file brings its own)")
-    model.add_argument("--steps", type=positive_int, default=None, metavar="N",
+    model.add_argument("--steps", type=step_count, default=None, metavar="N",
                        help="discretization steps N of the SDE (= sampler time steps; default: "
                             f"{DIGITS_DEFAULTS['solver_steps']} for the default digits solver, "
-                            f"{DIGITS_DEFAULTS['steps']} for pc on digits, 1000 for gmm)")
+                            f"{DIGITS_DEFAULTS['steps']} for pc on digits, 1000 for gmm; at most {MAX_STEPS:,}; "
+                            "refused for ode and adaptive, which choose their own steps)")
     model.add_argument("--sigma-min", type=positive_float, metavar="S", help="VE sigma_min (default: 0.01)")
     model.add_argument("--sigma-max", type=positive_float, metavar="S",
                        help="VE sigma_max (default: 50, score_sde's; ~5 is plenty for the 2-D presets)")
@@ -107,8 +109,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                               "natively (CPU: AVX512-BF16 or AMX-BF16, detected at run time), else fp32; a "
                               "mixture's exact score runs fp32 under auto")
     sampler.add_argument("--device", type=device_name, default="cpu", help="torch device to sample on")
-    sampler.add_argument("--threads", type=positive_int, metavar="T",
-                         help="torch CPU threads (default: torch's, from OMP_NUM_THREADS or the core count; "
+    sampler.add_argument("--threads", type=thread_count, metavar="T",
+                         help=f"torch CPU threads, 1 to {MAX_THREADS} (default: torch's, from OMP_NUM_THREADS or the "
+                              "core count; "
                               "1 is fastest for the 2-D presets on a busy machine)")
 
     run = p.add_argument_group("samples and output")
@@ -131,6 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
+_OWN_STEPS = ("ode", "adaptive")  # samplers that choose their own steps: an explicit --steps is refused
 _GMM_ONLY = ("sigma_min", "sigma_max", "beta_min", "beta_max")
 _IMAGE_ONLY = ("class_label", "guidance_scale")
 
@@ -155,6 +159,9 @@ def _check_applicable(args: argparse.Namespace) -> None:
             flag = "--" + dest.replace("_", "-")
             raise UsageError(f"{flag} applies to --{selector} {'/'.join(allowed)} only, "
                               f"not --{selector} {getattr(args, selector)}")
+    if args.steps is not None and args.sampler in _OWN_STEPS:
+        raise UsageError(f"--steps does not apply to --sampler {args.sampler}, which chooses its own steps "
+                         f"({'--rtol/--atol' if args.sampler == 'ode' else 'an error-controlled step size'})")
     if args.sampler == "ode" and not args.continuous:
         raise UsageError("--discrete applies to --sampler pc only (the ODE sampler uses continuous time labels)")
     args.precision_reason = "requested"
@@ -243,6 +250,7 @@ def _run_mixture(args: argparse.Namespace) -> int:
     png = os.path.splitext(npz)[0] + ".png" if args.plot else None
     if png:
         check_output_file(png)
+    # batch=n: the quality metrics (exact reference samples, sliced Wasserstein) work on all n points at once
     check_memory(f"--n {args.n} samples of gmm:{preset}", memory_estimate(args.n, mixture.dim, buffers=16),
                  args.device)
     sde = _build_sde(args)
@@ -374,14 +382,15 @@ def run_sample_images(args: argparse.Namespace) -> int:
     if args.precision_reason.startswith("auto") and args.precision != "fp32" and not isinstance(mf.model, UNet):
         # half precision is verified end to end (quality guard) for fastsde's own U-Net only
         args.precision, args.precision_reason = "fp32", "auto: half precision is verified for fastsde's U-Net only"
-    check_memory(f"--n {args.n} digits", memory_estimate(args.n, 256, activations=unet_activation_bytes(
-        mf.model.config)), args.device)
     args.sde = mf.sde_name
     args.steps = args.steps or _default_steps(args.sampler)
     args.n = args.n or DIGITS_DEFAULTS["n"]
     if args.class_label is not None:
         _class_labels(args.class_label, args.n)
     batch = micro_batch(args, args.n, IMAGE_BATCH)
+    check_memory(f"--n {args.n} digits", memory_estimate(  # activations per micro-batch; the n outputs and metrics
+        args.n, 256, batch=batch, activations=unet_activation_bytes(mf.model.config),
+        per_sample=DIGITS_METRICS_BYTES), args.device)
     _check_splittable(args, batch)
     sde = mf.make_sde(N=args.steps)
     inverse_scaler = get_data_inverse_scaler(mf.centered)
@@ -445,7 +454,13 @@ def run_sample_images(args: argparse.Namespace) -> int:
             _write_images(args, report, images, class_labels, info, wall, files)
 
 
-    arguments = {**_manifest_arguments(args), "model": mf.path}
+    # A resume must read the same bytes: the model file's (and the guiding classifier's) sha256, not only its path.
+    arguments = {**_manifest_arguments(args), "model": mf.path, "model_sha256": distributed.file_sha256(mf.path)}
+    if class_labels is not None:
+        from fastsde.digits.pretrained import shipped_path
+
+        classifier = shipped_path(f"digits_{mf.sde_name}_tclassifier.safetensors")
+        arguments["classifier_sha256"] = distributed.file_sha256(classifier)
     result = with_threads(args, lambda: distributed.sample(
         factory, args.n, stem + ".npz", batch=batch, seed=args.seed, arguments=arguments,
         progress=args.progress and batch < args.n, write=write))

@@ -7,8 +7,9 @@ import os
 
 import torch
 
-from fastsde.cli.common import (UsageError, check_memory, device_name, finite_float, nonnegative_int, positive_float,
-                                positive_int, seed_value)
+from fastsde._util import check_regular_file
+from fastsde.cli.common import (MAX_THREADS, UsageError, check_memory, device_name, finite_float, nonnegative_int,
+                                positive_float, positive_int, seed_value, step_count, thread_count)
 
 __all__ = ["add_arguments", "run"]
 
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
     p.add_argument("--snapshot-every", type=positive_int, default=d.snapshot_every,
                    help="write a sample grid (EMA weights) every this many steps")
-    p.add_argument("--snapshot-steps", type=positive_int, default=d.snapshot_steps,
+    p.add_argument("--snapshot-steps", type=step_count, default=d.snapshot_steps,
                    help="sampler steps of those grids")
     p.add_argument("--classifier", choices=("none", "clean", "noisy"), default="none",
                    help="train a digit classifier instead of a score model: 'clean' (the eval metric's feature "
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "master weights (fp16 adds loss scaling); auto: bf16 where the device computes bfloat16 "
                         "natively, else fp32 (default: fp32)")
     p.add_argument("--device", type=device_name, default="cpu")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=thread_count, help=f"torch CPU threads, 1 to {MAX_THREADS} (default: torch's)")
     p.add_argument("--out", required=True, help="run directory (checkpoint, sample grids, exported model)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be below 2**63 - 3 for training (torch generators), got {args.seed}")
     if not args.out or os.path.isfile(args.out):
         raise UsageError(f"--out must name a run directory, got {args.out!r}" + (" (a file)" if args.out else ""))
+    checkpoint = os.path.join(args.out, Trainer.CHECKPOINT)
+    if os.path.lexists(checkpoint):  # a resume: a FIFO or directory there would block or fail late
+        check_regular_file(checkpoint, "training checkpoint")
     check_memory(f"--batch-size {args.batch_size}", training_memory(args.preset, args.sde, args.batch_size,
                                                                    classifier=args.classifier != "none"),
                  args.device)

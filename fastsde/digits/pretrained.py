@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fastsde import sde as sde_lib
+from fastsde._util import check_regular_file
 from fastsde.sampling import PC_DEFAULTS
 
 __all__ = ["DATA_DIR", "DIGITS_DEFAULTS", "score_model_path", "ScoreModelFile", "save_score_model", "load_score_model", "save_classifier",
@@ -42,8 +43,7 @@ def shipped_path(name: str) -> str:
 def read_metadata(path: str) -> dict[str, str]:
     from safetensors import safe_open
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
+    check_regular_file(path, "model file")  # a FIFO would block safe_open forever
     try:
         with safe_open(path, framework="pt") as f:
             return dict(f.metadata() or {})
@@ -91,7 +91,7 @@ def load_score_model(path: str, *, reference: bool = False, backend: str = "auto
         _check_config(path, meta.get("config", "{}"))
     try:
         model = load_model_file(path, reference=reference, backend=backend, device=device)
-    except (TypeError, KeyError, json.JSONDecodeError, RuntimeError) as exc:  # config fields, missing tensors
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:  # config fields and values, missing tensors
         raise ValueError(f"{path}: the model config or weights do not fit fastsde's UNet ({exc})") from None
     except Exception as exc:  # safetensors' own SafetensorError (e.g. a truncated file, an unknown device)
         if type(exc).__name__ != "SafetensorError":
@@ -180,6 +180,4 @@ def score_model_path(kind: str, spec: str, sde: str | None) -> str:
     """The file behind --model: the shipped digits_<sde>.safetensors, or the given path."""
     if kind == "digits":
         return shipped_path(f"digits_{sde or DIGITS_DEFAULTS['sde']}.safetensors")
-    if not os.path.exists(spec):
-        raise FileNotFoundError(f"{spec}: no such score model file")
-    return spec
+    return check_regular_file(spec, "score model file")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from fastsde import sde as sde_lib
-from fastsde._util import per_sample
+from fastsde._util import check_regular_file, per_sample
 from fastsde.losses import get_sde_loss_fn
 from fastsde.sde import SDE_NAMES
 
@@ -182,8 +182,9 @@ class Trainer:
 
     def _maybe_resume(self) -> bool:
         path = os.path.join(self.out_dir, self.CHECKPOINT)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return False
+        check_regular_file(path, "training checkpoint")  # a FIFO would block torch.load forever
         try:  # weights_only: a pickle payload is refused, never executed; generator states stay on the CPU
             state = torch.load(path, map_location="cpu", weights_only=True)
             saved, mine = {"precision": "fp32", **state["config"]}, dataclasses.asdict(self.config)

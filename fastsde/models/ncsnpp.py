@@ -54,6 +54,14 @@ class UNetConfig:
     num_heads: int = 1
 
     def __post_init__(self):
+        from fastsde.models._checks import check_channels, check_config_fields
+
+        check_config_fields(self, "UNet config", positive=("nf", "ch_mult", "num_res_blocks", "attn_resolutions",
+                                                           "resolution", "in_channels", "fourier_scale", "num_heads"),
+                            unit_interval=("dropout",))
+        if not self.ch_mult:
+            raise ValueError("UNet config ch_mult must list at least one level, got []")
+        check_channels("UNet config", self.nf, self.ch_mult, num_heads=self.num_heads)
         if self.embedding not in _EMBEDDINGS:
             raise ValueError(f"embedding must be one of {_EMBEDDINGS}, got {self.embedding!r}")
         if self.resolution % 2 ** (len(self.ch_mult) - 1):

@@ -96,6 +96,18 @@ class ScoreSDEConfig:
     sde: str | None = None
 
     def __post_init__(self):
+        from fastsde.models._checks import check_channels, check_config_fields
+
+        check_config_fields(self, "config", positive=("nf", "ch_mult", "num_res_blocks", "attn_resolutions",
+                                                      "fourier_scale", "conv_size", "sigma_min", "sigma_max",
+                                                      "num_scales", "beta_max", "image_size", "num_channels"),
+                            nonnegative=("init_scale", "beta_min"), unit_interval=("dropout",))
+        if not self.ch_mult:
+            raise ValueError("config ch_mult must list at least one level, got []")
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"config sigma_max must be above sigma_min ({self.sigma_min}), got {self.sigma_max}")
+        check_channels("config", self.nf, self.ch_mult,
+                       groups=(lambda c: 32) if str(self.name).lower() == "ddpm" else None)
         for key in ("ch_mult", "attn_resolutions", "fir_kernel"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
         for key, allowed in _CHOICES.items():

@@ -12,8 +12,6 @@ partly loaded network.
 """
 from __future__ import annotations
 
-import pickle
-
 import torch
 from torch import nn
 
@@ -25,7 +23,11 @@ PREFIX = "module."
 def _read(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a checkpoint file") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, zip/EOF errors, struct.error on junk bytes, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not loadable as tensors without unpickling code (torch.load weights_only=True "
                          f"refused it: {first})") from None
@@ -33,6 +35,10 @@ def _read(path) -> dict:
         got = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: expected a score_sde checkpoint dict with 'model' (and 'ema', 'optimizer', "
                          f"'step'), got {got}")
+    for key, value in ckpt["model"].items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: checkpoint['model'] must map parameter names (strings) to tensors, got "
+                             f"{key!r}: {type(value).__name__}")
     return ckpt
 
 
@@ -57,6 +63,8 @@ def load_state_dict(path, *, ema: bool = False, trainable: list[str] | None = No
     if len(names) != len(shadow):
         raise ValueError(f"{path}: {len(shadow)} EMA shadow parameters for {len(names)} trainable parameters")
     for name, value in zip(names, shadow):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: EMA shadow parameter for {name} must be a tensor, got {type(value).__name__}")
         if name not in sd or tuple(sd[name].shape) != tuple(value.shape):
             have = tuple(sd[name].shape) if name in sd else "missing"
             raise ValueError(f"{path}: EMA shadow parameter for {name} has shape {tuple(value.shape)}, the model's "
