@@ -25,7 +25,7 @@ __all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "nonnegative_int", "see
            "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
            "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
            "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch", "MAX_STEPS",
-           "step_count", "MAX_THREADS", "thread_count", "output_mode", "DIGITS_METRICS_BYTES"]
+           "step_count", "MAX_THREADS", "thread_count", "output_mode", "DIGITS_METRICS_BYTES", "kid_text"]
 
 
 class UsageError(Exception):
@@ -407,6 +407,14 @@ def test_subset(n: int, seed: int):
         raise UsageError(f"--n must be at most {images.shape[0]} (the test split), got {n}")
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return images[idx], labels[idx]
+
+
+def kid_text(kid: dict | None) -> str:
+    """The kernel distance of a report (metrics.kernel_distance) as 'mean +- stderr (...)', or why it is missing."""
+    if kid is None:
+        return "- (needs at least 8 finite images)"
+    return (f"{kid['kid']:.1f} +- {kid['stderr']:.1f}  (unbiased: real digits give 0 on average; standard error over "
+            f"{kid['subsets']} disjoint subsets of {kid['subset_size']})")
 
 
 def fmt_optional(value, spec: str = ".2f") -> str:

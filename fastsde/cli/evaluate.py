@@ -7,10 +7,10 @@ import os
 
 import torch
 
-from fastsde import distributed
+from fastsde import distributed, metrics
 from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory,
-                                fmt_optional, image_model_arguments, load_model_for, memory_estimate, micro_batch,
-                                parse_model, positive_int, read_samples_npz, step_count, unet_activation_bytes,
+                                fmt_optional, image_model_arguments, kid_text, load_model_for, memory_estimate,
+                                micro_batch, parse_model, read_samples_npz, step_count, unet_activation_bytes,
                                 with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
@@ -67,13 +67,29 @@ def _run(args: argparse.Namespace) -> int:
             return sampler(mf.model)[0].detach().float().cpu()
         source = f"{os.path.basename(mf.path)} ({predictor}+{corrector}, {steps} steps, seed {args.seed})"
 
+    d = evaluator.test_features.shape[1]
+
+    def measure(ids):  # the summed statistics, and each finite image's features for KID (rows of an (n, d + 1) table)
+        images = draw(ids)
+        finite = torch.isfinite(images.flatten(1)).all(1)
+        rows = torch.zeros(len(ids), d + 1, dtype=torch.float64)
+        if finite.any():
+            rows[finite, :d], rows[finite, d] = evaluator.features(images[finite]), 1.0
+        return evaluator.statistics(images), torch.as_tensor(ids, dtype=torch.long), rows
+
     parts = with_threads(args, lambda: distributed.for_each_batch(
-        lambda k, ids: evaluator.statistics(draw(ids)), n, batch=batch, progress=args.progress and batch < n,
-        desc="images"))
-    stats = distributed.all_reduce(sum(parts, evaluator.statistics(torch.empty(0, 1, 16, 16))))
+        lambda k, ids: measure(ids), n, batch=batch, progress=args.progress and batch < n, desc="images"))
+    stats = distributed.all_reduce(sum((p[0] for p in parts), evaluator.statistics(torch.empty(0, 1, 16, 16))))
+    table = torch.zeros(n, d + 1, dtype=torch.float64)  # each rank fills its rows: the sum over ranks gathers them
+    for _, ids, rows in parts:
+        table[ids] = rows
+    table = distributed.all_reduce(table)
     if distributed.rank() != 0:
         return 0
     q = evaluator.evaluate_statistics(stats)
+    features = table[table[:, d] == 1.0, :d]
+    q["kid"] = (None if len(features) < 2 * metrics.KID_SUBSETS
+                else metrics.kernel_distance(features, evaluator.test_features))
     n = q["n"]
     report = {"source": source, **q, **evaluator.scale_at(n, seed=args.seed), "classifier": evaluator.path,
               "batch": batch, "processes": distributed.world_size()}
@@ -84,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{source}: {n} images\n"
           f"  FD          {q['fd']:.2f}  (classifier features vs the 359 test digits; at n={n}: real vs real "
           f"{fmt_optional(report['fd_real_vs_real'])}, noise vs real {report['fd_real_vs_noise']:.1f})\n"
+          f"  KID         {kid_text(q['kid'])}\n"
           f"  classes     {c['histogram']}  entropy {c['entropy']:.3f} of {c['max_entropy']:.3f}, confidence "
           f"{c['confidence']:.3f}\n"
           f"  classifier  {100 * q['test_accuracy']:.1f}% accurate on the real test digits")

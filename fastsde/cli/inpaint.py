@@ -10,7 +10,7 @@ import torch
 from fastsde import sampling
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.cli.common import (SDE_DEFAULTS, AtomicOutputs, image_model_arguments, load_model_for, output_stem,
-                                parse_model, positive_float, positive_int, step_count, test_subset, with_threads)
+                                parse_model, positive_float, step_count, test_subset, with_threads)
 from fastsde.digits.data import MASKS, make_mask
 
 __all__ = ["add_arguments", "run"]

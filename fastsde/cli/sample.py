@@ -16,7 +16,7 @@ from fastsde import sde as sde_lib
 from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
 from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, MAX_STEPS, MAX_THREADS, SDE_DEFAULTS,
                                 AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory,
-                                check_output_file, device_name, finite_float, fmt_optional, load_model_for,
+                                check_output_file, device_name, finite_float, fmt_optional, kid_text, load_model_for,
                                 memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
                                 positive_float, positive_int, seed_value, step_count, thread_count,
                                 unet_activation_bytes, with_threads)
@@ -435,7 +435,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
         report.update({"model": os.path.basename(mf.path), **info, "precision": args.precision,
                        "precision_reason": args.precision_reason, "n": args.n, "nfe": int(result.arrays["nfe"].max()),
                        "wall_time_s": wall, "images_per_s": result.sampled / wall,
-                       "threads": args.threads or torch.get_num_threads(), "fd": quality["fd"],
+                       "threads": args.threads or torch.get_num_threads(), "fd": quality["fd"], "kid": quality["kid"],
                        **evaluator.scale_at(quality["n"], seed=args.seed), "classes": quality["classes"],
                        "classifier_test_accuracy": quality["test_accuracy"], "nonfinite": quality["nonfinite"]})
         if info["sampler"] == "pc":  # score_sde's nfe counts N (n_steps + 1) even when a "none" stage evaluates nothing
@@ -522,6 +522,7 @@ def _format_images_report(r: dict) -> str:
         ("wall time", f"{r['wall_time_s']:.2f} s  ({r['images_per_s']:.1f} images/s, {r['threads']} threads)"),
         ("FD", f"{r['fd']:.2f}  (classifier features vs the 359 test digits; at n={r['n']}: real vs real "
                f"{fmt_optional(r['fd_real_vs_real'])}, noise vs real {r['fd_real_vs_noise']:.1f})"),
+        ("KID", kid_text(r["kid"])),
         ("classes", f"{c['histogram']}  entropy {c['entropy']:.3f} of {c['max_entropy']:.3f}, confidence "
                     f"{c['confidence']:.3f}"),
     ]
