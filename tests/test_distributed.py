@@ -240,6 +240,11 @@ def test_torchrun_eval_fd_equals_one_process(capsys, tmp_path):
     assert one["fd"] == pytest.approx(two_pass, rel=FD_RTOL, abs=0)
     assert three["classes"]["histogram"] == one["classes"]["histogram"]
     assert three["classes"]["confidence"] == pytest.approx(one["classes"]["confidence"], rel=MEAN_RTOL, abs=0)
+    # KID from the features gathered across ranks: the same images' features, so the same estimate
+    kid = metrics.kernel_distance(evaluator.features(images), evaluator.test_features)
+    for report in (one, three):
+        assert report["kid"]["subset_size"] == 10
+        assert report["kid"]["kid"] == pytest.approx(kid["kid"], rel=1e-6, abs=1e-6 * kid["stderr"])
 
 
 def test_torchrun_likelihood_equals_one_process(capsys):
