@@ -116,10 +116,13 @@ class Heun(Churn):
             r, delta = Q.st / H.st, Q.st - H.st
             program.eval("x", 0, H, i)
             program.combine("y", "x", Q.sigma / H.sigma, [(0, Q.alpha * (1 - r))])
-            program.eval("y", 1, Q, i)
-            # x~' = r x~ + (delta/2)((1 - r)/sigma~_Q - 1/sigma~_H) D - delta/(2 sigma~_Q) D'
-            program.combine("x", "x", Q.sigma / H.sigma, [(0, Q.alpha * delta / 2 * ((1 - r) / Q.st - 1 / H.st)),
-                                                          (1, -Q.alpha * delta / (2 * Q.st))])
+            # the second slope d' = (y~ - D') / sigma~_Q is stored as such (a slope Eval): expanding it through D'
+            # would multiply the rounding of y by 1 / sigma~_Q (a tiny last sigma, e.g. [10, 1e-30, 0], blew up)
+            program.eval("y", 1, Q, i, slope=True)
+            # x~' = x~ + (delta/2)((x~ - D)/sigma~_H + d') = (1 + delta/(2 sigma~_H)) x~ - delta/(2 sigma~_H) D
+            #       + (delta/2) d'
+            program.combine("x", "x", Q.alpha / H.alpha * (1 + delta / (2 * H.st)),
+                            [(0, -Q.alpha * delta / (2 * H.st)), (1, Q.alpha * delta / 2)])
 
 
 @register_solver(name="dpm_2")
@@ -133,13 +136,14 @@ class DPM2(Churn):
         for i, (P, Q) in enumerate(zip(points, points[1:])):
             H = self.churn(program, i, P, at_log_snr, churn_steps)
             M = at_log_snr(-0.5 * (math.log(H.st) + math.log(Q.st)))
-            rm, k = M.st / H.st, (Q.st - H.st) / M.st
+            rm = M.st / H.st
             program.eval("x", 0, H, i)
             program.combine("y", "x", M.sigma / H.sigma, [(0, M.alpha * (1 - rm))])
-            program.eval("y", 1, M, i)
-            # x~' = x~ + k (x~_M - D_M) = (1 + k rm) x~ + k (1 - rm) D - k D_M
-            program.combine("x", "x", Q.alpha * (1 + k * rm) / H.alpha, [(0, Q.alpha * k * (1 - rm)),
-                                                                         (1, -Q.alpha * k)])
+            # the midpoint slope d_M = (x~_M - D_M) / sigma~_M is stored as such (a slope Eval), not expanded through
+            # D_M: at a tiny sigma~_M the expansion multiplied the rounding of x_M by 1 / sigma~_M
+            program.eval("y", 1, M, i, slope=True)
+            # x~' = x~ + (sigma~_Q - sigma~_H) d_M
+            program.combine("x", "x", Q.alpha / H.alpha, [(1, Q.alpha * (Q.st - H.st))])
 
 
 class _DPMpp2M(Solver):
