@@ -164,6 +164,14 @@ class SolverLoop:
         if self.steps.accepts(out):
             self.steps.combine(slot, src, [out], coefs, 0)
         else:  # an odd model output (strided, other dtype) goes through the checked public op
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"the model output must be a torch.Tensor like the state {tuple(src.shape)}, got "
+                                f"{type(out).__name__} (model(x, labels) must return the tensor itself)")
+            if not out.dtype.is_floating_point:
+                raise TypeError(f"the model output must be a floating-point tensor, got {out.dtype}")
+            if out.shape != src.shape:
+                raise ValueError(f"the model output must have the state's shape {tuple(src.shape)}, got "
+                                 f"{tuple(out.shape)}")
             step_ops.affine_combine_step(src, [out.to(src.dtype)], coefs[0], coefs[1], out=slot,
                                          backend=self.steps.backend)
 
