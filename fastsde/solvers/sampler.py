@@ -1,7 +1,7 @@
 """get_sampler: the few-step solvers' factory, beside fastsde.sampling.get_pc_sampler."""
 from __future__ import annotations
 
-import operator
+import math
 
 import torch
 
@@ -11,11 +11,11 @@ from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_eps, check_seed, check_shape
 from fastsde.score import get_model_fn, get_score_parts
-from fastsde.solvers.grid import point_fn, time_grid
+from fastsde.solvers.grid import GRIDS, point_fn, time_grid
 from fastsde.solvers.program import Program, SolverLoop
 from fastsde.solvers.registry import get_solver
 
-__all__ = ["get_sampler", "build_program", "denoiser_coefs"]
+__all__ = ["get_sampler", "build_program", "denoiser_coefs", "check_program", "check_grid_args", "MAX_STEPS"]
 
 
 def default_eps(sde) -> float:
@@ -31,13 +31,79 @@ def denoiser_coefs(sde, point):
     return 1.0 / point.alpha, point.sigma**2 / point.alpha
 
 
+#: The most steps a few-step solver takes (building the program costs ~0.1 ms per step on the host; 100,000 steps
+#: is ~10 s). More is a ValueError before any work.
+MAX_STEPS = 100_000
+
+
+def _check_solver_sde(sde):
+    if not isinstance(sde, sde_lib.SDE):
+        try:
+            sde = sde_lib.as_fastsde_sde(sde)
+        except TypeError:
+            raise TypeError(f"sde must be a fastsde VPSDE, subVPSDE or VESDE (or score_sde's), got "
+                            f"{type(sde).__name__}") from None
+    if not isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE, sde_lib.VESDE)):
+        raise TypeError(f"sde must be a VPSDE, subVPSDE or VESDE, got {type(sde).__name__}")
+    return sde
+
+
+def check_grid_args(grid, rho):
+    """grid (a name of GRIDS or an explicit sequence of times, checked later against steps) and rho (a finite
+    number > 0: Karras's sigma^(1/rho) spacing; rho <= 0 would reverse or collapse the grid)."""
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS} or a sequence of times, got {grid!r}")
+    elif isinstance(grid, (bytes, dict, set)) or grid is None:
+        raise TypeError(f"grid must be one of {GRIDS} or a sequence of times, got {type(grid).__name__}")
+    return grid, sde_lib.check_real("rho", rho, low=0.0, low_open=True)
+
+
+def _point(at_time, t, continuous):
+    """Point at t, or a ValueError when (alpha, sigma) there is not a finite positive pair (sigma = 0 at t = 0 under
+    continuous labels; overflow at a huge sigma_max)."""
+    try:
+        P = at_time(t)
+        ok = all(math.isfinite(v) and v > 0 for v in (P.alpha, P.sigma)) and math.isfinite(P.lam)
+    except (OverflowError, ZeroDivisionError, ValueError):
+        ok, P = False, None
+    if not ok:
+        what = "" if P is None else f" (alpha = {P.alpha:.6g}, sigma = {P.sigma:.6g})"
+        raise ValueError(f"the time grid reaches t = {t:.6g}, where the model's noise level is not a positive finite "
+                         f"number{what}: a grid must end at a time with sigma > 0 (e.g. eps > 0; t = 0 only "
+                         f"with discrete labels), and sigma_max must be a float64-range value")
+    return P
+
+
+def check_program(program, sde, dtype, name) -> None:
+    """Every coefficient the program applies, in the state's dtype: finite and within its range (a VE sigma_max of
+    1e30 gives a denoiser coefficient sigma^2 = 1e60, inf in float32). A ValueError before any model call."""
+    limit = torch.finfo(dtype).max
+    for ins in program.code:
+        if hasattr(ins, "coefs"):
+            values, t = ins.coefs, None
+        else:
+            try:
+                values = tuple(float(v) for v in denoiser_coefs(sde, ins.point))
+            except (OverflowError, ZeroDivisionError):
+                values = (math.inf,)
+            t = ins.point.t
+        worst = max(abs(v) if math.isfinite(v) else math.inf for v in values)
+        if worst > limit:
+            where = f" at t = {t:.6g}" if t is not None else ""
+            raise ValueError(f"the {name} solver's coefficients{where} reach {worst:.3g}, beyond {dtype}'s range "
+                             f"({limit:.3g}): the SDE's noise scale is too large for {dtype} (a VE sigma_max of "
+                             f"{getattr(sde, 'sigma_max', float('nan')):.3g}?); use "
+                             f"{'dtype=torch.float64 or ' if dtype != torch.float64 else ''}a smaller sigma_max")
+
+
 def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rho=7.0, eps=None, denoise=True):
     """(Program, time grid) of `solver` (a Solver instance) on `steps` steps of `grid` (a name of GRIDS, from T to
     eps, or an explicit sequence of steps + 1 times: fastsde.solvers.grid.time_grid)."""
     eps = default_eps(sde) if eps is None else float(eps)
     ts = time_grid(sde, steps, eps, grid, rho)
     at_time, at_log_snr = point_fn(sde, continuous)
-    points = [at_time(t) for t in ts.tolist()]
+    points = [_point(at_time, t, continuous) for t in ts.tolist()]
     for i, (P, Q) in enumerate(zip(points, points[1:])):
         if not Q.lam > P.lam:
             raise ValueError(f"the grid's log-SNR must increase at every step; step {i} (t {P.t:.6g} -> {Q.t:.6g}) "
@@ -78,13 +144,13 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     solver = get_solver(name)(**options)
     shape = check_shape(shape)
     backend = check_backend(backend)
-    try:
-        count = operator.index(steps) if not isinstance(steps, bool) else 0
-    except TypeError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"steps must be >= 1 (an int), got {steps!r}")
-    steps = count
+    steps = sde_lib.check_count("steps", steps, MAX_STEPS, " (fastsde.solvers.sampler.MAX_STEPS)")
+    sde = _check_solver_sde(sde)
+    grid, rho = check_grid_args(grid, rho)
+    if not callable(inverse_scaler) and inverse_scaler is not None:
+        raise TypeError(f"inverse_scaler must be callable or None, got {type(inverse_scaler).__name__}")
+    if not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     check_seed(seed)
     NoiseStream("fastsde", seed, sample_ids)  # checks sample_ids
     eps = default_eps(sde) if eps is None else check_eps(sde, eps)
@@ -103,6 +169,8 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
         if denoise:
             program = Program()
             program.finish_with_denoise(at_time(eps), 0)
+    if program is not None:
+        check_program(program, sde, dtype, name)
 
     def labels_of(point):
         return labels_fn(torch.full((shape[0],), point.t, dtype=dtype, device=device))
@@ -110,6 +178,9 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     loops = {}  # id(model) -> (model, SolverLoop, compiled eval step): the entry keeps the model alive (ids unique)
 
     def sampler(model, z=None):
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, labels) -> tensor (a torch.nn.Module or a "
+                            f"function), got {type(model).__name__}")
         stream = NoiseStream("fastsde", seed, sample_ids)
         target = for_sampling(model, precision, dtype, casts)
         model_fn = get_model_fn(target, train=False)
@@ -141,7 +212,8 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
             loop.steps.ids.copy_(ids)
         if not compile:
             return loop.run(model_fn).clone()
-        target.train(False)
+        if isinstance(target, torch.nn.Module):
+            target.train(False)
         if entry[2] is None:  # the first model call runs eagerly (lazily built model state exists before tracing)
             entry[2] = torch.compile(loop.eval_step, fullgraph=True, dynamic=False)
             out = loop.run(target, eval_step=entry[2], eager_evals=1)
