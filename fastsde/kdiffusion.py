@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from fastsde.sampling.guard import check_finite, count_nonfinite
+from fastsde.sde import MAX_N, check_count, check_real
 from fastsde.solvers import get_solver
 from fastsde.solvers.grid import Point
 from fastsde.solvers.library import Churn
@@ -31,20 +32,40 @@ def _append_zero(sigmas):
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def _check_range(n, sigma_min, sigma_max):
+    n = check_count("n", n, MAX_N)
+    lo = check_real("sigma_min", sigma_min, low=0.0, low_open=True)
+    hi = check_real("sigma_max", sigma_max, low=0.0, low_open=True)
+    if not lo < hi:
+        raise ValueError(f"need sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    return n
+
+
 def get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0, device="cpu"):
-    """n sigmas uniform in sigma^(1/rho) from sigma_max to sigma_min (Karras et al. 2022 eq. 5), then 0."""
+    """n sigmas uniform in sigma^(1/rho) from sigma_max to sigma_min (Karras et al. 2022 eq. 5), then 0.
+    n an int >= 1, 0 < sigma_min < sigma_max finite, rho finite > 0 (ValueError otherwise)."""
+    n = _check_range(n, sigma_min, sigma_max)
+    check_real("rho", rho, low=0.0, low_open=True)
     ramp = torch.linspace(0, 1, n, device=device)
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     return _append_zero((hi + ramp * (lo - hi)) ** rho)
 
 
 def get_sigmas_exponential(n, sigma_min, sigma_max, device="cpu"):
-    """n sigmas uniform in log sigma from sigma_max to sigma_min, then 0."""
+    """n sigmas uniform in log sigma from sigma_max to sigma_min, then 0 (arguments as get_sigmas_karras)."""
+    n = _check_range(n, sigma_min, sigma_max)
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, device=device).exp())
 
 
 def get_sigmas_vp(n, beta_d=19.9, beta_min=0.1, eps_s=1e-3, device="cpu"):
-    """The VP SDE's sigma~ = sqrt(e^(beta_d t^2 / 2 + beta_min t) - 1) at n times uniform in [eps_s, 1], then 0."""
+    """The VP SDE's sigma~ = sqrt(e^(beta_d t^2 / 2 + beta_min t) - 1) at n times uniform in [eps_s, 1], then 0.
+    beta_d, beta_min finite >= 0 with beta_d + beta_min > 0, eps_s in (0, 1) (ValueError otherwise)."""
+    n = check_count("n", n, MAX_N)
+    check_real("beta_d", beta_d, low=0.0)
+    check_real("beta_min", beta_min, low=0.0)
+    if not 0 < check_real("eps_s", eps_s, low=0.0, low_open=True) < 1 or not beta_d + beta_min > 0:
+        raise ValueError(f"need eps_s in (0, 1) and beta_d + beta_min > 0, got eps_s={eps_s}, beta_d={beta_d}, "
+                         f"beta_min={beta_min}")
     t = torch.linspace(1, eps_s, n, device=device)
     return _append_zero(torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1))
 

@@ -19,6 +19,7 @@ import torch
 from fastsde._util import flat_norm, per_sample
 from fastsde.ops import step as step_ops
 from fastsde.sampling.guard import NonFiniteError, count_nonfinite
+from fastsde.solvers.program import check_model_output
 from fastsde.solvers.registry import Solver, register_solver
 
 __all__ = ["Adaptive"]
@@ -84,9 +85,13 @@ class Adaptive(Solver):
             sc = torch.ones_like(t) if scale_fn is None else scale_fn(t.to(dtype))
             sc2 = torch.ones_like(t) if scale_fn is None else scale_fn(s.to(dtype))
             out = model_fn(x, labels_fn(t.to(dtype)))
+            if k == 0:
+                check_model_output(out, x)
             step_ops.affine_combine_step(x, [out], 1 - h * f, [h * g**2 * sc], h.sqrt() * g, seed=seed,
                                          sample_ids=sample_ids, draw=1 + k, out=x1, backend=backend)
             out2 = model_fn(x1, labels_fn(s.to(dtype)))
+            if k == 0:
+                check_model_output(out2, x1)
             evals += 2
             x_tilde = step_ops.affine_combine_step(x, [x1, out2], 1.0, [-h * f2, h * g2**2 * sc2], h.sqrt() * g2,
                                                    seed=seed, sample_ids=sample_ids, draw=1 + k, backend=backend)

@@ -27,7 +27,7 @@ import torch
 from fastsde.ops import step as step_ops
 from fastsde.solvers.grid import Point
 
-__all__ = ["Eval", "Combine", "Program", "SolverLoop", "churn_draw", "update_draw", "BUFFERS", "SLOTS"]
+__all__ = ["Eval", "Combine", "Program", "SolverLoop", "check_model_output", "churn_draw", "update_draw", "BUFFERS", "SLOTS"]
 
 BUFFERS = ("x", "y")
 SLOTS = step_ops.MAX_OUTPUTS
@@ -103,6 +103,18 @@ class Program:
         return any(isinstance(ins, Combine) and ins.draw is not None for ins in self.code)
 
 
+def check_model_output(out, x: torch.Tensor) -> None:
+    """A model output the solvers can combine with the state x: a floating-point tensor of x's shape (the ops then
+    check dtype and device), or a TypeError/ValueError naming the model's output."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model output must be a torch.Tensor like the state {tuple(x.shape)}, got "
+                        f"{type(out).__name__} (model(x, labels) must return the tensor itself)")
+    if not out.dtype.is_floating_point:
+        raise TypeError(f"the model output must be a floating-point tensor, got {out.dtype}")
+    if out.shape != x.shape:
+        raise ValueError(f"the model output must have the state's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+
+
 class SolverLoop:
     """Runs a Program on preallocated buffers with one CombineSteps entry (backend resolved once).
 
@@ -164,14 +176,7 @@ class SolverLoop:
         if self.steps.accepts(out):
             self.steps.combine(slot, src, [out], coefs, 0)
         else:  # an odd model output (strided, other dtype) goes through the checked public op
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"the model output must be a torch.Tensor like the state {tuple(src.shape)}, got "
-                                f"{type(out).__name__} (model(x, labels) must return the tensor itself)")
-            if not out.dtype.is_floating_point:
-                raise TypeError(f"the model output must be a floating-point tensor, got {out.dtype}")
-            if out.shape != src.shape:
-                raise ValueError(f"the model output must have the state's shape {tuple(src.shape)}, got "
-                                 f"{tuple(out.shape)}")
+            check_model_output(out, src)
             step_ops.affine_combine_step(src, [out.to(src.dtype)], coefs[0], coefs[1], out=slot,
                                          backend=self.steps.backend)
 
