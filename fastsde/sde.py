@@ -168,8 +168,9 @@ class _LinearBetaSDE(SDE):
         super().__init__(N)
         check_real("beta_min", beta_min, low=0.0)
         check_real("beta_max", beta_max, low=0.0)
-        if not 0 <= beta_min <= beta_max:
-            raise ValueError(f"need 0 <= beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        if not 0 <= beta_min <= beta_max or not beta_max > 0:  # beta = 0 throughout: no noise, sigma(t) = 0
+            raise ValueError(f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, "
+                             f"beta_max={beta_max}")
         N = self.N
         self.beta_0 = float(beta_min)
         self.beta_1 = float(beta_max)
