@@ -124,6 +124,9 @@ def _sample(name, model, x, sigmas, extra_args, callback, *, seed=None, sample_i
     solver = get_solver(name)(**options)
     sig = check_sigmas(sigmas)
     _check_start(x)
+    if sig[0] > torch.finfo(x.dtype).max:  # the model's sigma argument is a tensor of x's dtype
+        raise ValueError(f"sigmas must be representable in x's dtype {x.dtype} (max {torch.finfo(x.dtype).max:.3g}), "
+                         f"got sigma {sig[0]:.6g}")
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, sigma, **extra_args) -> denoised, got "
                         f"{type(model).__name__}")

@@ -147,9 +147,14 @@ def test_fuzz_kdiffusion(K, sampler, sigmas, dtype, seed):
         _clear("kdiffusion", e)
         return
     assert torch.isfinite(got).all(), got
-    with torch.no_grad():
-        want = getattr(K, f"sample_{name}")(ring_denoiser, x, torch.tensor(sigmas, dtype=dtype), disable=True,
-                                            **options)
+    if len(sigmas) == 2 and sigmas[1] == 0.0:
+        # one step to 0 is the denoiser at sigmas[0] for every sampler (k-diffusion's dpmpp_2m_sde / 3m_sde fail
+        # there themselves: UnboundLocalError on `h`, k-diffusion 0.1.1.post1)
+        want = ring_denoiser(x, torch.full((x.shape[0],), sigmas[0], dtype=dtype))
+    else:
+        with torch.no_grad():
+            want = getattr(K, f"sample_{name}")(ring_denoiser, x, torch.tensor(sigmas, dtype=dtype), disable=True,
+                                                **options)
     tol = 2e-4 if dtype == torch.float32 else 1e-9
     scale = max(1.0, float(want.abs().max()))
     assert (got - want).abs().max() <= tol * scale, (sigmas, got, want)

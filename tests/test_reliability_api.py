@@ -192,6 +192,14 @@ def test_kdiffusion_sigmas_are_validated(name, sigmas, match):
     _one_line(e)
 
 
+def test_kdiffusion_sigma_beyond_the_dtype_is_one_clear_line():
+    """A float64 sigma of 1e300 beside a float32 x: 'value cannot be converted to type float without overflow'
+    (torch.full of the model's sigma argument) before; now a ValueError naming sigmas and the dtype."""
+    with pytest.raises(ValueError, match=r"sigmas must be representable in x's dtype torch.float32") as e:
+        kdiffusion.sample_euler(ring_denoiser, torch.zeros(2, 2), torch.tensor([1e300, 1.0, 0.0], dtype=torch.float64))
+    _one_line(e)
+
+
 def test_kdiffusion_argument_kinds():
     x, sigmas = torch.zeros(2, 2), kdiffusion.get_sigmas_karras(3, 0.1, 10.0)
     with pytest.raises(TypeError, match="sigmas must be real numbers"):
