@@ -345,6 +345,20 @@ def test_plain_function_model_equals_the_module():
         sampler("model.safetensors")
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_plain_function_model_in_the_pc_loops(backend):
+    from fastsde.sampling import get_pc_sampler
+
+    sde = sde_lib.VPSDE(N=20)
+    module = AnalyticScoreModel(RING, sde)
+    sampler = get_pc_sampler(sde, (3, 2), "euler_maruyama", "none", lambda v: v, 0.16, seed=1, backend=backend)
+    want, _ = sampler(module)
+    got, _ = sampler(lambda x, labels: module(x, labels))  # was: 'function' object has no attribute 'train'
+    assert torch.equal(got, want)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module or a function"):
+        sampler(42)
+
+
 @pytest.mark.parametrize("name", ["euler", "heun", "adaptive"])
 def test_model_returning_none(name):
     sampler = solvers.get_sampler(name, sde_lib.VPSDE(), (2, 2), 2, seed=0)

@@ -293,7 +293,8 @@ class FusedLoop:
             self.proj.data.copy_(projection.data)
             self.proj.mask.copy_(projection.mask)
             self.proj.table.copy_(projection.table)
-        self.model.train(False)
+        if isinstance(self.model, torch.nn.Module):  # a plain function model(x, labels) has no mode
+            self.model.train(False)
         self.stream_kind = stream.kind
         self.seed.copy_(seed_tensor(stream.seed if stream.seed is not None else 0, "cpu"))
         self.ids.copy_(stream.sample_ids_for(x0.shape[0]))

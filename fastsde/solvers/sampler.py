@@ -7,6 +7,7 @@ import torch
 
 from fastsde import sde as sde_lib
 from fastsde.noise import NoiseStream
+from fastsde.ops.checks import FLOATS
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_eps, check_seed, check_shape
@@ -149,8 +150,8 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     grid, rho = check_grid_args(grid, rho)
     if not callable(inverse_scaler) and inverse_scaler is not None:
         raise TypeError(f"inverse_scaler must be callable or None, got {type(inverse_scaler).__name__}")
-    if not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOATS:
+        raise TypeError(f"dtype must be one of {', '.join(map(str, FLOATS))}, got {dtype!r}")
     check_seed(seed)
     NoiseStream("fastsde", seed, sample_ids)  # checks sample_ids
     eps = default_eps(sde) if eps is None else check_eps(sde, eps)
