@@ -47,24 +47,37 @@ def _clear(suite, e):
 # ---------------------------------------------------------------------------------------------------- solvers
 @st.composite
 def sampler_args(draw):
+    """Valid arguments, and in half of the cases one of them replaced by a hostile value (so each refusal is
+    attributable to that argument)."""
     kind = draw(st.sampled_from(["vp", "subvp", "ve"]))
-    if draw(st.integers(0, 3)) == 0:
-        params = {"a": draw(NUMBERS), "b": draw(NUMBERS)}
+    if kind == "ve":
+        params = {"a": draw(st.floats(0.002, 0.1)), "b": draw(st.floats(5.0, 100.0))}
     else:
-        params = {"a": 0.1, "b": 20.0} if kind != "ve" else {"a": 0.01, "b": draw(st.sampled_from([10.0, 50.0]))}
-    n = draw(st.one_of(st.just(1000), st.integers(-2, 5000), st.sampled_from([10**10, 2.5, 100.0])))
-    steps = draw(st.one_of(st.integers(1, 6), st.integers(-3, 0), st.sampled_from([10**9, 2.5, True, "4", None])))
-    grid = draw(st.one_of(st.sampled_from(["uniform", "logsnr", "karras", "quadratic"]),
-                          st.sampled_from(["cosine", "", None, 3]),
-                          st.lists(st.floats(-0.5, 1.5), min_size=1, max_size=5)))
-    options = {
-        "name": draw(st.sampled_from(solvers.solver_names())),
-        "rho": draw(st.one_of(st.just(7.0), NUMBERS)),
-        "eps": draw(st.one_of(st.none(), st.sampled_from([1e-3, 1e-5, 0.5]), NUMBERS)),
-        "continuous": draw(st.booleans()),
-        "seed": draw(st.integers(0, 2**32)),
-    }
-    return kind, params, n, steps, grid, options
+        params = {"a": draw(st.floats(0.0, 1.0)), "b": draw(st.floats(5.0, 40.0))}
+    n = draw(st.sampled_from([1000, 200, 50]))
+    steps = draw(st.integers(1, 6))
+    grid = draw(st.sampled_from(["uniform", "logsnr", "karras", "quadratic", "explicit"]))
+    if grid == "explicit":
+        inner = draw(st.lists(st.floats(0.01, 0.99), min_size=steps - 1, max_size=steps - 1, unique=True))
+        grid = [1.0] + sorted(inner, reverse=True) + [draw(st.sampled_from([1e-3, 5e-3]))]
+    o = {"name": draw(st.sampled_from(solvers.solver_names())), "rho": draw(st.floats(0.5, 10.0)),
+         "eps": draw(st.one_of(st.none(), st.floats(1e-5, 0.05))), "continuous": draw(st.booleans()),
+         "seed": draw(st.integers(0, 2**32))}
+    if draw(st.booleans()):
+        field = draw(st.sampled_from(["a", "b", "n", "steps", "grid", "rho", "eps", "seed"]))
+        bad = draw(st.one_of(NUMBERS, JUNK, st.sampled_from([10**10, 10**9, 2.5, -1, 0])))
+        if field in ("a", "b"):
+            params[field] = bad
+        elif field == "n":
+            n = bad
+        elif field == "steps":
+            steps = bad
+        elif field == "grid":
+            grid = draw(st.one_of(st.sampled_from(["cosine", "", None, 3, b"logsnr"]),
+                                  st.lists(st.one_of(st.floats(-0.5, 1.5), NUMBERS), min_size=0, max_size=7)))
+        else:
+            o[field] = bad
+    return kind, params, n, steps, grid, o
 
 
 def _make_sde(kind, params, n):
@@ -164,21 +177,31 @@ def test_fuzz_kdiffusion(K, sampler, sigmas, dtype, seed):
 # ---------------------------------------------------------------------------------------------------- diffusers
 @st.composite
 def scheduler_configs(draw):
-    config = {}
-    if draw(st.booleans()):
-        config["num_train_timesteps"] = draw(st.one_of(st.integers(-2, 2000), st.sampled_from(
-            [1000, 1000.0, 3.7, 1e10, "1000", None, True, math.nan])))
+    """A DDPM/DDIM or score-SDE-VE config, and in half of the cases one field replaced by a hostile value."""
     ve = draw(st.integers(0, 2)) == 0
+    config = {"num_train_timesteps": draw(st.sampled_from([1000, 1000.0, 500, 50]))}
     if ve:
-        config["sigma_min"] = draw(st.one_of(st.just(0.01), NUMBERS))
-        config["sigma_max"] = draw(st.one_of(st.just(50.0), NUMBERS, JUNK))
-    else:
-        config["beta_start"] = draw(st.one_of(st.floats(1e-5, 1e-2), NUMBERS, JUNK))
-        config["beta_end"] = draw(st.one_of(st.floats(1e-2, 0.05), NUMBERS, JUNK))
+        config.update(sigma_min=draw(st.floats(0.001, 0.1)), sigma_max=draw(st.floats(1.0, 400.0)))
         if draw(st.booleans()):
-            config["beta_schedule"] = draw(st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2", None]))
+            config["prediction_type"] = "epsilon"
+    else:
+        config.update(beta_start=draw(st.floats(1e-5, 1e-2)), beta_end=draw(st.floats(1e-2, 0.05)),
+                      beta_schedule="linear")
+        if draw(st.booleans()):
+            config["prediction_type"] = draw(st.sampled_from(["epsilon", "v_prediction", "sample"]))
     if draw(st.booleans()):
-        config["prediction_type"] = draw(st.sampled_from(["epsilon", "v_prediction", "sample", "x0", None, 3]))
+        field = draw(st.sampled_from(["num_train_timesteps", "prediction_type"]
+                                     + (["sigma_min", "sigma_max"] if ve else ["beta_start", "beta_end",
+                                                                               "beta_schedule"])))
+        if field == "num_train_timesteps":
+            bad = draw(st.sampled_from([3.7, 1e10, "1000", None, True, math.nan, 0, -5, 10**8]))
+        elif field == "prediction_type":
+            bad = draw(st.sampled_from(["v_prediction", "sample", "x0", None, 3, ""]))
+        elif field == "beta_schedule":
+            bad = draw(st.sampled_from(["scaled_linear", "squaredcos_cap_v2", None]))
+        else:
+            bad = draw(st.one_of(NUMBERS, JUNK))
+        config[field] = bad
     return config
 
 
@@ -191,7 +214,7 @@ def test_fuzz_from_diffusers(config):
         _clear("diffusers", e)
         return
     n = sde.N
-    assert n == int(config.get("num_train_timesteps", 1000)) == config.get("num_train_timesteps", 1000)
+    assert n == config.get("num_train_timesteps", 1000)
     if continuous:  # ScoreSdeVeScheduler: sigma_min, sigma_max kept exactly; its UNet returns the score
         assert isinstance(sde, sde_lib.VESDE) and model.prediction_type == "epsilon"
         assert (sde.sigma_min, sde.sigma_max) == (float(config["sigma_min"]), float(config["sigma_max"]))

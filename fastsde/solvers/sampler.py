@@ -167,6 +167,7 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
         if not isinstance(grid, str):
             raise ValueError("the adaptive solver chooses its own steps: grid must be a name, not explicit times")
         time_grid(sde, 1, eps, grid, rho)  # checks eps and grid
+        _point(at_time, eps, continuous)  # sigma > 0 at every time it visits (sigma increases in t from eps)
         if denoise:
             program = Program()
             program.finish_with_denoise(at_time(eps), 0)
