@@ -415,3 +415,21 @@ def test_ode_tolerance_floor(kwargs, match):
     _one_line(e)
     with pytest.raises(ValueError, match=match):
         get_ode_sampler(sde, (2, 2), lambda v: v, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- 11. fuzz findings
+def test_vp_with_no_noise_is_refused():
+    """tests/test_fuzz_api.py: VPSDE(0, 0) has sigma(t) = 0 at every t; every solver divided by it (NaN samples)."""
+    for cls in (sde_lib.VPSDE, sde_lib.subVPSDE):
+        with pytest.raises(ValueError, match="beta_max > 0, got beta_min=0.0, beta_max=0.0"):
+            cls(0.0, 0.0)
+
+
+def test_adaptive_discrete_vp_with_zero_first_beta_is_refused():
+    """tests/test_fuzz_api.py: VPSDE(0, 5) under discrete labels has sigma = sqrt(1 - alphas_cumprod[0]) = 0 on the
+    first table row, which the adaptive solver's t near eps indexes (-1/sigma = inf, a NaN state)."""
+    sde = sde_lib.VPSDE(0.0, 5.0)
+    with pytest.raises(ValueError, match="the time grid reaches t = 0.001, where the model's noise level is not"):
+        solvers.get_sampler("adaptive", sde, (3, 2), 1, continuous=False)
+    x, _ = solvers.get_sampler("adaptive", sde, (3, 2), 1, continuous=True, seed=0)(AnalyticScoreModel(RING, sde))
+    assert torch.isfinite(x).all()
