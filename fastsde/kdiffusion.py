@@ -23,6 +23,7 @@ from fastsde.solvers import get_solver
 from fastsde.solvers.grid import Point
 from fastsde.solvers.library import Churn
 from fastsde.solvers.program import Program, SolverLoop
+from fastsde.solvers.sampler import build_checked
 
 __all__ = ["get_sigmas_karras", "get_sigmas_exponential", "get_sigmas_vp", "sample_euler", "sample_euler_ancestral",
            "sample_heun", "sample_dpm_2", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"]
@@ -142,7 +143,7 @@ def _sample(name, model, x, sigmas, extra_args, callback, *, seed=None, sample_i
     points = [Point(s, 1.0, s) for s in grid]
     program = Program()
     at_log_snr = lambda lam: Point(math.exp(-lam), 1.0, math.exp(-lam))  # noqa: E731
-    solver.build(program, points, at_log_snr, len(sig) - 1)
+    build_checked(solver, program, points, at_log_snr, len(sig) - 1)
     if to_zero:
         # k-diffusion's last step (to sigma 0) churns like the others: the EDM solvers raise sigma before the final
         # denoising too (s_churn > 0 and s_tmin <= sigma_last <= s_tmax), and the sample is D at the raised sigma.

@@ -433,3 +433,37 @@ def test_adaptive_discrete_vp_with_zero_first_beta_is_refused():
         solvers.get_sampler("adaptive", sde, (3, 2), 1, continuous=False)
     x, _ = solvers.get_sampler("adaptive", sde, (3, 2), 1, continuous=True, seed=0)(AnalyticScoreModel(RING, sde))
     assert torch.isfinite(x).all()
+
+
+def test_discrete_labels_midpoint_past_t_is_the_last_row():
+    """tests/test_fuzz_api.py: dpm_2 on a coarse discrete VP (N = 50) put its first midpoint past T (the table-snapped
+    start is below the continuous log-SNR at T): IndexError 'index 50 is out of bounds'. It is the last row now,
+    and the sample equals the reference backend's."""
+    sde = sde_lib.VPSDE(1.0, 11.0, 50)
+    model = AnalyticScoreModel(RING, sde, continuous=False)
+    args = dict(grid="karras", rho=1.0, continuous=False, seed=0, dtype=torch.float64)
+    got, _ = solvers.get_sampler("dpm_2", sde, (3, 2), 6, **args)(model)
+    want, _ = solvers.get_sampler("dpm_2", sde, (3, 2), 6, backend="reference", **args)(model)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name,steps", [("dpm_solver_2", 5), ("dpm_solver_3", 4)])
+def test_singlestep_stage_on_a_table_row_of_its_start(name, steps):
+    """tests/test_fuzz_api.py: with discrete labels a singlestep solver's stage snapped onto its start's row
+    (r1 = 0): ZeroDivisionError. Now one line naming the step."""
+    with pytest.raises(ValueError, match="has an intermediate point on the same noise level as its ends") as e:
+        solvers.get_sampler(name, sde_lib.VPSDE(1.0, 5.0, 200), (3, 2), steps, continuous=False)
+    _one_line(e)
+
+
+def test_euler_ancestral_huge_sigma_does_not_overflow_the_host_math():
+    """tests/test_fuzz_api.py: sigma_up squared sigma~ = 1e300 on the host (OverflowError). Written without squares
+    it is finite; the k-diffusion sample on [1e300, 1] with an O(1) denoiser is the Euler step's."""
+    x = torch.randn(3, 2, dtype=torch.float64)
+
+    def constant(v, sigma):
+        return torch.zeros_like(v)
+
+    got = kdiffusion.sample_euler_ancestral(constant, x, torch.tensor([1e300, 1.0], dtype=torch.float64), eta=0.0)
+    torch.testing.assert_close(got, x * 1e-300, rtol=1e-12, atol=0)  # x + (1 - 1e300) (x - 0) / 1e300

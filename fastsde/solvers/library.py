@@ -95,8 +95,10 @@ class EulerAncestral(Solver):
     def build(self, program, points, at_log_snr, churn_steps):
         eta, s_noise = self.options["eta"], self.options["s_noise"]
         for i, (P, Q) in enumerate(zip(points, points[1:])):
-            up = min(Q.st, eta * math.sqrt(max(0.0, Q.st**2 * (P.st**2 - Q.st**2) / P.st**2)))
-            down = math.sqrt(max(0.0, Q.st**2 - up * up))
+            # k-diffusion's sigma_up = sqrt(Q^2 (P^2 - Q^2) / P^2), sigma_down = sqrt(Q^2 - up^2), written without
+            # squaring a sigma (a sigma~ of 1e300 overflowed float64)
+            up = min(Q.st, eta * Q.st * math.sqrt(max(0.0, 1.0 - (Q.st / P.st) ** 2)))
+            down = Q.st * math.sqrt(max(0.0, 1.0 - (up / Q.st) ** 2))
             r = down / P.st
             program.eval("x", 0, P, i)
             program.combine("x", "x", Q.alpha * r / P.alpha, [(0, Q.alpha * (1 - r))], Q.alpha * up * s_noise,
@@ -234,6 +236,16 @@ class DPMpp3MSDE(_DPMpp3M):
     order = None
 
 
+def _check_stage(i, P, Q, *stages):
+    """A singlestep solver's intermediate points must lie strictly between the step's ends in log-SNR (their
+    realized values: under discrete labels a stage can snap onto the table row of P, and r1 = 0 divides by 0)."""
+    lams = [P.lam, *(S.lam for S in stages), Q.lam]
+    if not all(a < b for a, b in zip(lams, lams[1:])):
+        raise ValueError(f"step {i} (t {P.t:.6g} -> {Q.t:.6g}) has an intermediate point on the same noise level as "
+                         f"its ends (log-SNR {', '.join(f'{v:.6g}' for v in lams)}): with discrete labels use fewer "
+                         f"steps than N, or continuous labels")
+
+
 @register_solver(name="dpm_solver_2")
 class DPMSolver2(Solver):
     """Singlestep DPM-Solver++(2S) (Lu et al. 2022, data prediction, r1 = 1/2): with phi(u) = e^(-u) - 1,
@@ -246,6 +258,7 @@ class DPMSolver2(Solver):
         for i, (P, Q) in enumerate(zip(points, points[1:])):
             h = Q.lam - P.lam
             S1 = at_log_snr(P.lam + 0.5 * h)
+            _check_stage(i, P, Q, S1)
             r1 = (S1.lam - P.lam) / h  # realized (table-snapped under discrete labels)
             phi1 = math.expm1(-h)
             program.eval("x", 0, P, i)
@@ -266,6 +279,7 @@ class DPMSolver3(Solver):
         for i, (P, Q) in enumerate(zip(points, points[1:])):
             h = Q.lam - P.lam
             S1, S2 = at_log_snr(P.lam + h / 3), at_log_snr(P.lam + 2 * h / 3)
+            _check_stage(i, P, Q, S1, S2)
             r1, r2 = (S1.lam - P.lam) / h, (S2.lam - P.lam) / h
             phi_11, phi_12, phi_1 = math.expm1(-r1 * h), math.expm1(-r2 * h), math.expm1(-h)
             phi_22 = math.expm1(-r2 * h) / (r2 * h) + 1

@@ -98,6 +98,17 @@ def check_program(program, sde, dtype, name) -> None:
                              f"{'dtype=torch.float64 or ' if dtype != torch.float64 else ''}a smaller sigma_max")
 
 
+def build_checked(solver, program, points, at_log_snr, churn_steps) -> None:
+    """solver.build, with float overflow or a division by zero in its coefficients (a degenerate grid: sigmas
+    beyond float64's range when squared, two stages on one noise level) a ValueError naming the solver."""
+    try:
+        solver.build(program, points, at_log_snr, churn_steps)
+    except (OverflowError, ZeroDivisionError) as e:
+        first, last = points[0], points[-1]
+        raise ValueError(f"the {solver.name} solver's coefficients are not finite on this grid (sigma~ "
+                         f"{first.st:.6g} -> {last.st:.6g}, {len(points) - 1} steps): {e}") from None
+
+
 def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rho=7.0, eps=None, denoise=True):
     """(Program, time grid) of `solver` (a Solver instance) on `steps` steps of `grid` (a name of GRIDS, from T to
     eps, or an explicit sequence of steps + 1 times: fastsde.solvers.grid.time_grid)."""
@@ -110,7 +121,7 @@ def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rh
             raise ValueError(f"the grid's log-SNR must increase at every step; step {i} (t {P.t:.6g} -> {Q.t:.6g}) "
                              f"goes from {P.lam:.6g} to {Q.lam:.6g}: with discrete labels use fewer steps than N")
     program = Program()
-    solver.build(program, points, at_log_snr, int(steps))
+    build_checked(solver, program, points, at_log_snr, int(steps))
     if denoise:
         program.finish_with_denoise(points[-1], int(steps))
     return program, ts
