@@ -172,17 +172,24 @@ def test_fuzz_kdiffusion(K, sampler, sigmas, dtype, seed):
         _clear("kdiffusion", e)
         return
     assert torch.isfinite(got).all(), got
-    if len(sigmas) == 2 and sigmas[1] == 0.0:
-        # one step to 0 is the denoiser at sigmas[0] for every sampler (k-diffusion's dpmpp_2m_sde / 3m_sde fail
-        # there themselves: UnboundLocalError on `h`, k-diffusion 0.1.1.post1)
-        want = ring_denoiser(x, torch.full((x.shape[0],), sigmas[0], dtype=dtype))
-    else:
+    def reference(xx):
+        if len(sigmas) == 2 and sigmas[1] == 0.0:
+            # one step to 0 is the denoiser at sigmas[0] for every sampler (k-diffusion's dpmpp_2m_sde / 3m_sde
+            # fail there themselves: UnboundLocalError on `h`, k-diffusion 0.1.1.post1)
+            return ring_denoiser(xx, torch.full((xx.shape[0],), sigmas[0], dtype=xx.dtype))
         with torch.no_grad():
-            want = getattr(K, f"sample_{name}")(ring_denoiser, x, torch.tensor(sigmas, dtype=dtype), disable=True,
-                                                **options)
-    tol = 2e-4 if dtype == torch.float32 else 1e-9
+            return getattr(K, f"sample_{name}")(ring_denoiser, xx, torch.tensor(sigmas, dtype=xx.dtype),
+                                                disable=True, **options)
+
+    want = reference(x)
     scale = max(1.0, float(want.abs().max()))
-    assert (got - want).abs().max() <= tol * scale, (sigmas, got, want)
+    if dtype == torch.float64:
+        assert (got - want).abs().max() <= 1e-9 * scale, (sigmas, got, want)
+    else:  # the project's float32 rule: err(fast, ref64) <= 2 err(ref32, ref64) + atol (k-diffusion's own float32
+        # run can be 3e-3 off its float64 one on a one-step Heun from sigma 742)
+        want64 = reference(x.double())
+        err = (got.double() - want64).abs().max()
+        assert err <= 2 * (want.double() - want64).abs().max() + 1e-5 * scale, (sigmas, got, want, want64)
     STATS[("kdiffusion", "equal result")] += 1
 
 
