@@ -26,7 +26,7 @@ from fastsde.sampling.guard import NonFiniteError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-EXAMPLES = int(os.environ.get("FASTSDE_FUZZ_API_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("FASTSDE_FUZZ_API_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck), print_blob=True)
 STATS = collections.Counter()  # (suite, outcome) -> cases, printed by test_zz_report
