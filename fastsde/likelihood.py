@@ -53,13 +53,13 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
     time conventions. `generator` draws the probe (default: torch's global generator, as score_sde) unless
     `probe` (data's shape) is given: rows of one hutchinson_probe draw give every datum the same probe in any batch.
     A NaN/inf drift or divergence stops the integration with guard.NonFiniteError naming t; more than max_evals
-    evaluations with a RuntimeError (rtol, atol > 0 and eps in (0, T) are checked here, so no setting can loop
-    forever).
+    evaluations with a RuntimeError (rtol, atol >= max(1e-12, dtype's epsilon) and eps in (0, T) are checked here,
+    so no setting can loop forever: fastsde.sampling.ode.min_tolerance).
     """
     sde = as_fastsde_sde(sde)  # score_sde's own SDE objects are accepted
     if hutchinson_type not in HUTCHINSON_TYPES:
         raise ValueError(f"hutchinson_type must be one of {HUTCHINSON_TYPES}, got {hutchinson_type!r}")
-    eps = check_ode_args(sde, rtol, atol, method, eps)
+    eps = check_ode_args(sde, rtol, atol, method, eps, dtype)
     EvalBudget(max_evals, "")
 
     def drift_fn(model, x, t):

@@ -11,10 +11,16 @@ __all__ = ["get_model_fn", "get_score_fn", "get_score_parts", "to_flattened_nump
 
 
 def get_model_fn(model, train: bool = False):
-    """model_fn(x, labels) running `model` in train or eval mode."""
+    """model_fn(x, labels) running `model` in train or eval mode (a torch.nn.Module), or calling it (a plain
+    function model(x, labels) -> tensor, which has no mode). Anything not callable is a TypeError here."""
+    if not callable(model):
+        raise TypeError(f"model must be a torch.nn.Module or a function model(x, labels) -> tensor, got "
+                        f"{type(model).__name__}")
+    set_mode = getattr(model, "train", None) if isinstance(model, torch.nn.Module) else None
 
     def model_fn(x, labels):
-        model.train(train)
+        if set_mode is not None:
+            set_mode(train)
         return model(x, labels)
 
     return model_fn
@@ -73,7 +79,10 @@ def get_score_fn(sde, model, train: bool = False, continuous: bool = False):
 
     def score_fn(x, t):
         out = model_fn(x, labels_fn(t))
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:  # broadcasting would hide a wrong model
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model output must be a torch.Tensor of the state's shape {tuple(x.shape)}, got "
+                            f"{type(out).__name__}")
+        if out.shape != x.shape:  # broadcasting would hide a wrong model
             raise ValueError(f"the model output must have the state's shape {tuple(x.shape)}, got "
                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
         return out if std_fn is None else -out / per_sample(std_fn(t), x)

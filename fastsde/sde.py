@@ -9,22 +9,57 @@ from __future__ import annotations
 
 import abc
 import math
+import operator
 
 import numpy as np
 import torch
 
 from fastsde._util import per_sample, sum_except_batch
 
-__all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE", "as_fastsde_sde"]
+__all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE", "as_fastsde_sde", "MAX_N", "check_count", "check_real"]
+
+#: The most discretization steps an SDE takes: its tables (float32, up to five of N entries) stay under 200 MB and
+#: a PC run of N steps is still a run, not a hang; score_sde's configs use 1000 to 2000. More is a ValueError,
+#: raised before any table is built.
+MAX_N = 10_000_000
+
+
+def check_count(name: str, value, limit: int, what: str = "") -> int:
+    """`value` as an int in [1, limit] (ints, numpy ints and integral floats such as 1000.0 from a JSON config);
+    3.7, True, "10", nan and counts above `limit` are a TypeError/ValueError naming `name`, before any allocation."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        if not isinstance(value, (float, np.floating)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        n = int(value)
+    if not 1 <= n <= limit:
+        raise ValueError(f"{name} must be >= 1 and <= {limit:,}{what}, got {n:,}")
+    return n
+
+
+def check_real(name: str, value, *, low: float | None = None, low_open: bool = False) -> float:
+    """`value` as a finite float (>= low, or > low with low_open), or a TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
+        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return v
 
 
 class SDE(abc.ABC):
-    """dx = f(x, t) dt + g(t) dw on t in [0, T]; N is the number of discretization steps."""
+    """dx = f(x, t) dt + g(t) dw on t in [0, T]; N is the number of discretization steps (1 to MAX_N)."""
 
     def __init__(self, N: int):
-        if int(N) < 1:
-            raise ValueError(f"N (number of discretization steps) must be >= 1, got {N}")
-        self.N = int(N)
+        self.N = check_count("N (number of discretization steps)", N, MAX_N,
+                             " (fastsde.sde.MAX_N: the tables hold N entries each)")
         self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
@@ -131,8 +166,12 @@ class _LinearBetaSDE(SDE):
 
     def __init__(self, beta_min: float, beta_max: float, N: int):
         super().__init__(N)
-        if not 0 <= beta_min <= beta_max:
-            raise ValueError(f"need 0 <= beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        check_real("beta_min", beta_min, low=0.0)
+        check_real("beta_max", beta_max, low=0.0)
+        if not 0 <= beta_min <= beta_max or not beta_max > 0:  # beta = 0 throughout: no noise, sigma(t) = 0
+            raise ValueError(f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, "
+                             f"beta_max={beta_max}")
+        N = self.N
         self.beta_0 = float(beta_min)
         self.beta_1 = float(beta_max)
         self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
@@ -222,11 +261,13 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(N)
+        check_real("sigma_min", sigma_min, low=0.0, low_open=True)
+        check_real("sigma_max", sigma_max, low=0.0, low_open=True)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
-        self.discrete_sigmas = torch.exp(torch.linspace(np.log(sigma_min), np.log(sigma_max), N))
+        self.discrete_sigmas = torch.exp(torch.linspace(np.log(sigma_min), np.log(sigma_max), self.N))
 
     @property
     def T(self) -> float:
@@ -309,7 +350,7 @@ def as_fastsde_sde(obj) -> SDE:
     missing = [f for f in fields if not hasattr(obj, f)]
     if missing:
         raise TypeError(f"sde of class {name} looks like score_sde's but lacks {missing}; expected attributes {fields}")
-    converted = cls(*(float(getattr(obj, f)) for f in fields[:2]), N=int(obj.N))
+    converted = cls(*(float(getattr(obj, f)) for f in fields[:2]), N=obj.N)
     if float(getattr(obj, "T", 1.0)) != converted.T:
         raise ValueError(f"sde of class {name} has T={obj.T}; fastsde's {cls.__name__} has T={converted.T}")
     converted.source = obj

@@ -143,5 +143,5 @@ def test_stochastic_samplers_are_batch_invariant_and_take_noise_sampler():
 
 
 def test_bad_sigmas():
-    with pytest.raises(ValueError, match="sigmas must be decreasing"):
+    with pytest.raises(ValueError, match="sigmas must strictly decrease"):
         kdiffusion.sample_euler(denoiser, torch.zeros(2, 2), torch.tensor([1.0, 2.0, 0.0]))

@@ -51,12 +51,40 @@ class DiffusersScoreModel(torch.nn.Module):
         return (x - alpha * out) / sigma  # "sample": out is x0
 
 
+def _number(config, key, default=None) -> float:
+    value = _get(config, key, default)
+    return sde_lib.check_real(f"scheduler_config.{key}", value, low=0.0, low_open=key != "beta_start")
+
+
 def from_diffusers(unet, scheduler_config):
-    """(model, sde, continuous) from a diffusers UNet and its scheduler (or the scheduler's config)."""
+    """(model, sde, continuous) from a diffusers UNet and its scheduler (or the scheduler's config).
+
+    Checked before anything is built (ValueError/TypeError naming the config key): num_train_timesteps an integer
+    in [1, fastsde.sde.MAX_N] (3.7 is refused, not truncated); beta_start, beta_end, sigma_min, sigma_max finite
+    numbers in order; prediction_type one of "epsilon", "v_prediction", "sample" for DDPM/DDIM configs and
+    "epsilon" (or absent) for score-SDE-VE configs, whose UNet returns the score: any other value is refused, never
+    dropped."""
+    if not callable(unet):
+        raise TypeError(f"unet must be callable as unet(x, timesteps), got {type(unet).__name__}")
     config = getattr(scheduler_config, "config", scheduler_config)
-    n = int(_get(config, "num_train_timesteps", 1000))
+    if config is None or isinstance(config, (str, bytes, int, float)):
+        raise TypeError(f"scheduler_config must be a diffusers scheduler, its config or a dict, got "
+                        f"{type(config).__name__}")
+    n = sde_lib.check_count("scheduler_config.num_train_timesteps", _get(config, "num_train_timesteps", 1000),
+                            sde_lib.MAX_N, " (fastsde.sde.MAX_N)")
+    prediction = _get(config, "prediction_type", None)
+    if prediction is not None and prediction not in _PREDICTIONS:
+        raise ValueError(f"scheduler_config.prediction_type must be one of {_PREDICTIONS}, got {prediction!r}")
     if _get(config, "sigma_max") is not None:  # ScoreSdeVeScheduler
-        sde = sde_lib.VESDE(float(_get(config, "sigma_min", 0.01)), float(_get(config, "sigma_max")), n)
+        if prediction not in (None, "epsilon"):
+            raise ValueError(f"scheduler_config.prediction_type {prediction!r} is not supported for a score-SDE-VE "
+                             f"config (sigma_min, sigma_max): its UNet must return the score; only DDPM/DDIM "
+                             f"(beta_start, beta_end) configs take 'v_prediction' or 'sample'")
+        sigma_min, sigma_max = _number(config, "sigma_min", 0.01), _number(config, "sigma_max")
+        if not sigma_min < sigma_max:
+            raise ValueError(f"scheduler_config needs sigma_min < sigma_max, got sigma_min={sigma_min}, "
+                             f"sigma_max={sigma_max}")
+        sde = sde_lib.VESDE(sigma_min, sigma_max, n)
         return DiffusersScoreModel(unet, sde), sde, True
     if _get(config, "beta_start") is None:
         raise ValueError("scheduler_config must be a DDPM/DDIM (beta_start, beta_end) or score-SDE-VE (sigma_min, "
@@ -64,8 +92,12 @@ def from_diffusers(unet, scheduler_config):
     schedule = _get(config, "beta_schedule", "linear")
     if schedule != "linear" or _get(config, "trained_betas") is not None:
         raise ValueError(f"beta_schedule must be 'linear' (score_sde's VPSDE), got {schedule!r}")
-    sde = sde_lib.VPSDE(float(_get(config, "beta_start")) * n, float(_get(config, "beta_end")) * n, n)
-    return DiffusersScoreModel(unet, sde, _get(config, "prediction_type", "epsilon")), sde, False
+    beta_start, beta_end = _number(config, "beta_start"), _number(config, "beta_end")
+    if not beta_start <= beta_end < 1:
+        raise ValueError(f"scheduler_config needs 0 <= beta_start <= beta_end < 1 (DDPM betas), got "
+                         f"beta_start={beta_start}, beta_end={beta_end}")
+    sde = sde_lib.VPSDE(beta_start * n, beta_end * n, n)
+    return DiffusersScoreModel(unet, sde, prediction or "epsilon"), sde, False
 
 
 def times_of_timesteps(sde, timesteps) -> torch.Tensor:

@@ -256,6 +256,13 @@ class GaussianMixture:
         r_k = softmax_k of the component log-densities (the posterior responsibilities); float64 inside, x's dtype out.
         """
         x64 = self._flatten(x)
+        if self.isotropic and x64.requires_grad and torch.is_grad_enabled():
+            # Differentiable form (the likelihood's Hutchinson divergence differentiates the score): the fast path
+            # below works in place, which autograd cannot record.
+            log_comp, inv_var, m, mu = self._components_isotropic(x64, mean_coef, std)
+            w = torch.softmax(log_comp, dim=1) * inv_var  # r_k / var_k, (B, K)
+            score = m * (w @ mu) - w.sum(1, keepdim=True) * x64
+            return score.reshape(x.shape).to(_out_dtype(x))
         if self.isotropic:
             # Softmax written out: torch.softmax over a handful of components costs ~100 us per call on the CPU.
             return self._score_isotropic(x64, mean_coef, std, _out_dtype(x)).reshape(x.shape)

@@ -35,10 +35,21 @@ class EvalBudget:
                                f"(pass a larger max_evals, looser tolerances, or check the model)")
 
 
-def check_ode_args(sde, rtol, atol, method, eps) -> float:
+def min_tolerance(dtype) -> float:
+    """The smallest rtol/atol an integration in `dtype` accepts: max(1e-12, the dtype's machine epsilon) (1.2e-7 for
+    float32, 1e-12 for float64). Below it the drift's own rounding exceeds the tolerance, the step size collapses and
+    the run takes minutes (rtol = atol = 1e-300) before max_evals stops it."""
+    return max(1e-12, float(torch.finfo(dtype).eps)) if isinstance(dtype, torch.dtype) and dtype.is_floating_point \
+        else 1e-12
+
+
+def check_ode_args(sde, rtol, atol, method, eps, dtype=torch.float64) -> float:
     """The ODE integrators' shared checks (sampler and likelihood); returns eps as a float."""
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
+    floor = min_tolerance(dtype)
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if check_positive(name, value) < floor:
+            raise ValueError(f"{name} must be >= {floor:.3g} for {dtype} (max(1e-12, machine epsilon): a tighter "
+                             f"tolerance cannot be met and the integration would not finish), got {value!r}")
     if method not in ODE_METHODS:
         raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
     return check_eps(sde, eps)
@@ -56,7 +67,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     converted to `dtype` before the drift (fastsde.precision). The sampler's `precision` attribute is the resolved one.
     """
     sde, shape = check_sde(sde), check_shape(shape)
-    eps = check_ode_args(sde, rtol, atol, method, eps)
+    eps = check_ode_args(sde, rtol, atol, method, eps, dtype)
     check_seed(seed)
     NoiseStream(noise, 0, sample_ids)
     EvalBudget(max_evals, "")

@@ -33,7 +33,7 @@ __all__ = ["get_pc_sampler", "pc_loop", "Projection"]
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1, probability_flow=False,
                    continuous=False, denoise=True, eps=1e-3, device="cpu", *, backend="auto", seed=None,
                    noise="fastsde", sample_ids=None, dtype=torch.float32, progress=False, compile=False,
-                   capture=False, capture_steps=None, precision=None):
+                   capture=False, capture_steps=None, precision=None, check_finite=True):
     """Predictor-corrector sampler (Song et al. algorithm 1): returns sampler(model) -> (x (shape), nfe).
 
     predictor/corrector: registered names ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none";
@@ -49,7 +49,12 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     the state (`dtype`), coefficients and noise keep theirs (fastsde.precision); the fused steps read the half
     output directly, the reference loop gets it converted to `dtype`. The sampler's `precision` attribute holds
     the resolved value.
+    Both loops read the state once after the last step and raise guard.NonFiniteError when it holds NaN/inf (a NaN
+    never becomes finite again, so no per-step sync is needed). check_finite=False (the reference loop only) returns
+    such samples instead, as score_sde's loop does; the fused loop always checks.
     """
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
     sde, shape = check_sde(sde), check_shape(shape)  # score_sde's SDE objects are converted (sde.as_fastsde_sde)
     check_seed(seed)
     backend, predictor_cls, corrector_cls = check_pc_args(sde, predictor, corrector, snr, n_steps, probability_flow,
@@ -69,7 +74,8 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
         with torch.no_grad():
             x = stream.prior(sde, shape, device=device, dtype=dtype)
             x, x_mean = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow,
-                                continuous, eps, backend, progress, mode=mode, cache=loops)
+                                continuous, eps, backend, progress, mode=mode, cache=loops,
+                                check_finite=check_finite)
             return inverse_scaler(x_mean if denoise else x), sde.N * (n_steps + 1)
 
     pc_sampler.precision = precision
@@ -111,7 +117,7 @@ class Projection:
 
 
 def pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow, continuous, eps,
-            backend, progress, projection=None, mode=None, cache=None):
+            backend, progress, projection=None, mode=None, cache=None, check_finite=True):
     """Run the N PC steps from x; returns (x, x_mean). projection: inpainting (data, mask) (controllable.py).
 
     The fused loop runs unless backend="reference", a predictor/corrector has no fused form (a user class), the model
@@ -154,7 +160,17 @@ def pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, p
         if proj is not None:
             stream.seek(plan.predictor_projection(i))
             x, x_mean = proj.apply(x, vec_t, stream, sde)
+    if check_finite:  # one host read after the last step, as the fused loop (FusedLoop.run)
+        raise_if_nonfinite(x, sde.N)
     return x, x_mean
+
+
+def raise_if_nonfinite(x, steps: int) -> None:
+    """The PC loops' end-of-run watch: NonFiniteError with the count of bad samples when x holds NaN/inf."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"the sampler state became non-finite during the {steps} steps: {count_nonfinite(x)} of "
+                             f"{x.shape[0]} samples hold NaN or inf (the model returned non-finite values or the "
+                             f"step sizes diverged)")
 
 
 class FusedLoop:
@@ -282,7 +298,8 @@ class FusedLoop:
             self.proj.data.copy_(projection.data)
             self.proj.mask.copy_(projection.mask)
             self.proj.table.copy_(projection.table)
-        self.model.train(False)
+        if isinstance(self.model, torch.nn.Module):  # a plain function model(x, labels) has no mode
+            self.model.train(False)
         self.stream_kind = stream.kind
         self.seed.copy_(seed_tensor(stream.seed if stream.seed is not None else 0, "cpu"))
         self.ids.copy_(stream.sample_ids_for(x0.shape[0]))
@@ -306,11 +323,7 @@ class FusedLoop:
         # Non-finite watch with no per-step work: a NaN or inf in the state never becomes finite again (every update
         # scales x by a nonzero a, the projection by 1 - m, and 0 * inf is NaN), so the state after the last step
         # tells whether any step went non-finite. One host read, after the steps.
-        if not bool(torch.isfinite(x).all()):
-            bad = count_nonfinite(x)
-            raise NonFiniteError(f"the sampler state became non-finite during the {self.n} steps: {bad} of "
-                                 f"{x.shape[0]} samples hold NaN or inf (the model returned non-finite values or the "
-                                 f"step sizes diverged)")
+        raise_if_nonfinite(x, self.n)
         if self.pred is None and self.proj is None:  # the identity predictor returns (x, x) last
             x_mean.copy_(x)
         return x.clone(), x_mean.clone()

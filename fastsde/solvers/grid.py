@@ -115,8 +115,13 @@ def point_fn(sde, continuous: bool = True) -> tuple[Callable, Callable]:
         alpha, sigma = marginal(sde, torch.tensor([t], dtype=torch.float64), continuous)
         return Point(float(t), float(alpha[0]), float(sigma[0]))
 
+    discrete = not continuous and isinstance(sde, (sde_lib.VPSDE, sde_lib.VESDE))
+
     def at_log_snr(lam: float) -> Point:
-        return at_time(float(time_of_log_snr(sde, torch.tensor([lam], dtype=torch.float64))[0]))
+        t = float(time_of_log_snr(sde, torch.tensor([lam], dtype=torch.float64))[0])
+        # discrete labels index tables on [0, T]: a time past T (a table-snapped start below the continuous log-SNR
+        # at T, or EDM's churn) is the last row, never an index past the table's end
+        return at_time(min(t, float(sde.T)) if discrete else t)
 
     return at_time, at_log_snr
 

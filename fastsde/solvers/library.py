@@ -95,8 +95,10 @@ class EulerAncestral(Solver):
     def build(self, program, points, at_log_snr, churn_steps):
         eta, s_noise = self.options["eta"], self.options["s_noise"]
         for i, (P, Q) in enumerate(zip(points, points[1:])):
-            up = min(Q.st, eta * math.sqrt(max(0.0, Q.st**2 * (P.st**2 - Q.st**2) / P.st**2)))
-            down = math.sqrt(max(0.0, Q.st**2 - up * up))
+            # k-diffusion's sigma_up = sqrt(Q^2 (P^2 - Q^2) / P^2), sigma_down = sqrt(Q^2 - up^2), written without
+            # squaring a sigma (a sigma~ of 1e300 overflowed float64)
+            up = min(Q.st, eta * Q.st * math.sqrt(max(0.0, 1.0 - (Q.st / P.st) ** 2)))
+            down = Q.st * math.sqrt(max(0.0, 1.0 - (up / Q.st) ** 2))
             r = down / P.st
             program.eval("x", 0, P, i)
             program.combine("x", "x", Q.alpha * r / P.alpha, [(0, Q.alpha * (1 - r))], Q.alpha * up * s_noise,
@@ -116,10 +118,13 @@ class Heun(Churn):
             r, delta = Q.st / H.st, Q.st - H.st
             program.eval("x", 0, H, i)
             program.combine("y", "x", Q.sigma / H.sigma, [(0, Q.alpha * (1 - r))])
-            program.eval("y", 1, Q, i)
-            # x~' = r x~ + (delta/2)((1 - r)/sigma~_Q - 1/sigma~_H) D - delta/(2 sigma~_Q) D'
-            program.combine("x", "x", Q.sigma / H.sigma, [(0, Q.alpha * delta / 2 * ((1 - r) / Q.st - 1 / H.st)),
-                                                          (1, -Q.alpha * delta / (2 * Q.st))])
+            # the second slope d' = (y~ - D') / sigma~_Q is stored as such (a slope Eval): expanding it through D'
+            # would multiply the rounding of y by 1 / sigma~_Q (a tiny last sigma, e.g. [10, 1e-30, 0], blew up)
+            program.eval("y", 1, Q, i, slope=True)
+            # x~' = x~ + (delta/2)((x~ - D)/sigma~_H + d') = (1 + delta/(2 sigma~_H)) x~ - delta/(2 sigma~_H) D
+            #       + (delta/2) d'
+            program.combine("x", "x", Q.alpha / H.alpha * (1 + delta / (2 * H.st)),
+                            [(0, -Q.alpha * delta / (2 * H.st)), (1, Q.alpha * delta / 2)])
 
 
 @register_solver(name="dpm_2")
@@ -133,13 +138,14 @@ class DPM2(Churn):
         for i, (P, Q) in enumerate(zip(points, points[1:])):
             H = self.churn(program, i, P, at_log_snr, churn_steps)
             M = at_log_snr(-0.5 * (math.log(H.st) + math.log(Q.st)))
-            rm, k = M.st / H.st, (Q.st - H.st) / M.st
+            rm = M.st / H.st
             program.eval("x", 0, H, i)
             program.combine("y", "x", M.sigma / H.sigma, [(0, M.alpha * (1 - rm))])
-            program.eval("y", 1, M, i)
-            # x~' = x~ + k (x~_M - D_M) = (1 + k rm) x~ + k (1 - rm) D - k D_M
-            program.combine("x", "x", Q.alpha * (1 + k * rm) / H.alpha, [(0, Q.alpha * k * (1 - rm)),
-                                                                         (1, -Q.alpha * k)])
+            # the midpoint slope d_M = (x~_M - D_M) / sigma~_M is stored as such (a slope Eval), not expanded through
+            # D_M: at a tiny sigma~_M the expansion multiplied the rounding of x_M by 1 / sigma~_M
+            program.eval("y", 1, M, i, slope=True)
+            # x~' = x~ + (sigma~_Q - sigma~_H) d_M
+            program.combine("x", "x", Q.alpha / H.alpha, [(1, Q.alpha * (Q.st - H.st))])
 
 
 class _DPMpp2M(Solver):
@@ -230,6 +236,16 @@ class DPMpp3MSDE(_DPMpp3M):
     order = None
 
 
+def _check_stage(i, P, Q, *stages):
+    """A singlestep solver's intermediate points must lie strictly between the step's ends in log-SNR (their
+    realized values: under discrete labels a stage can snap onto the table row of P, and r1 = 0 divides by 0)."""
+    lams = [P.lam, *(S.lam for S in stages), Q.lam]
+    if not all(a < b for a, b in zip(lams, lams[1:])):
+        raise ValueError(f"step {i} (t {P.t:.6g} -> {Q.t:.6g}) has an intermediate point on the same noise level as "
+                         f"its ends (log-SNR {', '.join(f'{v:.6g}' for v in lams)}): with discrete labels use fewer "
+                         f"steps than N, or continuous labels")
+
+
 @register_solver(name="dpm_solver_2")
 class DPMSolver2(Solver):
     """Singlestep DPM-Solver++(2S) (Lu et al. 2022, data prediction, r1 = 1/2): with phi(u) = e^(-u) - 1,
@@ -242,6 +258,7 @@ class DPMSolver2(Solver):
         for i, (P, Q) in enumerate(zip(points, points[1:])):
             h = Q.lam - P.lam
             S1 = at_log_snr(P.lam + 0.5 * h)
+            _check_stage(i, P, Q, S1)
             r1 = (S1.lam - P.lam) / h  # realized (table-snapped under discrete labels)
             phi1 = math.expm1(-h)
             program.eval("x", 0, P, i)
@@ -262,6 +279,7 @@ class DPMSolver3(Solver):
         for i, (P, Q) in enumerate(zip(points, points[1:])):
             h = Q.lam - P.lam
             S1, S2 = at_log_snr(P.lam + h / 3), at_log_snr(P.lam + 2 * h / 3)
+            _check_stage(i, P, Q, S1, S2)
             r1, r2 = (S1.lam - P.lam) / h, (S2.lam - P.lam) / h
             phi_11, phi_12, phi_1 = math.expm1(-r1 * h), math.expm1(-r2 * h), math.expm1(-h)
             phi_22 = math.expm1(-r2 * h) / (r2 * h) + 1

@@ -4,6 +4,8 @@ Every solver of fastsde.solvers compiles, once per sampler call and on the host 
 instructions over the buffers "x" (the state), "y" (a stage or predicted state) and the history slots D[0..2]:
 
     Eval(src, slot, point):      D[slot] <- denoiser(buf[src], point)     one model call + one affine pass
+                                 (slope=True: D[slot] <- (buf[src] / alpha - D) / sigma~, the slope dx~/dsigma~,
+                                 formed from the model output without the cancellation x~ - D; see SolverLoop)
     Combine(dst, src, terms, c): buf[dst] <- a buf[src] + sum_k b_k D[slot_k] + c z(draw)    one affine pass
 
 The denoiser is the data prediction D(x, t) = (x + sigma^2 score) / alpha = p x + q out with out = model(x, labels),
@@ -26,7 +28,7 @@ from fastsde import capture_safety
 from fastsde.ops import step as step_ops
 from fastsde.solvers.grid import Point
 
-__all__ = ["Eval", "Combine", "Program", "SolverLoop", "churn_draw", "update_draw", "BUFFERS", "SLOTS"]
+__all__ = ["Eval", "Combine", "Program", "SolverLoop", "check_model_output", "churn_draw", "update_draw", "BUFFERS", "SLOTS"]
 
 BUFFERS = ("x", "y")
 SLOTS = step_ops.MAX_OUTPUTS
@@ -48,6 +50,7 @@ class Eval(NamedTuple):
     point: Point
     step: int
     first: bool  # the step's first model call (k-diffusion's callback fires after it)
+    slope: bool = False  # store the slope (x~ - D) / sigma~ instead of D (well conditioned at a tiny sigma~)
 
 
 class Combine(NamedTuple):
@@ -66,12 +69,12 @@ class Program:
         self.result = ("buffer", "x")
         self._step_evals: set = set()
 
-    def eval(self, src: str, slot: int, point: Point, step: int) -> None:
+    def eval(self, src: str, slot: int, point: Point, step: int, slope: bool = False) -> None:
         if src not in BUFFERS or not 0 <= slot < SLOTS:
             raise ValueError(f"bad Eval({src!r}, {slot})")
         first = step not in self._step_evals
         self._step_evals.add(step)
-        self.code.append(Eval(src, slot, point, step, first))
+        self.code.append(Eval(src, slot, point, step, first, bool(slope)))
 
     def combine(self, dst: str, src: str, a: float, terms=(), c: float | None = None, draw: int | None = None):
         """buf[dst] <- a buf[src] + sum b D[slot] for (slot, b) in terms (+ c z(draw) when c)."""
@@ -101,6 +104,18 @@ class Program:
         return any(isinstance(ins, Combine) and ins.draw is not None for ins in self.code)
 
 
+def check_model_output(out, x: torch.Tensor) -> None:
+    """A model output the solvers can combine with the state x: a floating-point tensor of x's shape (the ops then
+    check dtype and device), or a TypeError/ValueError naming the model's output."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model output must be a torch.Tensor like the state {tuple(x.shape)}, got "
+                        f"{type(out).__name__} (model(x, labels) must return the tensor itself)")
+    if not out.dtype.is_floating_point:
+        raise TypeError(f"the model output must be a floating-point tensor, got {out.dtype}")
+    if out.shape != x.shape:
+        raise ValueError(f"the model output must have the state's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+
+
 class SolverLoop:
     """Runs a Program on preallocated buffers with one CombineSteps entry (backend resolved once).
 
@@ -123,11 +138,26 @@ class SolverLoop:
         dev = x.device
         self.bufs = {"x": x, "y": torch.empty_like(x)}
         self.slots = [torch.empty_like(x) for _ in range(SLOTS)]
-        rows, self.labels = [], []
-        for ins in program.code:
+        rows, self.labels, self.slope_scale = [], [], {}
+        for k, ins in enumerate(program.code):
             if isinstance(ins, Eval):
-                p, q = denoiser_coefs(ins.point)
-                rows.append((float(p), float(q), 0.0, 0.0, 0.0))
+                p, q = (float(v) for v in denoiser_coefs(ins.point))
+                if ins.slope:
+                    # slope (src / alpha - D) / sigma~ = ((1/alpha - p) src - q out) / sigma~. fastsde's denoisers
+                    # have p = 1/alpha: the slope is (-q / sigma~) out, one pass, no cancellation. A denoiser model
+                    # (k-diffusion: p = 0, q = 1) gives src - out rounded once (coefficients +-1 are exact), then a
+                    # multiply by 1/sigma~, as k-diffusion computes (x - denoised) / sigma: an Eval at a tiny sigma~
+                    # no longer amplifies the rounding of src by 1/sigma~.
+                    p, q = 1.0 / ins.point.alpha - p, -q
+                    if p == 0.0:
+                        q = q / ins.point.st
+                    else:
+                        self.slope_scale[k] = 1.0 / ins.point.st
+                row = (p, q, self.slope_scale.get(k, 0.0), 0.0, 0.0)
+                if not all(math.isfinite(v) for v in row):
+                    raise ValueError(f"the denoiser coefficients at t = {ins.point.t:.6g} (sigma~ = "
+                                     f"{ins.point.st:.6g}) are not finite floats: {row[:3]}")
+                rows.append(row)
                 self.labels.append(labels_of(ins.point))
             else:
                 rows.append(ins.coefs)
@@ -147,6 +177,7 @@ class SolverLoop:
         if self.steps.accepts(out):
             self.steps.combine(slot, src, [out], coefs, 0)
         else:  # an odd model output (strided, other dtype) goes through the checked public op
+            check_model_output(out, src)
             step_ops.affine_combine_step(src, [out.to(src.dtype)], coefs[0], coefs[1], out=slot,
                                          backend=self.steps.backend)
 
@@ -163,6 +194,8 @@ class SolverLoop:
                 src = bufs[ins.src]
                 (self.eval_step if evals < eager_evals else eval_step)(model, src, self.labels[k], slots[ins.slot],
                                                                        coefs)
+                if k in self.slope_scale:
+                    slots[ins.slot].mul_(self.rows[k, 2:3])
                 evals += 1
                 if callback is not None and ins.first:
                     callback(ins, src, slots[ins.slot])
