@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import integrate
 
 from fastsde._util import sum_except_batch
 from fastsde.sampling.guard import check_finite
@@ -96,6 +95,8 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
                 return np.concatenate([to_flattened_numpy(drift), to_flattened_numpy(logp_grad)], axis=0)
 
             init = np.concatenate([to_flattened_numpy(data), np.zeros((batch,))], axis=0)
+            from scipy import integrate  # imported on first use: `import fastsde` stays free of scipy
+
             solution = integrate.solve_ivp(ode_func, (eps, sde.T), init, rtol=rtol, atol=atol, method=method)
             if not solution.success:
                 raise RuntimeError(f"ODE solver failed: {solution.message}")

@@ -141,7 +141,7 @@ def test_rules_catch_a_violation(tmp_path, monkeypatch):
 
 def test_engine_imports_without_the_digits_extra():
     """`import fastsde, fastsde.sampling` with scikit-learn, matplotlib and tqdm blocked works, samples, and loads no
-    U-Net module (fastsde.nn, fastsde.models.ncsnpp)."""
+    U-Net module (fastsde.nn, fastsde.models.ncsnpp) and no scipy (the ODE integrators import it on first use)."""
     code = textwrap.dedent("""
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
@@ -158,7 +158,7 @@ def test_engine_imports_without_the_digits_extra():
                                         seed=0, progress=True)(model)
         assert torch.isfinite(x).all() and nfe == 40  # score_sde counts N (n_steps + 1)
         loaded = sorted(m for m in sys.modules if m.startswith(("fastsde.nn", "fastsde.models.ncsnpp", "sklearn",
-                                                                 "matplotlib", "tqdm")))
+                                                                 "matplotlib", "tqdm", "scipy")))
         assert loaded == [], loaded
         print("ok")
     """)

@@ -5,7 +5,6 @@ advance) and after `max_evals` drift evaluations on a pathological model (fastsd
 from __future__ import annotations
 
 import torch
-from scipy import integrate
 
 from fastsde.noise import NoiseStream
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
@@ -93,6 +92,8 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                 drift = drift_fn(model, xt, vec_t)
                 check_finite(drift, step=budget.count, t=t, what="the probability-flow drift")
                 return to_flattened_numpy(drift)
+
+            from scipy import integrate  # imported on first use: `import fastsde` stays free of scipy
 
             solution = integrate.solve_ivp(ode_func, (sde.T, eps), to_flattened_numpy(x), rtol=rtol, atol=atol,
                                            method=method)
