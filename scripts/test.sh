@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything CI runs: bootstrap (venv + extension), the torch-free CMake build with its C++ tests and the
-# nvcc compile check of csrc/cuda, the ASan+UBSan build of the kernels' tests, then pytest. Extra arguments go to
+# Everything CI runs: bootstrap (venv + extension), the linter (ruff), the torch-free CMake build with its C++ tests
+# and the nvcc compile check of csrc/cuda, the ASan+UBSan build of the kernels' tests, then pytest. Extra arguments go to
 # pytest: scripts/test.sh tests/test_native.py
 #
 # Every run ends with the time of each phase, the CPU it ran on, and pytest's 20 slowest tests (--durations=20),
@@ -41,6 +41,9 @@ trap summary EXIT
 phase "bootstrap"
 bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"  # ninja for CMake comes from the venv
+
+phase "lint (ruff)"
+.venv/bin/ruff check .  # pyproject.toml [tool.ruff]: pycodestyle errors and warnings, pyflakes, 120 columns
 
 phase "cmake build + ctest"
 cmake -S . -B build/cmake -G Ninja
