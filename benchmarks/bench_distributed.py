@@ -92,7 +92,8 @@ def _launch(processes: int, threads: int, n: int, batch: int, steps: int, reps: 
                "-m", "fastsde.benchmarks.bench_distributed", "--", "--worker", "--n", str(n), "--batch", str(batch),
                "--steps", str(steps), "--reps", str(reps), "--threads", str(threads), "--backend", backend,
                "--out", out]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if result.returncode != 0:
         raise RuntimeError(f"{processes} x {threads} launch failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -33,7 +33,8 @@ model's half precision; the quality guard is tests/test_precision.py and tradeof
 
 `tradeoff()` measures the quality/speed trade-off of the fastsde path (fused U-Net on `backend`; the PC loop fused
 too, the ODE integrated by scipy's RK45 around it): PC at several step counts and the
-probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and the Fréchet distance of its
+probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and
+the Fréchet distance of its
 samples (fastsde.digits.evaluation, classifier features vs the test digits) next to real-vs-real at the same n.
 """
 from __future__ import annotations
@@ -188,7 +189,8 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
             skipped[suffix] = "failed while timed (printed above)"
             continue
         v_err = float((v - b).abs().max())
-        print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; max |fastsde {LOOP_VARIANTS[suffix]}=True - reference| = "
+        print(f"  digits_pc_b{n}_{suffix}: {v_ms / 1e3:.3f} s; "
+              f"max |fastsde {LOOP_VARIANTS[suffix]}=True - reference| = "
               f"{v_err:.2e}", flush=True)
         vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
                       device=device)
@@ -277,8 +279,8 @@ def model_profile(fused, reference, n: int, device, use_compile: bool, copy_gbps
                             **{k: round(v / total, 3) if total else None for k, v in parts.items()}}
             print(f"  model_profile {name}: {shares[name]['ms_per_call']:.1f} ms per U-Net call (profiled); "
                   + ", ".join(f"{k} {v:.0%}" for k, v in shares[name].items() if k != "ms_per_call"), flush=True)
-    rec = record(SUITE, f"model_profile_b{n}", "native", n * 256, shares["fastsde_eager"]["ms_per_call"], None, copy_gbps,
-                 {"reference": None, "eager_inplace": None, "compile": None}, device=device)
+    rec = record(SUITE, f"model_profile_b{n}", "native", n * 256, shares["fastsde_eager"]["ms_per_call"], None,
+                 copy_gbps, {"reference": None, "eager_inplace": None, "compile": None}, device=device)
     rec.update(shares=shares, calls=calls)
     return rec
 

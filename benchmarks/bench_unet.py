@@ -144,7 +144,8 @@ CASES = [("unet_forward_16px_b64", "small16", 64)]
 
 _STAND_IN = pathlib.Path(__file__).resolve().parents[1] / "tests" / "score_sde_like.py"
 # name -> (stand-in config name, nf, batch)
-SCORE_SDE_CASES = [("score_sde_ncsnpp_nf128_b8", "ncsnpp_ve", 128, 8), ("score_sde_ddpmpp_nf128_b8", "ddpmpp_vp", 128, 8),
+SCORE_SDE_CASES = [("score_sde_ncsnpp_nf128_b8", "ncsnpp_ve", 128, 8),
+                   ("score_sde_ddpmpp_nf128_b8", "ddpmpp_vp", 128, 8),
                    ("score_sde_ncsnpp_nf64_b8", "ncsnpp_ve", 64, 8), ("score_sde_ddpmpp_nf64_b8", "ddpmpp_vp", 64, 8)]
 
 

@@ -57,7 +57,8 @@ def get_pc_inpainter(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, 
         if not isinstance(data, torch.Tensor) or data.dim() < 2:
             raise ValueError(f"data must be a (batch, ...) tensor of rank >= 2, got {getattr(data, 'shape', data)}")
         if not isinstance(mask, torch.Tensor) or mask.shape != data.shape:
-            raise ValueError(f"mask must have data's shape {tuple(data.shape)}, got {tuple(getattr(mask, 'shape', ()))}")
+            raise ValueError(f"mask must have data's shape {tuple(data.shape)}, "
+                             f"got {tuple(getattr(mask, 'shape', ()))}")
         stream = NoiseStream(noise, seed, sample_ids)
         data = data.contiguous()
         mask = mask.to(dtype=data.dtype, device=data.device).contiguous()

@@ -87,7 +87,8 @@ def session(device="cpu"):
             dist.destroy_process_group()
 
 
-def batches(n: int, batch: int, rank_: int | None = None, world_size_: int | None = None) -> list[tuple[int, torch.Tensor]]:
+def batches(n: int, batch: int, rank_: int | None = None,
+            world_size_: int | None = None) -> list[tuple[int, torch.Tensor]]:
     """The micro-batches of `rank_` (default: this rank) out of `world_size_`: [(k, sample ids (B,) int64)] with
     micro-batch k = ids [k batch, min((k + 1) batch, n)) dealt round-robin, k = rank_, rank_ + world_size_, ..."""
     _check_counts(n, batch)
@@ -422,7 +423,8 @@ def _as_arrays(result, b):
     elif isinstance(result, (torch.Tensor, np.ndarray)):
         arrays = {"samples": result}
     else:
-        raise ValueError(f"the sampler must return a tensor, an array or a mapping of them, got {type(result).__name__}")
+        raise ValueError("the sampler must return a tensor, an array or a mapping of them, "
+                         f"got {type(result).__name__}")
     if not arrays or "sample_ids" in arrays:
         raise ValueError(f"the sampler must return at least one array and none named 'sample_ids', got {list(arrays)}")
     out = {}

@@ -89,7 +89,8 @@ def check_sigmas(sigmas) -> list:
         try:
             t = torch.as_tensor(sigmas, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"sigmas must be a 1-D sequence or tensor of numbers, got {type(sigmas).__name__}") from None
+            raise TypeError("sigmas must be a 1-D sequence or tensor of numbers, "
+                            f"got {type(sigmas).__name__}") from None
     if t.dim() != 1 or t.numel() < 2:
         raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(t.shape)}")
     sig = t.tolist()

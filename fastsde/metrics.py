@@ -14,7 +14,8 @@ import torch
 from fastsde.models.analytic import GaussianMixture
 
 __all__ = ["moment_errors", "sliced_wasserstein", "sliced_wasserstein_null", "frechet_distance",
-           "frechet_distance_gaussians", "kernel_distance", "KID_SUBSETS", "moments_from_sums", "class_statistics", "class_statistics_from_counts"]
+           "frechet_distance_gaussians", "kernel_distance", "KID_SUBSETS", "moments_from_sums", "class_statistics",
+           "class_statistics_from_counts"]
 
 
 def _as_samples(name: str, x, dim: int | None = None) -> torch.Tensor:
@@ -168,7 +169,8 @@ def kernel_distance(features, reference, subsets: int = KID_SUBSETS) -> dict:
     estimates = []
     for s in range(subsets):
         x, y = a[s * m:(s + 1) * m], b[s * q:(s + 1) * q]
-        estimates.append(within(x) / (m * (m - 1)) + within(y) / (q * (q - 1)) - 2.0 * _poly_kernel_sums(x, y) / (m * q))
+        estimates.append(within(x) / (m * (m - 1)) + within(y) / (q * (q - 1))
+                         - 2.0 * _poly_kernel_sums(x, y) / (m * q))
     est = np.asarray(estimates)
     return {"kid": float(est.mean()), "stderr": float(est.std(ddof=1) / np.sqrt(subsets)), "subsets": int(subsets),
             "subset_size": int(m)}

@@ -11,7 +11,8 @@ conversion pass). The sampler factories take `precision=`:
     "bf16"   bfloat16 model beside a float32 state
     "fp16"   float16 model beside a float32 state
     "auto"   "bf16" where the hardware has native bfloat16 arithmetic (CPU: AVX512-BF16 or AMX-BF16, read from
-             /proc/cpuinfo at run time, unless ONEDNN_MAX_CPU_ISA caps oneDNN below them; CUDA: torch.cuda.is_bf16_supported()), else "fp32"
+             /proc/cpuinfo at run time, unless ONEDNN_MAX_CPU_ISA caps oneDNN below them; CUDA:
+             torch.cuda.is_bf16_supported()), else "fp32"
 
 "auto" picks bf16 only where it is measured to pay and the quality guard holds (tests/test_precision.py: Fréchet
 distance and class entropy of the shipped digits model, analytic mixtures against their exact distributions).

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["philox4x32", "fsn1_words", "fsn1_uniforms", "fsn1_normal_at", "fsn1_normal", "fsn1_normal_like", "MAX_ELEMENTS"]
+__all__ = ["philox4x32", "fsn1_words", "fsn1_uniforms", "fsn1_normal_at", "fsn1_normal", "fsn1_normal_like",
+           "MAX_ELEMENTS"]
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
@@ -55,7 +56,8 @@ def fsn1_words(seed: int, sample, draw: int, block) -> np.ndarray:
     _check_ids(seed, draw)
     sample, block = np.broadcast_arrays(np.asarray(sample, dtype=np.uint64), np.asarray(block, dtype=np.uint64))
     counter = np.stack(
-        [block, sample, np.full(block.shape, draw & 0xFFFFFFFF, np.uint64), np.full(block.shape, draw >> 32, np.uint64)],
+        [block, sample, np.full(block.shape, draw & 0xFFFFFFFF, np.uint64),
+         np.full(block.shape, draw >> 32, np.uint64)],
         axis=-1,
     )
     return philox4x32(counter, (seed & 0xFFFFFFFF, seed >> 32))

@@ -27,7 +27,8 @@ import triton.language as tl
 
 from ._common import on_device, split_u64
 
-__all__ = ["fsn1_words", "fsn1_uniform_u", "fsn1_uniform_v", "fsn1_normals", "fsn1_words_debug", "fsn1_normal_debug", "split_u64"]
+__all__ = ["fsn1_words", "fsn1_uniform_u", "fsn1_uniform_v", "fsn1_normals", "fsn1_words_debug", "fsn1_normal_debug",
+           "split_u64"]
 
 
 @triton.jit

@@ -196,9 +196,9 @@ def _stride(t: Optional[torch.Tensor]) -> int:
 @launcher_op("fastsde::affine_step_triton", mutates_args={"out", "x_mean_out"})
 def _affine_step_op(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                     c: Optional[torch.Tensor], noise: Optional[torch.Tensor], seed: torch.Tensor,
-                    sample_ids: torch.Tensor, draw: int, x_mean_out: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-                    data: Optional[torch.Tensor], data_a: Optional[torch.Tensor], data_c: Optional[torch.Tensor],
-                    data_draw: int) -> None:
+                    sample_ids: torch.Tensor, draw: int, x_mean_out: Optional[torch.Tensor],
+                    mask: Optional[torch.Tensor], data: Optional[torch.Tensor], data_a: Optional[torch.Tensor],
+                    data_c: Optional[torch.Tensor], data_draw: int) -> None:
     """affine_step on contiguous tensors; seed (0-d tensor), draw, data_draw carry uint64 bits as int64."""
     batch = x.shape[0]
     numel = x.numel() // batch if batch else 0

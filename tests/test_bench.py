@@ -48,7 +48,8 @@ def test_sampler_suite_records(tmp_path, monkeypatch):
     from fastsde.benchmarks import bench_sampler, common
 
     real = bench_sampler._sampler
-    monkeypatch.setattr(bench_sampler, "_sampler", lambda backend, device="cpu": real(backend, steps=5, n=16, device=device))
+    monkeypatch.setattr(bench_sampler, "_sampler",
+                        lambda backend, device="cpu": real(backend, steps=5, n=16, device=device))
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "sampler.json"
     assert main(["bench", "sampler", "--smoke", "--json", str(out)]) == 0

@@ -7,8 +7,6 @@ TRITON_INTERPRET=1 (tests/conftest.py). Tiny shapes, few steps, one thread.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 

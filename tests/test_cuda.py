@@ -283,7 +283,8 @@ def _attn_params(C, gen):
     return dict(gn_weight=1 + 0.3 * torch.randn(C, generator=gen), gn_bias=0.3 * torch.randn(C, generator=gen),
                 qkv_weight=torch.randn(3 * C, C, generator=gen) / math.sqrt(C),
                 qkv_bias=0.3 * torch.randn(3 * C, generator=gen),
-                out_weight=torch.randn(C, C, generator=gen) / math.sqrt(C), out_bias=0.3 * torch.randn(C, generator=gen))
+                out_weight=torch.randn(C, C, generator=gen) / math.sqrt(C),
+                out_bias=0.3 * torch.randn(C, generator=gen))
 
 
 def _attn_eager32(x, p, num_groups, num_heads, skip_rescale):

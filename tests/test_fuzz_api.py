@@ -3,7 +3,8 @@ fastsde.kdiffusion's sigmas and samplers, and fastsde.compat.diffusers' schedule
 a finite result equal to a reference (the solver on the reference backend in float64; the installed k-diffusion;
 diffusers' own scheduler tables) or raises a clear ValueError/TypeError: one line, naming the argument. Never
 another exception type, never NaN. (One exception, counted apart: valid k-diffusion sigmas on which the test's
-denoiser itself overflows give NonFiniteError, where k-diffusion returns a non-finite sample.) Deterministic (derandomized); the counts go to docs/reliability.md.
+denoiser itself overflows give NonFiniteError, where k-diffusion returns a non-finite sample.) Deterministic
+(derandomized); the counts go to docs/reliability.md.
 """
 import collections
 import math

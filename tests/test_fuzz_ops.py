@@ -165,7 +165,8 @@ def test_fuzz_affine_step(x, data):
         out = ops.affine_step(xx, ss, a, b, c, **kw)
         return [out, kw.get("x_mean_out")]
 
-    _same("affine_step", {name: _outcome(lambda n=name: run(n)) for name in _backends("affine_step", x, data=data)}, x.dtype)
+    _same("affine_step", {name: _outcome(lambda n=name: run(n)) for name in _backends("affine_step", x, data=data)},
+          x.dtype)
 
 
 @FUZZ
@@ -274,11 +275,13 @@ def test_fuzz_affine_combine_step(x, data):
         return ops.affine_combine_step(xx, [_clone(o) for o in outputs], 0.9, b, c, seed=4, draw=1,
                                        out=xx if in_place else None, backend=backend)
 
-    _same("affine_combine_step", {n: _outcome(lambda n=n: run(n)) for n in _backends("affine_combine_step", x, data=data)}, x.dtype)
+    _same("affine_combine_step",
+          {n: _outcome(lambda n=n: run(n)) for n in _backends("affine_combine_step", x, data=data)}, x.dtype)
 
 
 def test_zz_report(capsys):
     """Prints the outcome counts of the suite (docs/reliability.md); runs last by name."""
     with capsys.disabled():
         total = sum(STATS.values())
-        print(f"\nfuzz_ops: {total} cases, " + ", ".join(f"{op} {kind}: {n}" for (op, kind), n in sorted(STATS.items())))
+        print(f"\nfuzz_ops: {total} cases, "
+              + ", ".join(f"{op} {kind}: {n}" for (op, kind), n in sorted(STATS.items())))

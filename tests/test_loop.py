@@ -192,8 +192,8 @@ def test_reused_inpainter_sees_new_data():
 @pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m_sde", "heun"])
 def test_solver_compiled_and_captured_programs(name):
     """get_sampler(..., compile=True / capture=True): the kept program (the first model call eager, then the
-    compiled eval step; capture on the CPU = compiled) gives the eager samples for each new start, with no graph break and one
-    compiled graph for every Eval; a kept program fed a new start forgets the old one."""
+    compiled eval step; capture on the CPU = compiled) gives the eager samples for each new start, with no graph break
+    and one compiled graph for every Eval; a kept program fed a new start forgets the old one."""
     from fastsde import solvers
 
     sde = _sde("vp", 1000)

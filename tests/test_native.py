@@ -81,7 +81,8 @@ def test_zero_size_returns_at_once():
 @pytest.mark.parametrize(
     "out, ids, kwargs, error, match",
     [
-        (torch.empty(2, 4, dtype=torch.float16), [0, 1], {}, TypeError, r"out must be float32 or float64, got torch.float16"),
+        (torch.empty(2, 4, dtype=torch.float16), [0, 1], {}, TypeError,
+         r"out must be float32 or float64, got torch.float16"),
         (torch.empty(2, 4, 3), [0, 1], {}, ValueError, r"out must be 2-D \(batch, numel\), got shape \(2, 4, 3\)"),
         (torch.empty(2, 4), [0, 1, 2], {}, ValueError, r"sample_ids must have shape \(2,\).*got \(3,\)"),
         (torch.empty(2, 4), [0.0, 1.0], {}, TypeError, r"sample_ids must be an integer tensor, got torch.float"),

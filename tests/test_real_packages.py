@@ -45,7 +45,8 @@ def _missing(dist):
         importlib.metadata.distribution(dist)
         return None
     except importlib.metadata.PackageNotFoundError:
-        return f"{dist} is not installed (scripts/bootstrap.sh installs it: requirements-dev.txt, requirements-nodeps.txt)"
+        return (f"{dist} is not installed "
+                "(scripts/bootstrap.sh installs it: requirements-dev.txt, requirements-nodeps.txt)")
 
 
 def _load_k_diffusion_sampling():

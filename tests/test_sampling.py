@@ -27,7 +27,8 @@ IDENTITY = lambda x: x  # noqa: E731  (the inverse scaler of data already in mod
 
 
 def _defined(sde_name, predictor, corrector):
-    return not (predictor == "ancestral_sampling" and sde_name == "subvp") and (predictor, corrector) != ("none", "none")
+    return (not (predictor == "ancestral_sampling" and sde_name == "subvp")
+            and (predictor, corrector) != ("none", "none"))
 
 
 COMBOS = [c for c in itertools.product(SDES, PREDICTORS, CORRECTORS) if _defined(*c)]

@@ -256,9 +256,10 @@ def test_cpp_checks():
     x = torch.randn(2, 8)
     ids = torch.arange(2)
     one = torch.ones(2, dtype=torch.float64)
-    args = lambda **kw: {**dict(out=torch.empty_like(x), x=x, score=x, a=one, b=one, c=one, noise=None, seed=0,
-                                sample_ids=ids, draw=0, x_mean=None, mask=None, data=None, data_a=None, data_c=None,
-                                data_draw=0), **kw}
+    def args(**kw):
+        return {**dict(out=torch.empty_like(x), x=x, score=x, a=one, b=one, c=one, noise=None, seed=0,
+                       sample_ids=ids, draw=0, x_mean=None, mask=None, data=None, data_a=None, data_c=None,
+                       data_draw=0), **kw}
     for kw, match in [
         ({"a": one.float()}, "a must be float64"),
         ({"b": torch.ones(3, dtype=torch.float64)}, r"b must have shape \(2,\) or \(1,\)"),

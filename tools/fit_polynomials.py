@@ -74,7 +74,8 @@ def fit_cos(degree=5):
 def show(name, c, rel):
     print(f"// {name}: max relative error of the float32-rounded polynomial in exact arithmetic {rel:.2e}")
     for k, v in enumerate(c):
-        print(f"  {name}[{k}] = {np.float32(v)!r:>16}  ({np.float32(v).view(np.uint32):#010x}) = {float(np.float32(v)):.9e}f")
+        print(f"  {name}[{k}] = {np.float32(v)!r:>16}  ({np.float32(v).view(np.uint32):#010x}) = "
+              f"{float(np.float32(v)):.9e}f")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ _ONLY_FOR = {
     "beta_min": ("sde", ("vp", "subvp")), "beta_max": ("sde", ("vp", "subvp")),
     "predictor": ("sampler", ("pc",)), "corrector": ("sampler", ("pc",)), "snr": ("sampler", ("pc",)),
     "n_steps_each": ("sampler", ("pc",)), "probability_flow": ("sampler", ("pc",)),
-    "backend": ("sampler", ("pc", *solvers.solver_names())), "compile": ("sampler", ("pc", *solvers.solver_names())), "grid": ("sampler", tuple(solvers.solver_names())),
+    "backend": ("sampler", ("pc", *solvers.solver_names())), "compile": ("sampler", ("pc", *solvers.solver_names())),
+    "grid": ("sampler", tuple(solvers.solver_names())),
     "rtol": ("sampler", ("ode",)), "atol": ("sampler", ("ode",)),
 }
 

@@ -8,8 +8,8 @@ linspace(beta_start, beta_end, N) = VPSDE(beta_start N, beta_end N, N) with labe
 "v_prediction" and "sample" outputs into the noise prediction the VP convention expects. ScoreSdeVeScheduler
 configs are the continuous VESDE(sigma_min, sigma_max, N), whose UNet takes sigma as its timestep and returns the
 score. `times_of_timesteps` turns a DDPM-type scheduler's integer timesteps into fastsde times, so a solver can run
-on exactly the scheduler's grid (get_sampler(..., grid=times)). diffusers is never imported: the UNet is any module called as unet(x, timesteps) returning a tensor, a
-tuple or an object with `.sample`.
+on exactly the scheduler's grid (get_sampler(..., grid=times)). diffusers is never imported: the UNet is any module
+called as unet(x, timesteps) returning a tensor, a tuple or an object with `.sample`.
 """
 from __future__ import annotations
 

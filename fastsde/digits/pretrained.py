@@ -24,8 +24,8 @@ from fastsde import sde as sde_lib
 from fastsde._util import check_regular_file
 from fastsde.sampling import PC_DEFAULTS
 
-__all__ = ["DATA_DIR", "DIGITS_DEFAULTS", "score_model_path", "ScoreModelFile", "save_score_model", "load_score_model", "save_classifier",
-           "load_classifier", "shipped_path", "read_metadata"]
+__all__ = ["DATA_DIR", "DIGITS_DEFAULTS", "score_model_path", "ScoreModelFile", "save_score_model", "load_score_model",
+           "save_classifier", "load_classifier", "shipped_path", "read_metadata"]
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _CLASSIFIER_FORMAT = "fastsde.classifier/1"

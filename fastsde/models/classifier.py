@@ -1,4 +1,5 @@
-"""A small convolutional image classifier: the feature space of the quality metric and the guide of conditional sampling.
+"""A small convolutional image classifier: the feature space of the quality metric and the guide of conditional
+sampling.
 
 Two uses, one architecture (`Classifier(ClassifierConfig)`):
   time_embedding=None          a plain classifier of clean images in [0, 1]; `features(x)` (the penultimate

@@ -10,7 +10,8 @@ from torch import nn
 
 from fastsde.nn.core import conv3x3
 
-__all__ = ["Upsample", "Downsample", "FIRResample", "FIRConv2d", "fir_upsample_2d", "fir_downsample_2d", "fir_kernel_2d"]
+__all__ = ["Upsample", "Downsample", "FIRResample", "FIRConv2d", "fir_upsample_2d", "fir_downsample_2d",
+           "fir_kernel_2d"]
 
 
 class Upsample(nn.Module):

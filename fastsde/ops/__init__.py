@@ -4,4 +4,5 @@ from fastsde.ops.fsn1 import fsn1_normal
 from fastsde.ops.groupnorm import group_norm
 from fastsde.ops.step import affine_combine_step, affine_step, langevin_step, step_sq_norms
 
-__all__ = ["affine_step", "affine_combine_step", "langevin_step", "step_sq_norms", "fsn1_normal", "group_norm", "attn_block"]
+__all__ = ["affine_step", "affine_combine_step", "langevin_step", "step_sq_norms", "fsn1_normal", "group_norm",
+           "attn_block"]

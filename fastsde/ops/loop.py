@@ -145,8 +145,8 @@ def _loop_langevin_impl(x: torch.Tensor, x_mean: torch.Tensor, scratch: torch.Te
            data, data_a, data_c, data_draw)
 
 
-def _loop_langevin_fake(x, x_mean, scratch, score, table, snr, step, seed, sample_ids, draw_offset, draw_stride, noise, mask,
-                        data, proj_table, proj_offset, backend):
+def _loop_langevin_fake(x, x_mean, scratch, score, table, snr, step, seed, sample_ids, draw_offset, draw_stride, noise,
+                        mask, data, proj_table, proj_offset, backend):
     return None
 
 

@@ -203,7 +203,8 @@ def _affine_step_native(out, x, score, a, b, c, noise, seed, ids, draw, x_mean_o
                         data_draw):
     target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
     xm = x_mean_out
-    xm_target = None if xm is None else (xm if xm.is_contiguous() else torch.empty_like(xm, memory_format=torch.contiguous_format))
+    xm_target = None if xm is None else (xm if xm.is_contiguous()
+                                         else torch.empty_like(xm, memory_format=torch.contiguous_format))
     torch.ops.fastsde.affine_step_(target, x.contiguous(), score.contiguous(), a, b, c, _contig(noise),
                                    i64_bits(seed), ids, i64_bits(draw), xm_target, _contig(mask), _contig(data),
                                    data_a, data_c, i64_bits(data_draw))
@@ -244,13 +245,15 @@ MAX_OUTPUTS = 3
 def _check_outputs(x, outputs, b, out):
     if not isinstance(outputs, (list, tuple)) or len(outputs) > MAX_OUTPUTS:
         raise ValueError(f"outputs must be a list of at most {MAX_OUTPUTS} tensors like x, got "
-                         f"{type(outputs).__name__}" + (f" of length {len(outputs)}" if isinstance(outputs, (list, tuple)) else ""))
+                         f"{type(outputs).__name__}"
+                         + (f" of length {len(outputs)}" if isinstance(outputs, (list, tuple)) else ""))
     if not isinstance(b, (list, tuple)) or len(b) != len(outputs):
         raise ValueError(f"b must be a list with one coefficient per output ({len(outputs)}), got "
                          f"{len(b) if isinstance(b, (list, tuple)) else type(b).__name__}")
     for k, o in enumerate(outputs):
         check_score(f"outputs[{k}]", o, x)
-        if isinstance(out, torch.Tensor) and overlaps(o, out):  # not even as the same view: a model output is never the update's
+        # not even as the same view: a model output is never the update's
+        if isinstance(out, torch.Tensor) and overlaps(o, out):
             raise ValueError(f"outputs[{k}] must not share memory with out: expected separate storage, got "
                              f"{'the same view' if same_view(o, out) else 'a partial overlap'}")
 

@@ -24,7 +24,8 @@ def _c(v, x):
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-6, *, scale=None, shift=None, emb_add=None, act=None):
-    """x: (N, C, *spatial) in any memory format; weight, bias: (C,); scale, shift, emb_add: (N, C). Returns x's dtype."""
+    """x: (N, C, *spatial) in any memory format; weight, bias: (C,); scale, shift, emb_add: (N, C).
+    Returns x's dtype."""
     N, C = x.shape[:2]
     h = x.double()
     if emb_add is not None:

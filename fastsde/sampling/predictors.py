@@ -60,7 +60,8 @@ class AncestralSamplingPredictor(Predictor):
         if not isinstance(sde, (sde_lib.VPSDE, sde_lib.VESDE)):
             raise ValueError(f"ancestral_sampling is defined for VPSDE and VESDE only, not {type(sde).__name__}")
         if probability_flow:
-            raise ValueError("ancestral_sampling has no probability-flow variant; use reverse_diffusion or euler_maruyama")
+            raise ValueError("ancestral_sampling has no probability-flow variant; "
+                             "use reverse_diffusion or euler_maruyama")
 
     def update_fn(self, x, t):
         if isinstance(self.sde, sde_lib.VESDE):

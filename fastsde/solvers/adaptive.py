@@ -65,6 +65,7 @@ class Adaptive(Solver):
         x1, x_prev = torch.empty_like(x), x.clone()
         evals = 0
         bad = torch.zeros((), dtype=torch.bool, device=dev)  # the last attempt's error estimate was NaN/inf somewhere
+        x_bad = x  # the last attempt's proposal (counted in the error when bad)
         for k in range(int(o["max_attempts"])):
             active = t - eps > 1e-12 * sde.T
             running, nonfinite = torch.stack([active.any(), bad]).tolist()  # one host read per attempt

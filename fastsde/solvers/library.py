@@ -249,7 +249,8 @@ def _check_stage(i, P, Q, *stages):
 @register_solver(name="dpm_solver_2")
 class DPMSolver2(Solver):
     """Singlestep DPM-Solver++(2S) (Lu et al. 2022, data prediction, r1 = 1/2): with phi(u) = e^(-u) - 1,
-    x_s1 = (sigma_s1/sigma_P) x - alpha_s1 phi(r1 h) D; x' = (sigma_Q/sigma_P) x - alpha_Q phi(h) (D + (D_s1 - D) / (2 r1))."""
+    x_s1 = (sigma_s1/sigma_P) x - alpha_s1 phi(r1 h) D;
+    x' = (sigma_Q/sigma_P) x - alpha_Q phi(h) (D + (D_s1 - D) / (2 r1))."""
 
     order = 2
     evals_per_step = 2

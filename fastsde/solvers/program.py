@@ -28,7 +28,8 @@ from fastsde import capture_safety
 from fastsde.ops import step as step_ops
 from fastsde.solvers.grid import Point
 
-__all__ = ["Eval", "Combine", "Program", "SolverLoop", "check_model_output", "churn_draw", "update_draw", "BUFFERS", "SLOTS"]
+__all__ = ["Eval", "Combine", "Program", "SolverLoop", "check_model_output", "churn_draw", "update_draw", "BUFFERS",
+           "SLOTS"]
 
 BUFFERS = ("x", "y")
 SLOTS = step_ops.MAX_OUTPUTS

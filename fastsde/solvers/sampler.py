@@ -139,8 +139,9 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     eps (default: 1e-5 VE, 1e-3 VP/subVP) and, with `denoise`, returns the data prediction D(x, eps) (one more
     model call). `grid` may instead be an explicit 1-D sequence of steps + 1 decreasing times in [0, T] (eps is
     then unused and the denoising is at the last time), e.g. a diffusers scheduler's timesteps through
-    fastsde.compat.diffusers.times_of_timesteps. model(x, labels) follows fastsde.score.get_score_parts(sde, continuous). `options` are the
-    solver's (e.g. eta, s_churn; see the solver class). The adaptive solver ignores `steps` and `grid`.
+    fastsde.compat.diffusers.times_of_timesteps. model(x, labels) follows
+    fastsde.score.get_score_parts(sde, continuous). `options` are the solver's (e.g. eta, s_churn; see the solver
+    class). The adaptive solver ignores `steps` and `grid`.
     precision ("fp32", "bf16", "fp16", "auto", or None: `dtype`) runs the model in that precision; the update ops
     read its output directly and the state stays `dtype` (fastsde.precision). `sampler.precision`: the resolved one.
     compile=True compiles each model call together with its fused update (SolverLoop.eval_step,
