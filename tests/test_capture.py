@@ -84,6 +84,7 @@ from fastsde.score import get_model_fn, get_score_parts  # noqa: E402
 from fastsde.solvers.grid import point_fn  # noqa: E402
 from fastsde.solvers.program import Program, SolverLoop  # noqa: E402
 from fastsde.solvers.sampler import denoiser_coefs  # noqa: E402
+from helpers import ScaledModel  # noqa: E402
 
 FUSED = [b for b in BACKENDS if b != "reference"]
 SHAPE = (4, 2)
@@ -97,17 +98,7 @@ def _model(sde):
     return AnalyticScoreModel(get_mixture("ring"), sde, continuous=True)
 
 
-class _Scaled(torch.nn.Module):
-    """An analytic model with a buffer: .double() moves it to new storage in a new dtype (a re-recording that
-    needs a recompile of the compiled step)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.register_buffer("scale", torch.ones(()))
-
-    def forward(self, x, labels):
-        return self.inner(x, labels) * self.scale.to(x.dtype)
+_Scaled = ScaledModel
 
 
 def _unique_graphs() -> int:

@@ -25,6 +25,7 @@ from fastsde import sampling
 from fastsde import sde as sde_lib
 from fastsde.models.analytic import AnalyticScoreModel, get_mixture
 from fastsde.ops import attn_block, dispatch, fsn1_normal, group_norm
+from helpers import ScaledModel
 from fastsde.ops import step as step_ops
 from fastsde.reference import attention as ref_attention
 from fastsde.reference import groupnorm as ref_groupnorm
@@ -501,20 +502,11 @@ def test_captured_pc_sampler_replays_new_seeds_on_cuda(lazy):
     re-recording -- both compile outside the capture (step 0 eager, step 1 compiled, then recorded)."""
     _need("native")
 
-    class Scaled(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.register_buffer("scale", torch.ones(()))
-
-        def forward(self, x, labels):
-            return self.inner(x, labels) * self.scale.to(x.dtype)
-
     sde = sde_lib.VPSDE(beta_max=20.0, N=40)
     inner = AnalyticScoreModel(get_mixture("ring"), sde, continuous=True)
     if not lazy:
         inner(torch.zeros(1, 2, device=CUDA), torch.zeros(1, device=CUDA))
-    model = Scaled(inner).to(CUDA)
+    model = ScaledModel(inner).to(CUDA)
     make = lambda **kw: sampling.get_pc_sampler(sde, (32, 2), "euler_maruyama", "langevin", lambda v: v, 0.16,  # noqa: E731
                                                  continuous=True, device=CUDA, backend="native", **kw)
     eager, captured = make(), make(capture=True, capture_steps=7)

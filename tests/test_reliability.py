@@ -10,25 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from fastsde import cli, ops, sampling, solvers
+from fastsde import ops, sampling, solvers
 from fastsde import sde as sde_lib
 from fastsde.likelihood import get_likelihood_fn
 from fastsde.sampling.guard import FiniteWatch, NonFiniteError, check_finite
+from helpers import one_error_line, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastsde: error: "), err
-    assert "Traceback" not in err and not lines[0].startswith("fastsde: error: unexpected "), err
-    return lines[0]
+_run, _one_line = run_cli, one_error_line
 
 
 class Payload:

@@ -13,6 +13,7 @@ import torch
 
 from fastsde import cli, distributed, solvers
 from fastsde.cli import common
+from helpers import one_error_line, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,17 +24,7 @@ TINY = {"name": "ncsnpp", "nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "att
         "num_channels": 1, "sde": "vpsde", "embedding_type": "positional", "fir": False}
 
 
-def _run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastsde: error: "), err
-    assert "Traceback" not in err and not lines[0].startswith("fastsde: error: unexpected "), err
-    return lines[0]
+_run, _one_line = run_cli, one_error_line
 
 
 def _subprocess(*argv, cwd=None):
