@@ -11,20 +11,24 @@ move when other work shares the cores; wall seconds do). Prints the total and th
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 
 
-def estimate(here: dict, there: dict) -> list[tuple[str, float, float, float]]:
-    """[(test, wall here, estimated wall there, cpu ratio)] for the tests of `here` (ratio 1 for a test missing
-    from `there` or too short to time)."""
-    rows = []
+def estimate(here: dict, there: dict) -> tuple[list[tuple[str, float, float, float]], float, int]:
+    """([(test, wall here, estimated wall there, cpu ratio)] for the tests of `here`, the median ratio, how many
+    tests were missing from `there`). A test missing from `there` (added since that run) gets the median ratio of the
+    others; a test too short to time (< 0.05 CPU s here) gets 1."""
+    ratios = {test: there[test]["cpu_s"] / h["cpu_s"] for test, h in here.items()
+              if test in there and h["cpu_s"] > 0.05}
+    median = statistics.median(ratios.values()) if ratios else 1.0
+    rows, missing = [], 0
     for test, h in here.items():
-        t = there.get(test)
-        ratio = 1.0
-        if t is not None and h["cpu_s"] > 0.05:
-            ratio = t["cpu_s"] / h["cpu_s"]
+        if test not in there:
+            missing += 1
+        ratio = ratios.get(test, median if test not in there else 1.0)
         rows.append((test, h["wall_s"], h["wall_s"] * ratio, ratio))
-    return rows
+    return rows, median, missing
 
 
 def main(argv: list[str]) -> int:
@@ -32,10 +36,11 @@ def main(argv: list[str]) -> int:
         print("usage: python scripts/suite_estimate.py HERE.json THERE.json", file=sys.stderr)
         return 2
     here, there = (json.load(open(p)) for p in argv)
-    rows = estimate(here, there)
+    rows, median, missing = estimate(here, there)
     total_here, total_there = sum(r[1] for r in rows), sum(r[2] for r in rows)
     print(f"{len(rows)} tests: {total_here / 60:.1f} min here, {total_there / 60:.1f} min estimated there "
-          f"(x{total_there / max(total_here, 1e-9):.2f})")
+          f"(x{total_there / max(total_here, 1e-9):.2f}; median CPU ratio {median:.2f}, given to the {missing} tests "
+          f"missing there)")
     print(f"{'est. there (s)':>14} {'here (s)':>9} {'cpu ratio':>9}  test")
     for test, wall, est, ratio in sorted(rows, key=lambda r: -r[2])[:20]:
         print(f"{est:14.1f} {wall:9.1f} {ratio:9.2f}  {test}")
