@@ -253,3 +253,21 @@ def test_gpu_check_runs_here_with_cuda_phases_skipped(tmp_path):
     assert all(s == "skipped (no CUDA)" for p, s in phases.items() if p.startswith("bench-"))
     assert "| build | skipped (no CUDA" in run.stdout and "no benchmark records" in run.stdout
     assert "no junit XML (the tests phase did not run)" in run.stdout
+
+
+def test_suite_estimate_scales_wall_time_by_the_cpu_ratio():
+    """scripts/suite_estimate.py: wall here x (CPU there / CPU here); a test missing there gets the median ratio, a
+    test too short to time gets 1."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite_estimate", ROOT / "scripts" / "suite_estimate.py")
+    est = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(est)
+    here = {"a": {"wall_s": 10.0, "cpu_s": 20.0}, "b": {"wall_s": 4.0, "cpu_s": 4.0},
+            "c": {"wall_s": 1.0, "cpu_s": 0.01}, "new": {"wall_s": 2.0, "cpu_s": 2.0}}
+    there = {"a": {"wall_s": 99.0, "cpu_s": 60.0}, "b": {"wall_s": 9.0, "cpu_s": 4.0}, "c": {"wall_s": 5.0,
+                                                                                            "cpu_s": 5.0}}
+    rows, median, missing = est.estimate(here, there)
+    got = {test: (there_s, ratio) for test, _, there_s, ratio in rows}
+    assert median == 2.0 and missing == 1  # ratios 3 (a) and 1 (b)
+    assert got == {"a": (30.0, 3.0), "b": (4.0, 1.0), "c": (1.0, 1.0), "new": (4.0, 2.0)}
