@@ -5,8 +5,9 @@ FASTSDE_TEST_TIMES): one from a plain run on this CPU, one from a run under scri
     FASTSDE_TEST_TIMES=/tmp/avx2.json scripts/emulate_cpu.sh avx2 .venv/bin/python -m pytest tests -q
     python scripts/suite_estimate.py /tmp/here.json /tmp/avx2.json
 
-Each test's estimated wall time there is its wall time here times the ratio of its CPU seconds (CPU seconds hardly
-move when other work shares the cores; wall seconds do). Prints the total and the 20 tests that cost most there.
+Each test's estimated wall time there is its wall time here times the ratio of its CPU seconds. CPU seconds move
+less than wall seconds when other work shares the cores, but they do move (OpenMP waits, shared caches): make both
+runs on an idle machine. Prints the total and the 20 tests that cost most there.
 """
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 # FASTSDE_TEST_TIMES=PATH: write each test's wall time and CPU time (this process's threads plus the subprocesses
-# it waited for) as JSON to PATH. CPU seconds hardly move when other work shares the cores, so two such files, one
-# from a plain run and one under scripts/emulate_cpu.sh, estimate another CPU kind's suite time
-# (scripts/suite_estimate.py).
+# it waited for) as JSON to PATH. Two such files, one from a plain run and one under scripts/emulate_cpu.sh, both
+# on an idle machine, estimate another CPU kind's suite time (scripts/suite_estimate.py).
 _TIMES_PATH = os.environ.get("FASTSDE_TEST_TIMES")
 _TIMES: dict = {}
 
