@@ -467,3 +467,14 @@ def test_euler_ancestral_huge_sigma_does_not_overflow_the_host_math():
 
     got = kdiffusion.sample_euler_ancestral(constant, x, torch.tensor([1e300, 1.0], dtype=torch.float64), eta=0.0)
     torch.testing.assert_close(got, x * 1e-300, rtol=1e-12, atol=0)  # x + (1 - 1e300) (x - 0) / 1e300
+
+
+@pytest.mark.parametrize("rho", [1e-300, 1e-5])
+def test_karras_rho_whose_power_overflows_is_one_clear_line(rho):
+    """A tiny rho makes sigma^(1/rho) overflow float64 (it raised a raw OverflowError): a ValueError naming rho."""
+    from fastsde.models import analytic
+
+    sde = sde_lib.VESDE(sigma_max=5.0, N=10)
+    model = analytic.AnalyticScoreModel(analytic.get_mixture("ring"), sde, continuous=True)
+    with pytest.raises(ValueError, match=r"rho must keep sigma~\^\(1/rho\) within float64 .* got rho="):
+        solvers.get_sampler("dpmpp_2m", sde, (4, 2), 5, seed=0, grid="karras", rho=rho)(model)

@@ -100,7 +100,12 @@ def time_grid(sde, steps: int, eps: float, kind="logsnr", rho: float = 7.0) -> t
         if kind == "logsnr":
             lam = torch.linspace(lam_T, lam_0, n + 1, dtype=torch.float64)
         else:
-            hi, lo = math.exp(-lam_T) ** (1 / rho), math.exp(-lam_0) ** (1 / rho)
+            try:
+                hi, lo = math.exp(-lam_T) ** (1 / rho), math.exp(-lam_0) ** (1 / rho)
+            except OverflowError:
+                raise ValueError(f"rho must keep sigma~^(1/rho) within float64 over this grid's sigma~ range "
+                                 f"[{math.exp(-lam_0 / 2):.3g}, {math.exp(-lam_T / 2):.3g}], got rho={rho!r} "
+                                 f"(Karras et al. use 7)") from None
             lam = -rho * torch.log(torch.linspace(hi, lo, n + 1, dtype=torch.float64))
         t = time_of_log_snr(sde, lam)
     t[0], t[-1] = T, eps
