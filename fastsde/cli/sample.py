@@ -483,6 +483,8 @@ def _write_images(args, report, images, class_labels, info, wall, files) -> None
                 f"{info['sampler']}, {report['nfe']} evaluations")
         title = (f"{report['model']}: {what}, {wall:.1f} s\nFD {report['fd']:.1f} (real vs "
                  f"real {fmt_optional(report['fd_real_vs_real'])}, noise {report['fd_real_vs_noise']:.0f})"
+                 + ("" if report["kid"] is None
+                    else f", KID {report['kid']['kid']:.0f} +- {report['kid']['stderr']:.0f}")
                  + (f", {100 * report['requested_class_accuracy']:.0f}% as requested" if class_labels is not None
                     else ""))
         plotting.save_image_grid(images, files.path(report["png"]), title=title,
