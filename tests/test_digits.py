@@ -80,6 +80,17 @@ def test_real_vs_real_is_far_below_real_vs_noise(evaluator):
     assert evaluator.real_vs_real(256) < evaluator.frechet_distance(blurred) < evaluator.real_vs_noise(256)
 
 
+def test_digits_read_from_the_file_equal_scikit_learns_loader():
+    """fastsde reads scikit-learn's digits file directly (no `import sklearn.datasets`): the same pixels and labels."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from fastsde.digits import data
+
+    pixels, labels = data._sklearn_digits()
+    bunch = sk_load_digits()
+    assert np.array_equal(pixels, bunch.images) and np.array_equal(labels, bunch.target)
+
+
 def test_kernel_distance_of_real_digits_is_zero_within_its_error(evaluator):
     """KID has no small-n bias: training digits score 0 within a few standard errors at n = 64 and 256 (FD's
     real-vs-real is 67 and 15 there), noise far above, and every evaluation reports it."""
