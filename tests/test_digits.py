@@ -210,6 +210,7 @@ def test_sample_command_on_digits(capsys, tmp_path):
     assert r["model"] == f"digits_{DIGITS_DEFAULTS['sde']}.safetensors" and r["n"] == 10 and r["steps"] == 20
     assert r["fd_real_vs_real"] < r["fd_real_vs_noise"] and len(r["classes"]["histogram"]) == 10
     assert r["kid"]["subsets"] == 4 and r["kid"]["subset_size"] == 2 and r["kid"]["stderr"] > 0
+    assert r["command_s"] >= r["wall_time_s"] > 0  # the process's age includes the sampling
     with np.load(tmp_path / "s.npz") as data:
         assert data["samples"].shape == (10, 1, 16, 16)
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -25,7 +25,8 @@ __all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "nonnegative_int", "see
            "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
            "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
            "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch", "MAX_STEPS",
-           "step_count", "MAX_THREADS", "thread_count", "output_mode", "DIGITS_METRICS_BYTES", "kid_text"]
+           "step_count", "MAX_THREADS", "thread_count", "output_mode", "DIGITS_METRICS_BYTES", "kid_text",
+           "process_seconds"]
 
 
 class UsageError(Exception):
@@ -407,6 +408,19 @@ def test_subset(n: int, seed: int):
         raise UsageError(f"--n must be at most {images.shape[0]} (the test split), got {n}")
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return images[idx], labels[idx]
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat against /proc/uptime, 10 ms resolution): what a
+    user waits for, interpreter and imports included. None where /proc is not there."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, after the ")" of comm
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def kid_text(kid: dict | None) -> str:

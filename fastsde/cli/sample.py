@@ -18,7 +18,7 @@ from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, MAX_STEPS, MA
                                 AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory,
                                 check_output_file, device_name, finite_float, fmt_optional, kid_text, load_model_for,
                                 memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
-                                positive_float, positive_int, seed_value, step_count, thread_count,
+                                positive_float, process_seconds, positive_int, seed_value, step_count, thread_count,
                                 unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
@@ -467,7 +467,8 @@ def run_sample_images(args: argparse.Namespace) -> int:
         progress=args.progress and batch < args.n, write=write))
     if distributed.rank() != 0:
         return 0
-    report.update(batch=batch, processes=distributed.world_size(), resumed=result.resumed)
+    report.update(batch=batch, processes=distributed.world_size(), resumed=result.resumed,
+                  command_s=process_seconds())
     print(json.dumps(report) if args.json else _format_images_report(report))
     return 0
 
@@ -522,7 +523,9 @@ def _format_images_report(r: dict) -> str:
         ("samples", f"{r['n']} x 1 x 16 x 16" + (f"  ({r['nonfinite']} not finite!)" if r["nonfinite"] else "")),
         ("nfe", f"{r['nfe']}" + (f"  (score_sde's count; {r['model_evals']} model evaluations)"
                                  if r.get("model_evals", r["nfe"]) != r["nfe"] else "")),
-        ("wall time", f"{r['wall_time_s']:.2f} s  ({r['images_per_s']:.1f} images/s, {r['threads']} threads)"),
+        ("wall time", f"{r['wall_time_s']:.2f} s  ({r['images_per_s']:.1f} images/s, {r['threads']} threads)"
+                      + ("" if r.get("command_s") is None else
+                         f"; the whole command {r['command_s']:.1f} s (Python, torch, model, metrics, files)")),
         ("FD", f"{r['fd']:.2f}  (classifier features vs the 359 test digits; at n={r['n']}: real vs real "
                f"{fmt_optional(r['fd_real_vs_real'])}, noise vs real {r['fd_real_vs_noise']:.1f})"),
         ("KID", kid_text(r["kid"])),
