@@ -476,11 +476,17 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
     rows = []
     from fastsde import solvers
 
-    configs = ([("pc", s, None, p) for p in pc_precisions for s in (PC_STEPS if pc_steps is None else pc_steps)]
-               + [("ode", 1000, r, "fp32") for r in (ODE_RTOLS if ode_rtols is None else ode_rtols)])
+    smoke = common.smoke_mode()  # the defaults shrink to one cheap row per family (common: smoke mode)
+    pc_steps = ((SMOKE_STEPS,) if smoke else PC_STEPS) if pc_steps is None else pc_steps
+    ode_rtols = ((1e-1,) if smoke else ODE_RTOLS) if ode_rtols is None else ode_rtols
+    configs = ([("pc", s, None, p) for p in pc_precisions for s in pc_steps]
+               + [("ode", 1000, r, "fp32") for r in ode_rtols])
     solver_names = SOLVER_NAMES if solver_names is None else solver_names
     names = solvers.solver_names() if solver_names is None else list(solver_names)
-    solver_configs = _solver_configs(names, SOLVER_EVALS if solver_evals is None else solver_evals)
+    if smoke and solver_names is None:
+        names = [name for name in names if not solvers.get_solver(name).adaptive][:2]
+    solver_evals = ((5,) if smoke else SOLVER_EVALS) if solver_evals is None else solver_evals
+    solver_configs = _solver_configs(names, solver_evals)
     solver_configs += [(name, 1) for name in names if solvers.get_solver(name).adaptive]
     for kind, steps, rtol, precision in configs:
         fn = _sampler(mf, backend, n, steps, seed, kind, rtol or 1e-5, precision=precision)

@@ -137,6 +137,29 @@ def _poly_kernel_sums(x: np.ndarray, y: np.ndarray) -> float:
     return float((((x @ y.T) / x.shape[1] + 1.0) ** 3).sum())
 
 
+def _real_matrix(name: str, x) -> np.ndarray:
+    """`x` (a tensor or array-like of real numbers, shape (n, d)) as a float64 numpy array, or one clear error."""
+    if isinstance(x, torch.Tensor):
+        if x.is_meta or x.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense tensor with data, got a {x.device.type} {x.layout} tensor")
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got {x.dtype}")
+        x = x.detach().to("cpu", torch.float64).numpy()
+    elif np.ma.isMaskedArray(x):
+        raise TypeError(f"{name} must not be a masked array (its mask would be dropped)")
+    try:
+        x = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an (n, d) array of numbers: {err}") from None
+    if np.iscomplexobj(x):
+        raise TypeError(f"{name} must be real, got {x.dtype}")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be an (n, d) array, got shape {x.shape}")
+    return x.astype(np.float64)
+
+
 def kernel_distance(features, reference, subsets: int = KID_SUBSETS) -> dict:
     """The kernel distance (KID, Bińkowski et al. 2018) between generated features (n, d) and reference features
     (r, d): the unbiased estimate of the squared MMD with the cubic polynomial kernel (x . y / d + 1)^3, with its
@@ -150,18 +173,18 @@ def kernel_distance(features, reference, subsets: int = KID_SUBSETS) -> dict:
     estimate can be negative).
 
     Returns {"kid": mean, "stderr": standard error, "subsets": subsets, "subset_size": m}."""
-    a = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, np.float64)
-    b = np.asarray(reference.detach().cpu() if isinstance(reference, torch.Tensor) else reference, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"features must be (n, d) arrays with the same d, got {a.shape} and {b.shape}")
+    a, b = _real_matrix("features", features), _real_matrix("reference", reference)
+    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
+        raise ValueError(f"features must be (n, d) arrays with the same d >= 1, got {a.shape} and {b.shape}")
     if isinstance(subsets, bool) or not isinstance(subsets, (int, np.integer)) or subsets < 2:
         raise ValueError(f"subsets must be an int >= 2 (a standard error needs two estimates), got {subsets!r}")
     m, q = len(a) // subsets, len(b) // subsets
     if m < 2 or q < 2:
         raise ValueError(f"the kernel distance needs >= 2 features and >= 2 reference features per subset, got "
                          f"{len(a)} features and {len(b)} reference features in {subsets} subsets")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("features contain NaN or inf")
+    for name, x in (("features", a), ("reference", b)):
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} contain NaN or inf ({int((~np.isfinite(x)).any(1).sum())} of {len(x)} rows)")
 
     def within(x):  # sum over i != j of k(x_i, x_j)
         return _poly_kernel_sums(x, x) - float(((np.einsum("ij,ij->i", x, x) / x.shape[1] + 1.0) ** 3).sum())
@@ -172,6 +195,9 @@ def kernel_distance(features, reference, subsets: int = KID_SUBSETS) -> dict:
         estimates.append(within(x) / (m * (m - 1)) + within(y) / (q * (q - 1))
                          - 2.0 * _poly_kernel_sums(x, y) / (m * q))
     est = np.asarray(estimates)
+    if not np.isfinite(est).all() or not np.isfinite(est.std()):
+        raise ValueError(f"the cubic kernel overflowed float64: features up to |x| = {np.abs(a).max():.3g}, reference "
+                         f"up to {np.abs(b).max():.3g} (d = {a.shape[1]}); the kernel grows as (x . y / d)^3")
     return {"kid": float(est.mean()), "stderr": float(est.std(ddof=1) / np.sqrt(subsets)), "subsets": int(subsets),
             "subset_size": int(m)}
 

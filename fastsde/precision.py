@@ -77,10 +77,11 @@ _ONEDNN_NO_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE",
 
 def _onednn_isa_cap():
     """'NAME=VALUE' of the environment variable that caps oneDNN below bfloat16 instructions, or None."""
-    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
-        value = os.environ.get(name, "").strip().upper()
-        if value in _ONEDNN_NO_BF16:
-            return f"{name}={value}"
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # oneDNN reads the second only when the first is unset
+        value = os.environ.get(name)
+        if value is not None:
+            value = value.strip().upper()
+            return f"{name}={value}" if value in _ONEDNN_NO_BF16 else None
     return None
 
 

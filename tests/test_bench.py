@@ -271,3 +271,18 @@ def test_suite_estimate_scales_wall_time_by_the_cpu_ratio():
     got = {test: (there_s, ratio) for test, _, there_s, ratio in rows}
     assert median == 2.0 and missing == 1  # ratios 3 (a) and 1 (b)
     assert got == {"a": (30.0, 3.0), "b": (4.0, 1.0), "c": (1.0, 1.0), "new": (4.0, 2.0)}
+
+
+def test_suite_estimate_bad_files_are_one_line(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text('{"a": {"wall_s": 1, "cpu_s": 1}}')
+    cases = {"broken.json": "{", "list.json": "[]", "empty.json": "{}", "nokey.json": '{"a": {"wall_s": 1}}',
+             "nan.json": '{"a": {"wall_s": NaN, "cpu_s": 1}}', "neg.json": '{"a": {"wall_s": 1, "cpu_s": -1}}',
+             "str.json": '{"a": {"wall_s": "1", "cpu_s": 1}}', "scalar.json": '{"a": 3}'}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    for name in [*cases, "missing.json"]:
+        run = subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_estimate.py"), str(good),
+                              str(tmp_path / name)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, (name, run)
+        assert run.stderr.startswith(f"suite_estimate: {tmp_path / name}:"), run.stderr

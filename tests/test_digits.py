@@ -91,6 +91,21 @@ def test_digits_read_from_the_file_equal_scikit_learns_loader():
     assert np.array_equal(pixels, bunch.images) and np.array_equal(labels, bunch.target)
 
 
+def test_load_digits_returns_copies_and_checks_size():
+    """The data arrays are cached: an in-place change of what load_digits returned must not reach the next call.
+    size is checked before any allocation (an inf, NaN, float or huge size was a raw error or a 5 PB allocation)."""
+    from fastsde.digits.data import load_digits
+
+    for size in (8, 16):
+        x, y = load_digits("all", size)
+        x.mul_(0), y.mul_(0)
+        x2, y2 = load_digits("all", size)
+        assert x2.max() == 1.0 and y2.max() == 9
+    for size in (float("inf"), float("nan"), 16.0, None, True, 7, 10**6, 2**40, "16"):
+        with pytest.raises(ValueError, match=r"size must be an integer in \[8, 1024\], got"):
+            load_digits("train", size)
+
+
 def test_kernel_distance_of_real_digits_is_zero_within_its_error(evaluator):
     """KID has no small-n bias: training digits score 0 within a few standard errors at n = 64 and 256 (FD's
     real-vs-real is 67 and 15 there), noise far above, and every evaluation reports it."""

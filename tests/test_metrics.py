@@ -154,10 +154,40 @@ def test_kernel_distance_is_unbiased_and_its_stderr_covers_repeated_draws():
     (dict(features=np.zeros((8, 3)), reference=np.zeros((8, 3)), subsets=True), "subsets must be an int >= 2"),
     (dict(features=np.zeros((7, 3)), reference=np.zeros((8, 3))), ">= 2 features and >= 2 reference features"),
     (dict(features=np.zeros((8, 3)), reference=np.zeros((7, 3))), ">= 2 features and >= 2 reference features"),
-    (dict(features=np.full((8, 3), np.nan), reference=np.zeros((8, 3))), "NaN or inf"),
+    (dict(features=np.full((8, 3), np.nan), reference=np.zeros((8, 3))), "features contain NaN or inf"),
+    (dict(features=np.zeros((8, 3)), reference=np.full((8, 3), np.inf)), "reference contain NaN or inf"),
+    (dict(features=np.empty((8, 0)), reference=np.empty((8, 0))), "same d >= 1"),
+    (dict(features=np.ones((8, 3)) * 1e200, reference=np.ones((8, 3))), "the cubic kernel overflowed float64"),
+    (dict(features=np.ones((8, 3)) * 1e60, reference=np.ones((8, 3))), "the cubic kernel overflowed float64"),
+    (dict(features=np.zeros(8), reference=np.zeros((8, 3))), r"features must be an \(n, d\) array"),
+    (dict(features=[[1, 2], [3]], reference=np.zeros((8, 2))), r"features must be an \(n, d\) array of numbers"),
 ])
 def test_kernel_distance_refuses_bad_input(bad, match):
     from fastsde.metrics import kernel_distance
 
     with pytest.raises(ValueError, match=match):
         kernel_distance(**bad)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.empty(8, 3, device="meta"), "features must be a dense tensor with data"),
+    (torch.zeros(8, 3).to_sparse(), "features must be a dense tensor with data"),
+    (torch.zeros(8, 3, dtype=torch.complex64), "features must be real"),
+    (np.zeros((8, 3)) + 1j, "features must be real"),
+    (np.ma.masked_array(np.zeros((8, 3))), "must not be a masked array"),
+    (np.array([["a"] * 3] * 8), "features must hold numbers"),
+])
+def test_kernel_distance_refuses_what_it_would_silently_change(bad, match):
+    from fastsde.metrics import kernel_distance
+
+    with pytest.raises(TypeError, match=match):
+        kernel_distance(bad, np.zeros((8, 3)))
+
+
+def test_kernel_distance_takes_half_precision_tensors():
+    from fastsde.metrics import kernel_distance
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g)
+    half = kernel_distance(x.to(torch.bfloat16), y)
+    assert half == kernel_distance(x.to(torch.bfloat16).double(), y)  # bf16 values, computed in float64

@@ -153,6 +153,10 @@ def test_auto_follows_a_onednn_isa_cap(monkeypatch):
         assert prec.resolve_precision("auto", "cpu") == want, (name, value, why)
         assert native == (want == "bf16") and (native or f"{name}={value.upper()}" in why)
         monkeypatch.delenv(name)
+    # oneDNN reads DNNL_MAX_CPU_ISA only when ONEDNN_MAX_CPU_ISA is unset
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert prec.native_bf16("cpu")[0]
 
 
 def test_precision_names_and_state_dtypes():

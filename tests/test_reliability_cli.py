@@ -470,3 +470,40 @@ def test_outputs_follow_the_umask(capsys, tmp_path, checkpoint):
         os.umask(old)
     modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in sorted(os.listdir(tmp_path))}
     assert modes == {"c.safetensors": 0o644, "g.npz": 0o644, "g.png": 0o644, "private.npz": 0o600, "w.npz": 0o644}
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--model", "gmm", "--n", "1", "--steps", "5", "--no-plot", "--no-progress"],
+    ["sample", "--n", "1", "--steps", "2", "--no-progress"],
+    ["eval", "--n", "1", "--steps", "2", "--no-progress"],
+])
+def test_one_sample_is_refused_before_any_work(capsys, tmp_path, argv):
+    """The quality report needs two samples: --n 1 sampled first, then failed, and left OUT.shards behind."""
+    if argv[0] == "sample":
+        argv = argv + ["--out", str(tmp_path / "s")]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "--n" in one_error_line(err) and ">= 2" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_outputs_never_replace_a_device_or_fifo(capsys, tmp_path, kind):
+    """AtomicOutputs renames a temporary over the output path: over /dev/null (as root) that replaced the device by
+    a regular file. A path that exists and is not a regular file is refused before any work."""
+    target = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        try:
+            os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null twin
+        except PermissionError:
+            pytest.skip("mknod needs root")
+    before = os.lstat(target)
+    code, out, err = run_cli(capsys, "bench", "steps", "--smoke", "--no-compile", "--threads", "1", "--json", target)
+    assert code == 2 and "exists and is not a regular file" in one_error_line(err) and "fastsde bench" not in out
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    with pytest.raises(common.UsageError, match="is not a regular file"):  # the writer refuses it too
+        with common.AtomicOutputs() as files:
+            open(files.path(str(target)), "w").close()
+    assert os.lstat(target).st_mode == before.st_mode and sorted(p.name for p in tmp_path.iterdir()) == [kind]

@@ -20,7 +20,8 @@ from fastsde.digits.pretrained import DIGITS_DEFAULTS, load_score_model, score_m
 from fastsde.models import analytic
 from fastsde.sampling import PC_DEFAULTS
 
-__all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "nonnegative_int", "seed_value", "positive_float",
+__all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "sample_count", "nonnegative_int", "seed_value",
+           "positive_float",
            "model_spec", "npz_path", "build_sampler", "load_model_for", "with_threads", "output_stem",
            "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
            "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
@@ -34,6 +35,14 @@ class UsageError(Exception):
 
 
 SDE_DEFAULTS = PC_DEFAULTS  # score_sde's (predictor, corrector, eps) per SDE name
+
+
+def sample_count(text: str) -> int:
+    """--n of the commands that report sample quality: FD, KID and the mixtures' covariances need 2 samples."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (the quality report needs two samples), got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -223,6 +232,9 @@ def check_output_file(path: str, flag: str = "--out") -> str:
         raise UsageError(f"{flag} must name a file, got {path!r}")
     if os.path.isdir(path):
         raise UsageError(f"{flag}: {path} is a directory, expected a file path")
+    if os.path.lexists(path) and not os.path.isfile(path):  # a device, FIFO, socket or dangling link
+        raise UsageError(f"{flag}: {path} exists and is not a regular file ({_file_kind(path)}); outputs are "
+                         f"written to a temporary file and renamed over the path, which would replace it")
     parent = os.path.dirname(os.path.abspath(path))
     probe = parent
     while not os.path.exists(probe):
@@ -235,6 +247,17 @@ def check_output_file(path: str, flag: str = "--out") -> str:
     except OSError as exc:
         raise UsageError(f"{flag}: {probe} is not writable ({exc.strerror or exc})") from None
     return path
+
+
+def _file_kind(path: str) -> str:
+    import stat
+
+    mode = os.lstat(path).st_mode
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a dangling link")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def check_output_stem(stem: str, suffixes=(".npz", ".png"), flag: str = "--out") -> None:
@@ -278,6 +301,13 @@ class AtomicOutputs:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             mode = output_mode()
+            for tmp, final in self._pending:  # never rename over a device or FIFO (as root: /dev/null)
+                if os.path.lexists(final) and not os.path.isfile(final):
+                    for t, _ in self._pending:
+                        with contextlib.suppress(OSError):
+                            os.remove(t)
+                    self._pending = []
+                    raise UsageError(f"{final} exists and is not a regular file ({_file_kind(final)}): not replaced")
             for tmp, final in self._pending:
                 os.chmod(tmp, mode)  # mkstemp makes 0600; a written file follows the umask like open() would
                 os.replace(tmp, final)

@@ -8,10 +8,10 @@ import os
 import torch
 
 from fastsde import distributed, metrics
-from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, SDE_DEFAULTS, batch_argument, check_memory,
-                                fmt_optional, image_model_arguments, kid_text, load_model_for, memory_estimate,
-                                micro_batch, parse_model, read_samples_npz, step_count, unet_activation_bytes,
-                                with_threads)
+from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, SDE_DEFAULTS, UsageError, batch_argument,
+                                check_memory, fmt_optional, image_model_arguments, kid_text, load_model_for,
+                                memory_estimate, micro_batch, parse_model, read_samples_npz, step_count,
+                                unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
 __all__ = ["add_arguments", "run"]
@@ -50,6 +50,8 @@ def _run(args: argparse.Namespace) -> int:
         def draw(ids):
             return images[ids]
     else:
+        if args.n < 2:
+            raise UsageError(f"--n must be >= 2 (the quality report needs two samples), got {args.n}")
         parse_model(args)
         mf, backend = load_model_for(args)
         n, steps = args.n, args.steps or DIGITS_DEFAULTS["steps"]
@@ -97,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     c = q["classes"]
-    print(f"{source}: {n} images\n"
+    dropped = f" ({q['nonfinite']} more held NaN/inf and were left out)" if q["nonfinite"] else ""
+    print(f"{source}: {n} images{dropped}\n"
           f"  FD          {q['fd']:.2f}  (classifier features vs the 359 test digits; at n={n}: real vs real "
           f"{fmt_optional(report['fd_real_vs_real'])}, noise vs real {report['fd_real_vs_noise']:.1f})\n"
           f"  KID         {kid_text(q['kid'])}\n"

@@ -18,8 +18,8 @@ from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, MAX_STEPS, MA
                                 AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory,
                                 check_output_file, device_name, finite_float, fmt_optional, kid_text, load_model_for,
                                 memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
-                                positive_float, process_seconds, positive_int, seed_value, step_count, thread_count,
-                                unet_activation_bytes, with_threads)
+                                positive_float, process_seconds, sample_count, seed_value, step_count,
+                                thread_count, unet_activation_bytes, with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 from fastsde.models import analytic
 
@@ -116,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                               "1 is fastest for the 2-D presets on a busy machine)")
 
     run = p.add_argument_group("samples and output")
-    run.add_argument("--n", type=positive_int, default=None, metavar="M",
+    run.add_argument("--n", type=sample_count, default=None, metavar="M",
                      help="number of samples (default: 64 digits, 2048 gmm points)")
     run.add_argument("--class-label", default=None, metavar="K",
                      help="digits only: class-conditional sampling of digit K (0-9), or 'all' for n/10 of each, "

@@ -21,6 +21,7 @@ __all__ = ["DATASETS", "SPLIT_SEED", "TEST_FRACTION", "load_digits", "load_datas
            "get_data_inverse_scaler"]
 
 SPLIT_SEED = 20210112
+MAX_SIZE = 1024  # 1,797 digits at 1024 x 1024 float32 are 7.5 GB
 TEST_FRACTION = 0.2
 DATASETS = ("digits",)
 _SPLITS = ("train", "test", "all")
@@ -74,17 +75,18 @@ def load_digits(split: str = "train", size: int = 16) -> tuple[torch.Tensor, tor
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    if int(size) != size or size < 8:
-        raise ValueError(f"size must be an integer >= 8, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= MAX_SIZE:
+        raise ValueError(f"size must be an integer in [8, {MAX_SIZE}], got {size!r}")
     images, labels, test = _digits_arrays()
     if split != "all":
         keep = test if split == "test" else ~test
         images, labels = images[keep], labels[keep]
-    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+    # copies: the arrays are cached, and a caller may change what it gets in place
+    x = torch.tensor(images).unsqueeze(1)
     if size != 8:
         x = torch.nn.functional.interpolate(x, size=(int(size), int(size)), mode="bilinear", align_corners=False)
         x = x.clamp_(0.0, 1.0)
-    return x.contiguous(), torch.from_numpy(np.ascontiguousarray(labels))
+    return x.contiguous(), torch.tensor(labels)
 
 
 def load_dataset(name: str, split: str = "train", size: int = 16):
