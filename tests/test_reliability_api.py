@@ -478,3 +478,10 @@ def test_karras_rho_whose_power_overflows_is_one_clear_line(rho):
     model = analytic.AnalyticScoreModel(analytic.get_mixture("ring"), sde, continuous=True)
     with pytest.raises(ValueError, match=r"rho must keep sigma~\^\(1/rho\) within float64 .* got rho="):
         solvers.get_sampler("dpmpp_2m", sde, (4, 2), 5, seed=0, grid="karras", rho=rho)(model)
+
+
+@pytest.mark.parametrize("rho", [1e17, 1e300])
+def test_karras_rho_that_collapses_the_grid_names_rho(rho):
+    """A huge rho made the grid's log-SNR repeat, and the message advised fewer steps for discrete labels."""
+    with pytest.raises(ValueError, match=r"rho=.* collapses the Karras grid"):
+        solvers.get_sampler("euler", sde_lib.VPSDE(), (4, 2), 5, grid="karras", rho=rho)

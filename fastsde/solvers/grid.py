@@ -107,6 +107,9 @@ def time_grid(sde, steps: int, eps: float, kind="logsnr", rho: float = 7.0) -> t
                                  f"[{math.exp(-lam_0 / 2):.3g}, {math.exp(-lam_T / 2):.3g}], got rho={rho!r} "
                                  f"(Karras et al. use 7)") from None
             lam = -rho * torch.log(torch.linspace(hi, lo, n + 1, dtype=torch.float64))
+            if not bool((lam[1:] > lam[:-1]).all()):  # a huge rho makes sigma~^(1/rho) equal to float64 precision
+                raise ValueError(f"rho={rho!r} collapses the Karras grid: sigma~^(1/rho) takes equal float64 values "
+                                 f"at neighbouring steps over this grid's sigma~ range (Karras et al. use 7)")
         t = time_of_log_snr(sde, lam)
     t[0], t[-1] = T, eps
     return t
