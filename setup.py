@@ -84,6 +84,9 @@ setup(
     extras_require={
         "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "tqdm>=4.60"],
         "triton": ["triton>=2.1"],
+        # Drop-in schedulers for diffusers pipelines (fastsde.compat.diffusers.Fast*Scheduler), built on diffusers'
+        # own scheduler classes; imported only when one of them is used.
+        "diffusers": ["diffusers>=0.42"],
         # Compatibility tests against k-diffusion's and diffusers' own samplers (tests/test_real_packages.py).
         # k-diffusion's full dependency list pulls torchvision and a CUDA torch: the dev environment installs it
         # with --no-deps (requirements-nodeps.txt) and only what k_diffusion.sampling imports.
