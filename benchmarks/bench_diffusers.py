@@ -91,7 +91,7 @@ def run(quick: bool = False, backend: str = "auto", device: str = "cpu", use_com
         if smoke and net != "tiny":
             continue
         torch.manual_seed(0)
-        unet = diffusers.UNet2DModel(sample_size=16 if smoke else 32, in_channels=3, out_channels=3,
+        unet = diffusers.UNet2DModel(sample_size=8 if smoke else 32, in_channels=3, out_channels=3,
                                      **options).eval().to(device)
         batch = 2 if smoke else batch
         for name, pipeline, cls, config, steps in _CASES:
@@ -104,7 +104,7 @@ def run(quick: bool = False, backend: str = "auto", device: str = "cpu", use_com
             calls = interleaved_ms({k: call for k, (call, _) in contenders.items()}, reps, warmup=0, device=device)
             step_ms = {k: 1e3 * clock.total / (1 if smoke else reps) for k, (_, clock) in contenders.items()}
             case = f"{name}{steps}_{net}_b{batch}"
-            numel = batch * 3 * (16 if smoke else 32) ** 2
+            numel = batch * 3 * (8 if smoke else 32) ** 2
             for part, ms in (("steps", step_ms), ("call", calls)):
                 records.append(record(SUITE, f"{case}/{part}", backend, numel, ms["fastsde"], None, copy_gbps,
                                       {"reference": ms["diffusers"], "eager_inplace": None, "compile": None},

@@ -299,6 +299,12 @@ def test_from_config_of_other_schedulers_and_errors(D, F):
     unipc.set_timesteps(4)
     with pytest.raises(NotImplementedError, match="solver_p"):
         unipc.step(torch.zeros(1, 2), unipc.timesteps[0], torch.zeros(1, 2))
+    singular = F.FastUniPCMultistepScheduler(**BASE, lower_order_final=False)  # diffusers: NaN at the last step
+    singular.set_timesteps(3)
+    x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="lower_order_final=True"):
+        for t in singular.timesteps:
+            x = singular.step(0.5 * x, t, x).prev_sample
     with pytest.raises(AttributeError, match="FastNothing"):
         F.FastNothing  # noqa: B018
 
@@ -308,3 +314,14 @@ def test_import_fastsde_does_not_import_diffusers():
             "assert 'diffusers' not in sys.modules, 'diffusers imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
+
+
+def test_bench_suite_smoke(D):
+    """`fastsde bench diffusers --smoke`: the suite runs both contenders and emits the documented records."""
+    from fastsde.benchmarks import bench_diffusers, common
+
+    with common.smoke(True):
+        records = bench_diffusers.run(quick=True, backend="auto")
+    assert [r["case"] for r in records] == ["ddim3_tiny_b2/steps", "ddim3_tiny_b2/call", "dpmpp_2m3_tiny_b2/steps",
+                                            "dpmpp_2m3_tiny_b2/call"]
+    assert all(r["suite"] == "diffusers" and r["smoke"] and r["baselines"]["reference"] > 0 for r in records)

@@ -466,6 +466,9 @@ def _unipc_update(self, x: _Lin, m0: _Lin, older, i_t, i_0, i_older, order, mode
     (a_t, s_t), (a_0, s_0) = _alpha_sigma(cfg, self.sigmas[i_t]), _alpha_sigma(cfg, self.sigmas[i_0])
     lam_0 = _lambda(a_0, s_0)
     h = _lambda(a_t, s_t) - lam_0
+    if order > 1 and not np.isfinite(h):  # diffusers returns NaN here: its differences are divided by r_k = 0
+        raise ValueError(f"UniPC's order-{order} step to sigma 0 is singular: with final_sigmas_type='zero' set "
+                         f"lower_order_final=True, or use final_sigmas_type='sigma_min'")
     rks = [(_lambda(*_alpha_sigma(cfg, self.sigmas[j])) - lam_0) / h for j in i_older[:order - 1]]
     d1s = [(m - m0) / rk for m, rk in zip(older, rks)]
     rks = np.array(rks + [1.0])
