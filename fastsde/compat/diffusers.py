@@ -29,6 +29,7 @@ import torch
 
 from fastsde import sde as sde_lib
 from fastsde._util import per_sample
+from fastsde.ops.step import MAX_OUTPUTS, affine_combine_step, affine_step, langevin_step
 
 _SCHEDULER_NAMES = ("FastDDIMScheduler", "FastDPMSolverMultistepScheduler", "FastEulerDiscreteScheduler",
                     "FastEulerAncestralDiscreteScheduler", "FastUniPCMultistepScheduler", "FastScoreSdeVeScheduler")
@@ -242,8 +243,6 @@ class _FusedSteps:
     def _evaluate(self, form: _Lin, like: torch.Tensor, noise=None) -> torch.Tensor:
         """One combine pass computing `form` as a new tensor of like's shape and dtype (forms of more tensors than
         a pass reads fold their leading terms first)."""
-        from fastsde.ops.step import MAX_OUTPUTS, affine_combine_step
-
         terms = {k: float(v) for k, v in form.terms.items() if not isinstance(k, str) and v != 0}
         c = form.terms.get(_NOISE)
         c = None if c is None or c == 0 else float(c)
@@ -532,8 +531,6 @@ def _unipc_step(self, model_output, timestep, sample, return_dict=True):
 
 # ---- score_sde's VE predictor (reverse diffusion) and corrector (Langevin), as diffusers' ScoreSdeVeScheduler
 def _ve_step_pred(self, model_output, timestep, sample, generator=None, return_dict=True):
-    from fastsde.ops.step import affine_step
-
     if self.timesteps is None:
         raise ValueError("`self.timesteps` is not set, you need to run 'set_timesteps' after creating the scheduler")
     # diffusers' per-sample index: long(t (len(timesteps) - 1)) in float32
@@ -551,8 +548,6 @@ def _ve_step_pred(self, model_output, timestep, sample, generator=None, return_d
 
 
 def _ve_step_correct(self, model_output, sample, generator=None, return_dict=True):
-    from fastsde.ops.step import langevin_step
-
     if self.timesteps is None:
         raise ValueError("`self.timesteps` is not set, you need to run 'set_timesteps' after creating the scheduler")
     noise = self._draw(generator, None, sample.shape, layout=sample.layout)
