@@ -6,7 +6,7 @@ Cases: a DDIMPipeline call (DDIMScheduler, 50 steps, eta 0) and a DDPMPipeline c
   cifar  batch 8, 3x32x32, the DDPM CIFAR-10 architecture (block_out_channels (128, 256, 256, 256), two layers per
          block, attention at 16x16; ~36M parameters)
 Two records per case: "<case>/steps", the summed time of the pipeline's scheduler.step calls (the scheduler's share),
-and "<case>/call", the whole pipeline call; baseline "reference" is the same pipeline object with diffusers' scheduler,
+and "<case>/call", the whole pipeline call (wall time); baseline "reference" is the same pipeline object with diffusers' scheduler,
 the calls interleaved (diffusers, fastsde, diffusers, ...) so that a slow spell of a shared machine falls on both.
 Same generator seed in both, so both run the same model on (to rounding) the same states. On CUDA the pipeline runs
 on the GPU and each step call is timed between synchronizations.
@@ -38,20 +38,23 @@ _BETAS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_s
 
 
 class _StepClock:
-    """Wraps a scheduler's step and sums the wall time of its calls (synchronized on CUDA)."""
+    """Wraps a scheduler's step and sums the time of its calls: on CUDA wall time between synchronizations; on the
+    CPU this process's CPU time (time.process_time), since the wall time of a sub-millisecond call on a shared
+    machine mostly measures when the OS scheduler preempts the process."""
 
     def __init__(self, scheduler, cuda: bool):
         self.total, self._inner, self._cuda = 0.0, scheduler.step, cuda
+        self._clock = time.perf_counter if cuda else time.process_time
         scheduler.step = self
 
     def __call__(self, *args, **kwargs):
         if self._cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = self._clock()
         out = self._inner(*args, **kwargs)
         if self._cuda:
             torch.cuda.synchronize()
-        self.total += time.perf_counter() - t0
+        self.total += self._clock() - t0
         return out
 
 
