@@ -5,9 +5,10 @@ Cases: a DDIMPipeline call (DDIMScheduler, 50 steps, eta 0) and a DDPMPipeline c
   tiny   batch 64, 3x32x32, block_out_channels (16, 32), one layer per block, no attention
   cifar  batch 8, 3x32x32, the DDPM CIFAR-10 architecture (block_out_channels (128, 256, 256, 256), two layers per
          block, attention at 16x16; ~36M parameters)
-Two records per case: "<case>/steps", the summed time of the pipeline's scheduler.step calls (the scheduler's share),
-and "<case>/call", the whole pipeline call (wall time); baseline "reference" is the same pipeline object with diffusers' scheduler,
-the calls interleaved (diffusers, fastsde, diffusers, ...) so that a slow spell of a shared machine falls on both.
+Two records per case: "<case>/steps", the summed time of the pipeline's scheduler.step calls (the scheduler's share;
+CPU: process CPU time, see _StepClock), and "<case>/call", the whole pipeline call (wall time); baseline "reference"
+is the same pipeline object with diffusers' scheduler, the calls interleaved (diffusers, fastsde, diffusers, ...) so
+that a slow spell of a shared machine falls on both.
 Same generator seed in both, so both run the same model on (to rounding) the same states. On CUDA the pipeline runs
 on the GPU and each step call is timed between synchronizations.
 """
