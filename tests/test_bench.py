@@ -91,8 +91,10 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     assert set(r["skipped"]) <= {"compiled", "captured"}
     for h in half:
         assert h["precision"] == h["case"].rsplit("_", 1)[1] and 0 < h["max_abs_diff"] < 0.5
-        assert set(h["baselines"]) == {"fastsde_fp32", "reference", "reference_autocast_bf16"}
+        assert set(h["baselines"]) == {"fastsde_fp32", "reference", "reference_autocast_bf16", "compile",
+                                       *common.COMPILE_PEERS}
         assert h["baselines"]["fastsde_fp32"] == r["median_ms"] and h["baselines"]["reference_autocast_bf16"] > 0
+        assert h["compile_peer"] is None and h["baselines"]["compile"] is None  # --no-compile
     result = json.loads((tmp_path / "tradeoff.json").read_text())
     assert [(row["sampler"], row["precision"]) for row in result["rows"][:3]] == [("pc", "fp32"), ("pc", "bf16"),
                                                                                   ("ode", "fp32")]
@@ -113,7 +115,8 @@ def test_unet_suite_precision_rows(monkeypatch, one_thread):
     assert r["case"] == "unet_forward_16px_b2" and r["precision"] == "fp32" and not r["skipped"]
     assert [h["case"] for h in half] == ["unet_forward_16px_b2_bf16", "unet_forward_16px_b2_fp16"]
     for h in half:
-        assert set(h["baselines"]) == {"fused_fp32", "reference", "reference_autocast_bf16"}
+        assert set(h["baselines"]) == {"fused_fp32", "reference", "reference_autocast_bf16", "compile",
+                                       *common.COMPILE_PEERS}
         assert h["baselines"]["fused_fp32"] == r["median_ms"] and 0 < h["max_abs_diff"] < 1.0  # outputs up to ~20
 
 
