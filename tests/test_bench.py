@@ -120,6 +120,81 @@ def test_unet_suite_precision_rows(monkeypatch, one_thread):
         assert h["baselines"]["fused_fp32"] == r["median_ms"] and 0 < h["max_abs_diff"] < 1.0  # outputs up to ~20
 
 
+def test_compile_peers_are_compiled_frozen_and_in_bf16(one_thread):
+    """The tables' compiled peers (common.COMPILE_PEERS) on a one-convolution model: every call runs a graph Dynamo
+    compiled (its counters), the convolution computes in bf16 exactly in the autocast peers (a forward hook, traced
+    into the graph, sees its output dtype on every call), and the frozen peers hold the weights as constants (an
+    in-place change of the weight is invisible to them, visible to the others)."""
+    from torch._dynamo.utils import counters
+
+    from fastsde.benchmarks import common
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.SiLU()).eval()  # weights in a child
+    seen = []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    peers = common.compile_peers(model)
+    assert set(peers) == set(common.COMPILE_PEERS)
+    x = torch.randn(2, 2, 6, 6)
+    before = {}
+    with torch.no_grad():
+        for name, peer in peers.items():
+            counters.clear()
+            for _ in range(2):
+                seen.clear()
+                before[name] = peer(x).float()
+                assert seen == [common.COMPILE_PEERS[name][0] or torch.float32], name
+            assert counters["frames"]["ok"] == 1 and counters["stats"]["unique_graphs"] == 1, name
+            assert not counters["graph_break"], name
+        model[0].weight.mul_(2)
+        for name, peer in peers.items():
+            seen.clear()  # Dynamo guards on the list the hook fills: as before, no recompilation
+            counters.clear()
+            assert torch.equal(peer(x).float(), before[name]) == common.COMPILE_PEERS[name][1], name
+            assert not counters["frames"], name
+
+
+def test_compile_column_is_the_fastest_peer_named():
+    from fastsde.benchmarks import common
+
+    rec = common.record("unet", "c", "native", 1, 2.0, None, 10.0, {"reference": 8.0})
+    times = {"compile_fp32": 4.0, "compile_fp32_frozen": 3.0, "compile_bf16_autocast": 1.0,
+             "compile_bf16_autocast_frozen": None}
+    common.set_compile_peers(rec, times, common.FP32_PEERS)
+    assert rec["compile_peer"] == "compile_fp32_frozen" and rec["baselines"]["compile"] == 3.0
+    assert rec["speedup"]["compile"] == 1.5 and rec["speedup"]["compile_fp32"] == 2.0
+    common.set_compile_peers(rec, times, tuple(common.COMPILE_PEERS))  # a bf16 row: all four, one that failed
+    assert rec["compile_peer"] == "compile_bf16_autocast" and rec["speedup"]["compile"] == 0.5
+    assert rec["baselines"]["compile_bf16_autocast_frozen"] is None
+    common.set_compile_peers(rec, {}, common.FP32_PEERS)
+    assert rec["compile_peer"] is None and rec["baselines"]["compile"] is None
+
+
+def test_unet_suite_times_every_peer_in_the_rows(monkeypatch, one_thread):
+    """The U-Net rows with compile on, in smoke mode: the fp32 row's "compile" is the fastest fp32 peer, the bf16 and
+    fp16 rows' the fastest of all four, each built on the reference build (stand-ins for torch.compile here: the
+    test above checks the real peers)."""
+    from fastsde.benchmarks import bench_unet, common
+
+    built = []
+
+    def stand_ins(model, names=tuple(common.COMPILE_PEERS)):
+        built.append((type(model).__name__, tuple(names)))
+        return {name: model for name in names}
+
+    monkeypatch.setattr(bench_unet, "CASES", [("unet_forward_16px_b2", "small16", 2)])
+    monkeypatch.setattr(bench_unet, "SCORE_SDE_CASES", [])
+    monkeypatch.setattr(common, "compile_peers", stand_ins)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
+    with common.smoke():
+        r, *half = bench_unet.run(quick=False, use_compile=True)
+    assert built == [("UNet", tuple(common.COMPILE_PEERS))]
+    assert r["compile_peer"] in common.FP32_PEERS
+    assert r["baselines"]["compile"] == min(r["baselines"][n] for n in common.FP32_PEERS)
+    for h in half:
+        assert h["baselines"]["compile"] == min(h["baselines"][n] for n in common.COMPILE_PEERS)
+        assert h["compile_peer"] in common.COMPILE_PEERS
+
+
 # ---- --device: CUDA records and the GPU check (no GPU here: the CUDA timing path runs on fake CUDA events) ----------
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
