@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import statistics
 import subprocess
@@ -31,9 +32,9 @@ from typing import Callable
 import torch
 
 __all__ = ["median_ms", "interleaved_ms", "pedantic", "compile_peers", "set_compile_peers", "fastest_peer",
-           "COMPILE_PEERS", "FP32_PEERS", "Autocast", "compiled_ms", "copy_bandwidth_gbps", "record", "print_table",
-           "write_json", "get_device",
-           "device_info", "is_cuda", "set_baseline", "smoke", "smoke_mode", "COPY_NUMEL", "L2_FLUSH_BYTES"]
+           "graphs_model", "COMPILE_PEERS", "FP32_PEERS", "Autocast", "Frozen", "run_suite", "suite_compiles",
+           "compiled_ms", "copy_bandwidth_gbps", "record", "print_table", "write_json", "get_device", "device_info",
+           "is_cuda", "set_baseline", "smoke", "smoke_mode", "COPY_NUMEL", "L2_FLUSH_BYTES"]
 
 COPY_NUMEL = 16 * 1024 * 1024  # float32 elements of the copy-bandwidth floor (64 MB: past the L2 of any GPU here)
 L2_FLUSH_BYTES = 256 * 1024 * 1024  # written before each timed CUDA call: more than any GPU's L2
@@ -280,6 +281,18 @@ def set_compile_peers(rec: dict, times: dict, names) -> None:
         set_baseline(rec, name, times.get(name))
     rec["compile_peer"], ms = fastest_peer(times, names)
     set_baseline(rec, "compile", ms)
+
+
+def suite_compiles(module) -> bool:
+    """Whether a suite's run() takes use_compile (has torch.compile baselines)."""
+    return "use_compile" in inspect.signature(module.run).parameters
+
+
+def run_suite(module, quick: bool, backend: str, device, use_compile: bool = True) -> list[dict]:
+    """A suite's records: module.run(...) as `fastsde bench SUITE` and `pytest benchmarks` call it (use_compile
+    passed where the suite has compile baselines)."""
+    kwargs = {"use_compile": use_compile} if suite_compiles(module) else {}
+    return module.run(quick=quick, backend=backend, device=device, **kwargs)
 
 
 def copy_bandwidth_gbps(numel: int = COPY_NUMEL, reps: int = 15, device=None) -> float:

@@ -195,6 +195,48 @@ def test_unet_suite_times_every_peer_in_the_rows(monkeypatch, one_thread):
         assert h["compile_peer"] in common.COMPILE_PEERS
 
 
+def test_pytest_benchmark_records_match_fastsde_bench(tmp_path, monkeypatch):
+    """`pytest benchmarks --benchmark-only --benchmark-json` (benchmarks/test_suites.py) in smoke mode: the case's
+    records in extra_info have the keys of `fastsde bench --json`'s, and pytest-benchmark's median is the record's
+    median_ms (one measurement, seconds vs milliseconds)."""
+    from fastsde.benchmarks import bench_step
+
+    out = tmp_path / "pb.json"
+    run = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "-q", "-p", "no:cacheprovider",
+                          "-k", "steps-em_noisy_1M", "--bench-smoke", "--bench-no-compile", "--bench-threads", "1",
+                          "--benchmark-only", "--benchmark-json", str(out)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    (bench,) = json.loads(out.read_text())["benchmarks"]
+    info = bench["extra_info"]
+    assert bench["name"] == "test_suite_case[steps-em_noisy_1M]" and info["case"] == "em_noisy_1M"
+    (rec,) = info["records"]
+    assert rec["smoke"] is True and info["median_ms"] == rec["median_ms"]
+    assert bench["stats"]["rounds"] == 1 and bench["stats"]["median"] * 1e3 == pytest.approx(rec["median_ms"],
+                                                                                               rel=0.05, abs=0.5)
+    monkeypatch.setattr(bench_step, "CASES", [c for c in bench_step.CASES if c[0] == "em_noisy_1M"])
+    assert main(["bench", "steps", "--smoke", "--no-compile", "--threads", "1", "--json", str(tmp_path / "b.json")]) \
+        == 0
+    (cli,) = json.loads((tmp_path / "b.json").read_text())
+    assert set(cli) == set(rec) and set(cli["baselines"]) == set(rec["baselines"]) and cli["case"] == rec["case"]
+
+
+def test_bench_refuses_before_the_header(capsys):
+    """A backend that cannot run here and --no-compile for a suite without compile baselines: one line, exit 2,
+    nothing measured."""
+    env_interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        assert main(["bench", "steps", "--backend", "triton", "--smoke"]) == 2
+    finally:
+        if env_interpret is not None:
+            os.environ["TRITON_INTERPRET"] = env_interpret
+    out, err = capsys.readouterr()
+    assert "fastsde bench" not in out and "--backend triton cannot run here" in err and err.count("\n") == 1
+    assert main(["bench", "sampler", "--no-compile", "--smoke"]) == 2
+    out, err = capsys.readouterr()
+    assert "fastsde bench" not in out and "the sampler suite has no torch.compile baseline" in err
+
+
 # ---- --device: CUDA records and the GPU check (no GPU here: the CUDA timing path runs on fake CUDA events) ----------
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
