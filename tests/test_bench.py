@@ -221,6 +221,14 @@ def test_pytest_benchmark_records_match_fastsde_bench(tmp_path, monkeypatch):
     assert set(cli) == set(rec) and set(cli["baselines"]) == set(rec["baselines"]) and cli["case"] == rec["case"]
 
 
+def test_pytest_benchmarks_cover_every_suite_of_the_command():
+    from fastsde.benchmarks import test_suites
+    from fastsde.cli import bench
+
+    assert set(test_suites.SUITES) == set(bench.SUITES)
+    assert all(module.__name__ == bench.suite_module(name) for name, module in test_suites.SUITES.items())
+
+
 def test_bench_refuses_before_the_header(capsys):
     """A backend that cannot run here and --no-compile for a suite without compile baselines: one line, exit 2,
     nothing measured."""
