@@ -8,11 +8,15 @@ both paths. digits_default_b64 (default_job below) is the main job's few-step so
   reference    the plain-PyTorch build of the same weights (score_sde's layer layout, NCHW) driven by the
                reference loop (the predictors' and correctors' update_fn exactly as score_sde writes them), timed
                with torch.randn_like noise as score_sde draws it
-  compile      the reference loop driving torch.compile of the reference build
+  compile_*    the reference loop driving a torch.compile of the reference build (common.COMPILE_PEERS: compile_fp32,
+               compile_fp32_frozen with Inductor freezing, compile_bf16_autocast[_frozen] under autocast bf16)
+  compile      the fastest of them for the row (fp32 rows: the fp32 peers; bf16/fp16 rows: all four), named in the
+               record's compile_peer
   eager_inplace  none (a whole sampler has no hand-written in-place form)
 Equal output: before timing, both paths run on the same FSN1 noise and the record's max_abs_diff says how far apart
-their images are (float32 rounding, accumulated over the steps). Timing: the contenders of the PC rows (fastsde,
-its compiled loop, reference, compile) and of the default-job rows are timed round-robin in one set
+their images are (float32 rounding, accumulated over the steps). Timing: the contenders of the PC rows (fastsde in
+each precision, its compiled loop, the reference eager and under autocast, the compiled peers) and of the
+default-job rows are timed round-robin in one set each
 (common.interleaved_ms, record field "timing"), so a slow spell of the shared machine falls on all of them.
 
 On CUDA (device="cuda") both paths run on the GPU, with one more baseline, compile_reduce_overhead (the reference
@@ -28,6 +32,7 @@ coefficients and noise float32) against, in the same run,
   reference                  the float32 reference path
   reference_autocast_bf16    the reference path run under torch.autocast(bfloat16): the fair peer, since any user
                              can wrap a sampler in autocast
+  compile_*, compile         the four compiled peers and the fastest of them (above)
 with max_abs_diff = max |half images - float32 fastsde images| on the same FSN1 noise (not float rounding: the
 model's half precision; the quality guard is tests/test_precision.py and tradeoff()'s bf16 PC rows).
 

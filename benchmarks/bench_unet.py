@@ -4,8 +4,12 @@ unet_forward_16px_b64: the small16 NCSN++ preset (VE, Fourier embedding; 16x16, 
 attention at 8x8), batch 64, float32, eval mode, no_grad. Both builds carry the same weights (checked before timing).
 Baselines, timed in the same run on the same inputs (never zeros):
   reference      UNet(config, reference=True): nn.GroupNorm + nn.SiLU, three NIN einsums per attention block
-  compile        torch.compile of that reference build
+  compile_*      torch.compile of that reference build: compile_fp32 and compile_fp32_frozen (Inductor freezing), and
+                 for the precision rows also compile_bf16_autocast[_frozen] (common.COMPILE_PEERS)
+  compile        the fastest of them (fp32 rows: the fp32 peers; precision rows: all four), named in compile_peer
   eager_inplace  none (a whole network has no hand-written in-place form)
+All contenders of a case (the fused build in each precision, the reference eager and under autocast, the compiled
+peers) are timed round-robin in one set (common.interleaved_ms).
 The fused build runs in its default layout (channels-last on CPU: one conversion at entry and exit, every layer keeps
 NHWC in between; NCHW on CUDA); the reference build runs NCHW as score_sde writes it. A network forward is not a
 streaming op: gbps is None. On CUDA the record's tflops counts the reference build's flops (torch's FlopCounterMode:
@@ -16,8 +20,9 @@ when it implements them, else on what backend="auto" resolves to; the record's b
 score_sde_*: score_sde's own architectures at CIFAR-10 size (32x32, batch 8): NCSN++ (ve/cifar10_ncsnpp_continuous)
 and DDPM++ (vp/cifar10_ddpmpp_continuous), nf 128 and a reduced nf 64, built from tests/score_sde_like.py (the
 stand-in for score_sde's classes, checked against the original). accelerated: fastsde.accelerate(model) on the
-same weights; baselines: the plain model (reference) and torch.compile of it. Skipped when the checkout's tests/
-folder is absent (an installed package). --quick shrinks these to nf 32, 16x16, one block per level.
+same weights; baselines: the plain model (reference) and its fp32 compiled peers (compile: the fastest). Skipped
+when the checkout's tests/ folder is absent (an installed package). --quick shrinks these to nf 32, 16x16, one
+block per level.
 
 Precision rows (`precisions`, default bf16 and fp16; every record carries its "precision"): the case suffixed _bf16
 / _fp16 times the fused build run in that precision (fastsde.precision.PrecisionModel: weights and activations in the
@@ -26,6 +31,7 @@ half type, float32 statistics and accumulation inside the fused ops) against, in
   reference                  the float32 reference build
   reference_autocast_bf16    the reference build under torch.autocast("cpu"/"cuda", torch.bfloat16): the fair peer,
                              since any user can autocast
+  compile_*, compile         the four compiled peers and the fastest of them (above)
 Its max_abs_diff is max |half output - float32 fused output|. A precision that cannot run here is reported in the
 main record's "skipped", not measured.
 """

@@ -2,7 +2,9 @@
 
 A record: {"suite", "case", "backend", "numel", "median_ms", "gbps", "copy_gbps", "bandwidth_fraction",
 "baselines": {"reference": ms, "eager_inplace": ms, "compile": ms}, "speedup": {name: baseline_ms / median_ms}}
-(None where a baseline does not apply). All numbers of one report come from the same run.
+(None where a baseline does not apply). All numbers of one report come from the same run. The end-to-end and U-Net
+records time several compiled peers (COMPILE_PEERS, each a baseline of its own): their "compile" is the fastest,
+named in the record's "compile_peer".
 
 On a CUDA device (`--device cuda`) a record has the same fields plus: "device" (the GPU, its clocks, the torch,
 CUDA and Triton versions: device_info), "timing" ("cuda_events"), "tflops" (achieved TFLOP/s where the case is
