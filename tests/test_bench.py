@@ -195,6 +195,56 @@ def test_unet_suite_times_every_peer_in_the_rows(monkeypatch, one_thread):
         assert h["compile_peer"] in common.COMPILE_PEERS
 
 
+def test_e2e_rows_with_compile_carry_every_peer(monkeypatch, one_thread):
+    """The e2e suite with its compile baselines on, in smoke mode, torch.compile replaced by the identity (the peers'
+    compilation is checked above): every PC and default-job row times the peers its precision calls for, "compile" is
+    the fastest and compile_peer names it."""
+    from fastsde.benchmarks import bench_e2e, common
+
+    monkeypatch.setattr(torch, "compile", lambda model=None, **kwargs: model)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
+    for heavy in ("loop_overhead", "solver_overhead"):
+        monkeypatch.setattr(bench_e2e, heavy, lambda *a, **k: [])
+    monkeypatch.setattr(bench_e2e, "model_profile", lambda *a, **k: {})
+    with common.smoke():
+        records = [r for r in bench_e2e.run(quick=True, use_compile=True) if r]
+    rows = {r["case"]: r for r in records}
+    n = bench_e2e.SMOKE_N
+    assert {f"digits_pc_b{n}", f"digits_pc_b{n}_bf16", f"digits_pc_b{n}_compiled", f"digits_default_b{n}",
+            f"digits_default_b{n}_bf16", f"digits_default_b{n}_compiled", f"digits_default_b{n}_bf16_compiled"} \
+        <= set(rows)
+    for case, r in rows.items():
+        names = common.COMPILE_PEERS if "bf16" in case else common.FP32_PEERS
+        assert all(r["baselines"][name] > 0 for name in names), case
+        assert r["compile_peer"] in names, case
+        assert r["baselines"]["compile"] == min(r["baselines"][name] for name in names), case
+
+
+def test_pedantic_times_the_first_contender_round_robin():
+    """common.pedantic: the first timing call goes through the fixture, its first contender timed, the others in
+    each round's setup (B C A B C A ...); the next timing call and the copy floor time as usual."""
+    from fastsde.benchmarks import common
+
+    calls = []
+
+    class Fixture:
+        def pedantic(self, target, setup=None, rounds=1, iterations=1):
+            calls.append(("pedantic", rounds))
+            for _ in range(rounds):
+                setup()
+                target()
+
+    fns = {k: (lambda k: lambda: calls.append(k))(k) for k in "ABC"}
+    with common.pedantic(Fixture()):
+        common.copy_bandwidth_gbps(numel=1024, reps=2)
+        times = common.interleaved_ms(fns, reps=2, warmup=1)
+        assert calls == ["A", "B", "C", ("pedantic", 2), "B", "C", "A", "B", "C", "A"]
+        assert set(times) == set("ABC") and all(t >= 0 for t in times.values())
+        calls.clear()
+        common.median_ms(fns["A"], reps=2, warmup=0)
+        assert calls == ["A", "A"]
+
+
 def test_pytest_benchmark_records_match_fastsde_bench(tmp_path, monkeypatch):
     """`pytest benchmarks --benchmark-only --benchmark-json` (benchmarks/test_suites.py) in smoke mode: the case's
     records in extra_info have the keys of `fastsde bench --json`'s, and pytest-benchmark's median is the record's
