@@ -343,7 +343,7 @@ def _overhead_us(shape, device, reps: int, compiled: bool) -> float:
         def forward(self, x, t):
             return out
 
-    steps = 200
+    steps = SMOKE_STEPS if common.smoke_mode() else 200
     sampler = get_pc_sampler(VPSDE(N=steps), shape, "euler_maruyama", "none", lambda x: x, 0.16, continuous=True,
                              eps=1e-3, seed=0, device=device, compile=compiled)
     model = Free()
@@ -366,7 +366,7 @@ def loop_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None, 
             numel *= d
         rec = record(SUITE, name, "native", numel, eager / 1e3, None, copy_gbps,
                      {"reference": None, "eager_inplace": None, "compile": None}, device=device)
-        rec.update(us_per_step=eager, us_per_step_compiled=comp, steps=200)
+        rec.update(us_per_step=eager, us_per_step_compiled=comp, steps=SMOKE_STEPS if common.smoke_mode() else 200)
         records.append(rec)
     return records
 

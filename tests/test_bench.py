@@ -47,14 +47,12 @@ def test_steps_suite_records(tmp_path, monkeypatch, capsys):
 def test_sampler_suite_records(tmp_path, monkeypatch):
     from fastsde.benchmarks import bench_sampler, common
 
-    real = bench_sampler._sampler
-    monkeypatch.setattr(bench_sampler, "_sampler",
-                        lambda backend, device="cpu": real(backend, steps=5, n=16, device=device))
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "sampler.json"
     assert main(["bench", "sampler", "--smoke", "--json", str(out)]) == 0
     (r,) = json.loads(out.read_text())
     assert set(r) == SMOKE_KEYS and r["case"] == "pc_gmm_2d_1000" and r["baselines"]["reference"] > 0
+    assert r["numel"] == 2 * bench_sampler.SMOKE_N  # smoke mode: SMOKE_STEPS steps of SMOKE_N points
     assert r["gbps"] is None and r["baselines"]["eager_inplace"] is None
 
 
