@@ -8,11 +8,15 @@ both paths. digits_default_b64 (default_job below) is the main job's few-step so
   reference    the plain-PyTorch build of the same weights (score_sde's layer layout, NCHW) driven by the
                reference loop (the predictors' and correctors' update_fn exactly as score_sde writes them), timed
                with torch.randn_like noise as score_sde draws it
-  compile      the reference loop driving torch.compile of the reference build
+  compile_*    the reference loop driving a torch.compile of the reference build (common.COMPILE_PEERS: compile_fp32,
+               compile_fp32_frozen with Inductor freezing, compile_bf16_autocast[_frozen] under autocast bf16)
+  compile      the fastest of them for the row (fp32 rows: the fp32 peers; bf16/fp16 rows: all four), named in the
+               record's compile_peer
   eager_inplace  none (a whole sampler has no hand-written in-place form)
 Equal output: before timing, both paths run on the same FSN1 noise and the record's max_abs_diff says how far apart
-their images are (float32 rounding, accumulated over the steps). Timing: the contenders of the PC rows (fastsde,
-its compiled loop, reference, compile) and of the default-job rows are timed round-robin in one set
+their images are (float32 rounding, accumulated over the steps). Timing: the contenders of the PC rows (fastsde in
+each precision, its compiled loop, the reference eager and under autocast, the compiled peers) and of the
+default-job rows are timed round-robin in one set each
 (common.interleaved_ms, record field "timing"), so a slow spell of the shared machine falls on all of them.
 
 On CUDA (device="cuda") both paths run on the GPU, with one more baseline, compile_reduce_overhead (the reference
@@ -28,6 +32,7 @@ coefficients and noise float32) against, in the same run,
   reference                  the float32 reference path
   reference_autocast_bf16    the reference path run under torch.autocast(bfloat16): the fair peer, since any user
                              can wrap a sampler in autocast
+  compile_*, compile         the four compiled peers and the fastest of them (above)
 with max_abs_diff = max |half images - float32 fastsde images| on the same FSN1 noise (not float rounding: the
 model's half precision; the quality guard is tests/test_precision.py and tradeoff()'s bf16 PC rows).
 
@@ -81,16 +86,6 @@ def loop_variant_missing(keyword: str) -> str | None:
     return None
 
 
-def _graphs_model(model):
-    """torch.compile(model, mode="reduce-overhead") for a loop that consumes each output before the next call."""
-    compiled = torch.compile(model, dynamic=False, mode="reduce-overhead")
-
-    def call(x, labels):
-        torch.compiler.cudagraph_mark_step_begin()
-        return compiled(x, labels)
-    return call
-
-
 def _model_evals(steps: int) -> int:
     from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
@@ -102,16 +97,6 @@ def _models(path, backend: str, device="cpu"):
 
     return (load_score_model(path, backend=backend, device=device),
             load_score_model(path, reference=True, device=device))
-
-
-def _baseline_ms(label: str, make_model, slow, reps: int, device) -> float | None:
-    """The reference loop `slow` driving make_model(): median ms, or None (reason printed) when it cannot run."""
-    try:
-        model = make_model()
-        return median_ms(lambda: slow(model), reps, warmup=1, device=device)
-    except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
-        print(f"  ({label} baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        return None
 
 
 # fp16 has no fast path on these CPUs (no AVX512-FP16 GEMMs in oneDNN's default build here: 200 U-Net calls take
@@ -140,15 +125,15 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
     err = float((a - b).abs().max())
     # Timed as score_sde runs: torch.randn_like noise (the reference's generation of FSN1 numbers is not its cost).
     slow = _sampler(reference, "reference", n, steps, noise="torch", device=device)
-    # every contender of the PC rows is timed round-robin in one set (common.interleaved_ms): fastsde eager, its
-    # compiled/captured loops, the reference, torch.compile(reference) (and on CUDA the reference under CUDA graphs)
+    # every contender of the PC rows is timed round-robin in one set (common.interleaved_ms): fastsde eager (and in
+    # each precision), its compiled/captured loops, the reference (eager, under autocast bf16), every compiled peer
+    # of the reference model (common.COMPILE_PEERS; on CUDA the reference under CUDA graphs too)
     contenders = {"fastsde": lambda: fast(fused.model), "reference": lambda: slow(reference.model)}
-    if use_compile:
-        compiled_ref = torch.compile(reference.model, dynamic=False)
-        contenders["compile"] = lambda: slow(compiled_ref)
-        if cuda:
-            graphs_ref = _graphs_model(reference.model)
-            contenders["compile_reduce_overhead"] = lambda: slow(graphs_ref)
+    peers = common.compile_peers(reference.model) if use_compile else {}
+    contenders.update({name: (lambda m: lambda: slow(m))(m) for name, m in peers.items()})
+    if use_compile and cuda:
+        graphs_ref = common.graphs_model(reference.model)
+        contenders["compile_reduce_overhead"] = lambda: slow(graphs_ref)
     skipped, variants = {}, {}
     for suffix, keyword in LOOP_VARIANTS.items():
         why = loop_variant_missing(keyword)
@@ -167,21 +152,22 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
         if why is not None:
             skipped[suffix] = why
             print(f"  digits_pc_b{n}_{suffix}: skipped ({why})", flush=True)
+    halves = _precision_contenders(fused, reference, backend, n, steps, device, slow, precisions, contenders,
+                                   skipped)
     with torch.no_grad():
         times = interleaved_ms(contenders, reps, warmup=1, device=device)
     ms, ref_ms = times["fastsde"], times["reference"]
-    baselines = {"reference": ref_ms, "eager_inplace": None, "compile": times.get("compile")}
+    baselines = {"reference": ref_ms, "eager_inplace": None}
     if cuda:
         baselines["compile_reduce_overhead"] = times.get("compile_reduce_overhead")
-    compile_ms = baselines["compile"]
-    print(f"  digits_pc_b{n}: fastsde {ms / 1e3:.3f} s, reference {ref_ms / 1e3:.3f} s, compile "
-          f"{'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}; max |fastsde - reference| = {err:.2e}",
-          flush=True)
     sampler_name = f"pc {DIGITS_DEFAULTS['predictor']}+{DIGITS_DEFAULTS['corrector']}"
     facts = dict(steps=steps, model_evals=_model_evals(steps), sampler=sampler_name, model=path.rsplit("/", 1)[-1])
     rec = record(SUITE, f"digits_pc_b{n}", backend, a.numel(), ms, None, copy_gbps, baselines, device=device)
+    common.set_compile_peers(rec, times, common.FP32_PEERS)
     rec.update(max_abs_diff=err, precision="fp32", timing="interleaved", **facts)
     rec["skipped"] = skipped
+    print(f"  digits_pc_b{n}: fastsde {ms / 1e3:.3f} s, reference {ref_ms / 1e3:.3f} s, {_peer_text(rec)}; "
+          f"max |fastsde - reference| = {err:.2e}", flush=True)
     out = [rec]
     for suffix, v in variants.items():
         v_ms = times.get(suffix)
@@ -194,12 +180,11 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
               f"{v_err:.2e}", flush=True)
         vrec = record(SUITE, f"digits_pc_b{n}_{suffix}", backend, v.numel(), v_ms, None, copy_gbps, baselines,
                       device=device)
+        common.set_compile_peers(vrec, times, common.FP32_PEERS)
         vrec.update(max_abs_diff=v_err, timing="interleaved", **facts)
         out.append(vrec)
-    if precisions:
-        out[1:1] = _precision_records(fused, reference, backend, n, steps, reps, device, copy_gbps, a, ms, ref_ms,
-                                      slow, facts, rec, precisions)
-    out += default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, ms, ref_ms, baselines)
+    out[1:1] = _precision_records(halves, n, backend, device, copy_gbps, a, times, facts, skipped)
+    out += default_job(fused, reference, backend, n, reps, device, copy_gbps, peers, ms, ref_ms, rec["baselines"])
     out += loop_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps, compiled=use_compile)
     out += solver_overhead(device, reps=3 if quick else 10, copy_gbps=copy_gbps)
     out.append(model_profile(fused, reference, n, device, use_compile, copy_gbps))
@@ -285,12 +270,14 @@ def model_profile(fused, reference, n: int, device, use_compile: bool, copy_gbps
     return rec
 
 
-def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compile, pc_ms, pc_ref_ms,
+def default_job(fused, reference, backend, n, reps, device, copy_gbps, peers: dict, pc_ms, pc_ref_ms,
                 pc_baselines) -> list[dict]:
     """digits_default_b{n}[_bf16][_compiled]: the main job's default sampler (DIGITS_DEFAULTS: a few-step solver),
-    fused, in float32 and bf16, eager and with the model compiled. Baselines, all timed in this run: the same
-    solver driving the reference build (reference), torch.compile of the reference build (compile), and the
-    previous default, PC with 200 steps (pc200_fused, pc200_reference, pc200_compile)."""
+    fused, in float32 and bf16, eager and with the model compiled (peers empty: --no-compile, no compiled rows).
+    Baselines, all timed in this run: the same solver driving the reference build (reference), each compiled peer of
+    the reference model in `peers` (common.compile_peers; "compile": the fastest of the fp32 ones for an fp32 row,
+    of all for a bf16 row), and the previous default, PC with 200 steps (pc200_fused, pc200_reference,
+    pc200_compile)."""
     from fastsde import solvers
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.pretrained import DIGITS_DEFAULTS
@@ -306,11 +293,10 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compi
     with torch.no_grad():
         truth = plain(reference.model)[0]
     contenders = {"reference": lambda: plain(reference.model)}
-    if use_compile:  # the peer a user has: torch.compile of the reference model, driven by the same solver
-        compiled_model = torch.compile(reference.model, dynamic=False)
-        contenders["compile"] = lambda: plain(compiled_model)
+    # the peers a user has: torch.compile of the reference model, driven by the same solver
+    contenders.update({name: (lambda m: lambda: plain(m))(m) for name, m in peers.items()})
     variants = [("", {}), ("_bf16", {"precision": "bf16"})]
-    if use_compile:
+    if peers:
         variants += [("_compiled", {"compile": True}), ("_bf16_compiled", {"precision": "bf16", "compile": True})]
     results = {}
     for suffix, kw in variants:
@@ -323,9 +309,9 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compi
             print(f"  digits_default_b{n}{suffix}: skipped ({type(exc).__name__}: {exc})", flush=True)
     with torch.no_grad():  # round-robin, like the PC rows (common.interleaved_ms)
         times = interleaved_ms(contenders, reps, warmup=1, device=device)
-    ref_ms, compile_ms = times["reference"], times.get("compile")
-    base = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms, "pc200_fused": pc_ms,
-            "pc200_reference": pc_ref_ms, "pc200_compile": pc_baselines.get("compile")}
+    ref_ms = times["reference"]
+    base = {"reference": ref_ms, "eager_inplace": None, "pc200_fused": pc_ms, "pc200_reference": pc_ref_ms,
+            "pc200_compile": pc_baselines.get("compile")}
     out = []
     for suffix, kw in variants:
         t_ms = times.get(suffix)
@@ -333,11 +319,12 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, use_compi
             continue
         x, evals = results[suffix]
         err = float((x - truth).abs().max())
-        print(f"  digits_default_b{n}{suffix}: {name} {steps} steps ({evals} model evals) {t_ms / 1e3:.3f} s; "
-              f"reference {ref_ms / 1e3:.3f} s, compile {'-' if compile_ms is None else f'{compile_ms / 1e3:.3f} s'}"
-              f"; PC 200 fused {pc_ms / 1e3:.3f} s; max |fastsde - reference| = {err:.2e}", flush=True)
         rec = record(SUITE, f"digits_default_b{n}{suffix}", backend, x.numel(), t_ms, None, copy_gbps, base,
                      device=device)
+        common.set_compile_peers(rec, times, tuple(common.COMPILE_PEERS) if "precision" in kw else common.FP32_PEERS)
+        print(f"  digits_default_b{n}{suffix}: {name} {steps} steps ({evals} model evals) {t_ms / 1e3:.3f} s; "
+              f"reference {ref_ms / 1e3:.3f} s, {_peer_text(rec)}; PC 200 fused {pc_ms / 1e3:.3f} s; "
+              f"max |fastsde - reference| = {err:.2e}", flush=True)
         rec.update(max_abs_diff=err, sampler=name, steps=steps, model_evals=int(evals),
                    precision=kw.get("precision", "fp32"), compiled=bool(kw.get("compile")), timing="interleaved")
         out.append(rec)
@@ -356,7 +343,7 @@ def _overhead_us(shape, device, reps: int, compiled: bool) -> float:
         def forward(self, x, t):
             return out
 
-    steps = 200
+    steps = SMOKE_STEPS if common.smoke_mode() else 200
     sampler = get_pc_sampler(VPSDE(N=steps), shape, "euler_maruyama", "none", lambda x: x, 0.16, continuous=True,
                              eps=1e-3, seed=0, device=device, compile=compiled)
     model = Free()
@@ -379,48 +366,66 @@ def loop_overhead(device="cpu", reps: int = 10, copy_gbps: float | None = None, 
             numel *= d
         rec = record(SUITE, name, "native", numel, eager / 1e3, None, copy_gbps,
                      {"reference": None, "eager_inplace": None, "compile": None}, device=device)
-        rec.update(us_per_step=eager, us_per_step_compiled=comp, steps=200)
+        rec.update(us_per_step=eager, us_per_step_compiled=comp, steps=SMOKE_STEPS if common.smoke_mode() else 200)
         records.append(rec)
     return records
 
 
-def _precision_records(fused, reference, backend, n, steps, reps, device, copy_gbps, images32, ms, ref_ms, slow,
-                       facts, main, precisions) -> list[dict]:
-    """digits_pc_b{n}_{precision} for each of `precisions` (module docstring); one that cannot run is reported in
-    the main record's "skipped"."""
-    main.setdefault("skipped", {})
+def _precision_contenders(fused, reference, backend, n, steps, device, slow, precisions, contenders,
+                          skipped) -> dict:
+    """Add to `contenders` the fastsde path in each of `precisions` (fastsde_<precision>) and the reference path
+    under torch.autocast(bfloat16) (reference_autocast_bf16); {precision: its images on the FSN1 noise of seed 0}.
+    A precision that cannot run is reported in `skipped`."""
+    if not precisions:
+        return {}
 
     def under_autocast():
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             return slow(reference.model)
 
-    try:
-        autocast_ms = median_ms(under_autocast, reps, warmup=1, device=device)
-    except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
-        print(f"  (autocast baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        autocast_ms = None
-    peers = {"fastsde_fp32": ms, "reference": ref_ms, "reference_autocast_bf16": autocast_ms}
-    out = []
+    contenders["reference_autocast_bf16"] = under_autocast
+    halves = {}
     for precision in precisions:
         try:
             fast = _sampler(fused, backend, n, steps, device=device, precision=precision)
             with torch.no_grad():
-                images = fast(fused.model)[0]
-            p_ms = median_ms(lambda: fast(fused.model), reps, warmup=1, device=device)
+                halves[precision] = fast(fused.model)[0]
+            contenders[f"fastsde_{precision}"] = (lambda f: lambda: f(fused.model))(fast)
         except Exception as exc:  # reported, never replaced by another measurement
-            main["skipped"][precision] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(f"  digits_pc_b{n}_{precision}: skipped ({main['skipped'][precision]})", flush=True)
+            skipped[precision] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  digits_pc_b{n}_{precision}: skipped ({skipped[precision]})", flush=True)
+    return halves
+
+
+def _precision_records(halves, n, backend, device, copy_gbps, images32, times, facts, skipped) -> list[dict]:
+    """digits_pc_b{n}_{precision} for each precision that ran (module docstring), from the PC rows' timings."""
+    ms, ref_ms, autocast_ms = times["fastsde"], times["reference"], times.get("reference_autocast_bf16")
+    out = []
+    for precision, images in halves.items():
+        p_ms = times.get(f"fastsde_{precision}")
+        if p_ms is None:
+            skipped[precision] = "failed while timed (printed above)"
             continue
         diff = float((images - images32).abs().max())
-        print(f"  digits_pc_b{n}_{precision}: fastsde {p_ms / 1e3:.3f} s (fp32 {ms / 1e3:.3f} s, reference "
-              f"{ref_ms / 1e3:.3f} s, reference under autocast bf16 "
-              f"{'-' if autocast_ms is None else f'{autocast_ms / 1e3:.3f} s'}); max |{precision} - fp32| = "
-              f"{diff:.2e}", flush=True)
+        peers = {"fastsde_fp32": ms, "reference": ref_ms, "reference_autocast_bf16": autocast_ms}
         rec = record(SUITE, f"digits_pc_b{n}_{precision}", backend, images.numel(), p_ms, None, copy_gbps, peers,
                      device=device)
-        rec.update(max_abs_diff=diff, precision=precision, **facts)
+        common.set_compile_peers(rec, times, tuple(common.COMPILE_PEERS))
+        rec.update(max_abs_diff=diff, precision=precision, timing="interleaved", **facts)
+        print(f"  digits_pc_b{n}_{precision}: fastsde {p_ms / 1e3:.3f} s (fp32 {ms / 1e3:.3f} s, reference "
+              f"{ref_ms / 1e3:.3f} s, reference under autocast bf16 {_s_text(autocast_ms)}, {_peer_text(rec)}); "
+              f"max |{precision} - fp32| = {diff:.2e}", flush=True)
         out.append(rec)
     return out
+
+
+def _s_text(ms) -> str:
+    return "-" if ms is None else f"{ms / 1e3:.3f} s"
+
+
+def _peer_text(rec: dict) -> str:
+    """'compile 1.234 s (compile_fp32_frozen)': the record's fastest compiled peer of the reference."""
+    return f"compile {_s_text(rec['baselines']['compile'])} ({rec['compile_peer'] or 'not run'})"
 
 
 PC_STEPS = (50, 100, 200, 1000)

@@ -24,14 +24,19 @@ def _sampler(backend, steps=1000, n=1024, device="cpu"):
     return lambda: fn(model)
 
 
+# Smoke mode (common.smoke_mode()): the steps and points of the one case (its records say "smoke": true).
+SMOKE_STEPS, SMOKE_N = 5, 16
+
+
 def run(quick: bool = False, backend: str = "native", device: str = "cpu") -> list[dict]:
     reps = 3 if quick else 5
+    steps, n = (SMOKE_STEPS, SMOKE_N) if common.smoke_mode() else (1000, 1024)
     copy_gbps = common.copy_bandwidth_gbps(reps=5, device=device)
-    fused = _sampler(backend, device=device)
-    reference = _sampler("reference", device=device)
+    fused = _sampler(backend, steps, n, device=device)
+    reference = _sampler("reference", steps, n, device=device)
     ms = median_ms(fused, reps, warmup=1, device=device)
     ref_ms = median_ms(reference, reps, warmup=1, device=device)
-    rec = record(SUITE, "pc_gmm_2d_1000", backend, 1024 * 2, ms, None, copy_gbps,
+    rec = record(SUITE, "pc_gmm_2d_1000", backend, n * 2, ms, None, copy_gbps,
                  {"reference": ref_ms, "eager_inplace": None, "compile": None}, device=device)
     print(f"  pc_gmm_2d_1000: {ms:.1f} ms vs reference {ref_ms:.1f} ms", flush=True)
     return [rec]

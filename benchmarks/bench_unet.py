@@ -4,8 +4,12 @@ unet_forward_16px_b64: the small16 NCSN++ preset (VE, Fourier embedding; 16x16, 
 attention at 8x8), batch 64, float32, eval mode, no_grad. Both builds carry the same weights (checked before timing).
 Baselines, timed in the same run on the same inputs (never zeros):
   reference      UNet(config, reference=True): nn.GroupNorm + nn.SiLU, three NIN einsums per attention block
-  compile        torch.compile of that reference build
+  compile_*      torch.compile of that reference build: compile_fp32 and compile_fp32_frozen (Inductor freezing), and
+                 for the precision rows also compile_bf16_autocast[_frozen] (common.COMPILE_PEERS)
+  compile        the fastest of them (fp32 rows: the fp32 peers; precision rows: all four), named in compile_peer
   eager_inplace  none (a whole network has no hand-written in-place form)
+All contenders of a case (the fused build in each precision, the reference eager and under autocast, the compiled
+peers) are timed round-robin in one set (common.interleaved_ms).
 The fused build runs in its default layout (channels-last on CPU: one conversion at entry and exit, every layer keeps
 NHWC in between; NCHW on CUDA); the reference build runs NCHW as score_sde writes it. A network forward is not a
 streaming op: gbps is None. On CUDA the record's tflops counts the reference build's flops (torch's FlopCounterMode:
@@ -16,8 +20,9 @@ when it implements them, else on what backend="auto" resolves to; the record's b
 score_sde_*: score_sde's own architectures at CIFAR-10 size (32x32, batch 8): NCSN++ (ve/cifar10_ncsnpp_continuous)
 and DDPM++ (vp/cifar10_ddpmpp_continuous), nf 128 and a reduced nf 64, built from tests/score_sde_like.py (the
 stand-in for score_sde's classes, checked against the original). accelerated: fastsde.accelerate(model) on the
-same weights; baselines: the plain model (reference) and torch.compile of it. Skipped when the checkout's tests/
-folder is absent (an installed package). --quick shrinks these to nf 32, 16x16, one block per level.
+same weights; baselines: the plain model (reference) and its fp32 compiled peers (compile: the fastest). Skipped
+when the checkout's tests/ folder is absent (an installed package). --quick shrinks these to nf 32, 16x16, one
+block per level.
 
 Precision rows (`precisions`, default bf16 and fp16; every record carries its "precision"): the case suffixed _bf16
 / _fp16 times the fused build run in that precision (fastsde.precision.PrecisionModel: weights and activations in the
@@ -26,6 +31,7 @@ half type, float32 statistics and accumulation inside the fused ops) against, in
   reference                  the float32 reference build
   reference_autocast_bf16    the reference build under torch.autocast("cpu"/"cuda", torch.bfloat16): the fair peer,
                              since any user can autocast
+  compile_*, compile         the four compiled peers and the fastest of them (above)
 Its max_abs_diff is max |half output - float32 fused output|. A precision that cannot run here is reported in the
 main record's "skipped", not measured.
 """
@@ -40,7 +46,7 @@ import torch
 import fastsde
 
 from fastsde.benchmarks import common
-from fastsde.benchmarks.common import median_ms, record
+from fastsde.benchmarks.common import record
 from fastsde.models.ncsnpp import UNet, get_preset
 from fastsde.ops.dispatch import resolve
 from fastsde.precision import PrecisionModel, precision_dtype
@@ -86,58 +92,72 @@ def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cp
     labels = (torch.exp(torch.empty(batch).uniform_(0.0, 3.0)) * 0.1).to(device)  # sigmas in [0.1, 2]
     cuda = common.is_cuda(device)
     with torch.no_grad():
-        err = (fused(x, labels) - reference(x, labels)).abs().max().item()
-        ms = median_ms(lambda: fused(x, labels), reps, device=device)
-        ref_ms = median_ms(lambda: reference(x, labels), reps, device=device)
-    compile_ms = common.compiled_ms(reference, reps, (x, labels), device) if use_compile else None
-    baselines = {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms}
-    if cuda:
-        baselines["compile_reduce_overhead"] = (
-            common.compiled_ms(reference, reps, (x, labels), device, mode="reduce-overhead") if use_compile else None)
-    print(f"  {name}: fused ({ran}) {ms:.1f} ms, reference {ref_ms:.1f} ms, compile "
-          f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; max |fused - reference| = {err:.2e}", flush=True)
+        y32 = fused(x, labels)
+        err = (y32 - reference(x, labels)).abs().max().item()
+    skipped, halves, half_err = {}, {}, {}
+    for precision in precisions:
+        try:
+            halves[precision] = PrecisionModel(fused, precision_dtype(precision)).refresh()
+            with torch.no_grad():
+                half_err[precision] = (halves[precision](x, labels).float() - y32).abs().max().item()
+        except Exception as exc:  # reported, never replaced by another measurement
+            halves.pop(precision, None)
+            skipped[precision] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  {name}_{precision}: skipped ({skipped[precision]})", flush=True)
+    # one round-robin set (common.interleaved_ms): the fused build in each precision, the reference eager (and under
+    # autocast bf16 for the precision rows) and every compiled peer of the reference (COMPILE_PEERS)
+    contenders = {"fused": lambda: fused(x, labels), "reference": lambda: reference(x, labels)}
+    contenders.update({p: (lambda h: lambda: h(x, labels))(h) for p, h in halves.items()})
+    if precisions:
+        autocast = common.Autocast(reference, torch.bfloat16)
+        contenders["reference_autocast_bf16"] = lambda: autocast(x, labels)
+    peer_names = tuple(common.COMPILE_PEERS) if precisions else common.FP32_PEERS
+    if use_compile:
+        contenders.update({n: (lambda c: lambda: c(x, labels))(c)
+                           for n, c in common.compile_peers(reference, peer_names).items()})
+        if cuda:
+            contenders["compile_reduce_overhead"] = (lambda g: lambda: g(x, labels))(common.graphs_model(reference))
+    with torch.no_grad():
+        times = common.interleaved_ms(contenders, reps, warmup=2, device=device)
+    ms, ref_ms = times["fused"], times["reference"]
     flops = forward_flops(reference, x, labels) if cuda else None
-    main = record(SUITE, name, ran, x.numel(), ms, None, copy_gbps, baselines, device=device, flops=flops)
+    main = record(SUITE, name, ran, x.numel(), ms, None, copy_gbps, {"reference": ref_ms, "eager_inplace": None},
+                  device=device, flops=flops)
+    common.set_compile_peers(main, times, common.FP32_PEERS)
+    if cuda:
+        common.set_baseline(main, "compile_reduce_overhead", times.get("compile_reduce_overhead"))
     main.update(precision="fp32", max_abs_diff=err)
+    print(f"  {name}: fused ({ran}) {ms:.1f} ms, reference {ref_ms:.1f} ms, {_peer_text(main)}; "
+          f"max |fused - reference| = {err:.2e}", flush=True)
     out = [main]
     if not precisions:
         return out
-    main["skipped"] = {}
-    with torch.no_grad():
-        y32 = fused(x, labels)
-        autocast_ms = _autocast_ms(reference, x, labels, reps, device)
-    for precision in precisions:
-        try:
-            half = PrecisionModel(fused, precision_dtype(precision)).refresh()
-            with torch.no_grad():
-                half_err = (half(x, labels).float() - y32).abs().max().item()
-                half_ms = median_ms(lambda: half(x, labels), reps, device=device)
-        except Exception as exc:  # reported, never replaced by another measurement
-            main["skipped"][precision] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(f"  {name}_{precision}: skipped ({main['skipped'][precision]})", flush=True)
+    main["skipped"] = skipped
+    autocast_ms = times["reference_autocast_bf16"]
+    for precision in halves:
+        half_ms = times[precision]
+        if half_ms is None:
+            skipped[precision] = "failed while timed (printed above)"
             continue
         peers = {"fused_fp32": ms, "reference": ref_ms, "reference_autocast_bf16": autocast_ms}
-        print(f"  {name}_{precision}: fused {half_ms:.1f} ms (fp32 fused {ms:.1f}, reference {ref_ms:.1f}, reference "
-              f"under autocast bf16 {'-' if autocast_ms is None else f'{autocast_ms:.1f}'} ms); max |{precision} - "
-              f"fp32| = {half_err:.2e}", flush=True)
         rec = record(SUITE, f"{name}_{precision}", ran, x.numel(), half_ms, None, copy_gbps, peers, device=device,
                      flops=flops)
-        rec.update(precision=precision, max_abs_diff=half_err)
+        common.set_compile_peers(rec, times, peer_names)
+        rec.update(precision=precision, max_abs_diff=half_err[precision])
+        print(f"  {name}_{precision}: fused {half_ms:.1f} ms (fp32 fused {ms:.1f}, reference {ref_ms:.1f}, reference "
+              f"under autocast bf16 {_ms_text(autocast_ms)}, {_peer_text(rec)}); max |{precision} - fp32| = "
+              f"{half_err[precision]:.2e}", flush=True)
         out.append(rec)
     return out
 
 
-def _autocast_ms(model, x, labels, reps, device) -> float | None:
-    """The float32 model under torch.autocast(bfloat16): median ms, or None (reason printed) when it cannot run."""
-    def call():
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            return model(x, labels)
+def _ms_text(ms) -> str:
+    return "-" if ms is None else f"{ms:.1f} ms"
 
-    try:
-        return median_ms(call, reps, device=device)
-    except Exception as exc:  # a baseline that cannot run is reported missing, never replaced
-        print(f"  (autocast baseline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        return None
+
+def _peer_text(rec: dict) -> str:
+    """'compile 12.3 ms (compile_fp32_frozen)': the record's fastest compiled peer."""
+    return f"compile {_ms_text(rec['baselines']['compile'])} ({rec['compile_peer'] or 'not run'})"
 
 
 CASES = [("unet_forward_16px_b64", "small16", 64)]
@@ -177,14 +197,19 @@ def _score_sde_case(like, name, config_name, nf, batch, reps, copy_gbps, backend
     with torch.no_grad():
         want = plain(x, labels)
         err = ((fast(x, labels) - want).norm() / want.norm()).item()
-        ms = median_ms(lambda: fast(x, labels), reps)
-        ref_ms = median_ms(lambda: plain(x, labels), reps)
-    compile_ms = common.compiled_ms(plain, reps, (x, labels)) if use_compile else None
-    print(f"  {name}: accelerated ({report.counts()}) {ms:.1f} ms, plain {ref_ms:.1f} ms, compile "
-          f"{'-' if compile_ms is None else f'{compile_ms:.1f} ms'}; relative L2 |accelerated - plain| = {err:.2e}",
-          flush=True)
-    return record(SUITE, f"{name}_toy" if quick else name, chosen, x.numel(), ms, None, copy_gbps,
-                  {"reference": ref_ms, "eager_inplace": None, "compile": compile_ms})
+    contenders = {"accelerated": lambda: fast(x, labels), "reference": lambda: plain(x, labels)}
+    if use_compile:
+        contenders.update({n: (lambda c: lambda: c(x, labels))(c)
+                           for n, c in common.compile_peers(plain, common.FP32_PEERS).items()})
+    with torch.no_grad():
+        times = common.interleaved_ms(contenders, reps, warmup=2)
+    ms, ref_ms = times["accelerated"], times["reference"]
+    rec = record(SUITE, f"{name}_toy" if quick else name, chosen, x.numel(), ms, None, copy_gbps,
+                 {"reference": ref_ms, "eager_inplace": None})
+    common.set_compile_peers(rec, times, common.FP32_PEERS)
+    print(f"  {name}: accelerated ({report.counts()}) {ms:.1f} ms, plain {ref_ms:.1f} ms, {_peer_text(rec)}; "
+          f"relative L2 |accelerated - plain| = {err:.2e}", flush=True)
+    return rec
 
 
 PRECISIONS = ("bf16", "fp16")
@@ -203,7 +228,8 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
         why = f"{_STAND_IN} not found (run from a checkout)" if like is None else f"CPU only, not {device}"
         print(f"  score_sde cases skipped: {why}", flush=True)
         return out
-    cases = SCORE_SDE_CASES[2:] if quick else SCORE_SDE_CASES  # --quick: one toy size per architecture
+    # --quick: one toy size per architecture (the nf 64 cases, shrunk)
+    cases = [c for c in SCORE_SDE_CASES if c[2] == 64] if quick else SCORE_SDE_CASES
     return out + [_score_sde_case(like, name, cfg, nf, batch, reps, copy_gbps, backend, use_compile, quick)
                   for name, cfg, nf, batch in cases]
 

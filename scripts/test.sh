@@ -60,6 +60,12 @@ cmake --build build/asan --target test_kernels test_fsn1_simd
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan -L kernels --output-on-failure
 
+phase "benchmarks (smoke)"
+# Every case of every benchmark suite once (benchmarks/test_suites.py, common.smoke: one call per measurement, the
+# smallest sizes): the suites run and write their records. No timing is asserted; pytest-benchmark's numbers here
+# mean nothing.
+.venv/bin/python -m pytest benchmarks -q --bench-smoke --bench-no-compile -p no:cacheprovider --benchmark-disable
+
 phase "pytest"
 # pytest exits 5 when it collected nothing: a failure here, like any other non-zero code.
 # Arguments that name paths replace the default `tests`; option-only arguments (-k ...) apply to `tests`.

@@ -47,14 +47,12 @@ def test_steps_suite_records(tmp_path, monkeypatch, capsys):
 def test_sampler_suite_records(tmp_path, monkeypatch):
     from fastsde.benchmarks import bench_sampler, common
 
-    real = bench_sampler._sampler
-    monkeypatch.setattr(bench_sampler, "_sampler",
-                        lambda backend, device="cpu": real(backend, steps=5, n=16, device=device))
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     out = tmp_path / "sampler.json"
     assert main(["bench", "sampler", "--smoke", "--json", str(out)]) == 0
     (r,) = json.loads(out.read_text())
     assert set(r) == SMOKE_KEYS and r["case"] == "pc_gmm_2d_1000" and r["baselines"]["reference"] > 0
+    assert r["numel"] == 2 * bench_sampler.SMOKE_N  # smoke mode: SMOKE_STEPS steps of SMOKE_N points
     assert r["gbps"] is None and r["baselines"]["eager_inplace"] is None
 
 
@@ -91,8 +89,10 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     assert set(r["skipped"]) <= {"compiled", "captured"}
     for h in half:
         assert h["precision"] == h["case"].rsplit("_", 1)[1] and 0 < h["max_abs_diff"] < 0.5
-        assert set(h["baselines"]) == {"fastsde_fp32", "reference", "reference_autocast_bf16"}
+        assert set(h["baselines"]) == {"fastsde_fp32", "reference", "reference_autocast_bf16", "compile",
+                                       *common.COMPILE_PEERS}
         assert h["baselines"]["fastsde_fp32"] == r["median_ms"] and h["baselines"]["reference_autocast_bf16"] > 0
+        assert h["compile_peer"] is None and h["baselines"]["compile"] is None  # --no-compile
     result = json.loads((tmp_path / "tradeoff.json").read_text())
     assert [(row["sampler"], row["precision"]) for row in result["rows"][:3]] == [("pc", "fp32"), ("pc", "bf16"),
                                                                                   ("ode", "fp32")]
@@ -113,8 +113,184 @@ def test_unet_suite_precision_rows(monkeypatch, one_thread):
     assert r["case"] == "unet_forward_16px_b2" and r["precision"] == "fp32" and not r["skipped"]
     assert [h["case"] for h in half] == ["unet_forward_16px_b2_bf16", "unet_forward_16px_b2_fp16"]
     for h in half:
-        assert set(h["baselines"]) == {"fused_fp32", "reference", "reference_autocast_bf16"}
+        assert set(h["baselines"]) == {"fused_fp32", "reference", "reference_autocast_bf16", "compile",
+                                       *common.COMPILE_PEERS}
         assert h["baselines"]["fused_fp32"] == r["median_ms"] and 0 < h["max_abs_diff"] < 1.0  # outputs up to ~20
+
+
+def test_compile_peers_are_compiled_frozen_and_in_bf16(one_thread):
+    """The tables' compiled peers (common.COMPILE_PEERS) on a one-convolution model: every call runs a graph Dynamo
+    compiled (its counters), the convolution computes in bf16 exactly in the autocast peers (a forward hook, traced
+    into the graph, sees its output dtype on every call), and the frozen peers hold the weights as constants (an
+    in-place change of the weight is invisible to them, visible to the others)."""
+    from torch._dynamo.utils import counters
+
+    from fastsde.benchmarks import common
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.SiLU()).eval()  # weights in a child
+    seen = []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    peers = common.compile_peers(model)
+    assert set(peers) == set(common.COMPILE_PEERS)
+    x = torch.randn(2, 2, 6, 6)
+    before = {}
+    with torch.no_grad():
+        for name, peer in peers.items():
+            counters.clear()
+            for _ in range(2):
+                seen.clear()
+                before[name] = peer(x).float()
+                assert seen == [common.COMPILE_PEERS[name][0] or torch.float32], name
+            assert counters["frames"]["ok"] == 1 and counters["stats"]["unique_graphs"] == 1, name
+            assert not counters["graph_break"], name
+        model[0].weight.mul_(2)
+        for name, peer in peers.items():
+            seen.clear()  # Dynamo guards on the list the hook fills: as before, no recompilation
+            counters.clear()
+            assert torch.equal(peer(x).float(), before[name]) == common.COMPILE_PEERS[name][1], name
+            assert not counters["frames"], name
+
+
+def test_compile_column_is_the_fastest_peer_named():
+    from fastsde.benchmarks import common
+
+    rec = common.record("unet", "c", "native", 1, 2.0, None, 10.0, {"reference": 8.0})
+    times = {"compile_fp32": 4.0, "compile_fp32_frozen": 3.0, "compile_bf16_autocast": 1.0,
+             "compile_bf16_autocast_frozen": None}
+    common.set_compile_peers(rec, times, common.FP32_PEERS)
+    assert rec["compile_peer"] == "compile_fp32_frozen" and rec["baselines"]["compile"] == 3.0
+    assert rec["speedup"]["compile"] == 1.5 and rec["speedup"]["compile_fp32"] == 2.0
+    common.set_compile_peers(rec, times, tuple(common.COMPILE_PEERS))  # a bf16 row: all four, one that failed
+    assert rec["compile_peer"] == "compile_bf16_autocast" and rec["speedup"]["compile"] == 0.5
+    assert rec["baselines"]["compile_bf16_autocast_frozen"] is None
+    common.set_compile_peers(rec, {}, common.FP32_PEERS)
+    assert rec["compile_peer"] is None and rec["baselines"]["compile"] is None
+
+
+def test_unet_suite_times_every_peer_in_the_rows(monkeypatch, one_thread):
+    """The U-Net rows with compile on, in smoke mode: the fp32 row's "compile" is the fastest fp32 peer, the bf16 and
+    fp16 rows' the fastest of all four, each built on the reference build (stand-ins for torch.compile here: the
+    test above checks the real peers)."""
+    from fastsde.benchmarks import bench_unet, common
+
+    built = []
+
+    def stand_ins(model, names=tuple(common.COMPILE_PEERS)):
+        built.append((type(model).__name__, tuple(names)))
+        return {name: model for name in names}
+
+    monkeypatch.setattr(bench_unet, "CASES", [("unet_forward_16px_b2", "small16", 2)])
+    monkeypatch.setattr(bench_unet, "SCORE_SDE_CASES", [])
+    monkeypatch.setattr(common, "compile_peers", stand_ins)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
+    with common.smoke():
+        r, *half = bench_unet.run(quick=False, use_compile=True)
+    assert built == [("UNet", tuple(common.COMPILE_PEERS))]
+    assert r["compile_peer"] in common.FP32_PEERS
+    assert r["baselines"]["compile"] == min(r["baselines"][n] for n in common.FP32_PEERS)
+    for h in half:
+        assert h["baselines"]["compile"] == min(h["baselines"][n] for n in common.COMPILE_PEERS)
+        assert h["compile_peer"] in common.COMPILE_PEERS
+
+
+def test_e2e_rows_with_compile_carry_every_peer(monkeypatch, one_thread):
+    """The e2e suite with its compile baselines on, in smoke mode, torch.compile replaced by the identity (the peers'
+    compilation is checked above): every PC and default-job row times the peers its precision calls for, "compile" is
+    the fastest and compile_peer names it."""
+    from fastsde.benchmarks import bench_e2e, common
+
+    monkeypatch.setattr(torch, "compile", lambda model=None, **kwargs: model)
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
+    for heavy in ("loop_overhead", "solver_overhead"):
+        monkeypatch.setattr(bench_e2e, heavy, lambda *a, **k: [])
+    monkeypatch.setattr(bench_e2e, "model_profile", lambda *a, **k: {})
+    with common.smoke():
+        records = [r for r in bench_e2e.run(quick=True, use_compile=True) if r]
+    rows = {r["case"]: r for r in records}
+    n = bench_e2e.SMOKE_N
+    assert {f"digits_pc_b{n}", f"digits_pc_b{n}_bf16", f"digits_pc_b{n}_compiled", f"digits_default_b{n}",
+            f"digits_default_b{n}_bf16", f"digits_default_b{n}_compiled", f"digits_default_b{n}_bf16_compiled"} \
+        <= set(rows)
+    for case, r in rows.items():
+        names = common.COMPILE_PEERS if "bf16" in case else common.FP32_PEERS
+        assert all(r["baselines"][name] > 0 for name in names), case
+        assert r["compile_peer"] in names, case
+        assert r["baselines"]["compile"] == min(r["baselines"][name] for name in names), case
+
+
+def test_pedantic_times_the_first_contender_round_robin():
+    """common.pedantic: the first timing call goes through the fixture, its first contender timed, the others in
+    each round's setup (B C A B C A ...); the next timing call and the copy floor time as usual."""
+    from fastsde.benchmarks import common
+
+    calls = []
+
+    class Fixture:
+        def pedantic(self, target, setup=None, rounds=1, iterations=1):
+            calls.append(("pedantic", rounds))
+            for _ in range(rounds):
+                setup()
+                target()
+
+    fns = {k: (lambda k: lambda: calls.append(k))(k) for k in "ABC"}
+    with common.pedantic(Fixture()):
+        common.copy_bandwidth_gbps(numel=1024, reps=2)
+        times = common.interleaved_ms(fns, reps=2, warmup=1)
+        assert calls == ["A", "B", "C", ("pedantic", 2), "B", "C", "A", "B", "C", "A"]
+        assert set(times) == set("ABC") and all(t >= 0 for t in times.values())
+        calls.clear()
+        common.median_ms(fns["A"], reps=2, warmup=0)
+        assert calls == ["A", "A"]
+
+
+def test_pytest_benchmark_records_match_fastsde_bench(tmp_path, monkeypatch):
+    """`pytest benchmarks --benchmark-only --benchmark-json` (benchmarks/test_suites.py) in smoke mode: the case's
+    records in extra_info have the keys of `fastsde bench --json`'s, and pytest-benchmark's median is the record's
+    median_ms (one measurement, seconds vs milliseconds)."""
+    from fastsde.benchmarks import bench_step
+
+    out = tmp_path / "pb.json"
+    run = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "-q", "-p", "no:cacheprovider",
+                          "-k", "steps-em_noisy_1M", "--bench-smoke", "--bench-no-compile", "--bench-threads", "1",
+                          "--benchmark-only", "--benchmark-json", str(out)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    (bench,) = json.loads(out.read_text())["benchmarks"]
+    info = bench["extra_info"]
+    assert bench["name"] == "test_suite_case[steps-em_noisy_1M]" and info["case"] == "em_noisy_1M"
+    (rec,) = info["records"]
+    assert rec["smoke"] is True and info["median_ms"] == rec["median_ms"]
+    assert bench["stats"]["rounds"] == 1 and bench["stats"]["median"] * 1e3 == pytest.approx(rec["median_ms"],
+                                                                                               rel=0.05, abs=0.5)
+    monkeypatch.setattr(bench_step, "CASES", [c for c in bench_step.CASES if c[0] == "em_noisy_1M"])
+    assert main(["bench", "steps", "--smoke", "--no-compile", "--threads", "1", "--json", str(tmp_path / "b.json")]) \
+        == 0
+    (cli,) = json.loads((tmp_path / "b.json").read_text())
+    assert set(cli) == set(rec) and set(cli["baselines"]) == set(rec["baselines"]) and cli["case"] == rec["case"]
+
+
+def test_pytest_benchmarks_cover_every_suite_of_the_command():
+    from fastsde.benchmarks import test_suites
+    from fastsde.cli import bench
+
+    assert set(test_suites.SUITES) == set(bench.SUITES)
+    assert all(module.__name__ == bench.suite_module(name) for name, module in test_suites.SUITES.items())
+
+
+def test_bench_refuses_before_the_header(capsys):
+    """A backend that cannot run here and --no-compile for a suite without compile baselines: one line, exit 2,
+    nothing measured."""
+    env_interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        assert main(["bench", "steps", "--backend", "triton", "--smoke"]) == 2
+    finally:
+        if env_interpret is not None:
+            os.environ["TRITON_INTERPRET"] = env_interpret
+    out, err = capsys.readouterr()
+    assert "fastsde bench" not in out and "--backend triton cannot run here" in err and err.count("\n") == 1
+    assert main(["bench", "sampler", "--no-compile", "--smoke"]) == 2
+    out, err = capsys.readouterr()
+    assert "fastsde bench" not in out and "the sampler suite has no torch.compile baseline" in err
 
 
 # ---- --device: CUDA records and the GPU check (no GPU here: the CUDA timing path runs on fake CUDA events) ----------

@@ -10,13 +10,19 @@ import torch
 from fastsde.cli.common import (AtomicOutputs, UsageError, check_output_file, check_output_stem, positive_int,
                                 thread_count)
 
-__all__ = ["add_arguments", "run", "SUITES"]
+__all__ = ["add_arguments", "run", "SUITES", "suite_module"]
 
 
 _BENCH_MODULES = {"steps": "step", "sampler": "sampler", "attention": "attention", "unet": "unet",
                   "groupnorm": "groupnorm", "e2e": "e2e", "distributed": "distributed",
                   "diffusers": "diffusers"}  # suite -> bench_<module>
 SUITES = tuple(_BENCH_MODULES)
+
+
+def suite_module(suite: str) -> str:
+    """The module of a suite: fastsde.benchmarks.bench_<name> (its run() is what `fastsde bench SUITE` and
+    `pytest benchmarks` call)."""
+    return f"fastsde.benchmarks.bench_{_BENCH_MODULES[suite]}"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,15 +61,21 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     from fastsde.benchmarks import common
     from fastsde.benchmarks.common import get_device, print_table, write_json
+    from fastsde.ops.dispatch import backend_available
 
     device = get_device(args.device)  # no GPU: one line, before any work
+    usable, why = backend_available(args.backend, device)
+    if not usable:
+        raise UsageError(f"--backend {args.backend} cannot run here: {why}")
+    module = importlib.import_module(suite_module(args.suite))
+    if args.no_compile and not common.suite_compiles(module):
+        raise UsageError(f"--no-compile: the {args.suite} suite has no torch.compile baseline")
     where = f"{args.threads} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     smoke = " (smoke mode: one call per measurement, the numbers mean nothing)" if args.smoke else ""
     print(f"fastsde bench {args.suite}: float32, {where}, backend {args.backend}{smoke}", flush=True)
-    module = importlib.import_module(f"fastsde.benchmarks.bench_{_BENCH_MODULES[args.suite]}")
-    kwargs = {} if args.suite == "sampler" else {"use_compile": not args.no_compile}  # the sampler suite has none
     with common.smoke(args.smoke):
-        records = module.run(quick=args.quick or args.smoke, backend=args.backend, device=device, **kwargs)
+        records = common.run_suite(module, quick=args.quick or args.smoke, backend=args.backend, device=device,
+                                   use_compile=not args.no_compile)
     print()
     print_table(records)
     if args.json:
