@@ -13,6 +13,10 @@ Statistics in float32 (float64 for float64 tensors): mean from per-lane partial 
 squares around that mean (two passes, never E[x^2] - E[x]^2), biased variance, rstd = 1 / sqrt(var + eps).
 The per-channel terms fold into y = (x + (e_c - mean)) a_c + b_c with a_c = rstd w_c (1 + s_c) and
 b_c = bias_c (1 + s_c) + shift_c; SiLU is y / (1 + exp(-y)).
+
+Backward (group_norm_backward_triton, the autograd formula of group_norm_triton; math in csrc/groupnorm.h,
+"Backward"): one program per (sample, group) recomputes the statistics (_group_stats), sums du and du t per channel,
+then writes dx and sums it per channel. Reads x three times and dy twice, writes dx once.
 """
 from __future__ import annotations
 
