@@ -81,10 +81,9 @@ std::tuple<at::Tensor, at::Tensor> prepare(const at::Tensor& dy_in, const at::Te
                                            int64_t act, std::vector<at::Tensor>& keep, GroupNormBwdArgs& B) {
   check_args(dy_in, x_in, num_groups, weight, bias, scale, shift, emb_add, act);
   const at::MemoryFormat fmt = layout(x_in);
-  keep.push_back(x_in.contiguous(fmt));
-  const at::Tensor& x = keep.back();
-  keep.push_back(dy_in.contiguous(fmt));
-  const at::Tensor& dy = keep.back();
+  const at::Tensor x = x_in.contiguous(fmt), dy = dy_in.contiguous(fmt);
+  keep.push_back(x);
+  keep.push_back(dy);
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   at::Tensor sums = at::zeros({3, x.size(0), x.size(1)}, x.options().dtype(at::kDouble));
   const at::ScalarType compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
