@@ -287,6 +287,13 @@ def _config(cpg: int, hw: int) -> tuple[int, int, bool, int]:
     return block_c, block_hw, one_tile, num_warps
 
 
+def _bwd_config(cpg: int, hw: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_HW, num_warps) of the backward: the forward's tiles, half as long for float64 (two float64
+    tiles, x and dy, and their temporaries spill registers on sm_90 at the forward's size)."""
+    block_c, block_hw, _, num_warps = _config(cpg, hw)
+    return block_c, max(1, block_hw // 2) if dtype == torch.float64 else block_hw, num_warps
+
+
 def _memory_format(x: torch.Tensor):
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
@@ -357,7 +364,7 @@ def _group_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, num_groups: int, 
     x3, dy3, dx3 = _as_nchw(x), _as_nchw(dy), dx.view(N, C, -1)
     hw = x3.shape[2]
     cpg = C // num_groups
-    block_c, block_hw, _, num_warps = _config(cpg, hw)
+    block_c, block_hw, num_warps = _bwd_config(cpg, hw, x.dtype)
     wrap_triton(_group_norm_bwd_kernel)[(N * num_groups,)](
         x3, dy3, dx3, x if weight is None else weight, x if bias is None else bias, x if scale is None else scale,
         x if shift is None else shift, x if emb_add is None else emb_add, sums,
