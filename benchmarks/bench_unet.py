@@ -17,6 +17,13 @@ convolutions and matrix products) for every contender alike, and compile_reduce_
 baseline. The fused build's GroupNorm/attention ops run on `backend`
 when it implements them, else on what backend="auto" resolves to; the record's backend says which ran.
 
+unet_train_digits_b64 / unet_vjp_digits_b32: autograd through the digits model (the small16 DDPM++ preset, VP,
+1 channel, 16x16), fused (GroupNorm's fused backward, the native attention's GEMM backward) against the reference
+layers, interleaved in one run on the same weights and inputs (gradients checked against each other first).
+train: forward + the gradients of a squared-error loss w.r.t. every parameter, batch 64 (a training step without
+the optimizer). vjp: what one likelihood evaluation pays for its divergence, a forward with x requiring grad and
+one vector-Jacobian product (e^T d model / dx), batch 32 (`fastsde likelihood`'s 32 test digits). --quick: batch 8.
+
 score_sde_*: score_sde's own architectures at CIFAR-10 size (32x32, batch 8): NCSN++ (ve/cifar10_ncsnpp_continuous)
 and DDPM++ (vp/cifar10_ddpmpp_continuous), nf 128 and a reduced nf 64, built from tests/score_sde_like.py (the
 stand-in for score_sde's classes, checked against the original). accelerated: fastsde.accelerate(model) on the
@@ -49,6 +56,8 @@ from fastsde.benchmarks import common
 from fastsde.benchmarks.common import record
 from fastsde.models.ncsnpp import UNet, get_preset
 from fastsde.ops.dispatch import resolve
+from fastsde.nn.core import op_backend
+from fastsde.ops.groupnorm import autograd_backend
 from fastsde.precision import PrecisionModel, precision_dtype
 
 SUITE = "unet"
@@ -151,6 +160,48 @@ def _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device="cp
     return out
 
 
+BACKWARD_CASES = [("unet_train_digits_b64", "train", 64), ("unet_vjp_digits_b32", "vjp", 32)]
+
+
+def _backward_case(name, kind, batch, reps, copy_gbps, backend, device="cpu"):
+    """One autograd case (module docstring): fused vs reference layers, interleaved."""
+    torch.manual_seed(0)
+    config = get_preset("small16", "vp", in_channels=1)
+    device = torch.device(device)
+    fused = UNet(config, backend=_usable_backend(backend, device)).eval()
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    reference = UNet(config, reference=True).eval()
+    reference.load_state_dict(fused.state_dict())
+    fused, reference = fused.to(device), reference.to(device)
+    x = torch.rand(batch, 1, 16, 16, device=device)
+    labels = torch.rand(batch, device=device) * 999
+    probe = torch.randint(0, 2, x.shape, device=device).float() * 2 - 1
+
+    def grads(model):  # name -> gradient
+        if kind == "train":
+            names, params = zip(*model.named_parameters())
+            return dict(zip(names, torch.autograd.grad((model(x, labels) - x).square().mean(), params)))
+        xg = x.detach().requires_grad_(True)
+        return {"x": torch.autograd.grad((model(xg, labels) * probe).sum(), xg)[0]}
+
+    # compared where both builds name a parameter alike (all but the attention projections, which the fused build
+    # stores as one (3C, C) QKV matrix; tests/test_backward.py compares those too)
+    g_fused, g_ref = grads(fused), grads(reference)
+    err = max((g_fused[k] - g_ref[k]).abs().max().item() for k in g_fused.keys() & g_ref.keys())
+    times = common.interleaved_ms({"fused": lambda: grads(fused), "reference": lambda: grads(reference)}, reps,
+                                  device=device)
+    print(f"  {name}: fused {times['fused']:.1f} ms, reference {times['reference']:.1f} ms (interleaved); max "
+          f"|grad fused - grad reference| = {err:.2e}", flush=True)
+    recorded = torch.ones(1, device=device, requires_grad=True)  # what the ops see: an input requiring grad
+    ran = "+".join(sorted({autograd_backend(op, op_backend(fused.backend, recorded), recorded) for op in _OPS}))
+    rec = record(SUITE, name, ran, x.numel(), times["fused"], None, copy_gbps, {"reference": times["reference"]},
+                 device=device)
+    rec.update(precision="fp32", max_abs_diff=err)
+    return rec
+
+
 def _ms_text(ms) -> str:
     return "-" if ms is None else f"{ms:.1f} ms"
 
@@ -223,6 +274,8 @@ def run(quick: bool = False, backend: str = "native", use_compile: bool = True, 
     copy_gbps = common.copy_bandwidth_gbps(reps=reps, device=device)
     out = [rec for name, preset, batch in CASES
            for rec in _case(name, preset, batch, reps, copy_gbps, backend, use_compile, device, precisions)]
+    out += [_backward_case(name, kind, 8 if quick else batch, reps, copy_gbps, backend, device)
+            for name, kind, batch in BACKWARD_CASES]
     like = _score_sde_like()
     if like is None or torch.device(device).type != "cpu":
         why = f"{_STAND_IN} not found (run from a checkout)" if like is None else f"CPU only, not {device}"

@@ -121,5 +121,32 @@ FASTSDE_HD FASTSDE_INLINE C gn_emb(const GroupNormArgs& A, int64_t n, int64_t c)
   return A.emb_add ? static_cast<const C*>(A.emb_add)[n * A.C + c] : C(0);
 }
 
+// ---- Backward (csrc/cpu/groupnorm_backward_kernels.h, csrc/cuda/groupnorm_backward.cu, kernels/groupnorm.py).
+// With t = x + d_c, the pre-activation u = t a_c + b_c (the forward's) and y = act(u):
+//   du = dy act'(u),   SiLU'(u) = sig (1 + u (1 - sig)),   sig = 1 / (1 + exp(-u))
+// Per (n, c): S1 = sum_p du and S2 = rstd sum_p du t (= sum_p du xhat). With k_c = weight_c (1 + scale_nc) and,
+// per group of M = (C/G) HW elements, m1 = sum_c k_c S1_c / M and m2 = sum_c k_c S2_c / M:
+//   dx = a_c du + (p t + q),   p = -rstd^2 m2,  q = -rstd m1      (= rstd (k_c du - m1 - xhat m2))
+// and the vectors' gradients are per-(n, c) reductions the caller finishes: d emb_add = sum_p dx, d shift = S1,
+// d scale = weight S2 + bias S1, d weight = sum_n (1 + scale) S2, d bias = sum_n (1 + scale) S1. The statistics
+// are recomputed by the forward's own code (the same bits), not saved.
+template <typename F, typename U>
+FASTSDE_HD FASTSDE_INLINE F gn_dsilu(F u, F dy) {
+  const F sig = gn_div(F(1.0f), f_add(F(1.0f), gn_exp<F, U>(f_sub(F(0.0f), u))));
+  return f_mul(f_mul(dy, sig), f_fma(u, f_sub(F(1.0f), sig), F(1.0f)));
+}
+FASTSDE_HD FASTSDE_INLINE double gn_dsilu_f64(double u, double dy) {
+  const double sig = 1.0 / (1.0 + exp(-u));
+  return dy * sig * fma(u, 1.0 - sig, 1.0);
+}
+
+// k_c = weight[c] (1 + scale[n, c]) in float64 from the compute-type vectors.
+template <typename C>
+FASTSDE_HD FASTSDE_INLINE double gn_kc(const GroupNormArgs& A, int64_t n, int64_t c) {
+  const C* w = static_cast<const C*>(A.weight);
+  const C* scale = static_cast<const C*>(A.scale);
+  return (w ? double(w[c]) : 1.0) * (1.0 + (scale ? double(scale[n * A.C + c]) : 0.0));
+}
+
 }  // namespace groupnorm
 }  // namespace fastsde

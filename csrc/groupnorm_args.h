@@ -23,3 +23,17 @@ struct GroupNormArgs {
 };
 
 }  // namespace fastsde
+
+namespace fastsde {
+
+// Arguments of the GroupNorm backward (csrc/groupnorm.h, "Backward"): the forward's arguments (fwd.y unused), the
+// output gradient dy and the input gradient dx, both laid out like x, and `sums`, (3, N, C) float64: per (n, c)
+// sum_p du, sum_p du xhat and sum_p dx, from which the caller forms the vectors' gradients.
+struct GroupNormBwdArgs {
+  GroupNormArgs fwd;
+  const void* dy;
+  void* dx;
+  double* sums;
+};
+
+}  // namespace fastsde

@@ -437,17 +437,17 @@ def test_ops_without_backward_refuse_inputs_requiring_grad(backend):
         ops.affine_step(x, torch.randn(3, 4), 1.0, 0.5, 0.1, seed=0, backend=backend)
 
 
-def test_group_norm_autograd_takes_the_reference_or_is_refused():
+def test_autograd_takes_a_backend_with_a_backward_or_is_refused():
     x = torch.randn(2, 4, 3, requires_grad=True)
-    y = ops.group_norm(x, 2)  # auto: the reference, which has a backward
-    assert y.grad_fn is not None
-    y.sum().backward()
-    assert x.grad is not None
-    with pytest.raises(ValueError, match="backend='native' has no backward"):
-        ops.group_norm(x, 2, backend="native")
-    with pytest.raises(ValueError, match="backend='native' has no backward"):
-        ops.attn_block(**{k: v.requires_grad_(True) for k, v in _attn_args().items()}, num_groups=2,
-                       backend="native")
+    for backend in ("auto", "native"):  # the fused backward (tests/test_backward.py checks its values)
+        y = ops.group_norm(x, 2, backend=backend)
+        assert y.grad_fn is not None
+        (gx,) = torch.autograd.grad(y.sum(), x)
+        assert torch.isfinite(gx).all()
+    args = {k: v.requires_grad_(True) for k, v in _attn_args().items()}
+    with pytest.raises(ValueError, match="backend='triton' has no backward"):  # the flash-attention kernel
+        ops.attn_block(**args, num_groups=2, backend="triton")
+    assert ops.attn_block(**args, num_groups=2, backend="auto").grad_fn is not None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

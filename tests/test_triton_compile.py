@@ -96,6 +96,21 @@ def _variants():
     yield ("group_norm fp16 8x16x16 one tile", *gn("*fp16", f32, 8, 256))
     yield ("group_norm fp64 4x32x32 one tile", *gn("*fp64", f64, 4, 1024))
 
+    def gn_bwd(ptr, compute, cpg, hw, groups=32, emb=True):
+        block_c, block_hw, warps = groupnorm._bwd_config(cpg, hw, torch.float64 if compute == f64 else torch.float32)
+        sig = dict(X_ptr=ptr, DY_ptr=ptr, DX_ptr=ptr, W_ptr=ptr, B_ptr=ptr, SCALE_ptr=ptr, SHIFT_ptr=ptr, EMB_ptr=ptr,
+                   SUMS_ptr="*fp64", N="i32", C="i32", HW="i32", **{f"s_{t}{d}": "i64" if d == "n" else "i32"
+                                                                 for t in ("x", "dy", "dx") for d in ("n", "c", "hw")},
+                   eps="fp32")
+        consts = dict(GROUPS=groups, CPG=cpg, HAS_W=True, HAS_B=True, HAS_SCALE=emb, HAS_SHIFT=emb, HAS_EMB=emb,
+                      ACT=1, COMPUTE=compute, BLOCK_C=block_c, BLOCK_HW=block_hw)
+        return groupnorm._group_norm_bwd_kernel, sig, consts, warps
+
+    yield ("group_norm backward fp32 4x32x32", *gn_bwd("*fp32", f32, 4, 1024))
+    yield ("group_norm backward fp32 8x64x64 looped", *gn_bwd("*fp32", f32, 8, 4096))
+    yield ("group_norm backward bf16 3x7x9 (odd) no emb", *gn_bwd("*bf16", f32, 3, 63, groups=8, emb=False))
+    yield ("group_norm backward fp64 4x32x32", *gn_bwd("*fp64", f64, 4, 1024))
+
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     """(registers, spill bytes stored + loaded) from ptxas -v, run as Triton's make_cubin runs it."""
@@ -146,7 +161,8 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills():
         print(f"{row['variant']:44s} {row['arch']:6s} {row['n_regs']:5d} {row['n_spills']:6d}")
     kernels = {row["kernel"] for row in rows}
     assert {"_affine_step_fwd_kernel", "_step_sq_norms_kernel", "_fsn1_normal_fwd_kernel",
-            "_fsn1_words_debug_kernel", "_attn_fwd_kernel", "_group_norm_fwd_kernel"} <= kernels
+            "_fsn1_words_debug_kernel", "_attn_fwd_kernel", "_group_norm_fwd_kernel",
+            "_group_norm_bwd_kernel"} <= kernels
     assert {row["arch"] for row in rows} == {f"sm_{a}" for a in ARCHS}
     assert all(row["ptx_bytes"] > 0 and row["cubin_bytes"] > 0 for row in rows)
     assert [row for row in rows if row["n_spills"]] == []

@@ -27,11 +27,12 @@ const GroupNormKernels& kernels() {
   }
 }
 
+}  // namespace
+
 // float64: element (c, p) of sample n at n C HW + (channels_last ? p C + c : c HW + p); sums in element order.
-void group_norm_f64(const GroupNormArgs& A, int64_t n, int64_t g) {
+void group_norm_stats_f64(const GroupNormArgs& A, int64_t n, int64_t g, double& mean_out, double& rstd_out) {
   const int64_t cpg = A.C / A.groups, hw = A.HW, c0 = g * cpg;
   const double* x = static_cast<const double*>(A.x) + n * A.C * hw;
-  double* y = static_cast<double*>(A.y) + n * A.C * hw;
   const int64_t sc = A.channels_last ? 1 : hw, sp = A.channels_last ? A.C : 1;
   double sum = 0.0;
   for (int64_t c = c0; c < c0 + cpg; ++c) {
@@ -47,7 +48,19 @@ void group_norm_f64(const GroupNormArgs& A, int64_t n, int64_t g) {
       sq = fma(t, t, sq);
     }
   }
-  const double rstd = groupnorm::gn_rstd<double>(sq, cpg * hw, A.eps);
+  mean_out = mean;
+  rstd_out = groupnorm::gn_rstd<double>(sq, cpg * hw, A.eps);
+}
+
+namespace {
+
+void group_norm_f64(const GroupNormArgs& A, int64_t n, int64_t g) {
+  const int64_t cpg = A.C / A.groups, hw = A.HW, c0 = g * cpg;
+  const double* x = static_cast<const double*>(A.x) + n * A.C * hw;
+  double* y = static_cast<double*>(A.y) + n * A.C * hw;
+  const int64_t sc = A.channels_last ? 1 : hw, sp = A.channels_last ? A.C : 1;
+  double mean, rstd;
+  group_norm_stats_f64(A, n, g, mean, rstd);
   for (int64_t c = c0; c < c0 + cpg; ++c) {
     const groupnorm::ChannelCoef<double> k = groupnorm::gn_channel<double>(A, n, c, mean, rstd);
     for (int64_t p = 0; p < hw; ++p) {

@@ -27,9 +27,11 @@ FASTSDE_SIMD_INLINE F gn_div(F a, F b) {
 FASTSDE_SIMD_INLINE F gn_min(F a, F b) { return _mm256_min_ps(b.v, a.v); }  // b < a ? b : a, as the scalar one
 FASTSDE_SIMD_INLINE F gn_max(F a, F b) { return _mm256_max_ps(b.v, a.v); }
 #include "cpu/groupnorm_kernels.h"
+#include "cpu/groupnorm_backward_kernels.h"
 }  // namespace simd_avx2
 
 const GroupNormKernels& group_norm_kernels_avx2() { return simd_avx2::kGroupNormKernels; }
+const GroupNormBwdKernels& group_norm_bwd_kernels_avx2() { return simd_avx2::kGroupNormBwdKernels; }
 
 }  // namespace fastsde
 

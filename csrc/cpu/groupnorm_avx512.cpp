@@ -31,9 +31,11 @@ FASTSDE_SIMD_INLINE F gn_div(F a, F b) {
 FASTSDE_SIMD_INLINE F gn_min(F a, F b) { return _mm512_min_ps(b.v, a.v); }  // b < a ? b : a, as the scalar one
 FASTSDE_SIMD_INLINE F gn_max(F a, F b) { return _mm512_max_ps(b.v, a.v); }
 #include "cpu/groupnorm_kernels.h"
+#include "cpu/groupnorm_backward_kernels.h"
 }  // namespace simd_avx512
 
 const GroupNormKernels& group_norm_kernels_avx512() { return simd_avx512::kGroupNormKernels; }
+const GroupNormBwdKernels& group_norm_bwd_kernels_avx512() { return simd_avx512::kGroupNormBwdKernels; }
 
 }  // namespace fastsde
 

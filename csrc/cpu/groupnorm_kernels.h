@@ -100,13 +100,12 @@ void gn_row_apply(const typename Io<D>::T* x, typename Io<D>::T* y, int64_t len,
   if (j < len) gn_st_part<D>(y + j, gn_apply<kSilu>(gn_ld_part<D>(x + j, len - j), d, a, b), len - j);
 }
 
-// NCHW, one (sample n, group g): its C/G channels are contiguous rows of HW elements.
-template <Dtype D, bool kSilu>
-void gn_nchw_dtype(const GroupNormArgs& A, int64_t n, int64_t g) {
-  using T = typename Io<D>::T;
+// NCHW statistics of one (sample n, group g), whose C/G channels are the contiguous rows of HW elements at x:
+// the mean and rstd of x + emb_add (shared by the forward and the backward, which recomputes them bit for bit).
+template <Dtype D>
+void gn_nchw_stats(const GroupNormArgs& A, int64_t n, int64_t g, const typename Io<D>::T* x, float& mean_out,
+                   float& rstd_out) {
   const int64_t cpg = A.C / A.groups, hw = A.HW, c0 = g * cpg, count = cpg * hw;
-  const T* x = static_cast<const T*>(A.x) + (n * A.C + c0) * hw;
-  T* y = static_cast<T*>(A.y) + (n * A.C + c0) * hw;
   // Without emb_add every channel has the same shift: the group is one contiguous row for the statistics.
   const bool one_row = A.emb_add == nullptr;
   double sum = 0.0;
@@ -122,7 +121,19 @@ void gn_nchw_dtype(const GroupNormArgs& A, int64_t n, int64_t g) {
   else
     for (int64_t k = 0; k < cpg; ++k)
       sq += gn_row_sum_safe<D, true>(x + k * hw, hw, groupnorm::gn_emb<float>(A, n, c0 + k) - mean);
-  const float rstd = groupnorm::gn_rstd<float>(sq, count, A.eps);
+  mean_out = mean;
+  rstd_out = groupnorm::gn_rstd<float>(sq, count, A.eps);
+}
+
+// NCHW, one (sample n, group g).
+template <Dtype D, bool kSilu>
+void gn_nchw_dtype(const GroupNormArgs& A, int64_t n, int64_t g) {
+  using T = typename Io<D>::T;
+  const int64_t cpg = A.C / A.groups, hw = A.HW, c0 = g * cpg;
+  const T* x = static_cast<const T*>(A.x) + (n * A.C + c0) * hw;
+  T* y = static_cast<T*>(A.y) + (n * A.C + c0) * hw;
+  float mean, rstd;
+  gn_nchw_stats<D>(A, n, g, x, mean, rstd);
   for (int64_t k = 0; k < cpg; ++k)
     gn_row_apply<D, kSilu>(x + k * hw, y + k * hw, hw, groupnorm::gn_channel<float>(A, n, c0 + k, mean, rstd));
 }
@@ -163,11 +174,46 @@ void gn_channel_sums_safe(const typename Io<D>::T* x, int64_t C, int64_t hw, con
     if (!std::isfinite(out[c])) return gn_channel_sums<D, kSq, true>(x, C, hw, d, acc, out);
 }
 
+// Channels-last statistics of sample n (rows of C channels at x): mean[g], rstd[g] of x + emb_add per group.
+// Scratch: acc, dv (C + kLanes floats each, dv zero on entry; on return dv[c] = emb_add[n, c] - mean of c's
+// group), csum (C doubles). Shared by the forward and the backward.
+template <Dtype D>
+void gn_nhwc_stats(const GroupNormArgs& A, int64_t n, const typename Io<D>::T* x, float* acc, float* dv,
+                   double* csum, float* mean, float* rstd) {
+  const int64_t C = A.C, hw = A.HW, G = A.groups, cpg = C / G;
+  const double count = double(cpg * hw);
+  gn_channel_sums_safe<D, false>(x, C, hw, dv, acc, csum);
+  for (int64_t g = 0; g < G; ++g) {
+    double s = 0.0;
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += csum[c] + double(hw) * groupnorm::gn_emb<float>(A, n, c);
+    mean[g] = float(s / count);
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) dv[c] = groupnorm::gn_emb<float>(A, n, c) - mean[g];
+  }
+  gn_channel_sums_safe<D, true>(x, C, hw, dv, acc, csum);
+  for (int64_t g = 0; g < G; ++g) {
+    double s = 0.0;
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += csum[c];
+    rstd[g] = groupnorm::gn_rstd<float>(s, cpg * hw, A.eps);
+  }
+}
+
+// The per-channel coefficients d_c, a_c, b_c of sample n from its groups' statistics.
+inline void gn_nhwc_coefs(const GroupNormArgs& A, int64_t n, const float* mean, const float* rstd, float* dv,
+                          float* av, float* bv) {
+  const int64_t cpg = A.C / A.groups;
+  for (int64_t c = 0; c < A.C; ++c) {
+    const ChannelCoef<float> k = groupnorm::gn_channel<float>(A, n, c, mean[c / cpg], rstd[c / cpg]);
+    dv[c] = k.d;
+    av[c] = k.a;
+    bv[c] = k.b;
+  }
+}
+
 template <Dtype D, bool kSilu>
 void gn_nhwc_dtype(const GroupNormArgs& A, int64_t n) {
   using IO = Io<D>;
   using T = typename IO::T;
-  const int64_t C = A.C, hw = A.HW, G = A.groups, cpg = C / G, padded = C + kLanes;
+  const int64_t C = A.C, hw = A.HW, G = A.groups, padded = C + kLanes;
   const T* x = static_cast<const T*>(A.x) + n * hw * C;
   T* y = static_cast<T*>(A.y) + n * hw * C;
   // float scratch: acc, d, a, b (each C + kLanes, zero-padded); double scratch: per-channel sums
@@ -175,27 +221,8 @@ void gn_nhwc_dtype(const GroupNormArgs& A, int64_t n) {
   std::vector<double> csum(static_cast<size_t>(C));
   float *acc = fbuf.data(), *dv = acc + padded, *av = dv + padded, *bv = av + padded;
   std::vector<float> mean(static_cast<size_t>(G)), rstd(static_cast<size_t>(G));
-  const double count = double(cpg * hw);
-
-  gn_channel_sums_safe<D, false>(x, C, hw, dv, acc, csum.data());
-  for (int64_t g = 0; g < G; ++g) {
-    double s = 0.0;
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += csum[c] + double(hw) * groupnorm::gn_emb<float>(A, n, c);
-    mean[g] = float(s / count);
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) dv[c] = groupnorm::gn_emb<float>(A, n, c) - mean[g];
-  }
-  gn_channel_sums_safe<D, true>(x, C, hw, dv, acc, csum.data());
-  for (int64_t g = 0; g < G; ++g) {
-    double s = 0.0;
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += csum[c];
-    rstd[g] = groupnorm::gn_rstd<float>(s, cpg * hw, A.eps);
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
-      const ChannelCoef<float> k = groupnorm::gn_channel<float>(A, n, c, mean[g], rstd[g]);
-      dv[c] = k.d;
-      av[c] = k.a;
-      bv[c] = k.b;
-    }
-  }
+  gn_nhwc_stats<D>(A, n, x, acc, dv, csum.data(), mean.data(), rstd.data());
+  gn_nhwc_coefs(A, n, mean.data(), rstd.data(), dv, av, bv);
   const int64_t body = C / kLanes * kLanes;
   for (int64_t p = 0; p < hw; ++p) {
     const T* row = x + p * C;

@@ -17,8 +17,10 @@ using groupnorm::gn_div;
 using groupnorm::gn_max;
 using groupnorm::gn_min;
 #include "cpu/groupnorm_kernels.h"
+#include "cpu/groupnorm_backward_kernels.h"
 }  // namespace simd_scalar
 
 const GroupNormKernels& group_norm_kernels_scalar() { return simd_scalar::kGroupNormKernels; }
+const GroupNormBwdKernels& group_norm_bwd_kernels_scalar() { return simd_scalar::kGroupNormBwdKernels; }
 
 }  // namespace fastsde

@@ -12,5 +12,7 @@ namespace fastsde {
 // group_norm on `stream`; returns the launch error (cudaSuccess when nothing was launched). One thread block per
 // (sample, group), block reductions in a fixed tree order: the result does not depend on the launch.
 cudaError_t group_norm_cuda(const GroupNormArgs& args, cudaStream_t stream);
+// The backward (csrc/groupnorm.h, "Backward"; csrc/cuda/groupnorm_backward.cu): the same blocks, dx and args.sums.
+cudaError_t group_norm_backward_cuda(const GroupNormBwdArgs& args, cudaStream_t stream);
 
 }  // namespace fastsde

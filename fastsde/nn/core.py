@@ -15,12 +15,12 @@ __all__ = ["variance_scaling_", "NIN", "conv3x3", "conv1x1", "dense", "num_group
 
 
 def op_backend(backend: str, *tensors) -> str:
-    """The backend a module passes to an op: "reference" whenever autograd will record the call (grad enabled and
-    any input requiring grad), whatever backend was asked for, because the fused backends are inference kernels
-    without derivatives (e.g. the native attn_block's in-place softmax): training and the likelihood's divergence
-    get correct gradients on every build. Samplers run under no_grad and keep the fused path."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return "reference"
+    """The backend a module passes to an op: its own, except that "triton" becomes "auto" when autograd will record
+    the call (grad enabled and an input requiring grad): the Triton attention kernel has no backward, and "auto"
+    then picks a backend that differentiates (fused group_norm backward on native and Triton; native attention).
+    Training, guidance and the likelihood's vector-Jacobian products run fused; samplers run under no_grad."""
+    if backend == "triton" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return "auto"
     return backend
 
 

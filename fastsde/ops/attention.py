@@ -3,6 +3,12 @@
 Bytes: x is read twice (GN statistics, GN apply) and the block writes its output once; the QKV and output
 projections are GEMMs (2 * 4 C^2 HW flops per sample) and attention is 4 C (HW)^2 flops per sample, so at CIFAR-10's
 16x16 (256 tokens x 256 channels) the block is compute-bound.
+
+Autograd: the native backend differentiates (the Triton kernel does not; "auto" takes native when autograd records).
+Its GroupNorm runs the fused backward of fastsde.ops.group_norm; the GEMMs (the folded projections included) and the
+softmax differentiate as torch ops, each backward one or two GEMMs. The softmax probabilities P (B heads x L x L)
+are saved by softmax's backward rather than recomputed: at the U-Nets' attention resolutions (L <= 256) P is no
+larger than a few of the block's activations, and recomputing it would redo the score GEMM.
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import math
 
 import torch
 
-from fastsde.ops.checks import check_float_tensor, positive_count
+from fastsde.ops.checks import check_float_tensor, positive_count, records_autograd
 from fastsde.ops.dispatch import implementation, register, resolve
 from fastsde.ops.groupnorm import autograd_backend
 from fastsde.reference import attention as _ref
@@ -101,6 +107,11 @@ def _fold_single_head(qkv_weight, qkv_bias, out_weight, out_bias, dt):
     return w_kv, b_kv, wk.T @ bq
 
 
+def _softmax_(s):
+    """Row softmax of s: in place when autograd does not record it (its backward keeps the output, so not then)."""
+    return torch.softmax(s, -1) if records_autograd(s) else torch.softmax(s, -1, out=s)
+
+
 def _channels_last_only(x):
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -125,7 +136,7 @@ def _attn_block_native(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, 
         t = torch.mv(h, u).view(B, 1, L)  # per-key score bias
         h = h.view(B, L, C)
         s = torch.baddbmm(t, h, kv[:, :, :C].mT, beta=scale, alpha=scale)  # (B, L, L)
-        torch.softmax(s, -1, out=s)
+        s = _softmax_(s)
         y = torch.baddbmm(xt, s, kv[:, :, C:], beta=res, alpha=res)  # (B, L, C): res (x + P V')
         return y.view(B, H, W, C).permute(0, 3, 1, 2).to(x.dtype)
     xc = x.to(dt).reshape(B, C, L)
@@ -136,7 +147,7 @@ def _attn_block_native(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, 
         kv = torch.baddbmm(b_kv[None, :, None], w_kv.expand(B, -1, -1), h)  # (B, 2C, L): K', V'
         t = u @ h  # (B, L) per-key score bias
         s = torch.baddbmm(t[:, None, :], h.mT, kv[:, :C], beta=scale, alpha=scale)  # (B, L, L)
-        torch.softmax(s, -1, out=s)
+        s = _softmax_(s)
         y = torch.baddbmm(xc, kv[:, C:], s.mT, beta=res, alpha=res)  # res (x + V' P^T)
         return y.reshape(B, C, H, W).to(x.dtype)
     wq, wk, wv = qkv_weight.to(dt).chunk(3)
@@ -149,7 +160,7 @@ def _attn_block_native(x, gn_weight, gn_bias, qkv_weight, qkv_bias, out_weight, 
     qkv = torch.baddbmm(b[None, :, None], w.expand(B, -1, -1), h).reshape(B * num_heads, 3 * d, L)
     q, k, v = qkv.split(d, dim=1)  # (B heads, d, L) views
     s = torch.bmm(q.mT, k)  # (B heads, L, L)
-    torch.softmax(s, -1, out=s)
+    s = _softmax_(s)
     a = torch.bmm(v, s.mT).reshape(B, C, L)
     y = torch.baddbmm(xc, wo.expand(B, -1, -1), a, beta=res, alpha=res).add_((bo * res)[None, :, None])
     return y.reshape(B, C, H, W).to(x.dtype)

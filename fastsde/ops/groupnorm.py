@@ -5,6 +5,11 @@
 Bytes per element: one read of x for the statistics, one read of x + one write of y for the result (12 B/elem in
 float32, plus negligible per-(n, c) vectors). Statistics in float32 (float64 for float64 inputs) with Welford or
 two passes, float32 accumulation for half/bfloat16 inputs.
+
+Autograd: every backend differentiates. The native and Triton ops carry a fused backward (register_autograd below;
+math in csrc/groupnorm.h, "Backward") that saves only the inputs and recomputes the per-group statistics; the
+reference differentiates through plain torch ops. Double backward (create_graph=True) is refused on the fused
+backends.
 """
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ import math
 import torch
 
 from fastsde.ops.checks import check_float_tensor, check_no_autograd, positive_count, records_autograd
-from fastsde.ops.dispatch import register, resolve
+from fastsde import _native
+from fastsde.ops.dispatch import backend_available, register, resolve
 from fastsde.reference import groupnorm as _ref
 
-__all__ = ["group_norm", "autograd_backend"]
+__all__ = ["group_norm", "autograd_backend", "register_fused_backward"]
 
 def _check_vec(name, v, shape, x):
     if v is None:
@@ -62,15 +68,63 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-6, *, scale=None, s
     return out.copy_(y)
 
 
+def _has_native_backward() -> bool:
+    """Whether fastsde._C registers group_norm_backward (an extension built from older sources does not)."""
+    return _native.available() and hasattr(torch.ops.fastsde, "group_norm_backward")
+
+
 def autograd_backend(op, backend, *tensors):
-    """The backend when autograd records the call: only the reference has a backward, so "auto" takes it and an
-    explicit native/triton backend is refused (it would return a result without grad_fn)."""
+    """The backend when autograd records the call: one whose `op` has a backward. group_norm has one on every
+    backend (native needs an extension with group_norm_backward); attn_block's Triton kernel has none, its native
+    path differentiates through the fused group_norm backward and torch's GEMMs. "auto" keeps its choice when that
+    one differentiates, else takes native, else the reference; an explicit backend without a backward is refused."""
     if not records_autograd(*tensors):
         return backend
-    if backend in ("auto", "reference"):
-        return "reference"
-    raise ValueError(f"{op} backend={backend!r} has no backward, but an input requires grad: use backend='auto' or "
-                     f"'reference' for training, or call it under torch.no_grad()")
+    ok = {"reference", "native"} if _has_native_backward() else {"reference"}
+    if op == "group_norm":
+        ok.add("triton")
+    if backend == "auto":
+        device = tensors[0].device
+        name = resolve(op, "auto", device)[0]
+        if name not in ok and "native" in ok and backend_available("native", device)[0]:
+            name = "native"
+        return name if name in ok else "reference"
+    if backend not in ok:
+        raise ValueError(f"{op} backend={backend!r} has no backward here, but an input requires grad: use "
+                         f"backend='auto' or one of {sorted(ok)}, or call it under torch.no_grad()")
+    return backend
+
+
+def register_fused_backward(op, backward_op, name):
+    """Register `backward_op` (dy, x, num_groups, weight, bias, eps, scale, shift, emb_add, act) -> (dx, sums) as the
+    autograd formula of the fused forward `op` (x, num_groups, weight, bias, eps, scale, shift, emb_add, act).
+    sums (3, N, C) float64 holds per (n, c) S1 = sum du, S2 = sum du xhat, S3 = sum dx (csrc/groupnorm.h,
+    "Backward"), from which the vectors' gradients are a few (N, C) ops here."""
+
+    def setup_context(ctx, inputs, output):
+        x, ctx.num_groups, weight, bias, ctx.eps, scale, shift, emb_add, ctx.act = inputs
+        ctx.save_for_backward(x, weight, bias, scale, shift, emb_add)
+
+    def backward(ctx, dy):
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"{name}: double backward (create_graph=True) is not implemented by the fused "
+                               f"backends; use backend='reference' for higher-order gradients")
+        x, weight, bias, scale, shift, emb_add = ctx.saved_tensors
+        dx, sums = backward_op(dy, x, ctx.num_groups, weight, bias, ctx.eps, scale, shift, emb_add, ctx.act)
+        s1, s2, s3 = sums.unbind(0)
+        s_1 = 1.0 if scale is None else 1.0 + scale.double()
+        w = 1.0 if weight is None else weight.double()
+        b = 0.0 if bias is None else bias.double()
+        formulas = {2: lambda: (s2 * s_1).sum(0), 3: lambda: (s1 * s_1).sum(0), 5: lambda: w * s2 + b * s1,
+                    6: lambda: s1, 7: lambda: s3}
+        inputs = (x, None, weight, bias, None, scale, shift, emb_add, None)
+        grads = [dx if ctx.needs_input_grad[0] else None] + [None] * 8
+        for i, formula in formulas.items():
+            if ctx.needs_input_grad[i]:
+                grads[i] = formula().to(inputs[i].dtype)
+        return tuple(grads)
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
 
 
 @register("group_norm", "reference")
@@ -92,3 +146,7 @@ def _group_norm_triton(*args):
     from fastsde.kernels import groupnorm as _kernels
 
     return _kernels.group_norm(*args)
+
+
+if _has_native_backward():
+    register_fused_backward("fastsde::group_norm", torch.ops.fastsde.group_norm_backward, "group_norm")

@@ -1,5 +1,6 @@
 // C++ tests of the torch-free CPU kernels other than FSN1's math: the sampler step (affine_step, step_sq_norms, FSN1
-// noise fill) and GroupNorm (NCHW, channels-last, emb_add, SiLU, the float32 overflow path), called directly
+// noise fill) and GroupNorm (NCHW, channels-last, emb_add, SiLU, the float32 overflow path; and its backward),
+// called directly
 //   1. through every SIMD level this CPU has (the per-level kernel tables), on sizes that hit full vectors, partial
 //      vectors and the short-row (flat) path, against float64 references computed here;
 //   2. through the public entry points at 1, 2 and 3 OpenMP threads on problems large enough to go parallel: the
@@ -39,16 +40,20 @@ struct Level {
   SimdLevel level;
   const SimdKernels& step;
   const GroupNormKernels& gn;
+  const GroupNormBwdKernels& gn_bwd;
 };
 
 std::vector<Level> levels() {
   std::vector<Level> out;
   if (simd_level_supported(SimdLevel::kScalar))
-    out.push_back({SimdLevel::kScalar, simd_kernels_scalar(), group_norm_kernels_scalar()});
+    out.push_back({SimdLevel::kScalar, simd_kernels_scalar(), group_norm_kernels_scalar(),
+                   group_norm_bwd_kernels_scalar()});
   if (simd_level_supported(SimdLevel::kAvx2))
-    out.push_back({SimdLevel::kAvx2, simd_kernels_avx2(), group_norm_kernels_avx2()});
+    out.push_back({SimdLevel::kAvx2, simd_kernels_avx2(), group_norm_kernels_avx2(),
+                   group_norm_bwd_kernels_avx2()});
   if (simd_level_supported(SimdLevel::kAvx512))
-    out.push_back({SimdLevel::kAvx512, simd_kernels_avx512(), group_norm_kernels_avx512()});
+    out.push_back({SimdLevel::kAvx512, simd_kernels_avx512(), group_norm_kernels_avx512(),
+                   group_norm_bwd_kernels_avx512()});
   return out;
 }
 
@@ -327,6 +332,99 @@ void test_gn_threads() {
   omp_set_num_threads(1);
 }
 
+// ---- group norm backward: every level (and 1-3 threads, bit-identical) against the float64 backward of the same
+// inputs (csrc/cpu/groupnorm_backward.cpp, itself gradchecked from Python).
+struct GnBwdCase {
+  GnCase g;
+  std::vector<float> dy, dx;
+  std::vector<double> sums;
+  GroupNormBwdArgs args;
+};
+
+GnBwdCase make_gn_bwd(int64_t N, int64_t C, int64_t HW, int64_t G, bool cl, bool emb, int act) {
+  GnBwdCase b;
+  b.g = make_gn(N, C, HW, G, cl, emb, act, 1.0f);
+  b.dy = random_vec(b.g.x.size(), 7);
+  b.dx.assign(b.g.x.size(), NAN);
+  b.sums.assign(size_t(3 * N * C), NAN);
+  b.args.fwd = b.g.args;
+  b.args.dy = b.dy.data();
+  b.args.dx = b.dx.data();
+  b.args.sums = b.sums.data();
+  return b;
+}
+
+void check_gn_bwd(const GnBwdCase& b, const char* what) {
+  const GnCase& g = b.g;
+  auto d64 = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  std::vector<double> x = d64(g.x), w = d64(g.w), bias = d64(g.b), emb = d64(g.emb), dy = d64(b.dy);
+  std::vector<double> dx(x.size()), sums(b.sums.size());
+  GroupNormBwdArgs A = b.args;
+  A.fwd.dtype = Dtype::kFloat64;
+  A.fwd.x = x.data();
+  A.fwd.weight = w.data();
+  A.fwd.bias = bias.data();
+  A.fwd.emb_add = g.emb.empty() ? nullptr : emb.data();
+  A.dy = dy.data();
+  A.dx = dx.data();
+  A.sums = sums.data();
+  group_norm_backward_cpu(A);
+  auto scale_of = [](const std::vector<double>& v) {
+    double m = 1.0;
+    for (double e : v) m = std::fmax(m, std::fabs(e));
+    return m;
+  };
+  const double sx = scale_of(dx), ss = scale_of(sums);
+  for (size_t i = 0; i < dx.size(); ++i)
+    EXPECT(std::fabs(double(b.dx[i]) - dx[i]) <= 2e-5 * sx, "%s: dx[%zu] = %.9g, want %.9g", what, i,
+           double(b.dx[i]), dx[i]);
+  for (size_t i = 0; i < sums.size(); ++i)
+    EXPECT(std::fabs(b.sums[i] - sums[i]) <= 2e-5 * ss, "%s: sums[%zu] = %.9g, want %.9g", what, i, b.sums[i],
+           sums[i]);
+}
+
+void test_gn_bwd_levels() {
+  const int64_t shapes[][4] = {{1, 4, 1, 1}, {2, 6, 7, 3}, {2, 32, 16, 8}, {1, 40, 33, 4}, {3, 17, 5, 1}};
+  for (const Level& L : levels())
+    for (const auto& sh : shapes)
+      for (bool cl : {false, true})
+        for (bool emb : {false, true})
+          for (int act : {0, 1}) {
+            GnBwdCase b = make_gn_bwd(sh[0], sh[1], sh[2], sh[3], cl, emb, act);
+            const GroupNormBwdKernels& k = L.gn_bwd;
+            for (int64_t n = 0; n < sh[0]; ++n) {
+              if (cl)
+                k.nhwc(b.args, n);
+              else
+                for (int64_t grp = 0; grp < sh[3]; ++grp) k.nchw(b.args, n, grp);
+            }
+            char what[128];
+            std::snprintf(what, sizeof what, "group_norm_backward %s N%lld C%lld HW%lld G%lld %s emb%d act%d",
+                          simd_level_name(L.level), (long long)sh[0], (long long)sh[1], (long long)sh[2],
+                          (long long)sh[3], cl ? "nhwc" : "nchw", int(emb), act);
+            check_gn_bwd(b, what);
+          }
+}
+
+void test_gn_bwd_threads() {
+  for (bool cl : {false, true}) {
+    std::vector<float> first;
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      GnBwdCase b = make_gn_bwd(4, 64, 400, 8, cl, true, 1);  // 102k elements: parallel
+      group_norm_backward_cpu(b.args);
+      if (threads == 1) {
+        check_gn_bwd(b, cl ? "group_norm_backward_cpu nhwc" : "group_norm_backward_cpu nchw");
+        first = b.dx;
+      } else {
+        EXPECT(std::memcmp(first.data(), b.dx.data(), first.size() * sizeof(float)) == 0,
+               "group_norm_backward_cpu %s: %d threads differ from 1", cl ? "nhwc" : "nchw", threads);
+      }
+    }
+  }
+  omp_set_num_threads(1);
+}
+
 }  // namespace
 
 // The solvers' combine: x' = a x + b s + b2 s2 + b3 s3 + c z in one pass (score2/score3, b2 per sample, b3
@@ -407,6 +505,8 @@ int main() {
   test_step_index();
   test_gn_levels();
   test_gn_threads();
+  test_gn_bwd_levels();
+  test_gn_bwd_threads();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;
