@@ -82,7 +82,7 @@ setup(
     ],
     # The digits application (fastsde.digits, the `fastsde` command's image commands, progress bars, pictures).
     extras_require={
-        "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "tqdm>=4.60"],
+        "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "Pillow>=10.1", "tqdm>=4.60"],
         "triton": ["triton>=2.1"],
         # Compatibility tests against k-diffusion's and diffusers' own samplers (tests/test_real_packages.py).
         # k-diffusion's full dependency list pulls torchvision and a CUDA torch: the dev environment installs it
