@@ -82,7 +82,7 @@ setup(
     ],
     # The digits application (fastsde.digits, the `fastsde` command's image commands, progress bars, pictures).
     extras_require={
-        "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "tqdm>=4.60"],
+        "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "Pillow>=10.1", "tqdm>=4.60"],
         "triton": ["triton>=2.1"],
         # Drop-in schedulers for diffusers pipelines (fastsde.compat.diffusers.Fast*Scheduler), built on diffusers'
         # own scheduler classes; imported only when one of them is used.

@@ -37,10 +37,12 @@ with max_abs_diff = max |half images - float32 fastsde images| on the same FSN1 
 model's half precision; the quality guard is tests/test_precision.py and tradeoff()'s bf16 PC rows).
 
 `tradeoff()` measures the quality/speed trade-off of the fastsde path (fused U-Net on `backend`; the PC loop fused
-too, the ODE integrated by scipy's RK45 around it): PC at several step counts and the
-probability-flow ODE (RK45, with the final denoising step) at several tolerances, each with its wall time, NFE and
-the Fréchet distance of its
-samples (fastsde.digits.evaluation, classifier features vs the test digits) next to real-vs-real at the same n.
+too, the ODE integrated by scipy's RK45 around it): PC at several step counts, the probability-flow ODE (RK45, with
+the final denoising step) at several tolerances and the few-step solvers, each over several seeds (default 0, 1, 2)
+at n = 359 (every test digit), with its wall time, NFE, the Fréchet distance and KID of its samples
+(fastsde.digits.evaluation, classifier features vs the test digits; FD as mean and sd over the seeds, KID as mean
+and standard error) next to real-vs-real at the same n, and for a deterministic sampler its ODE error (RMS distance
+of its images from a converged solution of the same ODE from the same noise; docs/design.md section 12).
 """
 from __future__ import annotations
 
@@ -465,13 +467,61 @@ def _kid_text(kid: dict | None) -> str:
     return "KID -" if kid is None else f"KID {kid['kid']:.1f} +- {kid['stderr']:.1f}"
 
 
-def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend: str = "native", solver_names=None,
+TRADEOFF_SEEDS = (0, 1, 2)
+ODE_ERROR_N = 16  # the first images of each draw whose ODE error is measured
+# The converged solution of the probability-flow ODE the ODE errors are measured against (DPM-Solver-3 on the
+# log-SNR grid), and the coarser run whose distance to it is reported as the reference's own error.
+CONVERGED_SOLVER, CONVERGED_STEPS, CONVERGED_CHECK_STEPS = "dpm_solver_3", 100, 50
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).pow(2).mean().sqrt())
+
+
+def _mean_sd(values: list) -> tuple:
+    """(mean, sample standard deviation over the seeds or None for one seed)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), (float(t.std()) if len(values) > 1 else None)
+
+
+def _seed_row(fields: dict, draws: list) -> dict:
+    """One tradeoff row from its seeds' draws [(seed, wall_s, nfe, evaluate() result, ode error or None)]: FD,
+    KID, wall time and ODE error as means over the seeds with their spread (module docstring)."""
+    fd, fd_sd = _mean_sd([q["fd"] for _, _, _, q, _ in draws])
+    kids = [q["kid"] for _, _, _, q, _ in draws]
+    kid = None
+    if all(k is not None for k in kids):  # the mean of independent estimates: its standard error adds in quadrature
+        kid = {**kids[0], "kid": _mean_sd([k["kid"] for k in kids])[0],
+               "stderr": float(sum(k["stderr"] ** 2 for k in kids) ** 0.5 / len(kids)),
+               "sd_over_seeds": _mean_sd([k["kid"] for k in kids])[1]}
+    errors = [e for *_, e in draws]
+    ode_error, ode_error_sd = _mean_sd(errors) if errors[0] is not None else (None, None)
+    return {**fields, "nfe": int(draws[0][2]), "seeds": [d[0] for d in draws],
+            "wall_s": _mean_sd([d[1] for d in draws])[0], "fd": fd, "fd_sd": fd_sd,
+            "fd_per_seed": [q["fd"] for _, _, _, q, _ in draws], "kid": kid,
+            "kid_per_seed": [None if k is None else k["kid"] for k in kids], "ode_error": ode_error,
+            "ode_error_sd": ode_error_sd,
+            "class_entropy": _mean_sd([q["classes"]["entropy"] for _, _, _, q, _ in draws])[0]}
+
+
+def _row_text(row: dict) -> str:
+    sd = "" if row["fd_sd"] is None else f" +- {row['fd_sd']:.2f}"
+    ode = "" if row["ode_error"] is None else f", ODE error {row['ode_error']:.4f}"
+    return (f"nfe {row['nfe']}, {row['wall_s']:.1f} s, FD {row['fd']:.2f}{sd}, {_kid_text(row['kid'])}{ode}, "
+            f"class entropy {row['class_entropy']:.3f}")
+
+
+def tradeoff(n: int = 359, seeds=None, pc_steps=None, ode_rtols=None, backend: str = "native", solver_names=None,
              solver_evals=None, pc_precisions=("fp32", "bf16")) -> dict:
     """Quality vs time of the fastsde path (module docstring): {'rows': [...], 'fd_real_vs_real', ...}. Besides PC
     and the ODE: every few-step solver of fastsde.solvers (solver_names, default all) at about 5, 10, 20 and 50
     model evaluations (solver_evals), and the adaptive solver once; pass () to skip a family. PC runs in each of
     `pc_precisions` (the bf16 rows are the quality guard's benchmark: same seed, FD next to fp32's); every row
-    carries its "precision"."""
+    carries its "precision". Each row runs once per seed (default TRADEOFF_SEEDS; n = 359 is every test digit) and
+    reports FD (mean, sample sd over the seeds, per seed), KID (mean of the seeds' estimates, its standard error)
+    and, for a deterministic sampler, the ODE error: the RMS difference of its first ODE_ERROR_N images from the
+    converged solution of the same probability-flow ODE from the same noise (CONVERGED_*; its own error, the
+    distance to the coarser check, is 'converged_error')."""
     from fastsde.digits.pretrained import DIGITS_DEFAULTS, score_model_path
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.digits.pretrained import load_score_model
@@ -482,10 +532,9 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
     from fastsde import solvers
 
     smoke = common.smoke_mode()  # the defaults shrink to one cheap row per family (common: smoke mode)
+    seeds = ((0,) if smoke else TRADEOFF_SEEDS) if seeds is None else tuple(seeds)
     pc_steps = ((SMOKE_STEPS,) if smoke else PC_STEPS) if pc_steps is None else pc_steps
     ode_rtols = ((1e-1,) if smoke else ODE_RTOLS) if ode_rtols is None else ode_rtols
-    configs = ([("pc", s, None, p) for p in pc_precisions for s in pc_steps]
-               + [("ode", 1000, r, "fp32") for r in ode_rtols])
     solver_names = SOLVER_NAMES if solver_names is None else solver_names
     names = solvers.solver_names() if solver_names is None else list(solver_names)
     if smoke and solver_names is None:
@@ -493,36 +542,48 @@ def tradeoff(n: int = 256, seed: int = 0, pc_steps=None, ode_rtols=None, backend
     solver_evals = ((5,) if smoke else SOLVER_EVALS) if solver_evals is None else solver_evals
     solver_configs = _solver_configs(names, solver_evals)
     solver_configs += [(name, 1) for name in names if solvers.get_solver(name).adaptive]
-    for kind, steps, rtol, precision in configs:
-        fn = _sampler(mf, backend, n, steps, seed, kind, rtol or 1e-5, precision=precision)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            x, nfe = fn(mf.model)
-        wall = time.perf_counter() - t0
-        q = evaluator.evaluate(x.detach().float().clamp(0, 1))
-        if kind == "pc":  # model evaluations (score_sde's nfe also counts a "none" corrector)
-            nfe = _model_evals(steps)
-        row = {"sampler": kind, "steps": steps if kind == "pc" else None, "rtol": rtol, "nfe": int(nfe),
-               "wall_s": wall, "fd": q["fd"], "kid": q["kid"], "class_entropy": q["classes"]["entropy"],
-               "precision": precision}
-        print(f"  {kind} {precision} {'steps ' + str(steps) if kind == 'pc' else f'rtol {rtol:g}'}: nfe {nfe}, "
-              f"{wall:.1f} s, "
-              f"FD {q['fd']:.2f}, {_kid_text(q['kid'])}, class entropy {q['classes']['entropy']:.3f}", flush=True)
+    # (row fields, sampler(seed), deterministic): PC, the RK45 ODE, then the solvers
+    cases = [({"sampler": "pc", "steps": s, "rtol": None, "precision": p},
+              lambda seed, s=s, p=p: _sampler(mf, backend, n, s, seed, "pc", precision=p), False)
+             for p in pc_precisions for s in pc_steps]
+    cases += [({"sampler": "ode", "steps": None, "rtol": r, "precision": "fp32"},
+               lambda seed, r=r: _sampler(mf, backend, n, 1000, seed, "ode", r, precision="fp32"), True)
+              for r in ode_rtols]
+    cases += [({"sampler": name, "steps": steps, "rtol": None, "precision": "fp32"},
+               lambda seed, name=name, steps=steps: _solver_sampler(mf, backend, n, name, steps, seed),
+               not solvers.get_solver(name)().stochastic) for name, steps in solver_configs]
+    m = min(n, ODE_ERROR_N)
+    fine, coarse = ((2, 1) if smoke else (CONVERGED_STEPS, CONVERGED_CHECK_STEPS))
+    converged, converged_error = {}, []
+    if any(deterministic for *_, deterministic in cases):
+        for seed in seeds:
+            x, y = (_solver_sampler(mf, backend, m, CONVERGED_SOLVER, steps, seed)(mf.model)[0].detach().float()
+                    .clamp(0, 1) for steps in (fine, coarse))
+            converged[seed] = x
+            converged_error.append(_rms(x, y))
+    for fields, make, deterministic in cases:
+        draws = []
+        for seed in seeds:
+            fn = make(seed)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                x, nfe = fn(mf.model)
+            wall = time.perf_counter() - t0
+            x = x.detach().float().clamp(0, 1)
+            if fields["sampler"] == "pc":  # model evaluations (score_sde's nfe also counts a "none" corrector)
+                nfe = _model_evals(fields["steps"])
+            draws.append((seed, wall, nfe, evaluator.evaluate(x),
+                          _rms(x[:m], converged[seed]) if deterministic else None))
+        row = _seed_row(fields, draws)
+        what = (f"{fields['precision']} steps {fields['steps']}" if fields["sampler"] == "pc" else
+                f"rtol {fields['rtol']:g}" if fields["sampler"] == "ode" else f"steps {fields['steps']}")
+        print(f"  {fields['sampler']} {what}: {_row_text(row)}", flush=True)
         rows.append(row)
-    for name, steps in solver_configs:
-        fn = _solver_sampler(mf, backend, n, name, steps, seed)
-        t0 = time.perf_counter()
-        x, evals = fn(mf.model)
-        wall = time.perf_counter() - t0
-        q = evaluator.evaluate(x.detach().float().clamp(0, 1))
-        row = {"sampler": name, "steps": steps, "rtol": None, "nfe": int(evals), "wall_s": wall, "fd": q["fd"],
-               "kid": q["kid"], "class_entropy": q["classes"]["entropy"], "precision": "fp32"}
-        print(f"  {name} steps {steps}: model evals {evals}, {wall:.1f} s, FD {q['fd']:.2f}, {_kid_text(q['kid'])}, "
-              f"class entropy {q['classes']['entropy']:.3f}", flush=True)
-        rows.append(row)
-    return {"n": n, "seed": seed, "backend": backend, "rows": rows,
-            "fd_real_vs_real": evaluator.real_vs_real(n, seed), "fd_real_vs_noise": evaluator.real_vs_noise(n, seed),
-            "threads": torch.get_num_threads()}
+    real = [evaluator.real_vs_real(min(n, len(evaluator.train_images)), seed) for seed in seeds]
+    return {"n": n, "seeds": list(seeds), "backend": backend, "rows": rows, "fd_real_vs_real": _mean_sd(real)[0],
+            "fd_real_vs_real_per_seed": real, "fd_real_vs_noise": evaluator.real_vs_noise(n, seeds[0]),
+            "ode_error_n": m, "converged": {"solver": CONVERGED_SOLVER, "steps": fine, "check_steps": coarse},
+            "converged_error": max(converged_error, default=None), "threads": torch.get_num_threads()}
 
 
 def plot_tradeoff(result: dict, path: str) -> str:

@@ -100,6 +100,25 @@ def test_e2e_suite_records_and_tradeoff(tmp_path, monkeypatch, capsys, one_threa
     assert all(row["fd"] >= 0 and row["nfe"] > 0 for row in result["rows"])
     assert all(row["kid"]["subset_size"] == 4 and row["kid"]["stderr"] >= 0 for row in result["rows"])  # n = 16
     assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["seeds"] == [0] and all(row["fd_sd"] is None and row["seeds"] == [0] for row in result["rows"])
+    ode = {row["sampler"]: row["ode_error"] for row in result["rows"]}  # deterministic samplers only
+    assert ode["pc"] is None and ode["ode"] > 0 and ode["dpmpp_2m"] > 0
+
+
+def test_tradeoff_ode_error_is_zero_for_the_converged_solver_itself(one_thread):
+    """The ODE error compares the same ODE from the same noise: the converged solver at its own step count is 0
+    exactly, fewer steps are not; FD and KID are the means of the seeds' values, with their spread."""
+    from fastsde.benchmarks import bench_e2e, common
+
+    with common.smoke(True):  # the converged solution: 2 steps (its check: 1)
+        result = bench_e2e.tradeoff(n=16, seeds=(0, 1), pc_steps=(), ode_rtols=(),
+                                    solver_names=(bench_e2e.CONVERGED_SOLVER,), solver_evals=(7, 4))
+    same, fewer = result["rows"]
+    assert (same["steps"], fewer["steps"]) == (2, 1) and same["ode_error"] == 0.0 and fewer["ode_error"] > 1e-3
+    assert result["converged_error"] > 0 and result["ode_error_n"] == 16
+    for row in result["rows"]:
+        assert row["fd"] == pytest.approx(sum(row["fd_per_seed"]) / 2) and row["fd_sd"] > 0
+        assert row["kid"]["kid"] == pytest.approx(sum(row["kid_per_seed"]) / 2) and row["kid"]["stderr"] > 0
 
 
 def test_unet_suite_precision_rows(monkeypatch, one_thread):

@@ -279,3 +279,103 @@ def test_image_command_errors_are_one_line(capsys, argv, code):
     got, _, err = _run(capsys, *argv)
     assert got == code
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_shipped_reference_features_are_fresh_and_equal_a_recomputation(evaluator):
+    """The shipped features stand for this classifier and these digits (their key matches), and equal what the
+    classifier computes now (float32 rounding of another CPU or torch at most)."""
+    assert evaluator._reference is not None
+    computed = evaluator._reference_tensors()
+    for name, value in computed.items():
+        torch.testing.assert_close(evaluator._reference[name], value.double(), rtol=1e-4, atol=1e-4)
+    predicted = computed["test_logits"].argmax(1)
+    assert evaluator.test_accuracy == float((predicted == evaluator.test_labels).double().mean())
+
+
+@pytest.mark.parametrize("damage", ["other classifier", "garbage", "other format"])
+def test_stale_or_damaged_reference_features_are_recomputed_never_used(tmp_path, evaluator, damage):
+    """A features file whose key does not match (a retrained classifier), that is damaged, or of another format is
+    refused with a warning and the features are recomputed from the classifier."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fastsde.digits.evaluation import reference_path
+
+    classifier = tmp_path / "clf.safetensors"
+    shutil.copyfile(evaluator.path, classifier)
+    features = reference_path(str(classifier))
+    shipped = reference_path(evaluator.path)
+    if damage == "garbage":
+        with open(features, "wb") as f:
+            f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    else:
+        tensors = load_file(shipped)
+        tensors["test_features"] = tensors["test_features"] + 1.0  # a stale file's values must never be read
+        from safetensors import safe_open
+
+        with safe_open(shipped, framework="pt") as f:
+            meta = dict(f.metadata())
+        if damage == "other classifier":
+            state = load_file(str(classifier))
+            key = sorted(state)[0]
+            state[key] = state[key] * 1.001  # "retrained": same config, other weights, so another key
+            with safe_open(str(classifier), framework="pt") as f:
+                save_file(state, str(classifier), metadata=dict(f.metadata()))
+        else:
+            meta["format"] = "fastsde.digits_reference/0"
+        save_file(tensors, features, metadata=meta)
+    with pytest.warns(RuntimeWarning, match="recomputed"):
+        fresh = DigitsEvaluator(str(classifier))
+    assert fresh._reference is None
+    torch.testing.assert_close(fresh.test_features, fresh.features(fresh.test_images))
+    if damage != "other classifier":
+        torch.testing.assert_close(fresh.test_features, evaluator.test_features, rtol=1e-4, atol=1e-4)
+
+
+def test_one_classifier_pass_gives_the_statistics_and_the_features(evaluator):
+    """measure(): the features and the class histogram from one pass equal separate features() and logits() calls;
+    images with NaN are counted and left out."""
+    images = load_digits("train")[0][:40].clone()
+    images[3] = float("nan")
+    stats, features = evaluator.measure(images)
+    good = torch.cat([images[:3], images[4:]])
+    torch.testing.assert_close(features, evaluator.features(good), rtol=0, atol=0)
+    k = evaluator.num_classes
+    hist = torch.bincount(evaluator.logits(good).argmax(1), minlength=k).double()
+    assert stats[0] == 39 and stats[1] == 1 and torch.equal(stats[3:3 + k], hist)
+    assert evaluator.kernel_distance(images) == evaluator.kernel_distance_of(features)
+
+
+@pytest.mark.parametrize("argv", [["sample", "--help"], ["sample", "--n", "4", "--no-progress"]])
+def test_sample_command_imports_only_what_it_uses(tmp_path, argv):
+    """`import fastsde` loads none of scipy, matplotlib, scikit-learn; `fastsde sample --help` loads no U-Net or
+    classifier either; a digits `fastsde sample` run (quality report and PNG included) loads none of the three."""
+    import subprocess
+    import sys
+    import textwrap
+
+    heavy = ("scipy", "matplotlib", "sklearn")
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        import fastsde
+        print(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}))
+        sys.argv = ["fastsde", *{argv!r}, "--out", {str(tmp_path / "s")!r}]
+        try:
+            runpy.run_module("fastsde", run_name="__main__")
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        print(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}
+                     or m.startswith(("fastsde.nn", "fastsde.models.ncsnpp", "fastsde.models.classifier"))))
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    after_import, after_command = result.stdout.strip().splitlines()[0], result.stdout.strip().splitlines()[-1]
+    assert after_import == "[]"
+    loaded = eval(after_command)
+    if "--help" in argv:
+        assert loaded == []
+    else:
+        assert not [m for m in loaded if m.split(".")[0] in heavy], loaded
+        assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="e2e only: also measure quality vs time across PC step counts and ODE tolerances and write "
                         "STEM.json and STEM.png")
     p.add_argument("--n", type=positive_int, default=None,
-                   help="e2e only: images per --tradeoff run (default: 256; the timed case is always 64)")
+                   help="e2e only: images per --tradeoff run and seed (default: 359, every test digit; the timed "
+                        "case is always 64)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
         print("quality vs time (fastsde native):", flush=True)
         with common.smoke(args.smoke):
-            result = bench_e2e.tradeoff(n=args.n or 256, backend=args.backend)
+            result = bench_e2e.tradeoff(n=args.n or 359, backend=args.backend)
         with AtomicOutputs() as files:
             with open(files.path(args.tradeoff + ".json"), "w") as f:
                 json.dump(result, f, indent=1)

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from fastsde import distributed, metrics
+from fastsde import distributed
 from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, SDE_DEFAULTS, UsageError, batch_argument,
                                 check_memory, fmt_optional, image_model_arguments, kid_text, load_model_for,
                                 memory_estimate, micro_batch, parse_model, read_samples_npz, step_count,
@@ -74,10 +74,10 @@ def _run(args: argparse.Namespace) -> int:
     def measure(ids):  # the summed statistics, and each finite image's features for KID (rows of an (n, d + 1) table)
         images = draw(ids)
         finite = torch.isfinite(images.flatten(1)).all(1)
+        stats, features = evaluator.measure(images)  # one classifier pass: the sums and the finite rows' features
         rows = torch.zeros(len(ids), d + 1, dtype=torch.float64)
-        if finite.any():
-            rows[finite, :d], rows[finite, d] = evaluator.features(images[finite]), 1.0
-        return evaluator.statistics(images), torch.as_tensor(ids, dtype=torch.long), rows
+        rows[finite, :d], rows[finite, d] = features, 1.0
+        return stats, torch.as_tensor(ids, dtype=torch.long), rows
 
     parts = with_threads(args, lambda: distributed.for_each_batch(
         lambda k, ids: measure(ids), n, batch=batch, progress=args.progress and batch < n, desc="images"))
@@ -90,8 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     q = evaluator.evaluate_statistics(stats)
     features = table[table[:, d] == 1.0, :d]
-    q["kid"] = (None if len(features) < 2 * metrics.KID_SUBSETS
-                else metrics.kernel_distance(features, evaluator.test_features))
+    q["kid"] = evaluator.kernel_distance_of(features)
     n = q["n"]
     report = {"source": source, **q, **evaluator.scale_at(n, seed=args.seed), "classifier": evaluator.path,
               "batch": batch, "processes": distributed.world_size()}

@@ -1,5 +1,5 @@
-"""Pictures, drawn on matplotlib's Agg canvas (no pyplot, no screen): 2-D samples against the exact density of a
-`GaussianMixture`, and grids of images (rows of panels with titles) for the image models."""
+"""Pictures, without a screen: 2-D samples against the exact density of a `GaussianMixture` (matplotlib's Agg canvas,
+no pyplot), and grids of images (panels with captions under a title) for the image models (Pillow)."""
 from __future__ import annotations
 
 import os
@@ -101,28 +101,57 @@ def image_grid(images, nrow: int | None = None, pad: int = 1, pad_value: float =
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def save_image_panels(panels, path, title: str = "", nrow: int | None = None, scale: float = 0.32) -> str:
-    """One PNG with a titled panel per (caption, images (B, C, H, W) in [0, 1]) pair of `panels`; returns path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def save_image_panels(panels, path, title: str = "", nrow: int | None = None, zoom: int = 3) -> str:
+    """One PNG with a captioned panel per (caption, images (B, C, H, W) in [0, 1]) pair of `panels`, side by side
+    under a title (lines split at newlines); each image pixel becomes a zoom x zoom block. Drawn with Pillow, not
+    matplotlib: importing and laying out a matplotlib figure cost 0.65 s of a 2.7 s `fastsde sample` call."""
+    from PIL import Image, ImageDraw
 
     grids = [(caption, image_grid(images, nrow)) for caption, images in panels]
     if not grids:
         raise ValueError("no panels to draw")
-    width = sum(g.shape[1] for _, g in grids) * scale / 10 + 0.4 * len(grids)
-    height = max(g.shape[0] for _, g in grids) * scale / 10 + (0.9 if title else 0.5)
-    fig = Figure(figsize=(max(width, 3.0), max(height, 2.0)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(grids), squeeze=False)[0]
-    for ax, (caption, grid) in zip(axes, grids):
-        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(caption, fontsize=9)
-        ax.set_axis_off()
+    pictures = [Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).resize(
+        (grid.shape[1] * zoom, grid.shape[0] * zoom), Image.Resampling.NEAREST) for _, grid in grids]
+    title_font, caption_font = _font(13), _font(11)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+
+    def size(text, font):  # (width, height) of a possibly multi-line text, (0, 0) for none
+        return measure.multiline_textbbox((0, 0), text, font=font)[2:] if text else (0, 0)
+
+    margin, gap = 10, 16
+    title_w, title_h = size(title, title_font)
+    caption_h = max(size(caption, caption_font)[1] for caption, _ in grids)
+    panels_w = sum(max(p.width, size(c, caption_font)[0]) for (c, _), p in zip(grids, pictures)) \
+        + gap * (len(grids) - 1)
+    top = margin + (title_h + gap // 2 if title else 0)
+    canvas = Image.new("RGB", (2 * margin + max(panels_w, title_w),
+                               top + (caption_h + 4 if caption_h else 0) + max(p.height for p in pictures) + margin),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
     if title:
-        fig.suptitle(title, fontsize=10)
+        draw.multiline_text(((canvas.width - title_w) // 2, margin), title, font=title_font, fill="black",
+                            align="center")
+    x = (canvas.width - panels_w) // 2
+    for (caption, _), picture in zip(grids, pictures):
+        width = max(picture.width, size(caption, caption_font)[0])
+        if caption:
+            draw.text((x + (width - size(caption, caption_font)[0]) // 2, top), caption, font=caption_font,
+                      fill="black")
+        canvas.paste(picture, (x + (width - picture.width) // 2, top + (caption_h + 4 if caption_h else 0)))
+        x += width + gap
     path = os.fspath(path)
-    fig.savefig(path, dpi=100)
+    canvas.save(path, format="PNG")
     return path
+
+
+def _font(size: int):
+    """Pillow's built-in font at `size` points (its bitmap font where Pillow was built without FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, TypeError):  # no FreeType (or a Pillow before 10.1): the fixed-size bitmap font
+        return ImageFont.load_default()
 
 
 def save_image_grid(images, path, title: str = "", nrow: int | None = None) -> str:

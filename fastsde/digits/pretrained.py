@@ -168,8 +168,9 @@ def load_classifier(path: str, device="cpu"):
 
 
 # `fastsde sample` with no arguments (and bench e2e's digits_default rows): 64 digits from the shipped VP model
-# with the few-step solver chosen by measurement (README "Speed and quality": the best FD at <= 20 model
-# evaluations, averaged over seeds 0-2, n = 256) -- singlestep DPM-Solver-3 on 3 uniform-log-SNR steps + the final
+# with the few-step solver chosen by the rule of docs/design.md section 13 (written before the measurement: the
+# fewest evaluations whose FD over seeds 0-2 at n = 359 is within one pooled seed spread of the best and whose ODE
+# error is below 0.05; README "Speed and quality") -- singlestep DPM-Solver-3 on 3 uniform-log-SNR steps + the final
 # denoising call, 10 model evaluations. "steps" is the PC sampler's N for `--sampler pc` (and bench e2e's
 # digits_pc rows): score_sde's VP sampler, Euler-Maruyama predictor without a corrector, 200 steps.
 DIGITS_DEFAULTS = {"sde": "vp", "sampler": "dpm_solver_3", "solver_steps": 3, "steps": 200, "n": 64}
