@@ -210,3 +210,24 @@ def test_any_rank_state():
     x, _ = sampling.get_pc_sampler(sde, (5, 3, 2, 2), "euler_maruyama", "langevin", IDENTITY, 0.16,
                                    continuous=True, seed=0)(model)
     assert x.shape == (5, 3, 2, 2) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("argv", [["--sampler", "euler", "--steps", "2"], ["--sampler", "pc", "--steps", "3"], []])
+def test_eval_samples_with_the_sampler_of_fastsde_sample(capsys, tmp_path, argv):
+    """`fastsde eval` built its own PC sampler and ignored --sampler: its report on sampled digits equals its report
+    on the file `fastsde sample` writes with the same sampler selection (default included) and seed."""
+    import json
+
+    from fastsde import cli
+
+    common = ["--n", "6", "--seed", "3", "--threads", "1", "--no-progress", "--json", *argv]
+    assert cli.main(["sample", *common, "--precision", "fp32", "--no-plot", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", *common]) == 0
+    sampled = json.loads(capsys.readouterr().out)
+    assert cli.main(["eval", "--samples", str(tmp_path / "s.npz"), "--no-progress", "--json"]) == 0
+    read = json.loads(capsys.readouterr().out)
+    assert sampled["fd"] == read["fd"] and sampled["classes"] == read["classes"]
+    named = {"euler": "euler, 2 steps", "pc": "euler_maruyama+none, 3 steps"}.get(argv[1] if argv else None,
+                                                                                 "dpm_solver_3, 3 steps")
+    assert named in sampled["source"]
