@@ -180,6 +180,28 @@ def test_pc_capture_compiles_outside_the_recording(monkeypatch, eager_compile, b
     assert fake.streams and all(d == torch.device("cpu") for d in fake.streams)  # the tensors' own device
 
 
+@pytest.mark.parametrize("backend", NATIVE)
+def test_pc_capture_of_a_plain_function_model(monkeypatch, eager_compile, backend):
+    """A model may be a plain function model(x, labels): PC capture=True read its .parameters() to key the recording
+    (AttributeError on CUDA); it records once and replays, with the eager loop's numbers (the CPU stand-in's recording
+    also runs the body, so only the replaying calls are compared)."""
+    fake = _FakeGraphs(monkeypatch)
+    monkeypatch.setattr(FusedLoop, "_captures", staticmethod(lambda x: True))
+    sde = _vp()
+    inner = _model(sde)
+
+    def model(x, labels):
+        return inner(x, labels)
+
+    make = lambda **kw: get_pc_sampler(sde, SHAPE, "euler_maruyama", "langevin", lambda v: v, 0.16,  # noqa: E731
+                                       continuous=True, seed=3, backend=backend, **kw)
+    captured, eager = make(capture=True, capture_steps=2), make()
+    assert torch.isfinite(captured(model)[0]).all()
+    for _ in range(2):
+        torch.testing.assert_close(captured(model)[0], eager(model)[0], rtol=1e-5, atol=1e-5)
+    assert fake.compiles_while_recording == [0]  # steps 2-3 in one 2-step graph, recorded once, then replayed
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_single_eval_program_capture_compiles_outside_the_recording(monkeypatch, eager_compile, backend):
     """A program with one Eval (the adaptive solver's denoising): the sampler's first call runs that Eval eagerly,

@@ -348,10 +348,7 @@ class FusedLoop:
             remaining = self.n - 1
             if not remaining:
                 return
-            # a graph reads parameters at the addresses it was recorded with: in-place updates (copy_,
-            # load_state_dict, an EMA swap) are seen, a parameter rebound to new storage (`p.data = t`, .to()) needs
-            # a new recording
-            addresses = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+            addresses = capture_safety.parameter_addresses(self.model)
             if self._graphs is not None and self._graphs[0] != addresses:
                 self._graphs = None
             with capture_safety.capture_stream(x.device) as side:
