@@ -391,6 +391,14 @@ def test_guided_sampler_refuses_compile_in_one_line():
         assert "\n" not in str(info.value)
 
 
+def test_guided_cli_refuses_compile_before_any_work(capsys, tmp_path):
+    from helpers import one_error_line, run_cli
+
+    code, _, err = run_cli(capsys, "sample", "--class-label", "3", "--compile", "--n", "2", "--out", tmp_path / "s")
+    assert code == 2 and "--compile does not apply to --class-label" in one_error_line(err)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("backend", NATIVE)
 def test_guided_sampler_fused_matches_reference_across_calls(backend):
     from fastsde.controllable import get_pc_conditional_sampler

@@ -340,6 +340,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
         _class_labels(args.class_label, 10)  # a bad label is a usage error, found before loading anything
         if args.sampler != "pc":
             raise UsageError("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
+        if args.compile:
+            raise UsageError("--compile does not apply to --class-label: classifier guidance takes a gradient in "
+                             "every model call, which torch.compile(fullgraph=True) cannot trace")
     elif args.guidance_scale is not None:
         raise UsageError("--guidance-scale applies with --class-label only")
     args.n = args.n or DIGITS_DEFAULTS["n"]
