@@ -33,7 +33,8 @@ def _has_nvcc():
 
 def native_extension():
     """fastsde._C: CppExtension on CPU-only torch, CUDAExtension when torch has CUDA and nvcc is found."""
-    sources = _rel("csrc/bindings.cpp") + _rel("csrc/api/*.cpp") + _rel("csrc/cpu/*.cpp")
+    # csrc/api/*.cpp: the torch bindings, one file per op family (pattern: csrc/api/common.h)
+    sources = _rel("csrc/api/*.cpp") + _rel("csrc/cpu/*.cpp")
     # -ffp-contract=off: only explicit fmas (csrc/fsn1.h, csrc/step.h), so every SIMD level computes the same bits.
     # No -march: csrc/cpu/step_avx2.cpp / step_avx512.cpp pick their ISA with #pragma GCC target and are chosen at
     # run time; everything else runs on any x86-64.
@@ -44,7 +45,7 @@ def native_extension():
         extra_link_args=["-fopenmp"],
     )
     if _has_nvcc():
-        # The torch-free kernels of csrc/cuda; bindings.cpp registers them under FASTSDE_WITH_CUDA. BuildExtension
+        # The torch-free kernels of csrc/cuda; csrc/api registers them under FASTSDE_WITH_CUDA. BuildExtension
         # adds the CUDA include dir, cudart, the __CUDA_NO_HALF* defines and the -gencode flags (TORCH_CUDA_ARCH_LIST);
         # CMakeLists.txt compile-checks both halves with the same flags where no GPU torch is installed.
         return CUDAExtension(
@@ -82,11 +83,8 @@ setup(
     ],
     # The digits application (fastsde.digits, the `fastsde` command's image commands, progress bars, pictures).
     extras_require={
-        "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "Pillow>=10.1", "tqdm>=4.60"],
+        "digits": ["scikit-learn>=1.2", "matplotlib>=3.7", "tqdm>=4.60"],
         "triton": ["triton>=2.1"],
-        # Drop-in schedulers for diffusers pipelines (fastsde.compat.diffusers.Fast*Scheduler), built on diffusers'
-        # own scheduler classes; imported only when one of them is used.
-        "diffusers": ["diffusers>=0.42"],
         # Compatibility tests against k-diffusion's and diffusers' own samplers (tests/test_real_packages.py).
         # k-diffusion's full dependency list pulls torchvision and a CUDA torch: the dev environment installs it
         # with --no-deps (requirements-nodeps.txt) and only what k_diffusion.sampling imports.

@@ -86,6 +86,15 @@ def capture_stream(device):
         caller.wait_stream(side)
 
 
+def parameter_addresses(model) -> tuple:
+    """The storage addresses a recorded graph reads a model's parameters and buffers at: in-place updates (copy_,
+    load_state_dict, an EMA swap) keep them, a tensor rebound to new storage (`p.data = t`, .to(), .double())
+    changes them and needs a new recording. () for a plain function model(x, labels), which has none."""
+    if not isinstance(model, torch.nn.Module):
+        return ()
+    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+
+
 def record_graph(body, stream):
     """A CUDA graph of body() recorded on `stream` (from capture_stream; its device is the graph's): nothing runs,
     so body's in-place side effects on the device happen only at replay. Every kernel body launches must already be

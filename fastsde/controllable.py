@@ -269,6 +269,9 @@ def get_pc_conditional_sampler(sde, classifier, shape, predictor, corrector, inv
         raise ValueError(f"sde must be a VPSDE, subVPSDE or VESDE, got {type(sde).__name__}")
     if not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite real number, got {scale!r}")
+    if compile is True or capture is True:  # (non-bools are refused by get_pc_sampler)
+        raise ValueError("compile=True/capture=True cannot run classifier guidance: its gradient (torch.autograd.grad "
+                         "in every model call) is not traceable by torch.compile(fullgraph=True); use compile=False")
     sampler = sampling.get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=n_steps,
                                       probability_flow=probability_flow, continuous=continuous, denoise=denoise,
                                       eps=eps, device=device, backend=backend, seed=seed, noise=noise,

@@ -113,6 +113,8 @@ class NoiseStream:
         new tensor on `device` in `dtype`."""
         if z is None:
             return self.prior(sde, shape, device=device, dtype=dtype)
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch.Tensor of shape {tuple(shape)} or None, got {type(z).__name__}")
         if tuple(z.shape) != tuple(shape):
             raise ValueError(f"z must have shape {tuple(shape)}, got {tuple(z.shape)}")
         return z.to(device=device, dtype=dtype).clone()

@@ -180,6 +180,28 @@ def test_pc_capture_compiles_outside_the_recording(monkeypatch, eager_compile, b
     assert fake.streams and all(d == torch.device("cpu") for d in fake.streams)  # the tensors' own device
 
 
+@pytest.mark.parametrize("backend", NATIVE)
+def test_pc_capture_of_a_plain_function_model(monkeypatch, eager_compile, backend):
+    """A model may be a plain function model(x, labels): PC capture=True read its .parameters() to key the recording
+    (AttributeError on CUDA); it records once and replays, with the eager loop's numbers (the CPU stand-in's recording
+    also runs the body, so only the replaying calls are compared)."""
+    fake = _FakeGraphs(monkeypatch)
+    monkeypatch.setattr(FusedLoop, "_captures", staticmethod(lambda x: True))
+    sde = _vp()
+    inner = _model(sde)
+
+    def model(x, labels):
+        return inner(x, labels)
+
+    make = lambda **kw: get_pc_sampler(sde, SHAPE, "euler_maruyama", "langevin", lambda v: v, 0.16,  # noqa: E731
+                                       continuous=True, seed=3, backend=backend, **kw)
+    captured, eager = make(capture=True, capture_steps=2), make()
+    assert torch.isfinite(captured(model)[0]).all()
+    for _ in range(2):
+        torch.testing.assert_close(captured(model)[0], eager(model)[0], rtol=1e-5, atol=1e-5)
+    assert fake.compiles_while_recording == [0]  # steps 2-3 in one 2-step graph, recorded once, then replayed
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_single_eval_program_capture_compiles_outside_the_recording(monkeypatch, eager_compile, backend):
     """A program with one Eval (the adaptive solver's denoising): the sampler's first call runs that Eval eagerly,
@@ -321,3 +343,76 @@ def test_inductor_compiled_never_recompiles(fresh_dynamo, no_recompiles, family)
         sampler = solvers.get_sampler("dpmpp_2m", sde, SHAPE, 3, backend="triton", compile=True)
         got = _calls(lambda k: sampler(model)[0])
     assert all(torch.isfinite(g).all() for g in got) and not torch.equal(got[0], got[1])
+
+
+# ------------------------------------------- 4: the other PC programs (flow, starts, colorize, guided), compiled
+def _gaussian_score(x, labels):
+    """A plain-function score model on any shape (the score of N(0, I) for VE; VP/subVP read it as the noise)."""
+    return -0.5 * x
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_pc_probability_flow_with_new_starts_never_recompiles(eager_compile, no_recompiles, backend):
+    """probability_flow=True (the fixed-step flow through the reverse-diffusion predictor) from new starts z and
+    new seeds: one compiled graph for every call, and the reference loop's numbers."""
+    sde = _vp()
+    model = _model(sde)
+    make = lambda **kw: get_pc_sampler(sde, SHAPE, "reverse_diffusion", "none", lambda v: v, 0.16,  # noqa: E731
+                                       probability_flow=True, continuous=True, **kw)
+    compiled, reference = make(backend=backend, compile=True), make(backend="reference")
+    starts = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
+    _assert_calls_match(_calls(lambda k: compiled(model, starts[k])[0]),
+                        _calls(lambda k: reference(model, starts[k])[0]))
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_colorizer_compiled_never_recompiles(eager_compile, no_recompiles, backend):
+    from fastsde.controllable import get_pc_colorizer
+
+    sde = _vp()
+    gray = [torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    make = lambda **kw: get_pc_colorizer(sde, "euler_maruyama", "langevin", lambda v: v, 0.16,  # noqa: E731
+                                         continuous=True, **kw)
+    compiled, reference = make(backend=backend, compile=True), make(backend="reference")
+    _assert_calls_match(_calls(lambda k: compiled(_gaussian_score, gray[k])),
+                        _calls(lambda k: reference(_gaussian_score, gray[k])))
+
+
+def test_guided_sampler_refuses_compile_in_one_line():
+    """Classifier guidance takes torch.autograd.grad inside every model call, which dynamo refuses under
+    fullgraph=True: compile=True crashed at the first model call with torch._dynamo.exc.Unsupported. Now refused by
+    the factory, in one line; the eager guided sampler stays reproducible across calls (below)."""
+    from fastsde.controllable import get_pc_conditional_sampler
+
+    for flags in ({"compile": True}, {"capture": True}):
+        with pytest.raises(ValueError, match=r"^compile=True/capture=True cannot run classifier guidance") as info:
+            get_pc_conditional_sampler(_vp(), lambda x, t: x, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16,
+                                       **flags)
+        assert "\n" not in str(info.value)
+
+
+def test_guided_cli_refuses_compile_before_any_work(capsys, tmp_path):
+    from helpers import one_error_line, run_cli
+
+    code, _, err = run_cli(capsys, "sample", "--class-label", "3", "--compile", "--n", "2", "--out", tmp_path / "s")
+    assert code == 2 and "--compile does not apply to --class-label" in one_error_line(err)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_guided_sampler_fused_matches_reference_across_calls(backend):
+    from fastsde.controllable import get_pc_conditional_sampler
+
+    sde = _vp()
+    weight = torch.randn(2, 3, generator=torch.Generator().manual_seed(4))
+
+    def classifier(x, labels):  # logits of a linear classifier, time-independent
+        return x @ weight
+
+    labels = [torch.tensor([0, 1, 2, 1]), torch.tensor([2, 2, 0, 0]), torch.tensor([1, 0, 1, 2])]
+    make = lambda **kw: get_pc_conditional_sampler(sde, classifier, SHAPE, "euler_maruyama", "none",  # noqa: E731
+                                                   lambda v: v, 0.16, continuous=True, **kw)
+    fused, reference = make(backend=backend), make(backend="reference")
+    model = _model(sde)
+    _assert_calls_match(_calls(lambda k: fused(model, labels[k])),
+                        _calls(lambda k: reference(model, labels[k])))

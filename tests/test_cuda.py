@@ -522,7 +522,7 @@ def test_captured_solver_on_cuda(backend, name):
 
 @pytest.mark.parametrize("lazy", [False, True])
 def test_captured_pc_sampler_replays_new_seeds_on_cuda(lazy):
-    """get_pc_sampler(capture=True, seed=None) replays one recording with each call's seed and start; the analytic
+    """get_pc_sampler(capture=True, seed=None) replays one recording with each call's seed and start z; the analytic
     model builds a device cache on its first call (lazy=True: a fresh model) and a .double() buffer change forces a
     re-recording -- both compile outside the capture (step 0 eager, step 1 compiled, then recorded)."""
     _need("native")
@@ -538,8 +538,77 @@ def test_captured_pc_sampler_replays_new_seeds_on_cuda(lazy):
     for k in range(4):
         if k == 3:
             model.double()  # new storage in a new dtype: re-recorded after a recompile outside the capture
+        z = torch.randn(32, 2, generator=torch.Generator().manual_seed(k)).to(CUDA)
         torch.manual_seed(200 + k)
-        want = eager(model)[0]
+        want = eager(model, z)[0]
         torch.manual_seed(200 + k)
-        got = captured(model)[0]
+        got = captured(model, z)[0]
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _NarrowOutput(torch.nn.Module):
+    """The model's output in a narrower dtype than the state (a half-precision model beside a float32 state, a
+    float32 model beside a float64 state): the fused updates load it directly."""
+
+    def __init__(self, inner, dtype):
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def forward(self, x, labels):
+        return self.inner(x, labels).to(self.dtype)
+
+
+def _captured_matches_eager(make, model, device, shape, calls=3):
+    """make(**kw) -> sampler: the captured sampler (seed=None) over `calls` calls with new seeds and starts z gives
+    the eager sampler's samples, on `device`."""
+    eager, captured = make(), make(capture=True)
+    for k in range(calls):
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(k)).to(device)
+        torch.manual_seed(300 + k)
+        want = eager(model, z)[0]
+        torch.manual_seed(300 + k)
+        got = captured(model, z)[0]
+        assert got.device == torch.device(device) and torch.isfinite(got).all(), k
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("state, score", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                          (torch.float64, torch.float32)])
+@pytest.mark.parametrize("kind", ["pc", "dpmpp_2m"])
+def test_captured_samplers_with_mixed_score_and_state_dtypes_on_cuda(kind, state, score):
+    from fastsde import solvers
+
+    _need("native")
+    sde = sde_lib.VPSDE(beta_max=20.0, N=40)
+    model = _NarrowOutput(AnalyticScoreModel(get_mixture("ring"), sde, continuous=True), score).to(CUDA)
+    if kind == "pc":
+        make = lambda **kw: sampling.get_pc_sampler(sde, (32, 2), "euler_maruyama", "langevin", lambda v: v,  # noqa: E731
+                                                     0.16, continuous=True, device=CUDA, backend="native",
+                                                     dtype=state, **kw)
+    else:
+        make = lambda **kw: solvers.get_sampler(kind, sde, (32, 2), 8, device=CUDA, backend="native",  # noqa: E731
+                                                dtype=state, **kw)
+    _captured_matches_eager(make, model, CUDA, (32, 2))
+
+
+@pytest.mark.parametrize("kind", ["pc", "dpmpp_2m"])
+def test_captured_samplers_on_a_non_current_device(kind):
+    """Tensors on cuda:1 while cuda:0 is current: every launch, capture and replay happens on the tensors' device
+    (the ops enter it; capture_safety records on a side stream of it)."""
+    from fastsde import solvers
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    _need("native")
+    other = torch.device("cuda", 1)
+    torch.cuda.set_device(0)
+    sde = sde_lib.VPSDE(beta_max=20.0, N=40)
+    model = AnalyticScoreModel(get_mixture("ring"), sde, continuous=True).to(other)
+    if kind == "pc":
+        make = lambda **kw: sampling.get_pc_sampler(sde, (32, 2), "reverse_diffusion", "langevin", lambda v: v,  # noqa: E731
+                                                     0.16, continuous=True, device=other, backend="native", **kw)
+    else:
+        make = lambda **kw: solvers.get_sampler(kind, sde, (32, 2), 8, device=other, backend="native",  # noqa: E731
+                                                **kw)
+    _captured_matches_eager(make, model, other, (32, 2))
+    assert torch.cuda.current_device() == 0

@@ -210,3 +210,63 @@ def test_any_rank_state():
     x, _ = sampling.get_pc_sampler(sde, (5, 3, 2, 2), "euler_maruyama", "langevin", IDENTITY, 0.16,
                                    continuous=True, seed=0)(model)
     assert x.shape == (5, 3, 2, 2) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("argv", [["--sampler", "euler", "--steps", "2"], ["--sampler", "pc", "--steps", "3"], []])
+def test_eval_samples_with_the_sampler_of_fastsde_sample(capsys, tmp_path, argv):
+    """`fastsde eval` built its own PC sampler and ignored --sampler: its report on sampled digits equals its report
+    on the file `fastsde sample` writes with the same sampler selection (default included) and seed."""
+    import json
+
+    from fastsde import cli
+
+    common = ["--n", "6", "--seed", "3", "--threads", "1", "--no-progress", "--json", *argv]
+    assert cli.main(["sample", *common, "--precision", "fp32", "--no-plot", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", *common]) == 0
+    sampled = json.loads(capsys.readouterr().out)
+    assert cli.main(["eval", "--samples", str(tmp_path / "s.npz"), "--no-progress", "--json"]) == 0
+    read = json.loads(capsys.readouterr().out)
+    assert sampled["fd"] == read["fd"] and sampled["classes"] == read["classes"]
+    named = {"euler": "euler, 2 steps", "pc": "euler_maruyama+none, 3 steps"}.get(argv[1] if argv else None,
+                                                                                 "dpm_solver_3, 3 steps")
+    assert named in sampled["source"]
+
+
+def _every_sampler(sde, shape, seed):
+    """(name, sampler) for every registered sampler kind: each PC predictor x corrector, each solver, the ODE."""
+    from fastsde import solvers
+
+    for predictor, corrector in itertools.product(sampling.predictor_names(), sampling.corrector_names()):
+        if (predictor, corrector) != ("none", "none"):
+            yield (f"pc:{predictor}+{corrector}",
+                   sampling.get_pc_sampler(sde, shape, predictor, corrector, IDENTITY, 0.16, continuous=True,
+                                           eps=1e-3, seed=seed))
+    for name in solvers.solver_names():
+        yield name, solvers.get_sampler(name, sde, shape, 3, eps=1e-3, seed=seed)
+    yield "ode", sampling.get_ode_sampler(sde, shape, IDENTITY, rtol=1e-2, atol=1e-2, eps=1e-3, seed=seed,
+                                          dtype=torch.float32)
+
+
+def test_every_sampler_kind_has_one_contract():
+    """get_pc_sampler, get_sampler and get_ode_sampler return one contract: sampler(model, z=None) -> (x, count),
+    starting from z when given (z=None is the prior, FSN1 draw 0 of the seed), never writing into z."""
+    from fastsde import solvers
+    from fastsde.noise import NoiseStream
+
+    sde, shape = sde_lib.VPSDE(0.1, 20.0, 24), (5, 2)
+    model = AnalyticScoreModel(get_mixture("ring"), sde, continuous=True)
+    prior = NoiseStream("fastsde", 4, None).prior(sde, shape)
+    kinds = 0
+    for name, sampler in _every_sampler(sde, shape, seed=4):
+        z = prior.clone()
+        x, count = sampler(model)
+        x_z, count_z = sampler(model, z)
+        assert isinstance(count, int) and count == count_z > 0, name
+        assert x.shape == shape and torch.equal(x, x_z), name
+        assert torch.equal(z, prior), name
+        with pytest.raises(TypeError, match="z must be a torch.Tensor"):
+            sampler(model, [[0.0, 0.0]] * 5)
+        kinds += 1
+    pc_kinds = len(sampling.predictor_names()) * len(sampling.corrector_names()) - 1
+    assert kinds == pc_kinds + len(solvers.solver_names()) + 1

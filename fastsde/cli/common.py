@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import torch
 
-from fastsde import distributed, sampling
+from fastsde import distributed, sampling, solvers
 from fastsde._util import check_regular_file
 from fastsde import sde as sde_lib
 from fastsde.digits.pretrained import DIGITS_DEFAULTS, load_score_model, score_model_path
@@ -22,7 +22,8 @@ from fastsde.sampling import PC_DEFAULTS
 
 __all__ = ["UsageError", "SDE_DEFAULTS", "positive_int", "sample_count", "nonnegative_int", "seed_value",
            "positive_float",
-           "model_spec", "npz_path", "build_sampler", "load_model_for", "with_threads", "output_stem",
+           "model_spec", "npz_path", "build_sampler", "default_steps", "check_own_steps", "sampler_argument",
+           "SAMPLER_NAMES", "OWN_STEPS", "load_model_for", "with_threads", "output_stem",
            "image_model_arguments", "parse_model", "test_subset", "fmt_optional", "finite_float", "device_name",
            "check_output_stem", "check_output_file", "AtomicOutputs", "memory_estimate", "available_memory",
            "check_memory", "read_samples_npz", "IMAGE_BATCH", "batch_argument", "micro_batch", "MAX_STEPS",
@@ -164,32 +165,73 @@ def npz_path(out: str) -> str:
     return path
 
 
+SAMPLER_NAMES = ("pc", "ode", *solvers.solver_names())  # --sampler of `fastsde sample` and `fastsde eval`
+OWN_STEPS = ("ode", "adaptive")  # samplers that choose their own steps: an explicit --steps is refused
+
+
+def sampler_argument(p, default_help: str) -> None:
+    """--sampler NAME, shared by the commands that sample (the one sampler selection of build_sampler)."""
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, metavar="NAME",
+                   help="pc (predictor-corrector), ode (probability-flow ODE, scipy RK45) or a few-step solver: "
+                        f"{', '.join(solvers.solver_names())}; default: {default_help}")
+
+
+def check_own_steps(args: argparse.Namespace) -> None:
+    """--steps is refused beside a sampler that chooses its own steps."""
+    if args.steps is not None and args.sampler in OWN_STEPS:
+        raise UsageError(f"--steps does not apply to --sampler {args.sampler}, which chooses its own steps "
+                         f"({'--rtol/--atol' if args.sampler == 'ode' else 'an error-controlled step size'})")
+
+
+def default_steps(sampler: str) -> int:
+    """--steps when not given, for an image model: PC's N, the default solver's steps, or about 10 model
+    evaluations of another solver (the ODE sampler ignores it)."""
+    if sampler in ("pc", "ode"):
+        return DIGITS_DEFAULTS["steps"]
+    if sampler == DIGITS_DEFAULTS["sampler"]:
+        return DIGITS_DEFAULTS["solver_steps"]
+    return max(1, 9 // solvers.get_solver(sampler).evals_per_step)
+
+
 def build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None, *,
                   sample_ids=None, progress=None):
-    """(sampler(model) -> (x, nfe), the settings it was built with) from the command line; sample_ids: the global
-    ids of the batch (FSN1 noise is keyed by them), progress: the per-step bar (default --progress)."""
+    """(sampler(model) -> (x, nfe or model evaluations), the settings it was built with) for --sampler (pc, ode or
+    a few-step solver) and its options; an option a command does not define takes its default. sample_ids: the
+    global ids of the batch (FSN1 noise is keyed by them), progress: the per-step bar (default --progress)."""
+    def opt(name):
+        return getattr(args, name, None)
+
     progress = args.progress if progress is None else progress
     default_predictor, default_corrector, default_eps = SDE_DEFAULTS[args.sde]
     inverse_scaler = inverse_scaler or (lambda x: x)
-    eps = default_eps if args.eps is None else args.eps
-    precision = getattr(args, "precision", None)  # resolved by the command (fastsde.precision); None: the state's
+    eps = default_eps if opt("eps") is None else args.eps
+    precision = opt("precision")  # resolved by the command (fastsde.precision); None: the state's
+    noise, continuous = opt("noise") or "fastsde", opt("continuous") is not False
+    denoise = opt("denoise") is not False
     info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
-            "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
-            "precision": precision or "fp32"}
+            "noise": noise, "continuous": continuous, "denoise": denoise, "precision": precision or "fp32"}
     if args.sampler == "ode":
-        info.update(predictor="none", corrector="none", rtol=args.rtol or 1e-5, atol=args.atol or 1e-5)
-        return sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=args.denoise, rtol=info["rtol"],
+        info.update(predictor="none", corrector="none", rtol=opt("rtol") or 1e-5, atol=opt("atol") or 1e-5)
+        return sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=denoise, rtol=info["rtol"],
                                         atol=info["atol"], eps=eps, device=args.device, seed=args.seed,
-                                        noise=args.noise, sample_ids=sample_ids, precision=precision), info
-    info.update(predictor=args.predictor or default_predictor, corrector=args.corrector or default_corrector,
-                snr=0.16 if args.snr is None else args.snr,
-                n_steps_each=1 if args.n_steps_each is None else args.n_steps_each,
-                probability_flow=bool(args.probability_flow), backend=args.backend or "auto",
-                compile=bool(getattr(args, "compile", False)))
+                                        noise=noise, sample_ids=sample_ids, precision=precision), info
+    info.update(backend=opt("backend") or "auto", compile=bool(opt("compile")))
+    if args.sampler != "pc":
+        if noise != "fastsde":
+            raise UsageError(f"--sampler {args.sampler} draws FSN1 noise only (--noise fastsde)")
+        info.update(grid=opt("grid") or "logsnr")
+        return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
+                                   continuous=continuous, grid=info["grid"], eps=eps, denoise=denoise,
+                                   seed=args.seed, sample_ids=sample_ids, backend=info["backend"],
+                                   device=args.device, compile=info["compile"], precision=precision), info
+    info.update(predictor=opt("predictor") or default_predictor, corrector=opt("corrector") or default_corrector,
+                snr=0.16 if opt("snr") is None else args.snr,
+                n_steps_each=1 if opt("n_steps_each") is None else args.n_steps_each,
+                probability_flow=bool(opt("probability_flow")))
     return sampling.get_pc_sampler(
         sde, shape, info["predictor"], info["corrector"], inverse_scaler, info["snr"], n_steps=info["n_steps_each"],
-        probability_flow=info["probability_flow"], continuous=args.continuous, denoise=args.denoise, eps=eps,
-        device=args.device, backend=info["backend"], seed=args.seed, noise=args.noise, sample_ids=sample_ids,
+        probability_flow=info["probability_flow"], continuous=continuous, denoise=denoise, eps=eps,
+        device=args.device, backend=info["backend"], seed=args.seed, noise=noise, sample_ids=sample_ids,
         progress=progress, compile=info["compile"], precision=precision), info
 
 

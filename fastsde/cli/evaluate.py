@@ -8,10 +8,11 @@ import os
 import torch
 
 from fastsde import distributed
-from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, SDE_DEFAULTS, UsageError, batch_argument,
-                                check_memory, fmt_optional, image_model_arguments, kid_text, load_model_for,
-                                memory_estimate, micro_batch, parse_model, read_samples_npz, step_count,
-                                unet_activation_bytes, with_threads)
+from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, OWN_STEPS, UsageError, batch_argument,
+                                build_sampler, check_memory, check_own_steps, default_steps, fmt_optional,
+                                image_model_arguments, kid_text, load_model_for, memory_estimate, micro_batch,
+                                parse_model, read_samples_npz, sampler_argument, step_count, unet_activation_bytes,
+                                with_threads)
 from fastsde.digits.pretrained import DIGITS_DEFAULTS
 
 __all__ = ["add_arguments", "run"]
@@ -22,8 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", default=None, metavar="NPZ",
                    help="evaluate these images (a `fastsde sample` .npz, key 'samples') instead of sampling; the "
                         "model and sampler options then do not apply")
+    sampler_argument(p, f"{DIGITS_DEFAULTS['sampler']}, as `fastsde sample` on digits (its other options take "
+                        "their defaults)")
     p.add_argument("--steps", type=step_count, default=None,
-                   help=f"sampler steps when sampling (default: {DIGITS_DEFAULTS['steps']})")
+                   help=f"sampler steps when sampling (default: as `fastsde sample`, "
+                        f"{DIGITS_DEFAULTS['solver_steps']} for {DIGITS_DEFAULTS['sampler']}, "
+                        f"{DIGITS_DEFAULTS['steps']} for pc; refused for ode and adaptive)")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
     batch_argument(p, f"n up to {IMAGE_BATCH}")
 
@@ -39,7 +44,6 @@ def _run(args: argparse.Namespace) -> int:
     0 reports. Equal to one process up to the order of the float64 sums (README: distributed runs)."""
     from fastsde.digits.data import get_data_inverse_scaler
     from fastsde.digits.evaluation import DigitsEvaluator
-    from fastsde.sampling import get_pc_sampler
 
     evaluator = DigitsEvaluator()
     if args.samples:
@@ -53,21 +57,25 @@ def _run(args: argparse.Namespace) -> int:
         if args.n < 2:
             raise UsageError(f"--n must be >= 2 (the quality report needs two samples), got {args.n}")
         parse_model(args)
-        mf, backend = load_model_for(args)
-        n, steps = args.n, args.steps or DIGITS_DEFAULTS["steps"]
+        args.sampler = args.sampler or DIGITS_DEFAULTS["sampler"]
+        check_own_steps(args)
+        mf, _ = load_model_for(args)
+        n, args.steps = args.n, args.steps or default_steps(args.sampler)
         batch = micro_batch(args, n, IMAGE_BATCH)
         check_memory(f"--n {args.n} digits", memory_estimate(  # activations per micro-batch; outputs and metrics
             args.n, 256, batch=batch, activations=unet_activation_bytes(mf.model.config),
             per_sample=DIGITS_METRICS_BYTES), args.device)
-        predictor, corrector, eps = SDE_DEFAULTS[mf.sde_name]
-        sde, inverse_scaler = mf.make_sde(N=steps), get_data_inverse_scaler(mf.centered)
+        args.sde = mf.sde_name
+        sde, inverse_scaler = mf.make_sde(N=args.steps), get_data_inverse_scaler(mf.centered)
 
         def draw(ids):
-            sampler = get_pc_sampler(sde, (len(ids), 1, 16, 16), predictor, corrector, inverse_scaler, 0.16,
-                                     continuous=True, eps=eps, device=args.device, backend=backend, seed=args.seed,
-                                     sample_ids=ids, progress=args.progress and batch >= n)
+            sampler, _ = build_sampler(args, sde, (len(ids), 1, 16, 16), inverse_scaler, sample_ids=ids,
+                                       progress=args.progress and batch >= n)
             return sampler(mf.model)[0].detach().float().cpu()
-        source = f"{os.path.basename(mf.path)} ({predictor}+{corrector}, {steps} steps, seed {args.seed})"
+        _, info = build_sampler(args, sde, (min(batch, n), 1, 16, 16), inverse_scaler)
+        what = (f"{info['predictor']}+{info['corrector']}" if args.sampler == "pc" else args.sampler)
+        steps = "" if args.sampler in OWN_STEPS else f", {args.steps} steps"
+        source = f"{os.path.basename(mf.path)} ({what}{steps}, seed {args.seed})"
 
     d = evaluator.test_features.shape[1]
 

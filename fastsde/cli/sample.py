@@ -15,7 +15,8 @@ from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
 from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
 from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, MAX_STEPS, MAX_THREADS, SDE_DEFAULTS,
-                                AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory,
+                                AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory, check_own_steps,
+                                default_steps, sampler_argument, SAMPLER_NAMES,
                                 check_output_file, device_name, finite_float, fmt_optional, kid_text, load_model_for,
                                 memory_estimate, micro_batch, model_spec, nonnegative_int, npz_path, output_stem,
                                 positive_float, process_seconds, sample_count, seed_value, step_count,
@@ -69,10 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="condition the model on discrete timestep labels (score_sde's DDPM/SMLD models; pc only)")
 
     sampler = p.add_argument_group("sampler")
-    sampler.add_argument("--sampler", choices=("pc", "ode", *solvers.solver_names()), default=None, metavar="NAME",
-                         help="pc (predictor-corrector), ode (probability-flow ODE, scipy RK45) or a few-step "
-                              f"solver: {', '.join(solvers.solver_names())} (--list-samplers); default: "
-                              f"{DIGITS_DEFAULTS['sampler']} for digits and model files, pc for gmm and "
+    sampler_argument(sampler, f"{DIGITS_DEFAULTS['sampler']} for digits and model files, pc for gmm and "
                               "--class-label")
     sampler.add_argument("--list-samplers", action="store_true", help="print the sampler names and exit")
     sampler.add_argument("--grid", choices=solvers.GRIDS, metavar="G",
@@ -135,7 +133,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
-_OWN_STEPS = ("ode", "adaptive")  # samplers that choose their own steps: an explicit --steps is refused
 _GMM_ONLY = ("sigma_min", "sigma_max", "beta_min", "beta_max")
 _IMAGE_ONLY = ("class_label", "guidance_scale")
 
@@ -160,9 +157,7 @@ def _check_applicable(args: argparse.Namespace) -> None:
             flag = "--" + dest.replace("_", "-")
             raise UsageError(f"{flag} applies to --{selector} {'/'.join(allowed)} only, "
                               f"not --{selector} {getattr(args, selector)}")
-    if args.steps is not None and args.sampler in _OWN_STEPS:
-        raise UsageError(f"--steps does not apply to --sampler {args.sampler}, which chooses its own steps "
-                         f"({'--rtol/--atol' if args.sampler == 'ode' else 'an error-controlled step size'})")
+    check_own_steps(args)
     if args.sampler == "ode" and not args.continuous:
         raise UsageError("--discrete applies to --sampler pc only (the ODE sampler uses continuous time labels)")
     args.precision_reason = "requested"
@@ -170,16 +165,6 @@ def _check_applicable(args: argparse.Namespace) -> None:
         native, why = native_bf16(args.device) if kind != "gmm" else (False, "the exact score has no weights")
         args.precision, args.precision_reason = ("bf16" if native else "fp32"), f"auto: {why}"
     args.precision = resolve_precision(args.precision, args.device)
-
-
-def _default_steps(sampler: str) -> int:
-    """--steps when not given, for an image model: PC's N, the default solver's steps, or about 10 model
-    evaluations of another solver (the ODE sampler ignores it)."""
-    if sampler in ("pc", "ode"):
-        return DIGITS_DEFAULTS["steps"]
-    if sampler == DIGITS_DEFAULTS["sampler"]:
-        return DIGITS_DEFAULTS["solver_steps"]
-    return max(1, 9 // solvers.get_solver(sampler).evals_per_step)
 
 
 def _build_sde(args: argparse.Namespace) -> sde_lib.SDE:
@@ -204,27 +189,9 @@ def _quality(samples: torch.Tensor, reference: torch.Tensor, mixture, seed: int)
                 sliced_wasserstein_null_median=float(np.median(null)))
 
 
-def _build_sampler(args: argparse.Namespace, sde: sde_lib.SDE, shape: tuple[int, ...], inverse_scaler=None, *,
-                   sample_ids=None, progress=None):
-    """(sampler(model) -> (x, model evaluations or nfe), settings): pc and ode from cli.common, else a solver."""
-    if args.sampler in ("pc", "ode"):
-        return build_sampler(args, sde, shape, inverse_scaler, sample_ids=sample_ids, progress=progress)
-    if args.noise != "fastsde":
-        raise UsageError(f"--sampler {args.sampler} draws FSN1 noise only (--noise fastsde)")
-    eps = SDE_DEFAULTS[args.sde][2] if args.eps is None else args.eps
-    info = {"sde": args.sde, "sampler": args.sampler, "steps": args.steps, "eps": eps, "seed": args.seed,
-            "noise": args.noise, "continuous": args.continuous, "denoise": args.denoise,
-            "grid": args.grid or "logsnr", "backend": args.backend or "auto", "compile": bool(args.compile),
-            "precision": args.precision}
-    return solvers.get_sampler(args.sampler, sde, shape, args.steps, inverse_scaler=inverse_scaler,
-                               continuous=args.continuous, grid=info["grid"], eps=eps, denoise=args.denoise,
-                               seed=args.seed, sample_ids=sample_ids, backend=info["backend"], device=args.device,
-                               compile=info["compile"], precision=args.precision), info
-
-
 def run(args: argparse.Namespace) -> int:
     if args.list_samplers:
-        print("\n".join(["pc", "ode", *solvers.solver_names()]))
+        print("\n".join(SAMPLER_NAMES))
         return 0
     _check_applicable(args)
     with distributed.session(args.device) as device:
@@ -255,11 +222,11 @@ def _run_mixture(args: argparse.Namespace) -> int:
     check_memory(f"--n {args.n} samples of gmm:{preset}", memory_estimate(args.n, mixture.dim, buffers=16),
                  args.device)
     sde = _build_sde(args)
-    _, info = _build_sampler(args, sde, (min(batch, args.n), mixture.dim))
+    _, info = build_sampler(args, sde, (min(batch, args.n), mixture.dim))
     model = analytic.AnalyticScoreModel(mixture, sde, continuous=args.continuous).to(args.device)
 
     def factory(ids):
-        sampler, _ = _build_sampler(args, sde, (len(ids), mixture.dim), sample_ids=ids,
+        sampler, _ = build_sampler(args, sde, (len(ids), mixture.dim), sample_ids=ids,
                                     progress=args.progress and batch >= args.n)
 
         def draw():
@@ -373,6 +340,9 @@ def run_sample_images(args: argparse.Namespace) -> int:
         _class_labels(args.class_label, 10)  # a bad label is a usage error, found before loading anything
         if args.sampler != "pc":
             raise UsageError("--class-label needs --sampler pc (classifier guidance runs in the PC sampler)")
+        if args.compile:
+            raise UsageError("--compile does not apply to --class-label: classifier guidance takes a gradient in "
+                             "every model call, which torch.compile(fullgraph=True) cannot trace")
     elif args.guidance_scale is not None:
         raise UsageError("--guidance-scale applies with --class-label only")
     args.n = args.n or DIGITS_DEFAULTS["n"]
@@ -384,7 +354,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
         # half precision is verified end to end (quality guard) for fastsde's own U-Net only
         args.precision, args.precision_reason = "fp32", "auto: half precision is verified for fastsde's U-Net only"
     args.sde = mf.sde_name
-    args.steps = args.steps or _default_steps(args.sampler)
+    args.steps = args.steps or default_steps(args.sampler)
     args.n = args.n or DIGITS_DEFAULTS["n"]
     if args.class_label is not None:
         _class_labels(args.class_label, args.n)
@@ -402,7 +372,7 @@ def run_sample_images(args: argparse.Namespace) -> int:
         shape = (len(ids), 1, 16, 16)
         if class_labels is not None:
             return _conditional_sampler(args, mf, sde, shape, inverse_scaler, sample_ids=ids, progress=inner_progress)
-        return _build_sampler(args, sde, shape, inverse_scaler, sample_ids=ids, progress=inner_progress)
+        return build_sampler(args, sde, shape, inverse_scaler, sample_ids=ids, progress=inner_progress)
 
     _, info = build(torch.arange(min(batch, args.n)))
 

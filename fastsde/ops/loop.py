@@ -13,7 +13,7 @@ Tables are float64 on x's device: `table` (3, N) = [a; b; c] for a noisy affine 
 noise-free one; the Langevin `table` (2, N) = [alpha; score_scale] or (1, N) = [alpha]; the inpainting projection's
 `proj_table` (2, N) = [data_a; data_c] with its draw at `proj_offset + step * draw_stride`.
 
-Native backend (C++/CUDA: `fastsde::loop_affine_step_`, `loop_langevin_step_`, csrc/bindings.cpp): the kernels read
+Native backend (C++/CUDA: `fastsde::loop_affine_step_`, `loop_langevin_step_`, csrc/api/loop.cpp): the kernels read
 the step index, the seed and the coefficients from memory when they run, and the Langevin step size is computed on
 the device from the pass-1 norms into `scratch` and read by pass 2 from there -- nothing is read on the host, so a
 CUDA graph captures them. `step_ops(backend, device)` hands a loop these ops directly (one dispatcher call per

@@ -34,7 +34,8 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
                    continuous=False, denoise=True, eps=1e-3, device="cpu", *, backend="auto", seed=None,
                    noise="fastsde", sample_ids=None, dtype=torch.float32, progress=False, compile=False,
                    capture=False, capture_steps=None, precision=None, check_finite=True):
-    """Predictor-corrector sampler (Song et al. algorithm 1): returns sampler(model) -> (x (shape), nfe).
+    """Predictor-corrector sampler (Song et al. algorithm 1): returns sampler(model, z=None) -> (x (shape), nfe),
+    starting at z or a prior sample (draw 0 of the noise stream), the contract of get_sampler and get_ode_sampler.
 
     predictor/corrector: registered names ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none";
     "langevin", "ald", "none"), classes, or None. Per time step t_i of linspace(T, eps, N): the corrector runs
@@ -68,11 +69,11 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     loops = {}  # the fused loop of a model, built on the first call and reused (compiled graphs, captured graphs)
     casts = {}  # the model in `precision` (fastsde.precision.for_sampling), weights refreshed at every call
 
-    def pc_sampler(model):
+    def pc_sampler(model, z=None):
         stream = NoiseStream(noise, seed, sample_ids, backend=backend)
         model = for_sampling(model, precision, dtype, casts, output_dtype=dtype if backend == "reference" else None)
         with torch.no_grad():
-            x = stream.prior(sde, shape, device=device, dtype=dtype)
+            x = stream.start(sde, shape, z, device=device, dtype=dtype)
             x, x_mean = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, probability_flow,
                                 continuous, eps, backend, progress, mode=mode, cache=loops,
                                 check_finite=check_finite)
@@ -347,10 +348,7 @@ class FusedLoop:
             remaining = self.n - 1
             if not remaining:
                 return
-            # a graph reads parameters at the addresses it was recorded with: in-place updates (copy_,
-            # load_state_dict, an EMA swap) are seen, a parameter rebound to new storage (`p.data = t`, .to()) needs
-            # a new recording
-            addresses = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+            addresses = capture_safety.parameter_addresses(self.model)
             if self._graphs is not None and self._graphs[0] != addresses:
                 self._graphs = None
             with capture_safety.capture_stream(x.device) as side:

@@ -227,8 +227,7 @@ class SolverLoop:
             raise ValueError("a captured solver draws its noise from FSN1 (noise_sampler is host noise)")
         eval_step = eval_step or self.eval_step
         device = self.bufs["x"].device
-        addresses = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())) \
-            if isinstance(model, torch.nn.Module) else ()
+        addresses = capture_safety.parameter_addresses(model)
         with capture_safety.on_device(device):
             if self._graph is None or self._graph[0] != addresses:
                 self._graph = None
