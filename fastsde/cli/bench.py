@@ -14,7 +14,8 @@ __all__ = ["add_arguments", "run", "SUITES"]
 
 
 _BENCH_MODULES = {"steps": "step", "sampler": "sampler", "attention": "attention", "unet": "unet",
-                  "groupnorm": "groupnorm", "e2e": "e2e", "distributed": "distributed"}  # suite -> bench_<module>
+                  "groupnorm": "groupnorm", "e2e": "e2e", "distributed": "distributed",
+                  "likelihood": "likelihood"}  # suite -> bench_<module>
 SUITES = tuple(_BENCH_MODULES)
 
 
