@@ -96,14 +96,15 @@ def _augmented_ode(drift, shape, dtype, probes):
             x = y[:, :d].reshape((b,) + tuple(shape[1:])).to(dtype).requires_grad_(True)
             out = drift(x, t.to(dtype)).reshape(b, d)
             count = d if probes is None else probes.shape[1]
-            divs = torch.empty(b, count, dtype=torch.float64, device=y.device)
-            for k in range(count):
+            divs = torch.zeros(b, count, dtype=torch.float64, device=y.device)
+            for k in range(count if out.requires_grad else 0):  # an output constant in x: divergence 0
                 if probes is None:  # e_k: the VJP's k-th entry is dF_k/dx_k
                     e = torch.zeros_like(out)
                     e[:, k] = 1
                 else:
                     e = probes[rows, k]
-                (g,) = torch.autograd.grad(out, x, grad_outputs=e, retain_graph=k < count - 1)
+                (g,) = torch.autograd.grad(out, x, grad_outputs=e, retain_graph=k < count - 1, allow_unused=True,
+                                           materialize_grads=True)
                 divs[:, k] = (g.reshape(b, d)[:, k] if probes is None else (g.reshape(b, d) * e).sum(1)).double()
         if probes is None:
             divs = divs.sum(1, keepdim=True)
