@@ -174,3 +174,41 @@ def test_flow_checks_arguments():
         flow.decode(sde, model, x, temperature=0.0)
     with pytest.raises(ValueError, match="z must be"):
         flow.decode(sde, model, torch.zeros(2, dtype=torch.int64))
+
+
+def test_flow_commands_on_the_shipped_model(capsys, tmp_path):
+    """encode -> decode -> interpolate on 2 test digits with the coarsest fixed grid (the plumbing and reports;
+    accuracy is the analytic tests' job), and one-line exit-2 errors before any work."""
+    import json
+
+    from fastsde import cli
+
+    def run(*argv):
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    ode = ["--method", "fixed", "--steps", "1", "--threads", "1", "--no-progress", "--json"]
+    code, out, err = run("encode", "--n", "2", "--out", str(tmp_path / "lat"), *ode)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["nfe_encode"] == 7 and set(r["round_trip_decode_encode_x"]) == {"max_abs", "rms", "rel_rms"}
+    code, out, err = run("decode", "--latents", str(tmp_path / "lat.npz"), "--out", str(tmp_path / "dec"), *ode)
+    assert code == 0, err
+    assert json.loads(out)["n"] == 2 and (tmp_path / "dec.png").exists()
+    code, out, err = run("interpolate", "--a", "0", "--b", "1", "--frames", "3", "--out", str(tmp_path / "i"), *ode)
+    assert code == 0, err
+    assert json.loads(out)["round_trip_ends"]["max_abs"] >= 0 and (tmp_path / "i.png").exists()
+    with np.load(tmp_path / "i.npz") as f:
+        assert f["frames"].shape == (3, 1, 16, 16)
+    for argv, message in ((["interpolate", "--a", "0", "--b", "1", "--frames", "1"], "--frames must be in"),
+                          (["interpolate", "--a", "0", "--b", "100000"], "--b must be a test digit index"),
+                          (["interpolate", "--a", "3", "--b", "3"], "two different"),
+                          (["encode", "--steps", "4"], "--steps applies to --method fixed"),
+                          (["encode", "--method", "fixed"], "--method fixed needs --steps"),
+                          (["decode", "--latents", str(tmp_path / "nope.npz")], "--latents"),
+                          (["likelihood", "--probe", "exact", "--probes", "2"], "--probes applies"),
+                          (["likelihood", "--method", "RK23"], "invalid choice")):
+        code, out, err = run(*argv, "--out" if argv[0] != "likelihood" else "--json",
+                             *([str(tmp_path / "x")] if argv[0] != "likelihood" else []))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
