@@ -9,9 +9,10 @@ row: the RMS norm of err / (atol + rtol max(|y|, |y_new|)), factor 0.9 err^(-1/5
 right after a rejection, scipy's initial step. So for B = 1 it takes scipy's steps up to float rounding; for B > 1
 scipy controls one norm over the whole batch and this one B norms.
 
-The stage sums y + h sum_j a_sj k_j are one batched matrix product per stage: the stage derivatives live in one
-buffer K (B, 7, N) and baddbmm(y, (h a_s) (B, 1, s), K[:, :s]) reads y and the s derivatives once and writes the
-stage input (benchmarks/bench_likelihood.py times it against chaining fastsde's affine_combine_step). Host traffic:
+The stage sums y + h sum_j a_sj k_j: the stage derivatives live in one buffer K (7, B, N); the tableau row times
+K[:s] viewed as (s, B N) is one matrix-vector product (one pass over the s derivatives), then one addcmul adds
+h (B,) times it to y (benchmarks/bench_likelihood.py times this against chaining fastsde's affine_combine_step, a
+plain torch expression, and the batched baddbmm over a (B, 7, N) layout it replaced). Host traffic:
 one small read per step (did a row finish, is the error finite), none per evaluation.
 """
 from __future__ import annotations
@@ -77,32 +78,33 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Stages:
-    """The stage derivatives K (B, 7, N) and the tableau's rows as tensors; stage_input does one fused pass."""
+    """The stage derivatives K (7, B, N) and the tableau's rows as tensors; combine is one matrix-vector product over
+    the stages (one pass over K) and one addcmul with the per-row step."""
 
     def __init__(self, y: torch.Tensor):
         b, n = y.shape
-        self.K = torch.empty(b, 7, n, dtype=y.dtype, device=y.device)
+        self.K = torch.empty(7, b, n, dtype=y.dtype, device=y.device)
         rows = [list(r) + [0.0] * (7 - len(r)) for r in DOPRI5_A] + [list(DOPRI5_E)]
         self.table = torch.tensor(rows, dtype=y.dtype, device=y.device)  # (8, 7): A rows 0..6, then E
 
     def combine(self, row: int, width: int, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """y + h sum_{j < width} table[row, j] K[:, j] (y None: without the y term) as one baddbmm."""
-        coef = (h[:, None] * self.table[row, :width]).unsqueeze(1)  # (B, 1, width)
-        k = self.K[:, :width]
+        """y + h sum_{j < width} table[row, j] K[j] (y None: without the y term)."""
+        _, b, n = self.K.shape
+        acc = (self.table[row, :width] @ self.K[:width].reshape(width, b * n)).reshape(b, n)
         if y is None:
-            return torch.bmm(coef, k).squeeze(1)
-        return torch.baddbmm(y.unsqueeze(1), coef, k).squeeze(1)
+            return acc.mul_(h[:, None])
+        return torch.addcmul(y, h[:, None], acc)
 
     def step(self, f: OdeFunc, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Stages 2..7 of one step from K[:, 0] = f(t, y); returns y_new (K[:, 6] = f(t + h, y_new))."""
+        """Stages 2..7 of one step from K[0] = f(t, y); returns y_new (K[6] = f(t + h, y_new))."""
         hy = h.to(y.dtype)
         for s in range(1, 7):
             ys = self.combine(s, s, hy, y)
-            self.K[:, s] = f(t + DOPRI5_C[s] * h, ys, rows)
+            self.K[s] = f(t + DOPRI5_C[s] * h, ys, rows)
         return ys
 
     def compact(self, keep: torch.Tensor) -> None:
-        self.K = self.K[keep]
+        self.K = self.K[:, keep]
 
 
 def _initial_step(f, t0, y0, f0, direction, span, rtol, atol, rows):
@@ -143,8 +145,8 @@ def dopri5(f: OdeFunc, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, a
     t = torch.full((b,), float(t0), dtype=torch.float64, device=device)
     stages = _Stages(y)
     budget.spend(2, t)
-    stages.K[:, 0] = check_finite(f(t, y, rows), step=1, t=t0, what=f"{what}'s drift")  # before any step control
-    h_abs = _initial_step(f, t, y, stages.K[:, 0], direction, span, rtol, atol, rows)
+    stages.K[0] = check_finite(f(t, y, rows), step=1, t=t0, what=f"{what}'s drift")  # before any step control
+    h_abs = _initial_step(f, t, y, stages.K[0], direction, span, rtol, atol, rows)
     after_reject = torch.zeros(b, dtype=torch.bool, device=device)
     evals = torch.full((b,), 2, dtype=torch.int64, device=device)
     steps, rejected = torch.zeros_like(evals), torch.zeros_like(evals)
@@ -168,7 +170,7 @@ def dopri5(f: OdeFunc, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, a
         after_reject = ~accept
         t = torch.where(accept, t_new, t)
         y = torch.where(accept[:, None], y_new, y)
-        stages.K[:, 0] = torch.where(accept[:, None], stages.K[:, 6], stages.K[:, 0])
+        stages.K[0] = torch.where(accept[:, None], stages.K[6], stages.K[0])
         steps[ki] += accept.long()
         rejected[ki] += (~accept).long()
         done = accept & last
@@ -204,11 +206,11 @@ def fixed_grid(f: OdeFunc, y0: torch.Tensor, grid: torch.Tensor, *, what: str = 
     y = y0.clone()
     stages = _Stages(y)
     t = torch.full((b,), grid[0], dtype=torch.float64, device=device)
-    stages.K[:, 0] = f(t, y, rows)
+    stages.K[0] = f(t, y, rows)
     for t_next in grid[1:]:
         h = torch.full_like(t, t_next) - t
         y = stages.step(f, t, h, y, rows)
-        stages.K[:, 0] = stages.K[:, 6]
+        stages.K[0] = stages.K[6]
         t = torch.full_like(t, t_next)
     if not bool(torch.isfinite(y).all()):
         raise NonFiniteError(f"{what} became non-finite on the fixed grid (the model returned non-finite values)")
