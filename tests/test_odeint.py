@@ -212,3 +212,21 @@ def test_flow_commands_on_the_shipped_model(capsys, tmp_path):
         code, out, err = run(*argv, "--out" if argv[0] != "likelihood" else "--json",
                              *([str(tmp_path / "x")] if argv[0] != "likelihood" else []))
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+@pytest.mark.slow
+def test_bench_likelihood_smoke_records(tmp_path, monkeypatch):
+    """`fastsde bench likelihood --smoke` runs every case and writes its records (minutes on a loaded CPU)."""
+    import json
+
+    from fastsde.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "lik.json"
+    assert main(["bench", "likelihood", "--smoke", "--threads", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    cases = [r["case"] for r in records]
+    assert cases[:3] == ["likelihood_b2_tight", "likelihood_b2_fastest", "eval_split_b2"]
+    assert all(r["smoke"] and r["suite"] == "likelihood" for r in records)
+    assert records[0]["nfe"] > 0 and records[0]["nfe_reference"] > 0
+    assert set(records[3]["contenders_ms"]) == {"matvec", "bmm", "combine_chain", "torch_expression"}
