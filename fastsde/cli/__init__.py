@@ -1,5 +1,5 @@
-"""The `fastsde` command: one module per subcommand (sample, train, eval, inpaint, likelihood, bench, info), each an
-(add_arguments, run) pair registered in COMMANDS.
+"""The `fastsde` command: one module per subcommand (sample, train, eval, inpaint, likelihood, bench, info; encode,
+decode and interpolate share cli/flow.py), each an (add_arguments, run) pair registered in COMMANDS.
 
 Errors follow one rule: bad arguments exit 2, a run that fails exits 1, each with one line `fastsde: error: ...` on
 stderr and no traceback (`--debug` re-raises instead). ValueError/RuntimeError/OSError carry their own message; any
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import fastsde
-from fastsde.cli import bench, convert, evaluate, info, inpaint, likelihood, sample, train
+from fastsde.cli import bench, convert, evaluate, flow, info, inpaint, likelihood, sample, train
 from fastsde.cli.common import UsageError
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
@@ -104,11 +104,40 @@ COMMANDS: dict[str, Command] = {
     ),
     "likelihood": Command(
         help="bits/dim of test digits under the model (probability-flow ODE, Hutchinson trace)",
-        description="Exact likelihood of --n test digits through the probability-flow ODE (scipy RK45)\n"
-                    "with a Hutchinson divergence estimate; prints the mean bits/dim and its standard error.",
+        description="Exact likelihood of --n test digits through the probability-flow ODE (RK45 on the\n"
+                    "device, a fixed grid, or scipy's RK45 as score_sde) with a Skilling-Hutchinson\n"
+                    "divergence estimate (--probes per digit, or the exact trace); prints the mean bits/dim,\n"
+                    "its standard error over digits and the probe estimator's standard error.",
         add_arguments=likelihood.add_arguments,
         run=likelihood.run,
-        epilog="examples:\n  fastsde likelihood --n 32 --seed 0",
+        epilog="examples:\n  fastsde likelihood --n 32 --seed 0\n  fastsde likelihood --probes 4\n"
+               "  fastsde likelihood --method fixed --steps 8 --compare\n  fastsde likelihood --method scipy:RK45",
+    ),
+    "encode": Command(
+        help="encode test digits to latents along the probability-flow ODE (deterministic, invertible)",
+        description="Integrate the probability-flow ODE from --n test digits at eps to their latents at T,\n"
+                    "write them to STEM.npz and report the round-trip error decode(encode(x)) - x.",
+        add_arguments=flow.add_encode_arguments,
+        run=flow.run_encode,
+        epilog="examples:\n  fastsde encode --n 16 --out latents\n  fastsde encode --method fixed --steps 12",
+    ),
+    "decode": Command(
+        help="decode latents (from encode, or prior draws) to digits along the probability-flow ODE",
+        description="Integrate the probability-flow ODE from latents at T (--latents NPZ from fastsde\n"
+                    "encode, or --n prior draws) scaled by --temperature to digits, write STEM.npz/.png and\n"
+                    "report the round-trip error encode(decode(z)) - z.",
+        add_arguments=flow.add_decode_arguments,
+        run=flow.run_decode,
+        epilog="examples:\n  fastsde decode --latents latents.npz\n  fastsde decode --n 16 --temperature 0.8",
+    ),
+    "interpolate": Command(
+        help="picture the spherical path between two test digits' latents, decoded",
+        description="Encode test digits --a and --b, interpolate their latents spherically in --frames\n"
+                    "points, decode each and write the path as STEM.png (and STEM.npz), with the round-trip\n"
+                    "error at the ends.",
+        add_arguments=flow.add_interpolate_arguments,
+        run=flow.run_interpolate,
+        epilog="examples:\n  fastsde interpolate --a 0 --b 5 --frames 8",
     ),
     "convert": Command(
         help="convert a score_sde checkpoint (checkpoint_*.pth) to safetensors, never unpickling code",

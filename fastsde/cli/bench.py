@@ -15,7 +15,7 @@ __all__ = ["add_arguments", "run", "SUITES", "suite_module"]
 
 _BENCH_MODULES = {"steps": "step", "sampler": "sampler", "attention": "attention", "unet": "unet",
                   "groupnorm": "groupnorm", "e2e": "e2e", "distributed": "distributed",
-                  "diffusers": "diffusers"}  # suite -> bench_<module>
+                  "diffusers": "diffusers", "likelihood": "likelihood"}  # suite -> bench_<module>
 SUITES = tuple(_BENCH_MODULES)
 
 

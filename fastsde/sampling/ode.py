@@ -1,4 +1,5 @@
-"""The probability-flow ODE sampler (Song et al. section 4.3), integrated with scipy's solve_ivp.
+"""The probability-flow ODE sampler (Song et al. section 4.3), integrated by fastsde.flow.solve: method "RK45" on the
+state's device (fastsde.odeint, per-sample steps), "scipy:NAME" with scipy's solve_ivp as score_sde does.
 
 The integration stops with a clear error when the model returns NaN/inf (scipy would shrink its step to nan and never
 advance) and after `max_evals` drift evaluations on a pathological model (fastsde.sampling.guard)."""
@@ -11,11 +12,15 @@ from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.predictors import ReverseDiffusionPredictor
 from fastsde.sampling.registry import check_eps, check_positive, check_sde, check_seed, check_shape
-from fastsde.score import from_flattened_numpy, get_score_fn, to_flattened_numpy
+from fastsde.score import get_score_fn
 
-__all__ = ["get_ode_sampler", "ODE_METHODS", "MAX_EVALS", "EvalBudget"]
+__all__ = ["get_ode_sampler", "ODE_METHODS", "SCIPY_METHODS", "MAX_EVALS", "EvalBudget",
+           "scipy_method"]
 
-ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+# "RK45": fastsde.odeint on the state's device; "fixed": its fixed grid; "scipy:NAME": solve_ivp (fastsde.flow)
+ODE_METHODS = ("RK45", "fixed") + tuple(f"scipy:{m}" for m in SCIPY_METHODS)
+SAMPLER_METHODS = tuple(m for m in ODE_METHODS if m != "fixed")
 MAX_EVALS = 100_000  # drift evaluations before an integration is declared stuck (RK45 on the digits: ~150-600)
 
 
@@ -34,6 +39,12 @@ class EvalBudget:
                                f"(pass a larger max_evals, looser tolerances, or check the model)")
 
 
+def scipy_method(method):
+    """score_sde's `method` (a solve_ivp name) as fastsde's: "scipy:NAME" (the compat layer's default path); any
+    other value passes through to the checks."""
+    return f"scipy:{method}" if method in SCIPY_METHODS else method
+
+
 def min_tolerance(dtype) -> float:
     """The smallest rtol/atol an integration in `dtype` accepts: max(1e-12, the dtype's machine epsilon) (1.2e-7 for
     float32, 1e-12 for float64). Below it the drift's own rounding exceeds the tolerance, the step size collapses and
@@ -42,22 +53,28 @@ def min_tolerance(dtype) -> float:
         else 1e-12
 
 
-def check_ode_args(sde, rtol, atol, method, eps, dtype=torch.float64) -> float:
-    """The ODE integrators' shared checks (sampler and likelihood); returns eps as a float."""
+def check_ode_args(sde, rtol, atol, method, eps, dtype=torch.float64, *, steps=None, methods=ODE_METHODS) -> float:
+    """The ODE integrators' shared checks (sampler, likelihood, fastsde.flow): a method of `methods`, steps >= 1
+    exactly when it is "fixed"; returns eps as a float."""
     floor = min_tolerance(dtype)
     for name, value in (("rtol", rtol), ("atol", atol)):
         if check_positive(name, value) < floor:
             raise ValueError(f"{name} must be >= {floor:.3g} for {dtype} (max(1e-12, machine epsilon): a tighter "
                              f"tolerance cannot be met and the integration would not finish), got {value!r}")
-    if method not in ODE_METHODS:
-        raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
+    if method not in methods:
+        hint = f" (scipy's {method} is 'scipy:{method}')" if method in SCIPY_METHODS[1:] else ""
+        raise ValueError(f"method must be one of {methods}{hint}, got {method!r}")
+    if method == "fixed" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int with method='fixed', got {steps!r}")
+    if method != "fixed" and steps is not None:
+        raise ValueError(f"steps applies to method='fixed' only, got steps={steps!r} with method={method!r}")
     return check_eps(sde, eps)
 
 
 def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
                     device="cpu", *, seed=None, noise="fastsde", sample_ids=None, dtype=torch.float32,
                     max_evals=MAX_EVALS, precision=None):
-    """Probability-flow ODE sampler (Song et al. section 4.3) with scipy's solve_ivp.
+    """Probability-flow ODE sampler (Song et al. section 4.3): method "RK45" (fastsde.odeint) or "scipy:NAME".
 
     Returns sampler(model, z=None) -> (x (shape), nfe): integrates dx/dt = f - g^2 s / 2 from T to eps, starting
     at z or a prior sample; `denoise` adds one reverse-diffusion mean step at eps. nfe counts score evaluations.
@@ -66,7 +83,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     converted to `dtype` before the drift (fastsde.precision). The sampler's `precision` attribute is the resolved one.
     """
     sde, shape = check_sde(sde), check_shape(shape)
-    eps = check_ode_args(sde, rtol, atol, method, eps, dtype)
+    eps = check_ode_args(sde, rtol, atol, method, eps, dtype, methods=SAMPLER_METHODS)
     check_seed(seed)
     NoiseStream(noise, 0, sample_ids)
     EvalBudget(max_evals, "")
@@ -80,27 +97,19 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
 
     def ode_sampler(model, z=None):
         stream = NoiseStream(noise, seed, sample_ids)
-        budget = EvalBudget(max_evals, "the probability-flow ODE")
         model = for_sampling(model, precision, dtype, casts, output_dtype=dtype)
         with torch.no_grad():
             x = stream.start(sde, shape, z, device=device, dtype=dtype)
 
-            def ode_func(t, y):
-                budget.spend(t)
-                xt = from_flattened_numpy(y, shape).to(device=device, dtype=dtype)
-                vec_t = torch.ones(shape[0], device=device, dtype=dtype) * t
-                drift = drift_fn(model, xt, vec_t)
-                check_finite(drift, step=budget.count, t=t, what="the probability-flow drift")
-                return to_flattened_numpy(drift)
+            def ode_func(t, y, rows):
+                drift = drift_fn(model, y.reshape((y.shape[0],) + shape[1:]).to(dtype), t.to(dtype))
+                return drift.reshape(y.shape[0], -1).double()
 
-            from scipy import integrate  # imported on first use: `import fastsde` stays free of scipy
+            from fastsde.flow import solve
 
-            solution = integrate.solve_ivp(ode_func, (sde.T, eps), to_flattened_numpy(x), rtol=rtol, atol=atol,
-                                           method=method)
-            if not solution.success:
-                raise RuntimeError(f"ODE solver failed: {solution.message}")
-            nfe = solution.nfev
-            x = torch.tensor(solution.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)
+            y, nfe, _ = solve(ode_func, x.reshape(shape[0], -1).double(), sde.T, eps, method=method, rtol=rtol,
+                              atol=atol, max_evals=max_evals, what="the probability-flow ODE")
+            x = y.reshape(shape).to(dtype)
             if denoise:
                 score_fn = get_score_fn(sde, model, train=False, continuous=True)
                 stream.seek(1)

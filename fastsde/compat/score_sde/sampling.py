@@ -8,6 +8,7 @@ runs as written (unfused). Keyword-only extras of fastsde's factories (backend, 
 from __future__ import annotations
 
 from fastsde.sampling import ode as _ode
+from fastsde.sampling.ode import scipy_method
 from fastsde.sampling import pc as _pc
 from fastsde.sampling.correctors import AnnealedLangevinDynamics, LangevinCorrector, NoneCorrector
 from fastsde.sampling.predictors import (AncestralSamplingPredictor, EulerMaruyamaPredictor, NonePredictor,
@@ -38,7 +39,8 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                     device="cuda", **kwargs):
     """score_sde's get_ode_sampler (same arguments and defaults); sampler(model, z=None) -> (x, nfe)."""
     kwargs = {"noise": ORIGINAL["noise"], **kwargs}
-    return _ode.get_ode_sampler(sde, shape, inverse_scaler, denoise, rtol, atol, method, eps, device, **kwargs)
+    return _ode.get_ode_sampler(sde, shape, inverse_scaler, denoise, rtol, atol, scipy_method(method), eps, device,
+                                **kwargs)
 
 
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps, **kwargs):
