@@ -33,7 +33,8 @@ def _has_nvcc():
 
 def native_extension():
     """fastsde._C: CppExtension on CPU-only torch, CUDAExtension when torch has CUDA and nvcc is found."""
-    sources = _rel("csrc/bindings.cpp") + _rel("csrc/cpu/*.cpp")
+    # csrc/api/*.cpp: further torch.library fragments of the fastsde library (one per op family)
+    sources = _rel("csrc/bindings.cpp") + _rel("csrc/api/*.cpp") + _rel("csrc/cpu/*.cpp")
     # -ffp-contract=off: only explicit fmas (csrc/fsn1.h, csrc/step.h), so every SIMD level computes the same bits.
     # No -march: csrc/cpu/step_avx2.cpp / step_avx512.cpp pick their ISA with #pragma GCC target and are chosen at
     # run time; everything else runs on any x86-64.
