@@ -6,9 +6,9 @@ scalar linear SDE per frequency, dy_k = f_k(t) y_k dt + g_k(t) dw_k, with the Ga
 y_k(t) | y_k(0) ~ N(m_k(t) y_k(0), s_k(t)^2) in closed form. The channels share the coefficients.
 
   heat     the stochastic heat equation, VP-like: each frequency is a VP SDE whose beta is scaled by
-           (1 + 2 kappa lam_k), i.e. dx = -beta(t) (1/2 - kappa Laplace) x dt + sqrt(beta(t) (1 - 2 kappa Laplace)) dw;
-           the dissipation time int c = kappa int beta reaches `blur` at T. High frequencies are blurred and noised first (coarse to
-           fine generation); prior N(0, I).
+           (1 + 2 kappa lam_k): dx = -beta(t) (1/2 - kappa Laplace) x dt + sqrt(beta(t) (1 - 2 kappa Laplace)) dw.
+           The heat equation's time, kappa int beta, reaches `blur` at T. High frequencies are blurred and noised
+           first (coarse-to-fine generation); prior N(0, I).
   heat_ve  the stochastic heat equation, VE-like: dx = blur Laplace x dt + sigma(t) sqrt(2 ln(sigma_max/sigma_min)) dw
            with score_sde's geometric sigma(t): isotropic noise, s_k(t)^2 = sigma_min^2 r/(r + lam_k blur)
            (e^{2 r t} - e^{-2 lam_k blur t}), r = ln(sigma_max / sigma_min).
