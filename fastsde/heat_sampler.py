@@ -16,8 +16,9 @@ Every derivation holds per frequency, so the VP digits model runs here too: VPSD
 (`as_frequency_sde`), which puts the VP and heat models on the same sampler for comparisons.
 
 `constraint(x0) -> x0` (pixels) turns the ddim step into null-space projection (DDNM, Wang et al. 2023): the step
-is taken from constraint(clip(x0)) instead of x0, y' = m' dct2(x0c) + sqrt(s'^2 - eta^2 v) eps + eta sqrt(v) z;
-inpainting and super-resolution use it (fastsde.cli.heat). `t_start < T` with `start` (pixels) starts from the
+is taken from constraint(clip(x0)) instead of x0, y' = m' dct2(x0c) + sqrt(s'^2 - eta^2 v) eps + eta sqrt(v) z,
+and the run returns the last x0c (which meets the observation exactly); inpainting and super-resolution use it
+(fastsde.cli.heat). `t_start < T` with `start` (pixels) starts from the
 forward marginal of a given image (sampling from a blurred or pixelated digit).
 """
 from __future__ import annotations
@@ -126,8 +127,11 @@ def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", et
         if constraint is None:
             y = freq_step(y, e, a, b, c, seed=seed, sample_ids=ids, draw=i + 1, backend=backend)
         else:
+            x0c = constraint(x0)
+            if last:  # DDNM's output: the projected x0 prediction, which meets the observation exactly
+                return x0c.to(dtype), len(pairs), trajectory
             m1 = sde.marginal_coefs(torch.tensor([t_next], dtype=torch.float64), shape)[0].reshape(1, 1, *shape[-2:])
-            x0c = dct2(constraint(x0).to(torch.float64))
+            x0c = dct2(x0c.to(torch.float64))
             bb = (b.reshape(1, 1, *shape[-2:]) + m1 * s / m).to(device)  # sqrt(s'^2 - eta^2 v)
             y = (m1.to(device) * x0c + bb * e.double()).to(dtype)
             if c is not None:

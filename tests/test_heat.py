@@ -265,3 +265,128 @@ def test_ode_likelihood_equals_the_exact_log_density(name):
     # likelihood_fn reports bits/dim of the data under the inverse scaler's [0, 1] dequantization (+ 8 bits)
     expected = -(log_p_eps - log_p_T + sde.prior_logp(z)) / (D * math.log(2)) + 8
     assert (bpd - expected).abs().max() < 2e-3, (bpd, expected)
+
+
+# ------------------------------------------------------------------------------------------------ fused steps
+def _backends():
+    from fastsde.ops.dispatch import backend_available
+
+    names = ["reference"]
+    if backend_available("native", torch.device("cpu"))[0] and hasattr(torch.ops.fastsde, "freq_step"):
+        names.append("native")
+    if backend_available("triton", torch.device("cpu"))[0]:
+        names.append("triton")
+    return names
+
+
+@pytest.mark.parametrize("dtype,score_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                               (torch.float64, torch.float64), (torch.float32, torch.float16)])
+@pytest.mark.parametrize("period", ["hw", "chw"])
+def test_freq_step_backends_match_the_formula_on_fsn1_noise(dtype, score_dtype, period):
+    """a[k] x + b[k] s + c[k] z with z the FSN1 normals of (seed, ids, draw) in element order, on every backend."""
+    from fastsde import random as fsn1
+    from fastsde.ops.freq_step import freq_step
+
+    g = torch.Generator().manual_seed(12)
+    shape = (3, 2, 8, 6)  # 96 elements per sample: not a multiple of a kernel block
+    F = 48 if period == "hw" else 96
+    x = torch.randn(shape, generator=g, dtype=F64).to(dtype)
+    s = torch.randn(shape, generator=g, dtype=F64).to(score_dtype)
+    a, b, c = (torch.randn(F, generator=g, dtype=F64) for _ in range(3))
+    ids = torch.tensor([5, 0, 2**32 - 1])
+    z = fsn1.fsn1_normal(7, ids, 11, 96, dtype=F64).reshape(shape)
+    rep = 96 // F
+    expect = (a.repeat(rep).reshape(shape[1:]) * x.double() + b.repeat(rep).reshape(shape[1:]) * s.double()
+              + c.repeat(rep).reshape(shape[1:]) * z)
+    tol = 1e-12 if dtype == F64 else 2e-5 * float(expect.abs().max())
+    for backend in _backends():
+        out = freq_step(x, s, a, b, c, seed=7, sample_ids=ids, draw=11, backend=backend)
+        assert out.dtype == dtype and out.shape == shape
+        assert (out.double() - expect).abs().max() < tol, backend
+        quiet = freq_step(x, s, a, b, seed=7, sample_ids=ids, draw=11, backend=backend)
+        assert (quiet.double() - (expect - c.repeat(rep).reshape(shape[1:]) * z)).abs().max() < tol, backend
+
+
+def test_freq_step_bad_arguments_are_named():
+    from fastsde.ops.freq_step import freq_step
+
+    x = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="a must be a 1-D float vector whose length divides the 16"):
+        freq_step(x, x, torch.ones(5), torch.ones(5))
+    with pytest.raises(ValueError, match="a, b, c must have one length"):
+        freq_step(x, x, torch.ones(16), torch.ones(4))
+    with pytest.raises(ValueError, match="score must match x"):
+        freq_step(x, torch.zeros(2, 1, 4, 5), torch.ones(16), torch.ones(16))
+    with pytest.raises(ValueError, match="sample_ids must be in"):
+        freq_step(x, x, torch.ones(16), torch.ones(16), torch.ones(16), sample_ids=[-1, 0])
+    with pytest.raises(ValueError, match="x must be a float32/float64"):
+        freq_step(x.half(), x.half(), torch.ones(16), torch.ones(16))
+
+
+def test_vp_is_the_heat_sde_without_blur():
+    from fastsde.heat_sampler import as_frequency_sde
+
+    vp = sde_lib.VPSDE()
+    heat = as_frequency_sde(vp)
+    t = torch.tensor([1e-3, 0.2, 0.7, 1.0], dtype=F64)
+    x = torch.randn(4, 1, 4, 4, dtype=F64)
+    mean, std = vp.marginal_prob(x, t)
+    hmean, hstd = heat.marginal_prob(x, t)
+    assert torch.allclose(mean, hmean, atol=1e-12) and torch.allclose(std[:, None, None, None].expand_as(hstd), hstd)
+
+
+@pytest.mark.parametrize("name,eta", [("heat", 0.0), ("heat", 1.0), ("blur", 1.0), ("ihdm", 1.0)])
+def test_heat_sampler_samples_the_data_distribution(name, eta):
+    """The DCT-domain sampler (ddim per frequency, fused steps) with the exact score: moments per DCT coefficient
+    and a two-sample test against exact samples of p_eps; the backends agree on the same FSN1 noise."""
+    from scipy import stats
+
+    from fastsde.heat_sampler import heat_sample
+
+    mix = _mixture(seed=13)
+    sde = _moment_sde(name, mix)
+    model = AnalyticHeatModel(mix, sde)
+    n, eps = 1000, 1e-3
+    runs = {b: heat_sample(model, sde, (n, 1, 4, 4), steps=60, eta=eta, eps=eps, seed=14, backend=b,
+                           dtype=F64)[0] for b in _backends()}
+    x = runs["reference"]
+    for b, other in runs.items():
+        assert (other - x).abs().max() < 1e-9, b
+    m, s = sde.marginal_coefs(torch.full((1,), eps, dtype=F64), x.shape)
+    exact_mean, exact_var = mix.moments(m, s)
+    y = dct2(x)
+    assert ((y.mean(0) - exact_mean) / exact_var.sqrt()).abs().max() < 0.2
+    assert ((y.var(0) / exact_var) - 1).abs().max() < 0.25
+    ref = dct2(mix.sample(n, torch.Generator().manual_seed(15)))
+    ref = ref * m[0] + s[0] * torch.randn(ref.shape, generator=torch.Generator().manual_seed(16), dtype=F64)
+    p = [stats.ks_2samp(y[:, 0, i, j].numpy(), ref[:, 0, i, j].numpy()).pvalue for i in range(4) for j in range(4)]
+    assert min(p) > 1e-4, min(p)
+
+
+def test_heat_sampler_constraint_keeps_the_known_pixels():
+    from fastsde.cli.heat import constraints
+    from fastsde.heat_sampler import heat_sample
+
+    mix = _mixture(seed=17)
+    sde = _moment_sde("heat", mix)
+    model = AnalyticHeatModel(mix, sde)
+    known = mix.sample(8, torch.Generator().manual_seed(18)).clamp(-1, 1)
+    mask = torch.zeros(8, 1, 4, 4, dtype=F64)
+    mask[..., :2] = 1
+    x = heat_sample(model, sde, known.shape, steps=40, eta=1.0, dtype=F64, constraint=constraints("inpaint", known,
+                                                                                                  mask))[0]
+    assert ((x - known).abs() * mask).max() < 1e-12  # the projected x0 prediction keeps them exactly
+    assert ((x - known).abs() * (1 - mask)).max() > 1e-3  # and the rest is generated
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["heat", "trajectory", "--eta", "2"], "--eta must be in [0, 1]"),
+    (["heat", "deblur", "--t-start", "0"], "--t-start must be in (0, 1]"),
+    (["heat", "superres", "--model", "gmm:ring"], "takes an image model"),
+])
+def test_heat_command_refuses_bad_arguments(argv, message, capsys):
+    from fastsde.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
