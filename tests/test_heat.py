@@ -226,9 +226,9 @@ def test_reverse_sde_samples_the_data_distribution(name):
     from scipy import stats
 
     mix = _mixture(seed=7)
-    sde = _moment_sde(name, mix, N=300)
+    sde = _moment_sde(name, mix, N=200)
     model = AnalyticHeatModel(mix, sde)
-    n, eps = 1500, 1e-3
+    n, eps = 1000, 1e-3
     sampler = get_pc_sampler(sde, (n, 1, 4, 4), "reverse_diffusion", "none", lambda x: x, 0.16, continuous=True,
                              eps=eps, backend="reference", seed=8, dtype=F64)
     x, _ = sampler(model)

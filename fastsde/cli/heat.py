@@ -173,8 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "trajectory":
         strip = torch.stack([inverse(f.float()).clamp(0, 1) for f in frames], 1)  # (n, frames, 1, 16, 16)
         arrays["trajectory"] = strip.numpy()
-        panels.append((f"x0 prediction along the run, {len(frames)} frames per row (t = 1 -> eps)",
-                       strip.reshape(-1, 1, 16, 16)))
+        panels.append(("x0 prediction, t = 1 -> 0", strip.reshape(-1, 1, 16, 16)))
         nrow = len(frames)
     else:
         nrow = int(np.ceil(np.sqrt(args.n)))
@@ -198,8 +197,7 @@ def run(args: argparse.Namespace) -> int:
     with AtomicOutputs() as files:
         np.savez(files.path(report["npz"]), **arrays)
         plotting.save_image_panels(panels, files.path(report["png"]), nrow=nrow,
-                                   title=f"fastsde heat {args.action}: {report['model']}, ddim eta {args.eta}, "
-                                         f"{args.steps} steps")
+                                   title=f"{mf.sde_name} {args.action}, {args.steps} steps")
     if args.json:
         print(json.dumps(report))
     else:
