@@ -89,7 +89,8 @@ def bench_step(numel: int = 1 << 24, rounds: int = 5) -> dict:
     return res
 
 
-def bench_quality(n: int = 256, steps: int = 50, seed: int = 0, progress: bool = False) -> dict:
+def bench_quality(n: int = 256, steps: int = 50, seed: int = 0, progress: bool = False,
+                  models=("heat", "vp")) -> dict:
     from fastsde import controllable
     from fastsde.cli.heat import constraints
     from fastsde.digits.data import get_data_inverse_scaler, get_data_scaler, load_digits, make_mask
@@ -102,7 +103,7 @@ def bench_quality(n: int = 256, steps: int = 50, seed: int = 0, progress: bool =
     test, labels = load_digits("test")
     idx = torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(seed))[:64]
     images, labels = test[idx], labels[idx]
-    for name in ("heat", "vp"):
+    for name in models:
         mf = load_score_model(shipped_path(f"digits_{name}.safetensors"))
         scaler, inverse = get_data_scaler(mf.centered), get_data_inverse_scaler(mf.centered)
         t0 = time.perf_counter()
@@ -139,6 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("what", nargs="?", default="all", choices=("dct", "step", "quality", "all"))
     p.add_argument("--steps", type=int, default=50, help="quality: sampler steps (model evaluations)")
     p.add_argument("--n", type=int, default=256, help="quality: samples for the FD")
+    p.add_argument("--models", nargs="+", default=["heat", "vp"], choices=("heat", "vp"),
+                   help="quality: the shipped models to measure")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     res = {}
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
     if args.what in ("step", "all"):
         res["step"] = bench_step()
     if args.what in ("quality", "all"):
-        res["quality"] = bench_quality(args.n, args.steps, progress=not args.json)
+        res["quality"] = bench_quality(args.n, args.steps, progress=not args.json, models=tuple(args.models))
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 

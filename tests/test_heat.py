@@ -338,7 +338,7 @@ def test_vp_is_the_heat_sde_without_blur():
 @pytest.mark.parametrize("name,eta", [("heat", 0.0), ("heat", 1.0), ("blur", 1.0), ("ihdm", 1.0)])
 def test_heat_sampler_samples_the_data_distribution(name, eta):
     """The DCT-domain sampler (ddim per frequency, fused steps) with the exact score: moments per DCT coefficient
-    and a two-sample test against exact samples of p_eps; the backends agree on the same FSN1 noise."""
+    and a two-sample test against exact samples of p_eps."""
     from scipy import stats
 
     from fastsde.heat_sampler import heat_sample
@@ -346,21 +346,32 @@ def test_heat_sampler_samples_the_data_distribution(name, eta):
     mix = _mixture(seed=13)
     sde = _moment_sde(name, mix)
     model = AnalyticHeatModel(mix, sde)
-    n, eps = 1000, 1e-3
-    runs = {b: heat_sample(model, sde, (n, 1, 4, 4), steps=60, eta=eta, eps=eps, seed=14, backend=b,
-                           dtype=F64)[0] for b in _backends()}
-    x = runs["reference"]
-    for b, other in runs.items():
-        assert (other - x).abs().max() < 1e-9, b
+    n, eps = 800, 1e-3
+    x = heat_sample(model, sde, (n, 1, 4, 4), steps=40, eta=eta, eps=eps, seed=14, backend="reference",
+                    dtype=F64)[0]
     m, s = sde.marginal_coefs(torch.full((1,), eps, dtype=F64), x.shape)
     exact_mean, exact_var = mix.moments(m, s)
     y = dct2(x)
     assert ((y.mean(0) - exact_mean) / exact_var.sqrt()).abs().max() < 0.2
-    assert ((y.var(0) / exact_var) - 1).abs().max() < 0.25
+    assert ((y.var(0) / exact_var) - 1).abs().max() < 0.3
     ref = dct2(mix.sample(n, torch.Generator().manual_seed(15)))
     ref = ref * m[0] + s[0] * torch.randn(ref.shape, generator=torch.Generator().manual_seed(16), dtype=F64)
     p = [stats.ks_2samp(y[:, 0, i, j].numpy(), ref[:, 0, i, j].numpy()).pvalue for i in range(4) for j in range(4)]
     assert min(p) > 1e-4, min(p)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_heat_sampler_backends_agree_on_the_same_noise(dtype):
+    from fastsde.heat_sampler import heat_sample
+
+    mix = _mixture(seed=19)
+    sde = _moment_sde("heat", mix)
+    model = AnalyticHeatModel(mix, sde)
+    runs = {b: heat_sample(model, sde, (16, 1, 4, 4), steps=8, eta=1.0, seed=20, backend=b, dtype=dtype)[0]
+            for b in _backends()}
+    tol = 1e-9 if dtype == F64 else 1e-4
+    for b, x in runs.items():
+        assert x.dtype == dtype and (x - runs["reference"]).abs().max() < tol, b
 
 
 def test_heat_sampler_constraint_keeps_the_known_pixels():
