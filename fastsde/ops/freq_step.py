@@ -51,7 +51,12 @@ def _check(x, score, a, b, c, seed, sample_ids, draw):
 def freq_step(x, score, a, b, c=None, *, seed: int = 0, sample_ids=None, draw: int = 0, backend: str = "auto"):
     """out = a x + b score + c z per frequency (module docstring); sample_ids default 0..B-1."""
     (a, b, c), seed, ids, draw = _check(x, score, a, b, c, as_u64("seed", seed), sample_ids, as_u64("draw", draw))
-    _, impl = resolve("freq_step", backend, x.device)
+    name, impl = resolve("freq_step", backend, x.device)
+    if name == "native" and not _native_op_built():
+        if backend == "native":
+            raise RuntimeError("backend='native': fastsde._C predates freq_step; rebuild it "
+                               "(python setup.py build_ext --inplace)")
+        _, impl = resolve("freq_step", "reference", x.device)  # auto: an older build runs the reference
     if x.numel() == 0:
         return torch.empty_like(x)
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -73,12 +78,14 @@ def _kernel_score(x, score):
     return (score if keep else score.to(x.dtype)).contiguous()
 
 
+def _native_op_built() -> bool:
+    """Whether the loaded fastsde._C registers freq_step (a build from before csrc/api/freq_step.cpp does not)."""
+    return hasattr(torch.ops.fastsde, "freq_step")
+
+
 @register("freq_step", "native")
 def _native(x, score, a, b, c, seed, ids, draw):
-    op = getattr(torch.ops.fastsde, "freq_step", None) if hasattr(torch.ops, "fastsde") else None
-    if op is None:
-        raise RuntimeError("fastsde._C predates freq_step: rebuild it (python setup.py build_ext --inplace)")
-    return op(x.contiguous(), _kernel_score(x, score), a, b, c, i64_bits(seed), ids, i64_bits(draw))
+    return torch.ops.fastsde.freq_step(x.contiguous(), _kernel_score(x, score), a, b, c, i64_bits(seed), ids, i64_bits(draw))
 
 
 @register("freq_step", "triton")
