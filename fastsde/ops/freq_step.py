@@ -85,7 +85,8 @@ def _native_op_built() -> bool:
 
 @register("freq_step", "native")
 def _native(x, score, a, b, c, seed, ids, draw):
-    return torch.ops.fastsde.freq_step(x.contiguous(), _kernel_score(x, score), a, b, c, i64_bits(seed), ids, i64_bits(draw))
+    op = torch.ops.fastsde.freq_step
+    return op(x.contiguous(), _kernel_score(x, score), a, b, c, i64_bits(seed), ids, i64_bits(draw))
 
 
 @register("freq_step", "triton")
