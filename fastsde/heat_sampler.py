@@ -9,7 +9,8 @@ Solvers (marginal y_k(t) = m_k(t) y_k(0) + s_k(t) z per frequency; t -> t' < t):
                      (u = y / m obeys du = eps d(s / m)), with eta of DDIM's stochasticity:
                      y' = m' x0 + sqrt(s'^2 - eta^2 v) eps + eta sqrt(v) z,  x0 = (y - s eps) / m,
                      v = s'^2 (1 - (m s' / (m' s))^2), the DDPM posterior variance of the per-frequency transition
-                     (eta = 1: ancestral sampling). a = m'/m, b = sqrt(s'^2 - eta^2 v) - m' s / m, c = eta sqrt(v).
+                     (eta = 1: ancestral sampling). a = m'/m, b = sqrt(s'^2 - eta^2 v) - m' s / m, c = eta sqrt(v);
+                     where m < M_MIN the frequency is noise and x0 is taken as 0 (a = 0, b = sqrt(s'^2 - eta^2 v)).
   reverse_diffusion  score_sde's reverse-diffusion predictor on the exact one-step transitions (the reference PC
                      sampler's update, noise drawn in the frequency domain): a = 2 - A, b = -G^2 / s, c = G.
 Every derivation holds per frequency, so the VP digits model runs here too: VPSDE is the heat SDE with blur 0
@@ -26,13 +27,17 @@ from __future__ import annotations
 import torch
 
 from fastsde import sde as sde_lib
-from fastsde.heat import FrequencySDE, HeatSDE, dct2, idct2
+from fastsde.heat import FrequencySDE, HeatSDE, dct2, eigenvalues, idct2
 from fastsde.ops.freq_step import freq_step
 from fastsde.score import get_model_fn
 
 __all__ = ["as_frequency_sde", "heat_sample", "step_coefficients", "SOLVERS"]
 
 SOLVERS = ("ddim", "reverse_diffusion")
+#: Frequencies whose mean coefficient m_k(t) is below this carry no usable signal: ddim takes their x0 as 0 (the
+#: heat SDE's highest frequencies reach m ~ e^-74 at T, where (y - s eps) / m would multiply the model's error by
+#: e^74; VP's m(T) = 0.0064 stays above it).
+M_MIN = 1e-3
 
 
 def as_frequency_sde(sde) -> FrequencySDE:
@@ -52,9 +57,15 @@ def step_coefficients(sde: FrequencySDE, t: float, t_next: float, shape, solver:
     if solver == "reverse_diffusion":
         A, G = (v.reshape(-1) for v in sde.transition(torch.tensor([t], dtype=torch.float64), shape))
         return 2.0 - A, -G * G / s, G
-    v = s1 * s1 * (1.0 - (m * s1 / (m1 * s)) ** 2).clamp(min=0.0)
+    lam = eigenvalues(shape).reshape(-1)
+    ratio = torch.exp(sde.log_mean(torch.tensor(t_next, dtype=torch.float64), lam)
+                      - sde.log_mean(torch.tensor(t, dtype=torch.float64), lam))  # m'/m, finite where both underflow
+    v = s1 * s1 * (1.0 - (s1 / (ratio * s)) ** 2).clamp(min=0.0)
     c = eta * v.sqrt()
-    return m1 / m, (s1 * s1 - eta * eta * v).clamp(min=0.0).sqrt() - m1 * s / m, (c if eta > 0 else None)
+    noise_part = (s1 * s1 - eta * eta * v).clamp(min=0.0).sqrt()
+    seen = m >= M_MIN  # elsewhere x0 = 0: the frequency is noise, and 1 / m would amplify the model's error
+    return (torch.where(seen, ratio, 0.0), torch.where(seen, noise_part - ratio * s, noise_part),
+            (c if eta > 0 else None))
 
 
 def _grid(sde, solver, steps, eps, t_start):
@@ -121,7 +132,11 @@ def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", et
         if constraint is not None or i in keep:
             m, s = (v.reshape(1, 1, *shape[-2:]).to(device) for v in
                     sde.marginal_coefs(torch.tensor([t], dtype=torch.float64), shape))
-            x0 = idct2(((y.double() - s * e.double()) / m).to(dtype)).clamp(-1.0, 1.0)
+            # the frames show only the frequencies already resolved (m >= 0.1: the error of (y - s eps) / m is at
+            # most 10x the model's); the projection uses every frequency above M_MIN
+            floor = M_MIN if constraint is not None else 0.1
+            x0 = torch.where(m >= floor, (y.double() - s * e.double()) / m, 0.0)
+            x0 = idct2(x0.to(dtype)).clamp(-1.0, 1.0)
             if i in keep:
                 trajectory.append(x0.cpu())
         if constraint is None:
