@@ -40,6 +40,9 @@ def get_score_parts(sde, continuous: bool = False):
         sde = sde_lib.as_fastsde_sde(sde)
     except TypeError as e:  # an SDE this module has no label convention for
         raise NotImplementedError(str(e)) from None
+    if getattr(sde, "frequency_diagonal", False):
+        raise NotImplementedError(f"{type(sde).__name__} scales the model output per frequency, not per sample: "
+                                  f"fastsde.score.get_score_fn applies it")
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
         discrete = not continuous and isinstance(sde, sde_lib.VPSDE)
 
@@ -71,11 +74,18 @@ def get_score_fn(sde, model, train: bool = False, continuous: bool = False):
     """score_fn(x, t) -> score (B, ...) from a model's output under score_sde's label/output conventions.
 
     VP continuous and subVP: score = -model(x, 999 t) / std(t); VP discrete uses the DDPM std table;
-    VE: the model output is the score (see get_score_parts for the labels).
+    VE: the model output is the score (see get_score_parts for the labels). The heat family (fastsde.heat): labels
+    999 t, score = -idct2(dct2(model(x, 999 t)) / s_k(t)), s_k the per-frequency marginal std.
     """
     model_fn = get_model_fn(model, train=train)
-    labels_fn, _ = get_score_parts(sde, continuous)
-    std_fn = getattr(labels_fn, "std_fn", None)
+    if getattr(sde, "frequency_diagonal", False):
+        labels_fn, to_score = _frequency_parts(sde)
+    else:
+        labels_fn, _ = get_score_parts(sde, continuous)
+        std_fn = getattr(labels_fn, "std_fn", None)
+
+        def to_score(out, x, t):
+            return out if std_fn is None else -out / per_sample(std_fn(t), x)
 
     def score_fn(x, t):
         out = model_fn(x, labels_fn(t))
@@ -85,9 +95,23 @@ def get_score_fn(sde, model, train: bool = False, continuous: bool = False):
         if out.shape != x.shape:  # broadcasting would hide a wrong model
             raise ValueError(f"the model output must have the state's shape {tuple(x.shape)}, got "
                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-        return out if std_fn is None else -out / per_sample(std_fn(t), x)
+        return to_score(out, x, t)
 
     return score_fn
+
+
+def _frequency_parts(sde):
+    """The heat family's convention (fastsde.heat): labels 999 t (continuous time, as VP), the model predicts the
+    noise in pixel space, score = -idct2(dct2(out) / s_k(t)) with s_k the marginal std per frequency."""
+    from fastsde.heat import freq_scale
+
+    def labels_fn(t):
+        return t * 999
+
+    def to_score(out, x, t):
+        return freq_scale(out, -1.0 / sde.marginal_coefs(t, x.shape)[1])
+
+    return labels_fn, to_score
 
 
 def to_flattened_numpy(x: torch.Tensor):

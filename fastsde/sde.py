@@ -16,7 +16,8 @@ import torch
 
 from fastsde._util import per_sample, sum_except_batch
 
-__all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE", "as_fastsde_sde", "MAX_N", "check_count", "check_real"]
+__all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE", "as_fastsde_sde", "MAX_N", "check_count", "check_real",
+           "times_diffusion"]
 
 #: The most discretization steps an SDE takes: its tables (float32, up to five of N entries) stay under 200 MB and
 #: a PC run of N steps is still a run, not a hang; score_sde's configs use 1000 to 2000. More is a ValueError,
@@ -121,6 +122,16 @@ class SDE(abc.ABC):
         return ReverseSDE(self, score_fn, probability_flow)
 
 
+def times_diffusion(G: torch.Tensor, v: torch.Tensor, power: int = 1) -> torch.Tensor:
+    """G^power v for a diffusion G that is per sample (B,) (VE/VP/subVP: the original's per_sample(G, v) ** power * v,
+    bit for bit) or per frequency ((B, 1, H, W) in the DCT basis, fastsde.heat: idct2(G^power dct2(v)))."""
+    if G.dim() == 1:
+        return per_sample(G, v) ** power * v
+    from fastsde.heat import freq_scale
+
+    return freq_scale(v, G**power)
+
+
 class ReverseSDE:
     """dx = [f - g^2 s] dt + g dw-bar (Song et al. eq. 6); probability flow: dx = [f - g^2 s / 2] dt (eq. 13)."""
 
@@ -147,7 +158,7 @@ class ReverseSDE:
         """Reverse drift (B, ...) and diffusion (B,); the diffusion is zero for the probability flow."""
         drift, diffusion = self.forward.sde(x, t)
         score = self.score_fn(x, t)
-        drift = drift - per_sample(diffusion, x) ** 2 * score * self._weight()
+        drift = drift - times_diffusion(diffusion, score, 2) * self._weight()
         if self.probability_flow:
             diffusion = torch.zeros_like(diffusion)
         return drift, diffusion
@@ -155,7 +166,7 @@ class ReverseSDE:
     def discretize(self, x: torch.Tensor, t: torch.Tensor):
         """rev_f = f - G^2 s (halved for probability flow), rev_G = G (zero for probability flow)."""
         f, G = self.forward.discretize(x, t)
-        rev_f = f - per_sample(G, x) ** 2 * self.score_fn(x, t) * self._weight()
+        rev_f = f - times_diffusion(G, self.score_fn(x, t), 2) * self._weight()
         rev_G = torch.zeros_like(G) if self.probability_flow else G
         return rev_f, rev_G
 
@@ -315,13 +326,16 @@ class VESDE(SDE):
         return torch.zeros_like(sigma), torch.sqrt(sigma**2 - adjacent**2)
 
 
-#: The one SDE-by-name map: "ve", "vp", "subvp" -> class (command line, model files, training all use it).
-SDE_CLASSES = {"ve": VESDE, "vp": VPSDE, "subvp": subVPSDE}
+from fastsde.heat import FREQUENCY_SDES  # noqa: E402  (the DCT-diagonal family subclasses SDE above)
+
+#: The one SDE-by-name map: "ve", "vp", "subvp" and the heat family ("heat", "heat_ve", "blur", "ihdm",
+#: fastsde.heat) -> class (command line, model files, training all use it).
+SDE_CLASSES = {"ve": VESDE, "vp": VPSDE, "subvp": subVPSDE, **FREQUENCY_SDES}
 SDE_NAMES = tuple(SDE_CLASSES)
 
 
 def make_sde(name: str, N: int = 1000, **kwargs) -> SDE:
-    """The SDE called `name` ("ve", "vp", "subvp") with N steps and hyper-parameters `kwargs` (score_sde's defaults
+    """The SDE called `name` (SDE_NAMES) with N steps and hyper-parameters `kwargs` (score_sde's defaults
     for those not given)."""
     if name not in SDE_CLASSES:
         raise ValueError(f"sde must be one of {SDE_NAMES}, got {name!r}")

@@ -13,6 +13,7 @@ import torch
 import fastsde
 from fastsde import distributed, sampling, solvers
 from fastsde import sde as sde_lib
+from fastsde.heat import FREQUENCY_SDES
 from fastsde.precision import PRECISIONS, native_bf16, resolve_precision
 from fastsde.cli.common import (DIGITS_METRICS_BYTES, IMAGE_BATCH, MAX_STEPS, MAX_THREADS, SDE_DEFAULTS,
                                 AtomicOutputs, UsageError, batch_argument, build_sampler, check_memory, check_own_steps,
@@ -27,7 +28,8 @@ from fastsde.models import analytic
 __all__ = ["add_arguments", "run"]
 
 
-SDE_TITLES = {"ve": "VE", "vp": "VP", "subvp": "subVP"}
+SDE_TITLES = {"ve": "VE", "vp": "VP", "subvp": "subVP", "heat": "heat", "heat_ve": "heat (VE)",
+              "blur": "blurring", "ihdm": "IHDM"}
 BACKEND_NAMES = ("auto", "reference", "native", "triton")
 _NULL_REPEATS = 10
 GMM_BATCH = 4096  # default micro-batch cap of the mixtures (fastsde.distributed); images: IMAGE_BATCH
@@ -150,8 +152,15 @@ def _check_applicable(args: argparse.Namespace) -> None:
         raise UsageError("--sde does not apply to a model file: it was trained under its own SDE")
     if args.sde is None:
         args.sde = DIGITS_DEFAULTS["sde"] if kind == "digits" else "ve"
+    heat_family = args.sde in FREQUENCY_SDES or (kind == "file" and _file_sde(args.model[1]) in FREQUENCY_SDES)
+    if heat_family and kind == "gmm":
+        raise UsageError(f"--sde {args.sde} (the heat family) samples image models only; fastsde heat shows them")
     if args.sampler is None:
-        args.sampler = "pc" if kind == "gmm" or args.class_label is not None else DIGITS_DEFAULTS["sampler"]
+        args.sampler = ("pc" if kind == "gmm" or args.class_label is not None or heat_family
+                        else DIGITS_DEFAULTS["sampler"])
+    if heat_family and args.sampler not in ("pc", "ode"):
+        raise UsageError(f"--sampler {args.sampler} has scalar coefficients; the heat family samples with pc or ode "
+                         f"here (its per-frequency solvers: fastsde heat)")
     for dest, (selector, allowed) in _ONLY_FOR.items():
         if getattr(args, dest) is not None and getattr(args, selector) not in allowed:
             flag = "--" + dest.replace("_", "-")
@@ -165,6 +174,16 @@ def _check_applicable(args: argparse.Namespace) -> None:
         native, why = native_bf16(args.device) if kind != "gmm" else (False, "the exact score has no weights")
         args.precision, args.precision_reason = ("bf16" if native else "fp32"), f"auto: {why}"
     args.precision = resolve_precision(args.precision, args.device)
+
+
+def _file_sde(path: str) -> str | None:
+    """The SDE name a model file's metadata gives (None when unreadable: loading it reports why)."""
+    from fastsde.digits.pretrained import read_sde_name
+
+    try:
+        return read_sde_name(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _build_sde(args: argparse.Namespace) -> sde_lib.SDE:

@@ -25,7 +25,7 @@ from fastsde._util import check_regular_file
 from fastsde.sampling import PC_DEFAULTS
 
 __all__ = ["DATA_DIR", "DIGITS_DEFAULTS", "score_model_path", "ScoreModelFile", "save_score_model", "load_score_model",
-           "save_classifier", "load_classifier", "shipped_path", "read_metadata"]
+           "read_sde_name", "save_classifier", "load_classifier", "shipped_path", "read_metadata"]
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _CLASSIFIER_FORMAT = "fastsde.classifier/1"
@@ -98,6 +98,14 @@ def load_score_model(path: str, *, reference: bool = False, backend: str = "auto
             raise
         raise ValueError(f"{path}: cannot load the weights ({exc})") from None
     return ScoreModelFile(model, name, kwargs, training if isinstance(training, dict) else {}, path)
+
+
+def read_sde_name(path: str) -> str:
+    """The SDE name in a score model file's metadata (checked as load_score_model checks it), without the weights."""
+    meta = read_metadata(path)
+    if "fastsde.sde" not in meta:
+        raise ValueError(f"{path} carries no SDE metadata: not a fastsde score model file")
+    return _sde_metadata(path, meta["fastsde.sde"])[0]
 
 
 def _check_config(path: str, text: str) -> None:

@@ -75,20 +75,39 @@ class ExponentialMovingAverage:
 
 # score_sde's SDE hyper-parameters, VE's sigma_max chosen for the data (technique 1 of Song & Ermon 2020: about
 # the largest distance between two training images; digits at 16x16 in [0, 1]: 8.3).
+# The heat family (fastsde.heat) on 16x16 digits: blur 4 (the heat equation's time at T, in pixels^2: a Gaussian blur of
+# std sqrt(2 * 4) ~ 2.8 pixels) keeps the residual high-frequency noise at eps = 1e-3 near 0.04; IHDM's blur runs
+# from sigma_B = 0.5 to 12 (tau = sigma_B^2 / 2), its fixed noise 0.01 as the paper, its prior the digits' Gaussian
+# fit per frequency (data_mean/data_var, computed from the training digits when the SDE is built).
 _SDE_KWARGS = {"ve": {"sigma_min": 0.01, "sigma_max": 10.0}, "vp": {"beta_min": 0.1, "beta_max": 20.0},
-               "subvp": {"beta_min": 0.1, "beta_max": 20.0}}
+               "subvp": {"beta_min": 0.1, "beta_max": 20.0},
+               "heat": {"beta_min": 0.1, "beta_max": 20.0, "blur": 4.0},
+               "heat_ve": {"sigma_min": 0.01, "sigma_max": 10.0, "blur": 4.0},
+               "blur": {"beta_min": 0.1, "beta_max": 20.0, "blur": 4.0},
+               "ihdm": {"sigma": 0.01, "tau_min": 0.125, "tau_max": 72.0}}
+_DATA_MOMENT_SDES = ("ihdm",)  # priors fitted to the data
+
+
+def _digits_moments() -> dict:
+    """Per-frequency mean and variance (16 x 16 nested lists) of the centered training digits' DCT coefficients."""
+    from fastsde.digits.data import get_data_scaler, load_dataset
+    from fastsde.heat import dct2
+
+    images, _ = load_dataset("digits", "train")
+    y = dct2(get_data_scaler(True)(images).double())[:, 0]
+    return {"data_mean": y.mean(0).tolist(), "data_var": y.var(0).tolist()}
 
 
 def make_sde(name: str, N: int = 1000, **kwargs):
-    """The SDE `name` ("ve", "vp", "subvp") with the digits models' hyper-parameters (overridable) and N steps."""
+    """The SDE `name` (SDE_NAMES) with the digits models' hyper-parameters (overridable) and N steps."""
     if name not in SDE_NAMES:
         raise ValueError(f"sde must be one of {SDE_NAMES}, got {name!r}")
-    return sde_lib.make_sde(name, N, **{**_SDE_KWARGS[name], **kwargs})
+    return sde_lib.make_sde(name, N, **{**sde_kwargs(name), **kwargs})
 
 
 def sde_kwargs(name: str) -> dict:
     """The hyper-parameters make_sde uses for `name`."""
-    return dict(_SDE_KWARGS[name])
+    return {**_SDE_KWARGS[name], **(_digits_moments() if name in _DATA_MOMENT_SDES else {})}
 
 
 @dataclass(frozen=True)
@@ -126,8 +145,9 @@ class TrainConfig:
 
     @property
     def reduce_mean(self) -> bool:
-        """score_sde: VE configs sum the per-pixel losses, VP/subVP configs average them."""
-        return self.sde != "ve"
+        """score_sde: VE configs sum the per-pixel losses, VP/subVP configs average them (heat_ve as VE, the rest
+        of the heat family as VP)."""
+        return self.sde not in ("ve", "heat_ve")
 
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -22,7 +22,7 @@ from fastsde import sde as sde_lib
 from fastsde._util import per_sample
 
 __all__ = ["GaussianMixture", "AnalyticScoreModel", "AnalyticClassifier", "PRESETS", "get_mixture",
-           "isotropic_gaussian"]
+           "isotropic_gaussian", "FrequencyMixture", "AnalyticHeatModel"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -495,3 +495,92 @@ class AnalyticClassifier(torch.nn.Module):
         else:
             log_joint = self.mixture._components(x64, m, s)[0]
         return torch.log_softmax(log_joint, dim=1).to(_out_dtype(x))
+
+
+class FrequencyMixture:
+    """A Gaussian mixture over images (C, H, W) whose components are diagonal in the orthonormal DCT-II basis:
+    y = dct2(x) ~ sum_k w_k N(mu_k, diag(c_k)), means and variances (K, C, H, W) given in the DCT domain.
+
+    The heat family (fastsde.heat) acts per frequency, y_t = m y_0 + s z with m, s (B, 1, H, W), so every marginal
+    stays in this family: p_t = sum_k w_k N(m mu_k, diag(m^2 c_k + s^2)). Float64 inside, differentiable in x (the
+    likelihood's divergence differentiates the score).
+    """
+
+    def __init__(self, weights, means, variances):
+        w = _as_float64("weights", weights)
+        self.means, self.variances = _as_float64("means", means), _as_float64("variances", variances)
+        if self.means.dim() != 4 or self.variances.shape != self.means.shape or w.shape != self.means.shape[:1]:
+            raise ValueError(f"need weights (K,), means and variances (K, C, H, W) of one shape; got "
+                             f"{tuple(w.shape)}, {tuple(self.means.shape)}, {tuple(self.variances.shape)}")
+        if not (w > 0).all() or not (self.variances > 0).all():
+            raise ValueError("weights and variances must be positive")
+        self.log_weights = torch.log(w / w.sum())
+        self.shape = tuple(self.means.shape[1:])
+
+    def _log_components(self, x, m, s):
+        """log w_k N(y; m mu_k, m^2 c_k + s^2) (B, K) and the per-component (B, K, D) residual / variance."""
+        from fastsde.heat import dct2
+
+        B = x.shape[0]
+        y = dct2(x.to(torch.float64)).reshape(B, 1, -1)
+        m = torch.as_tensor(m, dtype=torch.float64).expand(B, *self.shape).reshape(B, 1, -1)
+        s = torch.as_tensor(s, dtype=torch.float64).expand(B, *self.shape).reshape(B, 1, -1)
+        var = m * m * self.variances.reshape(1, len(self.log_weights), -1) + s * s
+        r = y - m * self.means.reshape(1, len(self.log_weights), -1)
+        log_comp = self.log_weights - 0.5 * (r * r / var + torch.log(var) + _LOG_2PI).sum(-1)
+        return log_comp, r / var
+
+    def perturbed_log_prob(self, x, m=1.0, s=0.0) -> torch.Tensor:
+        """log p_t(x) (B,) float64; m, s floats or per-frequency tensors broadcasting to (B, C, H, W)."""
+        return torch.logsumexp(self._log_components(x, m, s)[0], dim=1)
+
+    def perturbed_score(self, x, m=1.0, s=0.0) -> torch.Tensor:
+        """grad_x log p_t(x) like x, float64: idct2 of -sum_k r_k (y - m mu_k) / (m^2 c_k + s^2)."""
+        from fastsde.heat import idct2
+
+        log_comp, whitened = self._log_components(x, m, s)
+        score_y = -(torch.softmax(log_comp, dim=1)[:, :, None] * whitened).sum(1)
+        return idct2(score_y.reshape(x.shape))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact samples (n, C, H, W) float64."""
+        from fastsde.heat import idct2
+
+        comp = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn((n, *self.shape), generator=generator, dtype=torch.float64)
+        return idct2(self.means[comp] + self.variances[comp].sqrt() * z)
+
+    def moments(self, m=1.0, s=0.0):
+        """(mean, variance) (C, H, W) per DCT coefficient of p_t for per-frequency m, s (1, 1, H, W) or floats."""
+        w = self.log_weights.exp()[:, None, None, None]
+        m, s = (torch.as_tensor(v, dtype=torch.float64)[0] if torch.as_tensor(v).dim() == 4 else
+                torch.as_tensor(v, dtype=torch.float64) for v in (m, s))
+        mean = (w * self.means).sum(0)
+        second = (w * (self.variances + self.means**2)).sum(0)
+        return m * mean, m * m * (second - mean**2) + s * s
+
+
+class AnalyticHeatModel(torch.nn.Module):
+    """The exact noise-predicting network of `mixture` (a FrequencyMixture) under a heat-family SDE: forward(x, labels)
+    with labels = 999 t returns idct2(-s_k dct2(score)), so fastsde.score.get_score_fn's -idct2(dct2(out) / s_k)
+    is the exact score of the SDE's marginal p_t."""
+
+    def __init__(self, mixture: FrequencyMixture, sde):
+        super().__init__()
+        if not isinstance(mixture, FrequencyMixture):
+            raise ValueError(f"mixture must be a FrequencyMixture, got {type(mixture).__name__}")
+        if not getattr(sde, "frequency_diagonal", False):
+            raise ValueError(f"sde must be a heat-family SDE (fastsde.heat), got {type(sde).__name__}")
+        self.mixture, self.sde = mixture, sde
+
+    def exact_score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """grad_x log p_t(x), float64, like x."""
+        m, s = self.sde.marginal_coefs(t.to(torch.float64), x.shape)
+        return self.mixture.perturbed_score(x, m, s)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from fastsde.heat import freq_scale
+
+        t = labels.to(torch.float64) / 999
+        s = self.sde.marginal_coefs(t, x.shape)[1]
+        return freq_scale(self.exact_score(x, t), -s).to(x.dtype)

@@ -221,6 +221,9 @@ _SDE_CONDITIONING = {
     "ve": dict(embedding="fourier", scale_by_sigma=True, centered=False),
     "vp": dict(embedding="positional", scale_by_sigma=False, centered=True),
     "subvp": dict(embedding="positional", scale_by_sigma=False, centered=True),
+    # the heat family (fastsde.heat): noise-predicting, labels 999 t, as VP
+    **{name: dict(embedding="positional", scale_by_sigma=False, centered=True)
+       for name in ("heat", "heat_ve", "blur", "ihdm")},
 }
 
 

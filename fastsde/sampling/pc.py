@@ -214,6 +214,8 @@ class FusedLoop:
     def build(cls, sde, predictor, corrector, model, continuous, timesteps, backend, plan, proj, x, mode):
         """The fused loop, or None when a predictor/corrector has no fused form (user classes) or the model
         conventions are unknown."""
+        if getattr(sde, "frequency_diagonal", False):  # per-frequency coefficients: fastsde.heat samples these
+            return None
         if corrector.fused_kind is None or (not predictor.is_identity
                                             and predictor.coefficients(timesteps[:1]) is None):
             return None

@@ -26,7 +26,7 @@ class EulerMaruyamaPredictor(Predictor):
         z = self.noise.normal_like(x)
         drift, diffusion = self.rsde.sde(x, t)
         x_mean = x + drift * dt
-        return x_mean + per_sample(diffusion, x) * np.sqrt(-dt) * z, x_mean
+        return x_mean + sde_lib.times_diffusion(diffusion * np.sqrt(-dt), z), x_mean
 
     def coefficients(self, t):
         f, g = self.sde.linear_sde(t)
@@ -43,7 +43,7 @@ class ReverseDiffusionPredictor(Predictor):
         f, G = self.rsde.discretize(x, t)
         z = self.noise.normal_like(x)
         x_mean = x - f
-        return x_mean + per_sample(G, x) * z, x_mean
+        return x_mean + sde_lib.times_diffusion(G, z), x_mean
 
     def coefficients(self, t):
         f, G = self.sde.linear_discretize(t)

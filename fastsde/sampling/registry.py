@@ -184,6 +184,8 @@ PC_DEFAULTS = {
     "ve": ("reverse_diffusion", "langevin", 1e-5),
     "vp": ("euler_maruyama", "none", 1e-3),
     "subvp": ("euler_maruyama", "none", 1e-3),
+    # the heat family: reverse diffusion on the exact per-frequency transitions (fastsde.heat)
+    **{name: ("reverse_diffusion", "none", 1e-3) for name in ("heat", "heat_ve", "blur", "ihdm")},
 }
 
 

@@ -1,0 +1,154 @@
+"""Sampling the heat family (fastsde.heat) in the DCT domain with per-frequency fused steps.
+
+The state is y = dct2(x). Per step the model sees idct2(y) and its noise prediction is taken to the DCT domain,
+eps = dct2(out); the update is one fastsde.ops.freq_step, y' = a y + b eps + c z, with a, b, c float64 vectors over
+the H W frequencies (broadcast over batch and channels) and z drawn from FSN1 directly in the frequency domain.
+
+Solvers (marginal y_k(t) = m_k(t) y_k(0) + s_k(t) z per frequency; t -> t' < t):
+  ddim               the exponential integrator of the probability flow, exact per frequency for a frozen eps
+                     (u = y / m obeys du = eps d(s / m)), with eta of DDIM's stochasticity:
+                     y' = m' x0 + sqrt(s'^2 - eta^2 v) eps + eta sqrt(v) z,  x0 = (y - s eps) / m,
+                     v = s'^2 (1 - (m s' / (m' s))^2), the DDPM posterior variance of the per-frequency transition
+                     (eta = 1: ancestral sampling). a = m'/m, b = sqrt(s'^2 - eta^2 v) - m' s / m, c = eta sqrt(v);
+                     where m < M_MIN the frequency is noise and x0 is taken as 0 (a = 0, b = sqrt(s'^2 - eta^2 v)).
+  reverse_diffusion  score_sde's reverse-diffusion predictor on the exact one-step transitions (the reference PC
+                     sampler's update, noise drawn in the frequency domain): a = 2 - A, b = -G^2 / s, c = G.
+Every derivation holds per frequency, so the VP digits model runs here too: VPSDE is the heat SDE with blur 0
+(`as_frequency_sde`), which puts the VP and heat models on the same sampler for comparisons.
+
+`constraint(x0) -> x0` (pixels) turns the ddim step into null-space projection (DDNM, Wang et al. 2023): the step
+is taken from constraint(clip(x0)) instead of x0, y' = m' dct2(x0c) + sqrt(s'^2 - eta^2 v) eps + eta sqrt(v) z,
+and the run returns the last x0c (which meets the observation exactly); inpainting and super-resolution use it
+(fastsde.cli.heat). `t_start < T` with `start` (pixels) starts from the
+forward marginal of a given image (sampling from a blurred or pixelated digit).
+"""
+from __future__ import annotations
+
+import torch
+
+from fastsde import sde as sde_lib
+from fastsde.heat import FrequencySDE, HeatSDE, dct2, eigenvalues, idct2
+from fastsde.ops.freq_step import freq_step
+from fastsde.score import get_model_fn
+
+__all__ = ["as_frequency_sde", "heat_sample", "step_coefficients", "SOLVERS"]
+
+SOLVERS = ("ddim", "reverse_diffusion")
+#: Frequencies whose mean coefficient m_k(t) is below this carry no usable signal: ddim takes their x0 as 0 (the
+#: heat SDE's highest frequencies reach m ~ e^-74 at T, where (y - s eps) / m would multiply the model's error by
+#: e^74; VP's m(T) = 0.0064 stays above it).
+M_MIN = 1e-3
+
+
+def as_frequency_sde(sde) -> FrequencySDE:
+    """`sde` as a heat-family SDE: itself, or a VPSDE as the heat SDE with blur 0 (the same marginals and model
+    conventions: labels 999 t, noise prediction)."""
+    if isinstance(sde, FrequencySDE):
+        return sde
+    if isinstance(sde, sde_lib.VPSDE):
+        return HeatSDE(sde.beta_0, sde.beta_1, blur=0.0, N=sde.N)
+    raise ValueError(f"sde must be a heat-family SDE (fastsde.heat) or a VPSDE, got {type(sde).__name__}")
+
+
+def step_coefficients(sde: FrequencySDE, t: float, t_next: float, shape, solver: str = "ddim", eta: float = 0.0):
+    """(a, b, c) float64 (H W,) of one step from t to t_next for images of `shape`; c is None without noise."""
+    (m, s), (m1, s1) = (sde.marginal_coefs(torch.tensor([v], dtype=torch.float64), shape) for v in (t, t_next))
+    m, s, m1, s1 = (v.reshape(-1) for v in (m, s, m1, s1))
+    if solver == "reverse_diffusion":
+        A, G = (v.reshape(-1) for v in sde.transition(torch.tensor([t], dtype=torch.float64), shape))
+        return 2.0 - A, -G * G / s, G
+    lam = eigenvalues(shape).reshape(-1)
+    ratio = torch.exp(sde.log_mean(torch.tensor(t_next, dtype=torch.float64), lam)
+                      - sde.log_mean(torch.tensor(t, dtype=torch.float64), lam))  # m'/m, finite where both underflow
+    v = s1 * s1 * (1.0 - (s1 / (ratio * s)) ** 2).clamp(min=0.0)
+    c = eta * v.sqrt()
+    noise_part = (s1 * s1 - eta * eta * v).clamp(min=0.0).sqrt()
+    seen = m >= M_MIN  # elsewhere x0 = 0: the frequency is noise, and 1 / m would amplify the model's error
+    return (torch.where(seen, ratio, 0.0), torch.where(seen, noise_part - ratio * s, noise_part),
+            (c if eta > 0 else None))
+
+
+def _grid(sde, solver, steps, eps, t_start):
+    if solver == "reverse_diffusion":  # score_sde's grid: N points, each a step of 1/N
+        return torch.linspace(t_start, eps, steps, dtype=torch.float64).tolist()
+    return torch.linspace(t_start, eps, steps + 1, dtype=torch.float64).tolist()
+
+
+@torch.no_grad()
+def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", eta: float = 0.0, eps: float = 1e-3,
+                seed: int = 0, sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32,
+                start: torch.Tensor | None = None, t_start: float | None = None, constraint=None,
+                frames: int = 0, progress: bool = False):
+    """Samples (shape, pixels, the model's data scale) from `model` under `sde` (module docstring).
+
+    Returns (x, nfe, trajectory): trajectory holds `frames` snapshots of the model's clipped x0 prediction along the
+    run (pixels), the coarse-to-fine order of generation; empty when frames=0.
+    """
+    from fastsde.sampling.registry import progress_bar
+
+    sde = as_frequency_sde(sde_lib.as_fastsde_sde(sde))
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    steps = sde_lib.check_count("steps", steps, 100_000)
+    eta = sde_lib.check_real("eta", eta, low=0.0)
+    eps = sde_lib.check_real("eps", eps, low=0.0, low_open=True)
+    t_start = sde.T if t_start is None else sde_lib.check_real("t_start", t_start, low=eps, low_open=True)
+    if t_start > sde.T or eps >= t_start:
+        raise ValueError(f"need 0 < eps < t_start <= T = {sde.T}, got eps={eps}, t_start={t_start}")
+    if start is None and t_start < sde.T:
+        raise ValueError("t_start < T needs `start` (the image whose forward marginal the run starts from)")
+    if constraint is not None and solver != "ddim":
+        raise ValueError("constraint (inpainting, super-resolution) runs on the ddim solver")
+    shape = tuple(shape)
+    B = shape[0]
+    ids = torch.arange(B) if sample_ids is None else torch.as_tensor(sample_ids)
+    model_fn = get_model_fn(model, train=False)
+    noise = torch.empty(shape, dtype=torch.float64)
+    from fastsde import random as fsn1
+
+    def z(draw):  # FSN1 normals, drawn directly in the frequency domain
+        return fsn1.fsn1_normal_like(noise, seed, draw, ids).to(device=device, dtype=dtype)
+
+    t0 = torch.full((B,), t_start, dtype=torch.float64)
+    if start is None:
+        y = dct2(sde.prior_from_normal(z(0).double())).to(dtype)
+    else:
+        m0, s0 = sde.marginal_coefs(t0, shape)
+        y = (m0 * dct2(start.to(device=device, dtype=torch.float64)) + s0 * z(0).double()).to(dtype)
+    grid = _grid(sde, solver, steps, eps, t_start)
+    pairs = list(zip(grid[:-1], grid[1:])) if solver == "ddim" else [(t, None) for t in grid]
+    keep = set() if frames <= 0 else {round(i * (len(pairs) - 1) / max(frames - 1, 1)) for i in range(frames)}
+    trajectory = []
+    for i, (t, t_next) in enumerate(progress_bar(pairs, progress, f"heat {solver}")):
+        labels = torch.full((B,), t * 999, device=device, dtype=dtype)
+        out = model_fn(idct2(y), labels)
+        e = dct2(out.to(dtype)) if out.dtype != dtype else dct2(out)
+        last = i == len(pairs) - 1
+        if solver == "reverse_diffusion":
+            a, b, c = step_coefficients(sde, t, t, shape, solver)
+            c = None if last else c  # the last step returns the mean, as score_sde's denoise
+        else:
+            a, b, c = step_coefficients(sde, t, t_next, shape, solver, eta)
+        if constraint is not None or i in keep:
+            m, s = (v.reshape(1, 1, *shape[-2:]).to(device) for v in
+                    sde.marginal_coefs(torch.tensor([t], dtype=torch.float64), shape))
+            # the frames show only the frequencies already resolved (m >= 0.1: the error of (y - s eps) / m is at
+            # most 10x the model's); the projection uses every frequency above M_MIN
+            floor = M_MIN if constraint is not None else 0.1
+            x0 = torch.where(m >= floor, (y.double() - s * e.double()) / m, 0.0)
+            x0 = idct2(x0.to(dtype)).clamp(-1.0, 1.0)
+            if i in keep:
+                trajectory.append(x0.cpu())
+        if constraint is None:
+            y = freq_step(y, e, a, b, c, seed=seed, sample_ids=ids, draw=i + 1, backend=backend)
+        else:
+            x0c = constraint(x0)
+            if last:  # DDNM's output: the projected x0 prediction, which meets the observation exactly
+                return x0c.to(dtype), len(pairs), trajectory
+            m1 = sde.marginal_coefs(torch.tensor([t_next], dtype=torch.float64), shape)[0].reshape(1, 1, *shape[-2:])
+            x0c = dct2(x0c.to(torch.float64))
+            bb = (b.reshape(1, 1, *shape[-2:]) + m1 * s / m).to(device)  # sqrt(s'^2 - eta^2 v)
+            y = (m1.to(device) * x0c + bb * e.double()).to(dtype)
+            if c is not None:
+                y = y + c.reshape(1, 1, *shape[-2:]).to(device=device, dtype=dtype) * z(i + 1)
+    return idct2(y), len(pairs), trajectory
