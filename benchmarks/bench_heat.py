@@ -92,7 +92,7 @@ def bench_step(numel: int = 1 << 24, rounds: int = 5) -> dict:
 def bench_quality(n: int = 256, steps: int = 50, seed: int = 0, progress: bool = False,
                   models=("heat", "vp")) -> dict:
     from fastsde import controllable
-    from fastsde.cli.heat import constraints
+    from fastsde.heat_sampler import constraints
     from fastsde.digits.data import get_data_inverse_scaler, get_data_scaler, load_digits, make_mask
     from fastsde.digits.evaluation import DigitsEvaluator
     from fastsde.digits.pretrained import load_score_model, shipped_path

@@ -74,11 +74,11 @@ def _scoresde_way(sde, inverse, probe, rtol):
 
 def _stage_sum_contenders(b, n):
     """(name -> fn) computing one RK45 step's 6 stage sums and error sum on (b, n) float64 buffers."""
-    from fastsde.odeint import DOPRI5_A, DOPRI5_E, _Stages
+    from fastsde.odeint import DOPRI5_A, DOPRI5_E, Stages
     from fastsde.ops.step import affine_combine_step
 
     y = torch.randn(b, n, dtype=torch.float64)
-    stages = _Stages(y)
+    stages = Stages(y)
     stages.K.normal_()
     h = torch.full((b,), 1e-2, dtype=torch.float64)
     ks = [stages.K[j].contiguous() for j in range(7)]

@@ -31,7 +31,7 @@ from fastsde.heat import FrequencySDE, HeatSDE, dct2, eigenvalues, idct2
 from fastsde.ops.freq_step import freq_step
 from fastsde.score import get_model_fn
 
-__all__ = ["as_frequency_sde", "heat_sample", "step_coefficients", "SOLVERS"]
+__all__ = ["as_frequency_sde", "heat_sample", "step_coefficients", "constraints", "degrade", "SOLVERS"]
 
 SOLVERS = ("ddim", "reverse_diffusion")
 #: Frequencies whose mean coefficient m_k(t) is below this carry no usable signal: ddim takes their x0 as 0 (the
@@ -152,3 +152,33 @@ def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", et
             if c is not None:
                 y = y + c.reshape(1, 1, *shape[-2:]).to(device=device, dtype=dtype) * z(i + 1)
     return idct2(y), len(pairs), trajectory
+
+
+def degrade(images: torch.Tensor, how: str) -> torch.Tensor:
+    """Test digits (B, 1, 16, 16) in [0, 1] blurred (Gaussian, std 1.5 pixels, reflected borders) or 2x2 pixelated."""
+    if how == "pixelate":
+        return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(images, 2), scale_factor=2.0,
+                                               mode="nearest")
+    r = torch.arange(-4, 5, dtype=images.dtype)
+    k = torch.exp(-0.5 * (r / 1.5) ** 2)
+    k = k / k.sum()
+    x = torch.nn.functional.pad(images, (4, 4, 4, 4), mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.reshape(1, 1, 1, 9))
+    return torch.nn.functional.conv2d(x, k.reshape(1, 1, 9, 1))
+
+
+def constraints(action: str, known: torch.Tensor, mask: torch.Tensor | None):
+    """The null-space projection x0 -> x0c of superres (A = 2x2 average pooling, A^+ = nearest upsampling) or
+    inpaint (A = the mask), for `known` (data scale, 16x16) the test digits."""
+    if action == "superres":
+        low = torch.nn.functional.avg_pool2d(known, 2)
+
+        def project(x0):
+            up = torch.nn.functional.interpolate
+            return x0 - up(torch.nn.functional.avg_pool2d(x0, 2) - low.to(x0), scale_factor=2.0, mode="nearest")
+        return project
+    m = mask.to(known)
+
+    def replace(x0):
+        return x0 * (1 - m.to(x0)) + known.to(x0) * m.to(x0)
+    return replace

@@ -77,7 +77,7 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=1) / math.sqrt(x.shape[1])
 
 
-class _Stages:
+class Stages:
     """The stage derivatives K (7, B, N) and the tableau's rows as tensors; combine is one matrix-vector product over
     the stages (one pass over K) and one addcmul with the per-row step."""
 
@@ -143,7 +143,7 @@ def dopri5(f: OdeFunc, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, a
     out = y0.clone()
     y = y0.clone()
     t = torch.full((b,), float(t0), dtype=torch.float64, device=device)
-    stages = _Stages(y)
+    stages = Stages(y)
     budget.spend(2, t)
     stages.K[0] = check_finite(f(t, y, rows), step=1, t=t0, what=f"{what}'s drift")  # before any step control
     h_abs = _initial_step(f, t, y, stages.K[0], direction, span, rtol, atol, rows)
@@ -204,7 +204,7 @@ def fixed_grid(f: OdeFunc, y0: torch.Tensor, grid: torch.Tensor, *, what: str = 
     device, b = y0.device, y0.shape[0]
     rows = torch.arange(b, device=device)
     y = y0.clone()
-    stages = _Stages(y)
+    stages = Stages(y)
     t = torch.full((b,), grid[0], dtype=torch.float64, device=device)
     stages.K[0] = f(t, y, rows)
     for t_next in grid[1:]:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastsde.ops.groupnorm import register_fused_backward
+from fastsde.ops.groupnorm_backward import register_fused_backward
 
 from ._common import (FLOATS, check_runnable, compute_dtype, contiguous, launcher_op, on_device,
                       tracing_interpreted)

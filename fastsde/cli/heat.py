@@ -21,6 +21,7 @@ import torch
 from fastsde.cli.common import (AtomicOutputs, UsageError, device_name, finite_float, output_stem, positive_int,
                                 seed_value, step_count, test_subset, thread_count, MAX_THREADS, with_threads)
 from fastsde.digits.data import MASKS, make_mask
+from fastsde.heat_sampler import constraints, degrade
 
 __all__ = ["add_arguments", "run", "ACTIONS"]
 
@@ -89,36 +90,6 @@ def _load(args):
     if mf.model.config.resolution != 16 or mf.model.config.in_channels != 1:
         raise ValueError(f"{path}: fastsde heat handles 1x16x16 digits models")
     return mf
-
-
-def degrade(images: torch.Tensor, how: str) -> torch.Tensor:
-    """Test digits (B, 1, 16, 16) in [0, 1] blurred (Gaussian, std 1.5 pixels, reflected borders) or 2x2 pixelated."""
-    if how == "pixelate":
-        return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(images, 2), scale_factor=2.0,
-                                               mode="nearest")
-    r = torch.arange(-4, 5, dtype=images.dtype)
-    k = torch.exp(-0.5 * (r / 1.5) ** 2)
-    k = k / k.sum()
-    x = torch.nn.functional.pad(images, (4, 4, 4, 4), mode="reflect")
-    x = torch.nn.functional.conv2d(x, k.reshape(1, 1, 1, 9))
-    return torch.nn.functional.conv2d(x, k.reshape(1, 1, 9, 1))
-
-
-def constraints(action: str, known: torch.Tensor, mask: torch.Tensor | None):
-    """The null-space projection x0 -> x0c of superres (A = 2x2 average pooling, A^+ = nearest upsampling) or
-    inpaint (A = the mask), for `known` (data scale, 16x16) the test digits."""
-    if action == "superres":
-        low = torch.nn.functional.avg_pool2d(known, 2)
-
-        def project(x0):
-            up = torch.nn.functional.interpolate
-            return x0 - up(torch.nn.functional.avg_pool2d(x0, 2) - low.to(x0), scale_factor=2.0, mode="nearest")
-        return project
-    m = mask.to(known)
-
-    def replace(x0):
-        return x0 * (1 - m.to(x0)) + known.to(x0) * m.to(x0)
-    return replace
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import torch
 
 from fastsde.ops.checks import as_u64, check_float_tensor, check_no_autograd, check_score, i64_bits
 from fastsde.ops.dispatch import register, resolve
-from fastsde.ops.fsn1 import _check as _check_ids
+from fastsde.ops.fsn1 import check_args as _check_ids
 
 __all__ = ["freq_step"]
 

@@ -12,13 +12,14 @@ from fastsde import random as _random
 from fastsde.ops.checks import as_u64, check_float_tensor, check_no_autograd, i64_bits
 from fastsde.ops.dispatch import register, resolve
 
-__all__ = ["fsn1_normal", "BACKENDS"]
+__all__ = ["fsn1_normal", "check_args", "BACKENDS"]
 
 #: Backends fsn1_normal accepts: Triton has no fsn1_normal of its own (its step kernels generate the stream inline).
 BACKENDS = ("auto", "native", "reference")
 
 
-def _check(out, seed, sample_ids, draw, backend):
+def check_args(out, seed, sample_ids, draw, backend):
+    """fsn1_normal's argument checks (also the fused steps' seed and ids): (seed, sample_ids, draw) normalised."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     check_float_tensor("out", out)
@@ -62,7 +63,7 @@ def fsn1_normal(out: torch.Tensor, seed: int, sample_ids, draw: int, *, backend:
     "triton" has no fsn1_normal of its own (its step kernels generate the same stream in registers).
     Non-contiguous out is filled through a contiguous temporary. Returns out.
     """
-    seed, sample_ids, draw = _check(out, seed, sample_ids, draw, backend)
+    seed, sample_ids, draw = check_args(out, seed, sample_ids, draw, backend)
     _, impl = resolve("fsn1_normal", backend, out.device)
     if out.numel() == 0:
         return out

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from fastsde.reference.step import _compute_dtype, _noise
+from fastsde.reference.step import compute_dtype, noise_for
 
 __all__ = ["freq_step"]
 
 
 def freq_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=None, draw=0):
     """x' = a x + b score + c z with per-frequency a, b, c (module docstring); returns x' in x's dtype."""
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     per_sample = x[0].numel() if x.shape[0] else 0
 
     def coef(v):
@@ -27,5 +27,5 @@ def freq_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=None,
 
     out = coef(a) * x.to(dt) + coef(b) * score.to(dt)
     if c is not None:
-        out = out + coef(c) * _noise(x, noise, seed, sample_ids, draw, dt)
+        out = out + coef(c) * noise_for(x, noise, seed, sample_ids, draw, dt)
     return out.to(x.dtype)

@@ -17,11 +17,11 @@ from fastsde._util import per_sample
 __all__ = ["affine_step", "step_sq_norms", "langevin_step", "affine_combine_step"]
 
 
-def _compute_dtype(x):
+def compute_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _noise(x, noise, seed, sample_ids, draw, dtype):
+def noise_for(x, noise, seed, sample_ids, draw, dtype):
     if noise is not None:
         return noise.to(dtype)
     return fsn1.fsn1_normal_like(torch.empty(x.shape, dtype=torch.float64), seed, draw, sample_ids).to(
@@ -40,13 +40,13 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
     With mask and data, score_sde's inpainting projection follows: x' <- x'(1-m) + (data_a data + data_c z2) m,
     x_mean <- x'(1-m) + data_a data m, z2 drawn from FSN1 at data_draw. Returns x'; writes x_mean_out if given.
     """
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     xc, sc = x.to(dt), score.to(dt)
     x_mean = _coef(a, xc, dt) * xc + _coef(b, xc, dt) * sc
-    x_new = x_mean if c is None else x_mean + _coef(c, xc, dt) * _noise(x, noise, seed, sample_ids, draw, dt)
+    x_new = x_mean if c is None else x_mean + _coef(c, xc, dt) * noise_for(x, noise, seed, sample_ids, draw, dt)
     if mask is not None:
         m, known = mask.to(dt), _coef(data_a, xc, dt) * data.to(dt)
-        z2 = _noise(x, None, seed, sample_ids, data_draw, dt)
+        z2 = noise_for(x, None, seed, sample_ids, data_draw, dt)
         x_new = x_new * (1 - m) + (known + _coef(data_c, xc, dt) * z2) * m
         x_mean = x_new * (1 - m) + known * m
     if x_mean_out is not None:
@@ -57,7 +57,7 @@ def affine_step(x, score, a, b, c=None, *, noise=None, seed=None, sample_ids=Non
 def step_sq_norms(score, *, noise=None, seed=None, sample_ids=None, draw=0):
     """(B, 2) float64: per-sample sum of score^2 and of z^2 (the step's noise), accumulated in float64. Explicit
     noise is state-like (its dtype sets the compute type); the score may be narrower."""
-    z = _noise(score, noise, seed, sample_ids, draw, _compute_dtype(score if noise is None else noise))
+    z = noise_for(score, noise, seed, sample_ids, draw, compute_dtype(score if noise is None else noise))
     flat_s = score.reshape(score.shape[0], -1).double()
     flat_z = z.reshape(score.shape[0], -1).double()
     return torch.stack([(flat_s**2).sum(1), (flat_z**2).sum(1)], dim=1)
@@ -84,11 +84,11 @@ def affine_combine_step(x, outputs, a, b, c=None, *, noise=None, seed=None, samp
     (B,)/(1,); b: list of as many coefficients as outputs; c=None: no noise. Noise: `noise=` or FSN1 at
     (seed, sample_ids, draw). Returns x' in x's dtype.
     """
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     xc = x.to(dt)
     x_new = _coef(a, xc, dt) * xc
     for out_k, b_k in zip(outputs, b):
         x_new = x_new + _coef(b_k, xc, dt) * out_k.to(dt)
     if c is not None:
-        x_new = x_new + _coef(c, xc, dt) * _noise(x, noise, seed, sample_ids, draw, dt)
+        x_new = x_new + _coef(c, xc, dt) * noise_for(x, noise, seed, sample_ids, draw, dt)
     return x_new.to(x.dtype)

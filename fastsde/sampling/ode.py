@@ -1,10 +1,11 @@
-"""The probability-flow ODE sampler (Song et al. section 4.3), integrated by fastsde.flow.solve: method "RK45" on the
+"""The probability-flow ODE sampler (Song et al. section 4.3), integrated by solve (below): method "RK45" on the
 state's device (fastsde.odeint, per-sample steps), "scipy:NAME" with scipy's solve_ivp as score_sde does.
 
 The integration stops with a clear error when the model returns NaN/inf (scipy would shrink its step to nan and never
 advance) and after `max_evals` drift evaluations on a pathological model (fastsde.sampling.guard)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastsde.noise import NoiseStream
@@ -15,7 +16,7 @@ from fastsde.sampling.registry import check_eps, check_positive, check_sde, chec
 from fastsde.score import get_score_fn
 
 __all__ = ["get_ode_sampler", "ODE_METHODS", "SCIPY_METHODS", "MAX_EVALS", "EvalBudget",
-           "scipy_method"]
+           "scipy_method", "solve", "fixed_times"]
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 # "RK45": fastsde.odeint on the state's device; "fixed": its fixed grid; "scipy:NAME": solve_ivp (fastsde.flow)
@@ -71,6 +72,68 @@ def check_ode_args(sde, rtol, atol, method, eps, dtype=torch.float64, *, steps=N
     return check_eps(sde, eps)
 
 
+def fixed_times(sde, t0: float, t1: float, steps: int) -> torch.Tensor:
+    """steps + 1 times from t0 to t1 (float64) uniform in log(std / mean) of the marginal: dense where the noise is
+    small and the drift changes fastest, for VE (log sigma linear in t) uniform in t."""
+    ends = torch.tensor([t0, t1], dtype=torch.float64)
+    mean, std = sde.marginal_prob(torch.ones(2, 1, dtype=torch.float64), ends)
+    lam = torch.log(std / mean[:, 0])
+    grid_lam = torch.linspace(float(lam[0]), float(lam[1]), steps + 1, dtype=torch.float64)
+    fine = torch.linspace(min(t0, t1), max(t0, t1), 4097, dtype=torch.float64)  # invert lam(t) by interpolation
+    m, s = sde.marginal_prob(torch.ones(fine.numel(), 1, dtype=torch.float64), fine)
+    lam_fine = torch.log(s / m[:, 0])
+    grid = torch.from_numpy(np.interp(grid_lam.numpy(), lam_fine.numpy(), fine.numpy()))
+    grid[0], grid[-1] = t0, t1
+    return grid
+
+
+def solve(f, y0: torch.Tensor, t0: float, t1: float, *, method: str, rtol: float, atol: float, steps=None, sde=None,
+          max_evals: int = MAX_EVALS, what: str = "the ODE", blocks=None):
+    """Integrate dy/dt = f(t (B,), y (B, N), rows (B,)) from t0 to t1 for y0 (B, N) float64 by `method` (module
+    docstring); returns (y at t1, batched evaluations, evaluations each row took part in (B,)). `blocks`: column
+    sizes that the scipy path lays out one after the other (score_sde's [x of every sample, then logp]); default
+    one block. `sde` gives the fixed grid."""
+    from fastsde.odeint import dopri5, fixed_grid  # on first use: fastsde.odeint imports this package's guard
+
+    if method == "RK45":
+        r = dopri5(f, y0, t0, t1, rtol=rtol, atol=atol, max_evals=max_evals, what=what)
+        return r.y, r.nfev, r.row_evals
+    if method == "fixed":
+        r = fixed_grid(f, y0, fixed_times(sde, t0, t1, steps), what=what)
+        return r.y, r.nfev, r.row_evals
+    y, nfev = _solve_scipy(f, y0, t0, t1, method.split(":", 1)[1], rtol, atol, max_evals, what, blocks)
+    return y, nfev, torch.full((y0.shape[0],), nfev, dtype=torch.int64)
+
+
+def _solve_scipy(f, y0, t0, t1, method, rtol, atol, max_evals, what, blocks):
+    from scipy import integrate  # imported on first use: `import fastsde` stays free of scipy
+
+    b, n = y0.shape
+    blocks = blocks or (n,)
+    device, rows = y0.device, torch.arange(b, device=y0.device)
+    budget = EvalBudget(max_evals, what)
+
+    def pack(y):  # (B, N) -> 1-D float64 in block order
+        return np.concatenate([p.detach().cpu().double().numpy().reshape(-1) for p in y.split(blocks, dim=1)])
+
+    def unpack(v):
+        parts, at = [], 0
+        for w in blocks:
+            parts.append(torch.from_numpy(v[at:at + b * w].reshape(b, w)))
+            at += b * w
+        return torch.cat(parts, dim=1).to(device)
+
+    def rhs(t, v):
+        budget.spend(t)
+        dy = f(torch.full((b,), t, dtype=torch.float64, device=device), unpack(v), rows)
+        return pack(check_finite(dy, step=budget.count, t=t, what=f"{what}'s right-hand side"))
+
+    solution = integrate.solve_ivp(rhs, (t0, t1), pack(y0), rtol=rtol, atol=atol, method=method)
+    if not solution.success:
+        raise RuntimeError(f"ODE solver failed: {solution.message}")
+    return unpack(solution.y[:, -1]), int(solution.nfev)
+
+
 def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
                     device="cpu", *, seed=None, noise="fastsde", sample_ids=None, dtype=torch.float32,
                     max_evals=MAX_EVALS, precision=None):
@@ -104,8 +167,6 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
             def ode_func(t, y, rows):
                 drift = drift_fn(model, y.reshape((y.shape[0],) + shape[1:]).to(dtype), t.to(dtype))
                 return drift.reshape(y.shape[0], -1).double()
-
-            from fastsde.flow import solve
 
             y, nfe, _ = solve(ode_func, x.reshape(shape[0], -1).double(), sde.T, eps, method=method, rtol=rtol,
                               atol=atol, max_evals=max_evals, what="the probability-flow ODE")
