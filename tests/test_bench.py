@@ -200,10 +200,12 @@ def test_unet_suite_times_every_peer_in_the_rows(monkeypatch, one_thread):
 
     monkeypatch.setattr(bench_unet, "CASES", [("unet_forward_16px_b2", "small16", 2)])
     monkeypatch.setattr(bench_unet, "SCORE_SDE_CASES", [])
+    monkeypatch.setattr(bench_unet, "BACKWARD_CASES", [])  # autograd rows: fused vs reference layers, no peers
     monkeypatch.setattr(common, "compile_peers", stand_ins)
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda numel=0, reps=0, device=None: 10.0)
     with common.smoke():
         r, *half = bench_unet.run(quick=False, use_compile=True)
+    assert [h["precision"] for h in half] == ["bf16", "fp16"]
     assert built == [("UNet", tuple(common.COMPILE_PEERS))]
     assert r["compile_peer"] in common.FP32_PEERS
     assert r["baselines"]["compile"] == min(r["baselines"][n] for n in common.FP32_PEERS)
