@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "api/common.h"
+#include "api/groupnorm_checks.h"
 #include "cpu/groupnorm_cpu.h"
 
 #ifdef FASTSDE_WITH_CUDA
@@ -18,37 +19,11 @@ namespace fastsde {
 namespace api {
 namespace {
 
-// Checks shared by every backend (no data access: Meta-safe).
-void check_group_norm_args(const at::Tensor& x, int64_t num_groups, const c10::optional<at::Tensor>& weight,
-                           const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
-                           const c10::optional<at::Tensor>& shift, const c10::optional<at::Tensor>& emb_add,
-                           int64_t act) {
-  TORCH_CHECK(x.dim() >= 2, "group_norm: x must be (N, C, *spatial), got shape ", x.sizes());
-  TORCH_CHECK(is_float_dtype(x.scalar_type()), "group_norm: x must be float32, float64, float16 or bfloat16, got ",
-              x.scalar_type());
-  const int64_t N = x.size(0), C = x.size(1);
-  TORCH_CHECK(num_groups >= 1 && C % num_groups == 0, "group_norm: num_groups must divide the channels (", C,
-              "), got ", num_groups);
-  TORCH_CHECK(act == 0 || act == 1, "group_norm: act must be 0 (none) or 1 (silu), got ", act);
-  auto check_vec = [&](const char* name, const c10::optional<at::Tensor>& v, std::vector<int64_t> shape) {
-    if (!v.has_value()) return;
-    TORCH_CHECK(v->sizes() == at::IntArrayRef(shape) && at::isFloatingType(v->scalar_type()) &&
-                    v->device() == x.device(),
-                "group_norm: ", name, " must be a float tensor of shape ", at::IntArrayRef(shape), " on ",
-                x.device(), ", got ", v->scalar_type(), " ", v->sizes(), " on ", v->device());
-  };
-  check_vec("weight", weight, {C});
-  check_vec("bias", bias, {C});
-  check_vec("scale", scale, {N, C});
-  check_vec("shift", shift, {N, C});
-  check_vec("emb_add", emb_add, {N, C});
-}
-
 at::Tensor group_norm_op(const at::Tensor& x_in, int64_t num_groups, const c10::optional<at::Tensor>& weight,
                          const c10::optional<at::Tensor>& bias, double eps, const c10::optional<at::Tensor>& scale,
                          const c10::optional<at::Tensor>& shift, const c10::optional<at::Tensor>& emb_add,
                          int64_t act) {
-  check_group_norm_args(x_in, num_groups, weight, bias, scale, shift, emb_add, act);
+  check_group_norm_args("group_norm", x_in, num_groups, weight, bias, scale, shift, emb_add, act);
   // The kernels take NCHW-contiguous x, or channels-last-contiguous 4-D x (y is laid out the same way).
   const bool cl = x_in.dim() == 4 && !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
   const auto layout = x_in.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

@@ -10,6 +10,7 @@
 
 #include <vector>
 
+#include "api/groupnorm_checks.h"
 #include "cpu/groupnorm_cpu.h"
 
 #ifdef FASTSDE_WITH_CUDA
@@ -29,33 +30,14 @@ bool channels_last(const at::Tensor& x) {
   return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-// Meta-safe checks (no data access). Every message names the argument, the expected and the actual value.
+// Meta-safe checks (no data access): group_norm's own, then dy against x.
 void check_args(const at::Tensor& dy, const at::Tensor& x, int64_t num_groups, const OptTensor& weight,
                 const OptTensor& bias, const OptTensor& scale, const OptTensor& shift, const OptTensor& emb_add,
                 int64_t act) {
-  const auto t = x.scalar_type();
-  TORCH_CHECK(x.dim() >= 2, "group_norm_backward: x must be (N, C, *spatial), got shape ", x.sizes());
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-              "group_norm_backward: x must be float32, float64, float16 or bfloat16, got ", t);
-  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == t && dy.device() == x.device(),
-              "group_norm_backward: dy must match x (", x.sizes(), " ", t, " on ", x.device(), "), got ", dy.sizes(),
-              " ", dy.scalar_type(), " on ", dy.device());
-  const int64_t N = x.size(0), C = x.size(1);
-  TORCH_CHECK(num_groups >= 1 && C % num_groups == 0, "group_norm_backward: num_groups must divide the channels (",
-              C, "), got ", num_groups);
-  TORCH_CHECK(act == 0 || act == 1, "group_norm_backward: act must be 0 (none) or 1 (silu), got ", act);
-  auto check_vec = [&](const char* name, const OptTensor& v, std::vector<int64_t> shape) {
-    if (!v.has_value()) return;
-    TORCH_CHECK(v->sizes() == at::IntArrayRef(shape) && at::isFloatingType(v->scalar_type()) &&
-                    v->device() == x.device(),
-                "group_norm_backward: ", name, " must be a float tensor of shape ", at::IntArrayRef(shape), " on ",
-                x.device(), ", got ", v->scalar_type(), " ", v->sizes(), " on ", v->device());
-  };
-  check_vec("weight", weight, {C});
-  check_vec("bias", bias, {C});
-  check_vec("scale", scale, {N, C});
-  check_vec("shift", shift, {N, C});
-  check_vec("emb_add", emb_add, {N, C});
+  api::check_group_norm_args("group_norm_backward", x, num_groups, weight, bias, scale, shift, emb_add, act);
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type() && dy.device() == x.device(),
+              "group_norm_backward: dy must match x (", x.sizes(), " ", x.scalar_type(), " on ", x.device(), "), got ",
+              dy.sizes(), " ", dy.scalar_type(), " on ", dy.device());
 }
 
 at::MemoryFormat layout(const at::Tensor& x) {
