@@ -57,17 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args) -> None:
-    from fastsde.cli.common import model_spec
+    from fastsde.cli.common import parse_model
 
-    try:
-        kind = model_spec(args.model)
-    except argparse.ArgumentTypeError as err:
-        raise UsageError(f"--model: {err}") from None
-    if kind[0] == "gmm":
-        raise UsageError("fastsde heat takes an image model: 'digits' or PATH.safetensors")
-    if kind[0] == "file" and args.sde is not None:
-        raise UsageError("--sde does not apply to a model file: it was trained under its own SDE")
-    args.model, args.sde = kind, args.sde or "heat"
+    parse_model(args)
+    args.sde = args.sde or "heat"
     if not 0.0 <= args.eta <= 1.0:
         raise UsageError(f"--eta must be in [0, 1], got {args.eta}")
     if not 0.0 < args.t_start <= 1.0:
