@@ -41,19 +41,6 @@ auto with_step_dtypes(Dtype state, Dtype score, const Fn& fn) {
   return fn(F32{}, F32{});
 }
 
-// Per-step values read from memory when the kernel runs (the loop ops, fastsde/ops/loop.py): one recorded call --
-// a compiled graph, a CUDA graph -- then serves every step. `step` (null: none) points at the step index i:
-// draw += i draw_stride and data_draw += i draw_stride, and each coefficient named in coef_by_step has its pointer
-// advanced by i (a length-1 coefficient read from entry i of its table row). `seed` (null: the args' seed) points at the
-// seed's bits. Both are device pointers on CUDA, read by every thread (one cached load).
-struct StepIndex {
-  // Bits of coef_by_step: the coefficients read from row i of their tables.
-  static constexpr uint32_t kA = 1, kB = 2, kC = 4, kDataA = 8, kDataC = 16, kB2 = 32, kB3 = 64, kAll = 127;
-  const int64_t* step = nullptr;
-  const int64_t* seed = nullptr;
-  int64_t draw_stride = 0;
-  uint32_t coef_by_step = 0;
-};
 
 // affine_step_: see csrc/step.h. out may alias x. Optional pointers are null when absent: c (no noise at all),
 // noise (then FSN1 at (seed, sample_ids[b], draw)), x_mean, mask/data/data_a/data_c (projection, all or none).
@@ -80,7 +67,9 @@ struct AffineStepArgs {
   const double* b2 = nullptr;
   const double* b3 = nullptr;
   int64_t b2_len = 0, b3_len = 0;
-  StepIndex index;
+  // Null, or a pointer (a device pointer on CUDA) to the seed's int64 bits, read when the kernel runs instead of
+  // `seed`: a compiled graph has no seed to guard on, and one recorded CUDA graph serves every seed copied there.
+  const int64_t* seed_bits = nullptr;
 };
 // step_sq_norms: (batch, 2) float64: [b, 0] = sum_j score^2, [b, 1] = sum_j z^2 (noise or FSN1). noise is in
 // `dtype` (the state's), score in `score_dtype` (step_dtypes_supported).
@@ -92,7 +81,7 @@ struct SqNormsArgs {
   const void* noise;
   uint64_t seed, draw;
   const int64_t* sample_ids;
-  StepIndex index;  // coef_by_step unused (no coefficients here)
+  const int64_t* seed_bits = nullptr;  // as AffineStepArgs::seed_bits
 };
 
 }  // namespace fastsde

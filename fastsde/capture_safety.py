@@ -51,7 +51,7 @@ def loop_end() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- recording graphs
-# The one path every captured sampler (sampling/pc.py FusedLoop, solvers/program.py SolverLoop) records through:
+# The one path every captured sampler (fastsde.executor.Runner) records through:
 #
 #     with on_device(x):                          # eager warm-up and replays on x's device
 #         <eager warm-up: lazily built model state>
@@ -95,13 +95,14 @@ def parameter_addresses(model) -> tuple:
     return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
 
 
-def record_graph(body, stream):
+def record_graph(body, stream, pool=None):
     """A CUDA graph of body() recorded on `stream` (from capture_stream; its device is the graph's): nothing runs,
     so body's in-place side effects on the device happen only at replay. Every kernel body launches must already be
-    compiled and loaded (a torch.compile'd function compiled, Triton kernels JIT-compiled) by a call outside."""
+    compiled and loaded (a torch.compile'd function compiled, Triton kernels JIT-compiled) by a call outside.
+    `pool`: another graph's memory pool to share (graphs replayed one after the other, in recording order)."""
     stream.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
         body()
     return graph
 

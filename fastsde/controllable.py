@@ -65,10 +65,9 @@ def get_pc_inpainter(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, 
         with torch.no_grad():
             prior = stream.prior(sde, tuple(data.shape), device=data.device, dtype=data.dtype)
             x = data * mask + prior * (1.0 - mask)
-            x, x_mean = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, int(n_steps),
-                                probability_flow, continuous, eps, backend, progress, projection=(data, mask),
-                                mode=mode, cache=loops)
-            out = x_mean if denoise else x
+            out = pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, int(n_steps), probability_flow,
+                          continuous, eps, backend, progress, projection=(data, mask), denoise=denoise, mode=mode,
+                          cache=loops)
             if keep_known:
                 out = out * (1.0 - mask) + data * mask
             return inverse_scaler(out)
@@ -158,10 +157,10 @@ def get_pc_colorizer(sde, predictor, corrector, inverse_scaler, snr, n_steps=1, 
         with torch.no_grad():
             prior = stream.prior(sde, shape, device=img.device, dtype=img.dtype)
             y = data * mask + prior * (1.0 - mask)
-            y, y_mean = pc_loop(sde, _DecoupledModel(model), y, stream, predictor_cls, corrector_cls, snr,
-                                int(n_steps), probability_flow, continuous, eps, backend, progress,
-                                projection=(data, mask), mode=mode)
-            return inverse_scaler(couple_colors(y_mean if denoise else y))
+            y = pc_loop(sde, _DecoupledModel(model), y, stream, predictor_cls, corrector_cls, snr, int(n_steps),
+                        probability_flow, continuous, eps, backend, progress, projection=(data, mask),
+                        denoise=denoise, mode=mode)
+            return inverse_scaler(couple_colors(y))
 
     return pc_colorizer
 

@@ -22,7 +22,7 @@ from fastsde.sde import MAX_N, check_count, check_real
 from fastsde.solvers import get_solver
 from fastsde.solvers.grid import Point
 from fastsde.solvers.library import Churn
-from fastsde.solvers.program import Program, SolverLoop
+from fastsde.solvers.program import Executor, Program
 from fastsde.solvers.sampler import build_checked
 
 __all__ = ["get_sigmas_karras", "get_sigmas_exponential", "get_sigmas_vp", "sample_euler", "sample_euler_ancestral",
@@ -163,8 +163,8 @@ def _sample(name, model, x, sigmas, extra_args, callback, *, seed=None, sample_i
 
     state = x.detach().clone().contiguous()
     ids = None if sample_ids is None else torch.as_tensor(sample_ids, device=x.device)
-    loop = SolverLoop(program, state, lambda p: torch.full((x.shape[0],), p.t, dtype=x.dtype, device=x.device),
-                      lambda p: (0.0, 1.0), seed=seed, sample_ids=ids, backend=backend, noise_fn=noise_fn)
+    loop = Executor(program, state, lambda p: torch.full((x.shape[0],), p.t, dtype=x.dtype, device=x.device),
+                    lambda p: (0.0, 1.0), seed=seed, sample_ids=ids, backend=backend, noise_fn=noise_fn)
 
     def call(xi, sigma):
         return model(xi, sigma, **extra_args)

@@ -1,5 +1,5 @@
 // The torch-free kernel arguments of the step ops from their tensors (csrc/step_args.h), shared by
-// csrc/api/step.cpp and csrc/api/loop.cpp. No checks here: the callers' check_*_args ran first.
+// csrc/api/step.cpp (the op bindings). No checks here: the callers' check_*_args ran first.
 #pragma once
 
 #include "api/common.h"

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
-#include "step_index.h"
+#include "device_seed.h"
 
 namespace fastsde {
 namespace {
@@ -102,7 +102,7 @@ const SimdKernels& simd_kernels() {
 }
 
 void affine_step_cpu(const AffineStepArgs& indexed) {
-  const AffineStepArgs args = at_step(indexed);
+  const AffineStepArgs args = with_device_seed(indexed);
   const SimdKernels& k = simd_kernels();
   const int64_t min_parallel = (args.c && !args.noise) || args.mask ? kMinParallelFsn1 : kMinParallel;
   if (args.numel <= kStepFlatMaxNumel) {
@@ -116,7 +116,7 @@ void affine_step_cpu(const AffineStepArgs& indexed) {
 }
 
 void step_sq_norms_cpu(const SqNormsArgs& indexed, double* out) {
-  const SqNormsArgs args = at_step(indexed);
+  const SqNormsArgs args = with_device_seed(indexed);
   if (args.batch <= 0) return;
   if (args.numel <= 0) {
     for (int64_t b = 0; b < 2 * args.batch; ++b) out[b] = 0.0;

@@ -11,7 +11,7 @@
 #include "cuda/dtype_io.cuh"
 #include "fsn1.h"
 #include "step.h"
-#include "step_index.h"
+#include "device_seed.h"
 
 namespace fastsde {
 namespace {
@@ -32,7 +32,7 @@ __device__ __forceinline__ fsn1::Normals4<C> normals(uint64_t seed, uint32_t n, 
 template <Dtype D, Dtype DS, NoiseMode NM, bool kProject>
 __global__ void __launch_bounds__(kThreads) _affine_step_fwd_kernel(AffineStepArgs indexed, int64_t blocks,
                                                                                     int64_t total) {
-  const AffineStepArgs A = at_step(indexed);  // the step index and seed read from device memory (StepIndex)
+  const AffineStepArgs A = with_device_seed(indexed);  // the seed read from device memory
   using IO = Io<D>;
   using IOS = Io<DS>;
   using T = typename IO::T;
@@ -107,7 +107,7 @@ cudaError_t launch_affine_dtype(const AffineStepArgs& A, cudaStream_t stream) {
 template <Dtype D, Dtype DS>
 __global__ void __launch_bounds__(kThreads) _step_sq_norms_fwd_kernel(SqNormsArgs indexed, int64_t chunks,
                                                                       double* __restrict__ partial) {
-  const SqNormsArgs A = at_step(indexed);
+  const SqNormsArgs A = with_device_seed(indexed);
   using IO = Io<D>;
   using IOS = Io<DS>;
   using T = typename IO::T;
@@ -176,20 +176,18 @@ cudaError_t launch_sq_norms(const SqNormsArgs& A, double* partial, double* out, 
   return cudaGetLastError();
 }
 
-// coefs (3,) = the Langevin step's [1, b, c] at step *step (csrc/step.h, langevin_coefs): one thread, so the batch
-// mean sums in row order like the CPU's.
+// coefs (3,) = the Langevin step's [1, b, c] (csrc/step.h, langevin_coefs) from *alpha and *scale in device memory:
+// one thread, so the batch mean sums in row order like the CPU's.
 __global__ void _langevin_coefs_kernel(const double* __restrict__ sq, int64_t batch, const double* __restrict__ alpha,
-                                       const double* __restrict__ scale, const int64_t* __restrict__ step, double snr,
-                                       double* __restrict__ coefs) {
-  const int64_t i = *step;
-  step::langevin_coefs(sq, batch, alpha[i], scale ? scale[i] : 1.0, snr, coefs);
+                                       const double* __restrict__ scale, double snr, double* __restrict__ coefs) {
+  step::langevin_coefs(sq, batch, *alpha, *scale, snr, coefs);
 }
 
 }  // namespace
 
 cudaError_t langevin_coefs_cuda(const double* sq, int64_t batch, const double* alpha, const double* scale,
-                                const int64_t* step, double snr, double* coefs, cudaStream_t stream) {
-  _langevin_coefs_kernel<<<1, 1, 0, stream>>>(sq, batch, alpha, scale, step, snr, coefs);
+                                double snr, double* coefs, cudaStream_t stream) {
+  _langevin_coefs_kernel<<<1, 1, 0, stream>>>(sq, batch, alpha, scale, snr, coefs);
   return cudaGetLastError();
 }
 

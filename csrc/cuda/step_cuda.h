@@ -18,9 +18,9 @@ int64_t step_sq_norms_cuda_partials(const SqNormsArgs& args);
 // Fixed-size chunks reduced in a fixed order: the result does not depend on the launch configuration.
 cudaError_t step_sq_norms_cuda(const SqNormsArgs& args, double* partial, double* out, cudaStream_t stream);
 
-// The Langevin step's coefficients [1, b, c] into coefs (3,) from sq (batch, 2) (step_sq_norms' output), the
-// step index *step and the tables' rows alpha (N,) and scale (N,) (null: 1): csrc/step.h, langevin_coefs.
+// The Langevin step's coefficients [1, b, c] into coefs (3,) from sq (batch, 2) (step_sq_norms' output) and the
+// device scalars *alpha and *scale: csrc/step.h, langevin_coefs.
 cudaError_t langevin_coefs_cuda(const double* sq, int64_t batch, const double* alpha, const double* scale,
-                                const int64_t* step, double snr, double* coefs, cudaStream_t stream);
+                                double snr, double* coefs, cudaStream_t stream);
 
 }  // namespace fastsde

@@ -25,7 +25,7 @@ from fastsde.ops.dispatch import register, resolve
 from fastsde.reference import step as _ref
 
 __all__ = ["affine_step", "langevin_step", "step_sq_norms", "affine_combine_step", "CombineSteps",
-           "MAX_OUTPUTS"]
+           "langevin_scratch", "MAX_OUTPUTS"]
 
 
 
@@ -338,6 +338,8 @@ class CombineSteps:
         self.seed, self.ids = seed, ids.contiguous()
         self.seed_bits = torch.tensor(i64_bits(seed), dtype=torch.int64, device=x.device)
         self.backend, self._impl = resolve("affine_combine_step", backend, x.device)
+        self._affine = resolve("affine_step", self.backend, x.device)[1]
+        self._norms = resolve("step_sq_norms", self.backend, x.device)[1]
         self.native = self.backend == "native"
         self._zero = torch.zeros(1, dtype=torch.float64, device=x.device)
         self._zeros = None
@@ -352,18 +354,61 @@ class CombineSteps:
         return (isinstance(t, torch.Tensor) and t.shape == self.shape and t.dtype in self.score_dtypes
                 and t.device == self.device and t.is_contiguous())
 
-    def combine(self, out, x, outputs, coefs, draw):
-        """out <- a x + sum_k b_k outputs[k] (+ c z(draw) when c is not None); coefs as in the class docstring."""
-        a, b, c = coefs
+    def combine(self, out, x, outputs, coefs, draw, x_mean=None, proj=None, noise=None):
+        """out <- a x + sum_k b_k outputs[k] (+ c z(draw) when c is not None); coefs as in the class docstring.
+        x_mean: also write the noise-free part there; proj (mask, data, data_a, data_c, data_draw): score_sde's
+        inpainting projection in the same pass (at most one output then); noise: an explicit z instead of FSN1."""
+        a, b, c = coefs[:3]
         if not outputs:  # x' = a x + c z (0 * inf would be NaN with x as the output)
             if self._zeros is None:
                 self._zeros = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
             outputs, b = [self._zeros], [self._zero]
+        mask, data, data_a, data_c, data_draw = proj if proj is not None else (None, None, None, None, 0)
         if self.native:
-            torch.ops.fastsde.affine_combine_(out, x, outputs, a, b, c, None, 0, self.ids, i64_bits(draw),
-                                              self.seed_bits)
+            torch.ops.fastsde.affine_combine_(out, x, outputs, a, b, c, noise, 0, self.ids, i64_bits(draw),
+                                              self.seed_bits, x_mean, mask, data, data_a, data_c,
+                                              i64_bits(data_draw))
             return
         # Triton reads the seed from seed_bits when the kernel runs (no Python int for a compiled graph to guard on,
-        # none for a recorded graph to freeze); the reference backend takes it on the host, and only when noisy.
-        seed = self.seed_bits if self.backend == "triton" else (self.seed if c is not None else 0)
-        self._impl(out, x, list(outputs), a, list(b), c, None, seed, self.ids, draw)
+        # none for a recorded graph to freeze); the reference backend takes it on the host.
+        seed = self.seed_bits if self.backend == "triton" else self.seed
+        if x_mean is None and proj is None:
+            self._impl(out, x, list(outputs), a, list(b), c, noise, seed, self.ids, draw)
+            return
+        if len(outputs) != 1:
+            raise ValueError("x_mean and the projection go with a single-output combine")
+        self._affine(out, x, outputs[0], a, b[0], c, noise, seed, self.ids, draw, x_mean, mask, data, data_a, data_c,
+                     data_draw)
+
+    def langevin(self, x, x_mean, scratch, score, coefs, snr, draw, proj=None, noise=None):
+        """One Langevin corrector iteration in place on x and x_mean (score_sde's batch-mean norms), the step size
+        computed on the device: coefs (4,) float64 [alpha, scale, data_a, data_c] (score = scale * `score`),
+        scratch: langevin_scratch(x); proj (mask, data, data_draw) or None; noise: an explicit z instead of FSN1.
+        Nothing is read on the host."""
+        mask, data, data_draw = proj if proj is not None else (None, None, 0)
+        if self.native:
+            torch.ops.fastsde.langevin_update_(x, x_mean, scratch, score, coefs, snr, self.seed_bits, self.ids,
+                                               i64_bits(draw), noise, mask, data, i64_bits(data_draw))
+            return
+        seed = self.seed_bits if self.backend == "triton" else self.seed
+        norms = self._norms(score, noise, seed, self.ids, draw).sqrt().mean(0)  # batch means of ||s||, ||z||
+        g, n = norms[0] * coefs[1].abs(), norms[1]
+        eps = (snr * n / g) ** 2 * 2 * coefs[0]  # a zero score: inf (nan with a zero noise), as score_sde divides
+        scratch[0:1].fill_(1.0)
+        scratch[1:2].copy_(eps * coefs[1])
+        scratch[2:3].copy_(torch.sqrt(2 * eps))
+        da, dc = (coefs[2:3], coefs[3:4]) if proj is not None else (None, None)
+        self._affine(x, x, score, scratch[0:1], scratch[1:2], scratch[2:3], noise, seed, self.ids, draw, x_mean, mask,
+                     data, da, dc, data_draw)
+
+
+# Elements per chunk of the CUDA norm kernel (kNormChunk, csrc/cuda/step.cu): its partial sums live in the scratch.
+_CUDA_NORM_CHUNK = 16384
+
+
+def langevin_scratch(x: torch.Tensor) -> torch.Tensor:
+    """CombineSteps.langevin's scratch for a state like x: float64 [1, b, c, per-sample norms (2B), CUDA partials]."""
+    batch = x.shape[0]
+    numel = x[0].numel() if batch else 0
+    chunks = -(-numel // _CUDA_NORM_CHUNK) if x.is_cuda else 0
+    return torch.zeros(3 + 2 * batch + 2 * batch * chunks, dtype=torch.float64, device=x.device)

@@ -8,13 +8,13 @@ import torch
 from fastsde import sde as sde_lib
 from fastsde.noise import NoiseStream
 from fastsde.ops.checks import FLOATS
-from fastsde.ops.loop import check_capturable
+from fastsde.executor import Runner, check_capturable, check_mode
 from fastsde.precision import for_sampling, precision_dtype, resolve_precision
 from fastsde.sampling.guard import check_finite
 from fastsde.sampling.registry import PC_DEFAULTS, check_backend, check_eps, check_seed, check_shape
 from fastsde.score import get_model_fn, get_score_parts
 from fastsde.solvers.grid import GRIDS, point_fn, time_grid
-from fastsde.solvers.program import Program, SolverLoop
+from fastsde.solvers.program import Executor, Program
 from fastsde.solvers.registry import get_solver
 
 __all__ = ["get_sampler", "build_program", "denoiser_coefs", "check_program", "check_grid_args", "MAX_STEPS"]
@@ -131,7 +131,8 @@ def build_program(solver, sde, steps: int, *, continuous=True, grid="logsnr", rh
 def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, continuous: bool = True,
                 grid: str = "logsnr", rho: float = 7.0, eps: float | None = None, denoise: bool = True, seed=None,
                 sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32, precision=None,
-                compile: bool = False, capture: bool = False, **options):
+                compile: bool = False, capture: bool = False, capture_steps: int | None = None, progress: bool = False,
+                **options):
     """Few-step solver `name` (fastsde.solvers.solver_names()) for a score model under `sde`'s conventions.
 
     Returns sampler(model, z=None) -> (x (shape), model_evals): starts at z or a prior sample (FSN1 draw 0 of `seed`,
@@ -144,22 +145,22 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     class). The adaptive solver ignores `steps` and `grid`.
     precision ("fp32", "bf16", "fp16", "auto", or None: `dtype`) runs the model in that precision; the update ops
     read its output directly and the state stays `dtype` (fastsde.precision). `sampler.precision`: the resolved one.
-    compile=True compiles each model call together with its fused update (SolverLoop.eval_step,
+    compile=True compiles each model call together with its fused update (fastsde.executor.Executor.eval_step,
     torch.compile(fullgraph=True)): the time labels and coefficients are tensors, so every step shares one graph.
-    The first call runs its first model call eagerly and compiles for the rest. capture=True (CUDA) also records
-    the whole program in one CUDA graph on the second call and replays it from then on (a new start z is a copy into
-    the graph's input); on the CPU it runs the compiled program. The program, its
-    buffers and graphs are kept per model between calls.
+    The first call runs its first model call eagerly and compiles for the rest. capture=True (CUDA) runs the first
+    call compiled and uncaptured, then records the program as CUDA graphs of at most `capture_steps` steps (default
+    fastsde.executor.CAPTURE_STEPS) and replays them from the second call on (a new start z, seed or sample ids is a
+    copy into the graphs' inputs); on the CPU it runs the compiled program. The executor, its buffers and graphs are
+    kept per model between calls (fastsde.executor.Runner). progress=True shows a bar over the steps.
     """
-    for flag, value in (("compile", compile), ("capture", capture)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{flag} must be True or False, got {value!r}")
-    compile = compile or capture
+    backend = check_backend(backend)
+    check_mode(backend if backend != "reference" else "native", compile, capture, capture_steps)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
     solver = get_solver(name)(**options)
     shape = check_shape(shape)
-    backend = check_backend(backend)
     if capture:  # the reference combine reads the sample ids on the host: refused on CUDA before any work
-        check_capturable(backend, device, loop="solver")
+        check_capturable(backend, device)
     steps = sde_lib.check_count("steps", steps, MAX_STEPS, " (fastsde.solvers.sampler.MAX_STEPS)")
     sde = _check_solver_sde(sde)
     grid, rho = check_grid_args(grid, rho)
@@ -192,7 +193,12 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     def labels_of(point):
         return labels_fn(torch.full((shape[0],), point.t, dtype=dtype, device=device))
 
-    loops = {}  # id(model) -> (model, SolverLoop, compiled eval step): the entry keeps the model alive (ids unique)
+    def make(x):
+        return Executor(program, x, labels_of, lambda p: denoiser_coefs(sde, p), seed=0, sample_ids=None,
+                        backend=backend)
+
+    runner = None if program is None else Runner(make, compile=compile, capture=capture, capture_steps=capture_steps,
+                                                 what=f"the {name} solver", desc=f"{name} sampling")
 
     def sampler(model, z=None):
         if not callable(model):
@@ -210,35 +216,10 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
                 x, evals = solver.sample(sde, x, model_fn, labels_fn, None if isinstance(sde, sde_lib.VESDE)
                                          else scale_fn, eps, stream.seed, ids, backend)
             if program is not None:
-                x = run_program(target, model_fn, x, stream.seed, ids)
+                x = runner(target, x, stream.seed, ids, progress=progress, check=False)  # eval mode: the Runner's
                 evals += program.model_evals
             check_finite(x, step=evals, t=eps, what=f"the {name} solver's sample")
             return inverse_scaler(x), evals
-
-    def run_program(target, model_fn, x, seed_value, ids):
-        """The program from x on the model's kept SolverLoop (eager, compiled or captured)."""
-        entry = loops.get(id(target))
-        if entry is None or entry[1].bufs["x"].shape != x.shape or entry[1].bufs["x"].device != x.device:
-            loop = SolverLoop(program, torch.empty_like(x), labels_of, lambda p: denoiser_coefs(sde, p),
-                              seed=seed_value, sample_ids=ids, backend=backend)
-            entry = loops[id(target)] = [target, loop, None]
-        loop = entry[1]
-        loop.bufs["x"].copy_(x)
-        loop.steps.set_seed(0 if seed_value is None else seed_value)
-        if ids is not None:
-            loop.steps.ids.copy_(ids)
-        if not compile:
-            return loop.run(model_fn).clone()
-        if isinstance(target, torch.nn.Module):
-            target.train(False)
-        if entry[2] is None:  # the first model call runs eagerly (lazily built model state exists before tracing)
-            entry[2] = torch.compile(loop.eval_step, fullgraph=True, dynamic=False)
-            out = loop.run(target, eval_step=entry[2], eager_evals=1)
-        elif capture and x.is_cuda:
-            out = loop.replay(target, entry[2])
-        else:
-            out = loop.run(target, eval_step=entry[2])
-        return out.clone()
 
     sampler.program = program
     sampler.solver = solver

@@ -466,33 +466,18 @@ void test_combine_levels() {
   }
 }
 
-// StepIndex (the loop ops): the step index and seed read from memory when the call runs, the coefficients at row
-// i of their tables, the draw at offset + i stride -- equal to the same step with the values given directly.
-void test_step_index() {
+// seed_bits: the seed read from memory when the call runs (a compiled or recorded call serves every seed) -- equal to
+// the same step with the seed given directly.
+void test_device_seed() {
   StepCase direct = make_step(4, 300, 5), indexed = make_step(4, 300, 5);
-  const int64_t n = 6, i = 4, stride = 3, seed_bits = int64_t(0x1234567890abcdefULL);
-  std::vector<double> table(size_t(3 * n));
-  for (int64_t k = 0; k < 3 * n; ++k) table[size_t(k)] = 0.1 * double(k + 1);
-  direct.args.a = &table[size_t(i)];
-  direct.args.b = &table[size_t(n + i)];
-  direct.args.c = &table[size_t(2 * n + i)];
-  direct.args.a_len = direct.args.b_len = direct.args.c_len = 1;
+  const int64_t seed_bits = int64_t(0x1234567890abcdefULL);
   direct.args.seed = uint64_t(seed_bits);
-  direct.args.draw = 2 + uint64_t(i * stride);
-  AffineStepArgs& A = indexed.args;
-  A.a = table.data();
-  A.b = table.data() + n;
-  A.c = table.data() + 2 * n;
-  A.a_len = A.b_len = A.c_len = 1;
-  A.seed = 0;
-  A.draw = 2;
-  A.index.step = &i;
-  A.index.seed = &seed_bits;
-  A.index.draw_stride = stride;
-  A.index.coef_by_step = StepIndex::kAll;
+  indexed.args.seed = 0;
+  indexed.args.seed_bits = &seed_bits;
   affine_step_cpu(direct.args);
   affine_step_cpu(indexed.args);
-  EXPECT(direct.out == indexed.out && direct.x_mean == indexed.x_mean, "StepIndex: the indexed step differs from the direct one");
+  EXPECT(direct.out == indexed.out && direct.x_mean == indexed.x_mean,
+         "seed_bits: the step reading its seed from memory differs from the direct one");
 }
 
 int main() {
@@ -502,7 +487,7 @@ int main() {
   test_step_levels();
   test_step_threads();
   test_combine_levels();
-  test_step_index();
+  test_device_seed();
   test_gn_levels();
   test_gn_threads();
   test_gn_bwd_levels();
