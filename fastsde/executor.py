@@ -289,6 +289,17 @@ class Executor:
         out = out if out.dtype in self.steps.score_dtypes else out.to(src.dtype)
         return out.contiguous()
 
+    def warm_up(self, model) -> None:
+        """The program's first Eval, eagerly: state a model builds lazily on its first call exists before anything is
+        traced or recorded. It writes only that Eval's slot, which the program writes again before reading it."""
+        for k, ins in enumerate(self.program.code):
+            if isinstance(ins, Eval):
+                if ins.raw:
+                    self.raw_step(model, self.bufs[ins.src], self.labels[k])
+                else:
+                    self.eval_step(model, self.bufs[ins.src], self.labels[k], self.slots[ins.slot], self.coefs[k])
+                return
+
     def _projection(self, ins, coefs):
         if ins.proj is None:
             return None
@@ -399,7 +410,7 @@ class Runner:
             if not self.compile:
                 out = ex.run(model, callback=callback, progress=bar)
             else:
-                if self.capture and x.is_cuda:
+                if self.capture and self._captures(x):
                     out = self._run_captured(entry, model, bar)
                 else:
                     out = self._run_compiled(entry, model, callback, bar)
@@ -411,12 +422,17 @@ class Runner:
         return out.clone()
 
     @staticmethod
-    def _run_compiled(entry, model, callback, bar):
+    def _captures(x) -> bool:
+        """Whether capture=True records CUDA graphs for this state (CUDA), rather than running the compiled program."""
+        return x.is_cuda
+
+    @staticmethod
+    def _run_compiled(entry, model, callback, bar, eager_evals=1):
         ex = entry[1]
         if entry[2] is None:  # the first model call runs eagerly (lazily built model state exists before tracing)
             entry[2] = (torch.compile(ex.eval_step, fullgraph=True, dynamic=False),
                         torch.compile(ex.raw_step, fullgraph=True, dynamic=False))
-            return ex.run(model, callback, *entry[2], eager_evals=1, progress=bar)
+            return ex.run(model, callback, *entry[2], eager_evals=eager_evals, progress=bar)
         return ex.run(model, callback, *entry[2], progress=bar)
 
     def _run_captured(self, entry, model, bar):
@@ -434,9 +450,13 @@ class Runner:
                     bar.advance(steps)
                 return ex.result()
             entry[3] = None
+            if entry[2] is None:  # warm-up: the first Eval eagerly (lazily built model state), outside any capture
+                ex.warm_up(model)
             with capture_safety.capture_stream(device) as side:
-                out = self._run_compiled(entry, model, None, bar)
-                graphs, pool = [], None  # recording runs nothing: `out` stays this call's result
+                # every Eval compiled (none eager: each compiled step runs here, a program with one Eval included),
+                # every Triton kernel JIT-compiled, outside any recording: this call's result
+                out = self._run_compiled(entry, model, None, bar, eager_evals=0).clone()
+                graphs, pool = [], None
                 for code in ex.segments(self.capture_steps):
                     graph = capture_safety.record_graph(
                         lambda code=code: ex.run(model, None, *entry[2], code=code), side, pool=pool)

@@ -79,10 +79,11 @@ from fastsde import sde as sde_lib  # noqa: E402
 from fastsde import solvers  # noqa: E402
 from fastsde.controllable import get_pc_inpainter  # noqa: E402
 from fastsde.models.analytic import AnalyticScoreModel, get_mixture  # noqa: E402
-from fastsde.sampling.pc import FusedLoop, get_pc_sampler  # noqa: E402
+from fastsde.executor import Executor, Runner  # noqa: E402
+from fastsde.sampling.pc import get_pc_sampler  # noqa: E402
 from fastsde.score import get_model_fn, get_score_parts  # noqa: E402
 from fastsde.solvers.grid import point_fn  # noqa: E402
-from fastsde.solvers.program import Program, SolverLoop  # noqa: E402
+from fastsde.solvers.program import Program  # noqa: E402
 from fastsde.solvers.sampler import denoiser_coefs  # noqa: E402
 from helpers import ScaledModel  # noqa: E402
 
@@ -143,7 +144,7 @@ class _FakeGraphs:
         self.streams.append(torch.device(device))
         return contextlib.nullcontext("side")
 
-    def _record(self, body, stream):
+    def _record(self, body, stream, pool=None):
         before = _unique_graphs()
         body()
         self.compiles_while_recording.append(_unique_graphs() - before)
@@ -152,6 +153,9 @@ class _FakeGraphs:
             def replay(self):
                 body()
 
+            def pool(self):
+                return "pool"
+
         return _Graph()
 
 
@@ -159,34 +163,35 @@ class _FakeGraphs:
 NATIVE = ["native"] if "native" in FUSED else []
 
 
-@pytest.mark.parametrize("backend", NATIVE)  # on CUDA only the native loop ops capture (item 5's refusal)
+@pytest.mark.parametrize("backend", FUSED)
 def test_pc_capture_compiles_outside_the_recording(monkeypatch, eager_compile, backend):
-    """FusedLoop._run_captured: step 0 eager (the analytic model builds its device cache), step 1 compiled outside
-    the capture, then the recordings; after a dtype change of a buffer (new storage: a re-recording, and a recompile
-    of the step) the recompile again happens before the recording. On a GPU a compile inside the capture raises."""
+    """Runner._run_captured: the first call runs the program uncaptured and compiled (its first Eval eager: the
+    analytic model builds its device cache), then records one graph per capture_steps steps; after a dtype change of a
+    buffer (new storage: a re-recording, and a recompile) the recompile again happens before the recording. On a GPU
+    a compile inside the capture raises."""
     fake = _FakeGraphs(monkeypatch)
-    monkeypatch.setattr(FusedLoop, "_captures", staticmethod(lambda x: True))
+    monkeypatch.setattr(Runner, "_captures", staticmethod(lambda x: True))
     sde = _vp()
     model = _Scaled(_model(sde))
     sampler = get_pc_sampler(sde, (4, 2), "euler_maruyama", "langevin", lambda v: v, 0.16, continuous=True, seed=3,
                              backend=backend, capture=True, capture_steps=1)
     x, _ = sampler(model)
-    assert fake.compiles_while_recording == [0] and torch.isfinite(x).all()
+    assert fake.compiles_while_recording == [0] * sde.N and torch.isfinite(x).all()  # one graph per step
     sampler(model)
-    assert fake.compiles_while_recording == [0]  # replayed, not re-recorded
+    assert fake.compiles_while_recording == [0] * sde.N  # replayed, not re-recorded
     model.double()  # the buffer moves to new storage in float64: re-recorded, and the compiled step recompiles
     x, _ = sampler(model)
-    assert fake.compiles_while_recording == [0, 0] and torch.isfinite(x).all()
+    assert fake.compiles_while_recording == [0] * (2 * sde.N) and torch.isfinite(x).all()
     assert fake.streams and all(d == torch.device("cpu") for d in fake.streams)  # the tensors' own device
 
 
-@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("backend", FUSED)
 def test_pc_capture_of_a_plain_function_model(monkeypatch, eager_compile, backend):
     """A model may be a plain function model(x, labels): PC capture=True read its .parameters() to key the recording
     (AttributeError on CUDA); it records once and replays, with the eager loop's numbers (the CPU stand-in's recording
     also runs the body, so only the replaying calls are compared)."""
     fake = _FakeGraphs(monkeypatch)
-    monkeypatch.setattr(FusedLoop, "_captures", staticmethod(lambda x: True))
+    monkeypatch.setattr(Runner, "_captures", staticmethod(lambda x: True))
     sde = _vp()
     inner = _model(sde)
 
@@ -199,7 +204,7 @@ def test_pc_capture_of_a_plain_function_model(monkeypatch, eager_compile, backen
     assert torch.isfinite(captured(model)[0]).all()
     for _ in range(2):
         torch.testing.assert_close(captured(model)[0], eager(model)[0], rtol=1e-5, atol=1e-5)
-    assert fake.compiles_while_recording == [0]  # steps 2-3 in one 2-step graph, recorded once, then replayed
+    assert fake.compiles_while_recording == [0] * -(-sde.N // 2)  # graphs of 2 steps, recorded once, replayed
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -215,38 +220,41 @@ def test_single_eval_program_capture_compiles_outside_the_recording(monkeypatch,
     program = Program()
     program.finish_with_denoise(at_time(1e-3), 0)
     x0 = torch.randn(SHAPE)
-    want = SolverLoop(program, x0.clone(), lambda p: labels_fn(torch.full((4,), p.t)),
-                      lambda p: denoiser_coefs(sde, p), seed=1, sample_ids=None, backend="reference").run(
-        get_model_fn(model)).clone()
-    loop = SolverLoop(program, x0.clone(), lambda p: labels_fn(torch.full((4,), p.t)),
-                      lambda p: denoiser_coefs(sde, p), seed=1, sample_ids=None, backend=backend)
-    eval_step = torch.compile(loop.eval_step, fullgraph=True, dynamic=False)
-    loop.run(model, eval_step=eval_step, eager_evals=1)  # the sampler's first call
-    got = loop.replay(model, eval_step).clone()  # its second: record and replay
+
+    def make(x):
+        return Executor(program, x, lambda p: labels_fn(torch.full((4,), p.t)), lambda p: denoiser_coefs(sde, p),
+                        seed=1, sample_ids=None, backend=backend)
+
+    want = make(x0.clone()).run(get_model_fn(model)).clone()
+    monkeypatch.setattr(Runner, "_captures", staticmethod(lambda x: True))
+    runner = Runner(make, capture=True)
+    first = runner(model, x0, 1)  # compiled and uncaptured (its one Eval eager), then recorded
     assert fake.compiles_while_recording == [0]
+    got = runner(model, x0, 1)  # replayed
+    assert fake.compiles_while_recording == [0]
+    torch.testing.assert_close(first, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------ 5: captures the backend cannot record
 def test_capture_refused_where_the_loop_reads_the_host():
-    """capture=True on CUDA with a loop that reads the step index (PC on Triton or reference ops) or the sample ids
-    (the reference solver combine) on the host: refused in one line, by the factory, before any work."""
-    if "triton" not in FUSED:
-        pytest.skip("triton is not installed (with TRITON_INTERPRET=1)")
+    """capture=True on CUDA with a combine that reads the seed and sample ids on the host (the reference backend):
+    refused in one line, by the factory, before any work. Native and Triton read every per-call value on the device:
+    PC and the solvers are built with either."""
     sde = _vp()
-    with pytest.raises(ValueError, match=r"^capture=True on cuda .*backend='triton'") as info:
-        get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, device="cuda", backend="triton",
-                       capture=True)
-    assert "\n" not in str(info.value) and "compile=True" in str(info.value)
-    if not dispatch.backend_available("native", torch.device("cuda"))[0]:  # this build: auto cannot capture either
-        with pytest.raises(ValueError, match=r"^capture=True on cuda .*backend='auto'"):
-            get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, device="cuda", capture=True)
     with pytest.raises(ValueError, match=r"^capture=True on cuda .*backend='reference'") as info:
         solvers.get_sampler("euler", sde, SHAPE, 3, device="cuda", backend="reference", capture=True)
-    assert "\n" not in str(info.value)
-    solvers.get_sampler("euler", sde, SHAPE, 3, device="cuda", backend="triton", capture=True)  # capturable: built
-    # on the CPU capture=True is the compiled loop: every fused backend is accepted
-    get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, backend="triton", capture=True)
+    assert "\n" not in str(info.value) and "compile=True" in str(info.value)
+    with pytest.raises(ValueError, match=r"^compile=True/capture=True run the fused executor"):
+        get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, device="cuda", backend="reference",
+                       capture=True)
+    if "triton" in FUSED:
+        solvers.get_sampler("euler", sde, SHAPE, 3, device="cuda", backend="triton", capture=True)
+        get_pc_sampler(sde, SHAPE, "euler_maruyama", "langevin", lambda v: v, 0.16, device="cuda", backend="triton",
+                       capture=True)
+    # on the CPU capture=True is the compiled program: every fused backend is accepted
+    for backend in FUSED:
+        get_pc_sampler(sde, SHAPE, "euler_maruyama", "none", lambda v: v, 0.16, backend=backend, capture=True)
 
 
 # ------------------------------------------------------------ 2, 7: compiled samplers never recompile across calls

@@ -1,6 +1,7 @@
-"""The capture-ready fused loop (fastsde/sampling/pc.py FusedLoop, fastsde/ops/loop.py): compiled vs eager vs
-reference, no graph breaks and no recompilation over the N steps, and no host sync or sampler allocation per step
-(fastsde.capture_safety), with a check that the harness itself can fail."""
+"""PC on the executor (fastsde/executor.py, fastsde/sampling/pc.py pc_program): compiled vs eager vs reference, no
+graph breaks and no recompilation over the N steps, no host sync or sampler allocation per step
+(fastsde.capture_safety), with a check that the harness itself can fail; the executor's update ops on every
+backend against the reference."""
 from __future__ import annotations
 
 import pytest
@@ -234,78 +235,88 @@ def test_fused_loop_stops_on_non_finite_state():
         _sampler(sde, "euler_maruyama", "none", 1, batch=16, backend=FUSED[0])(Bad())
 
 
-# ------------------------------------------------------------------------------------------ the native loop ops
-NATIVE = backend_available("native", torch.device("cpu"))[0]
-
-
-def _loop_case(shape, score_dtype, seed=0):
+# ------------------------------------------------------------------------------- the executor's update ops
+def _update_case(shape, score_dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g)
     score = torch.randn(*shape, generator=g).to(score_dtype)
-    n = 4
-    table3 = torch.rand(3, n, dtype=torch.float64, generator=g) + 0.1
-    lang2 = torch.stack([torch.rand(n, dtype=torch.float64, generator=g) * 0.1,
-                         -1 / (torch.rand(n, dtype=torch.float64, generator=g) + 0.5)])
+    row = torch.rand(7, dtype=torch.float64, generator=g) + 0.1  # [a, b, -, -, c, data_a, data_c]
+    lang = torch.tensor([float(torch.rand(1, generator=g)) * 0.1, -1 / (float(torch.rand(1, generator=g)) + 0.5),
+                         *row[5:7].tolist()], dtype=torch.float64)  # [alpha, scale, data_a, data_c]
     mask = (torch.rand(*shape, generator=g) > 0.5).float()
     data = torch.randn(*shape, generator=g)
-    proj = torch.rand(2, n, dtype=torch.float64, generator=g)
-    return x, score, table3, lang2, mask, data, proj
+    return x, score, row, lang, mask, data
 
 
-@pytest.mark.skipif(not NATIVE, reason="the native extension is not built")
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("shape", [(5, 2), (3, 1, 300)])  # the flat kernels and the chunked ones
 @pytest.mark.parametrize("score_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("form", ["noisy", "noise_free", "projection", "langevin", "langevin_scaled",
+@pytest.mark.parametrize("form", ["noisy", "noise_free", "projection", "langevin", "langevin_unscaled",
                                   "langevin_projection", "explicit_noise"])
-def test_native_loop_ops_match_the_host_indexed_form(shape, score_dtype, form):
-    """fastsde::loop_affine_step_ / loop_langevin_step_ (step, seed and step size read in C++) against the
-    reference backend's loop ops (step and seed read on the host, the step size in Python) at several steps."""
-    from fastsde.ops import loop as loop_ops
+def test_executor_updates_match_the_reference(backend, shape, score_dtype, form):
+    """CombineSteps.combine with x_mean and the projection (fastsde::affine_combine_ / Triton) and CombineSteps.langevin
+    (the step size computed on the device: fastsde::langevin_update_ / torch ops) against the reference ops, three
+    updates in a row, seed past int64 (the bits travel as int64)."""
+    from fastsde.ops.step import CombineSteps, langevin_scratch
+    from fastsde.reference import step as ref
 
-    x0, score, table3, lang2, mask, data, proj = _loop_case(shape, score_dtype)
-    seed = loop_ops.seed_tensor(2**63 + 5, "cpu")  # a seed past int64: the bits travel as int64
-    ids = torch.arange(shape[0]) * 7 + 3
+    x0, score, row, lang, mask, data = _update_case(shape, score_dtype)
+    seed, ids = 2**63 + 5, torch.arange(shape[0]) * 7 + 3
     noise = torch.randn(*shape) if form == "explicit_noise" else None
-    table = table3[:2] if form == "noise_free" else table3
-    lang = lang2 if form == "langevin_scaled" else lang2[:1]
     projected = form in ("projection", "langevin_projection")
-    pargs = (mask, data, proj, 9) if projected else (None, None, None, 0)
-    results = {}
-    for backend in ("native", "reference"):
-        affine, langevin = loop_ops.step_ops(backend, "cpu")
-        x, x_mean = x0.clone(), torch.empty_like(x0)
-        scratch = loop_ops.langevin_scratch(x)
-        for i in (0, 3, 1):
-            step = torch.tensor(i)
-            if form.startswith("langevin"):
-                langevin(x, x_mean, scratch, score, lang, 0.16, step, seed, ids, 1, 5, noise, *pargs)
-            else:
-                affine(x, x_mean, score, table, step, seed, ids, 2, 5, noise, *pargs)
-        results[backend] = (x, x_mean)
-    for got, want in zip(results["native"], results["reference"]):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert torch.isfinite(results["native"][0]).all()
+    if form == "langevin_unscaled":
+        lang[1] = 1.0
+    steps = CombineSteps(x0, seed, ids, backend=backend)
+    x, x_mean = x0.clone(), torch.empty_like(x0)
+    want = x0.clone()
+    for draw in (2, 7, 4):
+        if form.startswith("langevin"):
+            steps.langevin(x, x_mean, langevin_scratch(x), score, lang, 0.16, draw,
+                           (mask, data, draw + 1) if projected else None, noise)
+            s = score.double().float() * float(lang[1])
+            want_mean = torch.empty_like(want)
+            new = ref.langevin_step(want, s, 0.16, float(lang[0]), noise=noise, seed=seed, sample_ids=ids, draw=draw,
+                                    x_mean_out=want_mean)
+            if projected:
+                new = ref.affine_step(new, torch.zeros_like(new), 1.0, 0.0, mask=mask, data=data,
+                                      data_a=float(lang[2]), data_c=float(lang[3]), seed=seed, sample_ids=ids,
+                                      data_draw=draw + 1, x_mean_out=want_mean)
+        else:
+            c = None if form == "noise_free" else row[4:5]
+            pj = (mask, data, row[5:6], row[6:7], draw + 1) if projected else None
+            steps.combine(x, x, [score], (row[0:1], [row[1:2]], c), draw, x_mean=x_mean, proj=pj, noise=noise)
+            want_mean = torch.empty_like(want)
+            new = ref.affine_step(want, score, float(row[0]), float(row[1]), None if c is None else float(c),
+                                  noise=noise, seed=seed, sample_ids=ids, draw=draw, x_mean_out=want_mean,
+                                  **(dict(mask=mask, data=data, data_a=float(row[5]), data_c=float(row[6]),
+                                          data_draw=draw + 1) if projected else {}))
+        want = new
+        torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x_mean, want_mean, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(x).all()
 
 
-@pytest.mark.skipif(not NATIVE, reason="the native extension is not built")
-def test_native_loop_ops_reject_bad_arguments_in_one_line():
-    from fastsde.ops import loop as loop_ops
+@pytest.mark.skipif("native" not in FUSED, reason="the native extension is not built")
+def test_native_update_ops_reject_bad_arguments_in_one_line():
+    from fastsde.ops.step import langevin_scratch
 
-    x0, score, table3, lang2, mask, data, proj = _loop_case((4, 6), torch.float32)
-    affine, langevin = loop_ops.step_ops("native", "cpu")
-    seed, ids = loop_ops.seed_tensor(1, "cpu"), torch.arange(4)
+    x0, score, row, lang, mask, data = _update_case((4, 6), torch.float32)
+    seed, ids = torch.tensor(1), torch.arange(4)
+    a, b, c = row[0:1], [row[1:2]], row[4:5]
     x, xm = x0.clone(), torch.empty_like(x0)
-    with pytest.raises(RuntimeError, match=r"step must be in \[0, 4\), got 4"):
-        affine(x, xm, score, table3, torch.tensor(4), seed, ids, 0, 1, None, None, None, None, 0)
-    with pytest.raises(RuntimeError, match="step must be a 0-d int64 tensor"):
-        affine(x, xm, score, table3, torch.tensor([1]), seed, ids, 0, 1, None, None, None, None, 0)
-    with pytest.raises(RuntimeError, match="table must be a float64"):
-        affine(x, xm, score, table3.float(), torch.tensor(1), seed, ids, 0, 1, None, None, None, None, 0)
-    with pytest.raises(RuntimeError, match="x_mean must not share memory"):
-        affine(x, x, score, table3, torch.tensor(1), seed, ids, 0, 1, None, None, None, None, 0)
+    combine, langevin = torch.ops.fastsde.affine_combine_, torch.ops.fastsde.langevin_update_
+    with pytest.raises(RuntimeError, match="seed_bits must be a 0-d int64 tensor"):
+        combine(x, x, [score], a, b, c, None, 0, ids, 0, torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="x_mean must not share memory with out"):
+        combine(x, x, [score], a, b, c, None, 0, ids, 0, seed, x)
+    with pytest.raises(RuntimeError, match="mask and data must be given together"):
+        combine(x, x, [score], a, b, c, None, 0, ids, 0, seed, xm, mask)
+    with pytest.raises(RuntimeError, match="needs data_a and data_c"):
+        combine(x, x, [score], a, b, c, None, 0, ids, 0, seed, xm, mask, data)
     with pytest.raises(RuntimeError, match="scratch must hold at least 11 values, got 3"):
-        langevin(x, xm, torch.zeros(3, dtype=torch.float64), score, lang2, 0.1, torch.tensor(0), seed, ids, 0, 1,
-                 None, None, None, None, 0)
-    with pytest.raises(RuntimeError, match="mask, data and proj_table must be given together"):
-        affine(x, xm, score, table3, torch.tensor(1), seed, ids, 0, 1, None, mask, data, None, 0)
+        langevin(x, xm, torch.zeros(3, dtype=torch.float64), score, lang, 0.1, seed, ids, 0)
+    with pytest.raises(RuntimeError, match=r"coefs must be a contiguous float64 \(4,\) tensor"):
+        langevin(x, xm, langevin_scratch(x), score, lang[:3], 0.1, seed, ids, 0)
+    with pytest.raises(RuntimeError, match="x_mean must not share memory with x or score"):
+        langevin(x, x, langevin_scratch(x), score, lang, 0.1, seed, ids, 0)
     assert torch.equal(x, x0)  # nothing written by a rejected call

@@ -47,9 +47,9 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     the state (`dtype`), coefficients and noise keep theirs (fastsde.precision); the fused steps read the half
     output directly, the reference loop gets it converted to `dtype`. The sampler's `precision` attribute holds
     the resolved value.
-    Both loops read the state once after the last step and raise guard.NonFiniteError when it holds NaN/inf (a NaN
-    never becomes finite again, so no per-step sync is needed). check_finite=False (the reference loop only) returns
-    such samples instead, as score_sde's loop does; the fused loop always checks.
+    Both loops read the result once after the last step and raise guard.NonFiniteError when it holds NaN/inf (a NaN
+    never becomes finite again, so no per-step sync is needed). check_finite=False returns such samples instead, as
+    score_sde's loop does.
     """
     if not isinstance(check_finite, bool):
         raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
@@ -134,8 +134,11 @@ def pc_loop(sde, model, x, stream, predictor_cls, corrector_cls, snr, n_steps, p
                 if cache is not None:
                     cache[key] = runner
         if runner is not None:
-            return runner(model, x, stream.seed, stream.sample_ids_for(x.shape[0]).to(device),
-                          projection=projection, progress=progress, check=check_finite)
+            out = runner(model, x, stream.seed, stream.sample_ids_for(x.shape[0]).to(device), projection=projection,
+                         progress=progress, check=False)
+            if check_finite:  # the result is NaN/inf exactly where the state is (x_mean is x before its noise)
+                raise_if_nonfinite(out, sde.N)
+            return out
         if mode["compile"]:
             raise ValueError("compile=True/capture=True need a predictor and corrector with fused forms (the "
                              "registered ones) and a VE/VP/subVP SDE")
