@@ -164,13 +164,15 @@ def check_model_output(out, x: torch.Tensor) -> None:
         raise ValueError(f"the model output must have the state's shape {tuple(x.shape)}, got {tuple(out.shape)}")
 
 
-def check_mode(backend: str, compile, capture, capture_steps, *, noise: str = "fastsde") -> None:
+def check_mode(backend: str, compile, capture, capture_steps, *, noise: str = "fastsde",
+               fused_only: bool = True) -> None:
     """The execution mode's arguments, checked before any work: compile/capture bools, capture_steps a positive int
-    or None, and compile/capture only on a fused backend with FSN1 noise."""
+    or None, and compile/capture only with FSN1 noise and (fused_only: PC, whose reference loop is score_sde's own)
+    on a fused backend."""
     for name, value in (("compile", compile), ("capture", capture)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
-    if (compile or capture) and backend == "reference":
+    if (compile or capture) and backend == "reference" and fused_only:
         raise ValueError("compile=True/capture=True run the fused executor: use a fused backend (auto, native, "
                          "triton), not backend='reference'")
     if (compile or capture) and noise != "fastsde":

@@ -424,3 +424,37 @@ def test_guided_sampler_fused_matches_reference_across_calls(backend):
     model = _model(sde)
     _assert_calls_match(_calls(lambda k: fused(model, labels[k])),
                         _calls(lambda k: reference(model, labels[k])))
+
+
+# ------------------------------------------------------------------- every fused sampler kind runs on the executor
+def test_every_fused_sampler_kind_runs_on_the_executor(monkeypatch):
+    """Every registered PC predictor x corrector (with and without the probability flow), the inpainter and every
+    solver runs its steps through fastsde.executor.Executor.run: a new sampler kind that bypasses the executor (its own
+    loop, its own compile or capture path) fails here."""
+    from fastsde import controllable
+    from fastsde.sampling.registry import _CORRECTORS, _PREDICTORS
+
+    runs = []
+    real = Executor.run
+    monkeypatch.setattr(Executor, "run", lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
+    backend = FUSED[0]
+    for sde in (_vp(), sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=4)):
+        model = _model(sde)
+        for pred in _PREDICTORS:
+            for corr in _CORRECTORS:
+                if pred == "none" and corr == "none":
+                    continue
+                for flow in (False, True) if pred != "ancestral_sampling" else (False,):
+                    runs.clear()
+                    get_pc_sampler(sde, SHAPE, pred, corr, lambda v: v, 0.16, continuous=True, seed=1,
+                                   backend=backend, probability_flow=flow)(model)
+                    assert runs, (pred, corr, flow)
+        runs.clear()
+        data, mask = torch.randn(SHAPE), torch.ones(SHAPE)
+        controllable.get_pc_inpainter(sde, "reverse_diffusion", "langevin", lambda v: v, 0.16, continuous=True,
+                                      seed=1, backend=backend)(model, data, mask)
+        assert runs
+    for name in solvers.solver_names():
+        runs.clear()
+        solvers.get_sampler(name, _vp(), SHAPE, 3, seed=1, backend=backend)(_model(_vp()))
+        assert runs, name

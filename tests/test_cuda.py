@@ -419,8 +419,7 @@ def test_compiled_and_captured_loop_on_cuda(monkeypatch, keyword):
     """A second run replays what the first compiled/captured (the same FSN1 seed: the same bits)."""
     if keyword not in inspect.signature(sampling.get_pc_sampler).parameters:
         pytest.skip(f"get_pc_sampler has no {keyword}= keyword yet")
-    # capture records the native loop ops (the Triton loop reads the step on the host: refused by the factory)
-    backend = "native" if _native.has_cuda() or keyword == "capture" else "triton"
+    backend = "native" if _native.has_cuda() else "triton"
     _need(backend)
     case = SAMPLER_CASES[0]
     eager = _pc(*case, backend, CUDA)
@@ -432,50 +431,54 @@ def test_compiled_and_captured_loop_on_cuda(monkeypatch, keyword):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The device-indexed loop ops, the one-pass combine and the captured solver program
+# The executor's updates, the one-pass combine and the captured programs
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("langevin", [False, True])
-def test_native_loop_ops_on_cuda_match_the_cpu(langevin):
-    """fastsde::loop_affine_step_ / loop_langevin_step_ on CUDA (step, seed and step size read on the device) give the
-    CPU kernels' result on the same FSN1 noise, at several steps, inside and outside a CUDA graph."""
-    from fastsde.ops import loop as loop_ops
+def test_executor_updates_on_cuda_match_the_cpu(backend, langevin):
+    """The executor's PC updates on CUDA -- CombineSteps.combine with x_mean and the projection, CombineSteps.langevin
+    with its step size computed on the device -- give the CPU's result on the same FSN1 noise, inside and outside a
+    CUDA graph; the graph, recorded once, serves a new seed copied into seed_bits."""
+    from fastsde.ops.step import CombineSteps, langevin_scratch
 
-    _need("native")
+    _need(backend)
     g = torch.Generator().manual_seed(1)
     x0, score = torch.randn(6, 3, 40, generator=g), torch.randn(6, 3, 40, generator=g)
-    table = (torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.1) if not langevin else \
-        torch.stack([torch.rand(5, dtype=torch.float64, generator=g) * 0.1, -torch.ones(5, dtype=torch.float64)])
+    mask, data = (torch.rand(6, 3, 40, generator=g) > 0.5).float(), torch.randn(6, 3, 40, generator=g)
+    row = torch.rand(7, dtype=torch.float64, generator=g) + 0.1
+    lang = torch.tensor([0.05, -1.0, 0.9, 0.1], dtype=torch.float64)
     ids = torch.arange(6) * 5 + 2
     results = {}
     for dev in (CPU, CUDA):
-        affine, lang = loop_ops.step_ops("native", dev)
         x, xm = x0.to(dev), torch.empty_like(x0, device=dev)
-        step, seed = torch.tensor(0, device=dev), loop_ops.seed_tensor(77, dev)
-        s, t, i = score.to(dev), table.to(dev), ids.to(dev)
-        scratch = loop_ops.langevin_scratch(x)
+        s, r, lg, m, d = score.to(dev), row.to(dev), lang.to(dev), mask.to(dev), data.to(dev)
+        steps = CombineSteps(x, 77, ids.to(dev), backend="native" if dev == CPU else backend)
+        scratch = langevin_scratch(x)
 
-        def one():
+        def one(draw):
             if langevin:
-                lang(x, xm, scratch, s, t, 0.16, step, seed, i, 1, 3, None, None, None, None, 0)
+                steps.langevin(x, xm, scratch, s, lg, 0.16, draw, (m, d, draw + 1))
             else:
-                affine(x, xm, s, t, step, seed, i, 1, 3, None, None, None, None, 0)
-            step.add_(1)
+                steps.combine(x, x, [s], (r[0:1], [r[1:2]], r[4:5]), draw, x_mean=xm, proj=(m, d, r[5:6], r[6:7],
+                                                                                             draw + 1))
 
-        one()
-        if dev == CUDA:  # steps 1 and 2 recorded once, replayed: the graph reads the advanced step
+        one(1)
+        steps.set_seed(78)
+        if dev == CUDA:  # two updates recorded once with seed 77, replayed after the copy of seed 78
+            saved = x.clone()
+            steps.set_seed(77)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            saved_x, saved_step = x.clone(), step.clone()
             with torch.cuda.graph(graph):
-                one()
-                one()
-            x.copy_(saved_x)
-            step.copy_(saved_step)
+                one(3)
+                one(5)
+            x.copy_(saved)
+            steps.set_seed(78)
             graph.replay()
         else:
-            one()
-            one()
+            one(3)
+            one(5)
         results[dev.type] = (x.cpu(), xm.cpu())
     for got, want in zip(results["cuda"], results["cpu"]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -520,12 +523,14 @@ def test_captured_solver_on_cuda(backend, name):
         assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item(), k
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("lazy", [False, True])
-def test_captured_pc_sampler_replays_new_seeds_on_cuda(lazy):
+def test_captured_pc_sampler_replays_new_seeds_on_cuda(lazy, backend):
     """get_pc_sampler(capture=True, seed=None) replays one recording with each call's seed and start z; the analytic
     model builds a device cache on its first call (lazy=True: a fresh model) and a .double() buffer change forces a
-    re-recording -- both compile outside the capture (step 0 eager, step 1 compiled, then recorded)."""
-    _need("native")
+    re-recording -- both compile outside the capture (the first Eval eager, then the whole program compiled and
+    uncaptured, then recorded in graphs of 7 steps), on the native backend and on Triton (seed read on the device)."""
+    _need(backend)
 
     sde = sde_lib.VPSDE(beta_max=20.0, N=40)
     inner = AnalyticScoreModel(get_mixture("ring"), sde, continuous=True)
@@ -533,7 +538,7 @@ def test_captured_pc_sampler_replays_new_seeds_on_cuda(lazy):
         inner(torch.zeros(1, 2, device=CUDA), torch.zeros(1, device=CUDA))
     model = ScaledModel(inner).to(CUDA)
     make = lambda **kw: sampling.get_pc_sampler(sde, (32, 2), "euler_maruyama", "langevin", lambda v: v, 0.16,  # noqa: E731
-                                                 continuous=True, device=CUDA, backend="native", **kw)
+                                                 continuous=True, device=CUDA, backend=backend, **kw)
     eager, captured = make(), make(capture=True, capture_steps=7)
     for k in range(4):
         if k == 3:

@@ -8,15 +8,10 @@ samples of the shipped digits model and of the analytic mixtures.
 """
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pytest
 import torch
 
-from fastsde import metrics, precision as prec, sampling
-from fastsde import sde as sde_lib
-from fastsde.models import analytic
 from fastsde.ops import step as ops
 from fastsde.reference import step as ref
 

@@ -154,7 +154,7 @@ def get_sampler(name: str, sde, shape, steps: int, *, inverse_scaler=None, conti
     kept per model between calls (fastsde.executor.Runner). progress=True shows a bar over the steps.
     """
     backend = check_backend(backend)
-    check_mode(backend if backend != "reference" else "native", compile, capture, capture_steps)
+    check_mode(backend, compile, capture, capture_steps, fused_only=False)  # the reference combine compiles too
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     solver = get_solver(name)(**options)
