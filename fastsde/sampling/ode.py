@@ -21,7 +21,9 @@ __all__ = ["get_ode_sampler", "ODE_METHODS", "SCIPY_METHODS", "MAX_EVALS", "Eval
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 # "RK45": fastsde.odeint on the state's device; "fixed": its fixed grid; "scipy:NAME": solve_ivp (fastsde.flow)
 ODE_METHODS = ("RK45", "fixed") + tuple(f"scipy:{m}" for m in SCIPY_METHODS)
-SAMPLER_METHODS = tuple(m for m in ODE_METHODS if m != "fixed")
+SAMPLER_METHODS = ODE_METHODS
+#: The fixed-step ODE sampler's default solver: the third-order exponential integrator of the probability-flow ODE.
+FIXED_SOLVER = "dpm_solver_3"
 MAX_EVALS = 100_000  # drift evaluations before an integration is declared stuck (RK45 on the digits: ~150-600)
 
 
@@ -136,8 +138,14 @@ def _solve_scipy(f, y0, t0, t1, method, rtol, atol, max_evals, what, blocks):
 
 def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
                     device="cpu", *, seed=None, noise="fastsde", sample_ids=None, dtype=torch.float32,
-                    max_evals=MAX_EVALS, precision=None):
-    """Probability-flow ODE sampler (Song et al. section 4.3): method "RK45" (fastsde.odeint) or "scipy:NAME".
+                    max_evals=MAX_EVALS, precision=None, steps=None, solver=FIXED_SOLVER, backend="auto",
+                    compile=False, capture=False, capture_steps=None):
+    """Probability-flow ODE sampler (Song et al. section 4.3): method "RK45" (fastsde.odeint), "scipy:NAME", or
+    "fixed": `steps` steps of a deterministic high-order solver of the same ODE (`solver`, default "dpm_solver_3";
+    any of fastsde.solvers without noise) on the uniform log-SNR grid from T to eps, as a program on the one executor
+    (fastsde.executor: eager, `compile=True` or `capture=True` with `capture_steps`, on `backend`); there `denoise`
+    is the solvers' final denoising D(x, eps) (one more model call), rtol/atol/max_evals do not apply and noise
+    must be "fastsde" (the prior is FSN1 draw 0).
 
     Returns sampler(model, z=None) -> (x (shape), nfe): integrates dx/dt = f - g^2 s / 2 from T to eps, starting
     at z or a prior sample; `denoise` adds one reverse-diffusion mean step at eps. nfe counts score evaluations.
@@ -146,8 +154,15 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     converted to `dtype` before the drift (fastsde.precision). The sampler's `precision` attribute is the resolved one.
     """
     sde, shape = check_sde(sde), check_shape(shape)
-    eps = check_ode_args(sde, rtol, atol, method, eps, dtype, methods=SAMPLER_METHODS)
+    eps = check_ode_args(sde, rtol, atol, method, eps, dtype, steps=steps, methods=SAMPLER_METHODS)
     check_seed(seed)
+    if method == "fixed":
+        return _fixed_ode_sampler(sde, shape, inverse_scaler, denoise, eps, device, seed, noise, sample_ids, dtype,
+                                  precision, steps, solver, backend, compile, capture, capture_steps)
+    for name, value in (("compile", compile), ("capture", capture)):
+        if value is not False:
+            raise ValueError(f"{name}=True needs method='fixed' (an adaptive integration is not a fixed program), "
+                             f"got {name}={value!r} with method={method!r}")
     NoiseStream(noise, 0, sample_ids)
     EvalBudget(max_evals, "")
     precision = resolve_precision(precision, device)
@@ -184,3 +199,23 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     return ode_sampler
 
 
+
+
+def _fixed_ode_sampler(sde, shape, inverse_scaler, denoise, eps, device, seed, noise, sample_ids, dtype, precision,
+                       steps, solver, backend, compile, capture, capture_steps):
+    """get_ode_sampler(method="fixed"): the probability-flow ODE at fixed steps, a deterministic solver's program."""
+    from fastsde import solvers
+
+    if noise != "fastsde":
+        raise ValueError(f"method='fixed' draws its prior from FSN1: noise must be 'fastsde', got {noise!r}")
+    if not isinstance(solver, str) or solver not in solvers.solver_names() or solver == "adaptive" or \
+            solvers.get_solver(solver)().stochastic:
+        names = [n for n in solvers.solver_names() if n != "adaptive" and not solvers.get_solver(n)().stochastic]
+        raise ValueError(f"solver must be a deterministic fixed-step solver of the probability-flow ODE, one of "
+                         f"{names}, got {solver!r}")
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise must be True or False, got {denoise!r}")
+    return solvers.get_sampler(solver, sde, shape, steps, inverse_scaler=inverse_scaler, continuous=True,
+                               grid="logsnr", eps=eps, denoise=denoise, seed=seed, sample_ids=sample_ids,
+                               backend=backend, device=device, dtype=dtype, precision=precision, compile=compile,
+                               capture=capture, capture_steps=capture_steps)
