@@ -30,6 +30,7 @@ struct FreqStepArgs {
   const void* c = nullptr;  // nullptr: no noise
   uint64_t seed = 0, draw = 0;
   const int64_t* sample_ids = nullptr;
+  const int64_t* seed_bits = nullptr;  // null, or the seed's bits in memory read when the kernel runs (csrc/device_seed.h)
 };
 
 namespace freq_step {

@@ -13,6 +13,8 @@ noise-free update), and the slots D[0..2] (model outputs or data predictions):
                                   mean="m": also buf["m"] <- the noise-free part; proj: score_sde's inpainting
                                   projection x <- x (1 - mask) + (data_a data + data_c z') mask in the same pass
     Langevin(slot, alpha, ...):   x, m <- one Langevin corrector iteration: norms -> step size on the device -> update
+    FreqCombine(dst, src, slot):  buf[dst] <- a x + b D[slot] + c z with a, b, c per frequency (the heat family's
+                                  DCT-domain step, fastsde.heat_sampler)
 
 Everything an instruction reads is a tensor made once by the Executor: coefficients are (1,)/(4,) views of one
 float64 (n, 7) table on the state's device, labels one (B,) tensor per Eval, the seed a 0-d tensor read by every
@@ -42,8 +44,8 @@ from fastsde.capture_safety import loop_end, step_boundary
 from fastsde.ops import dispatch
 from fastsde.ops import step as step_ops
 
-__all__ = ["Eval", "Combine", "Langevin", "Program", "Executor", "Runner", "check_model_output", "check_capturable",
-           "check_mode", "BUFFERS", "SLOTS", "CAPTURE_STEPS"]
+__all__ = ["Eval", "Combine", "FreqCombine", "Langevin", "Program", "Executor", "Runner", "check_model_output",
+           "check_capturable", "check_mode", "BUFFERS", "SLOTS", "CAPTURE_STEPS"]
 
 BUFFERS = ("x", "y", "m")
 SLOTS = step_ops.MAX_OUTPUTS
@@ -74,6 +76,19 @@ class Combine(NamedTuple):
     step: int = 0
     mean: str | None = None  # the buffer that receives the noise-free part (PC's x_mean)
     proj: tuple | None = None  # (data_a, data_c, draw): the inpainting projection fused into the update
+
+
+class FreqCombine(NamedTuple):
+    """buf[dst] <- a x + b D[slot] + c z(draw) with a, b, c per frequency: float64 (P,) vectors broadcast over the batch
+    (and channels) of a DCT-domain state (fastsde.heat; fastsde.ops.freq_step). c None: no noise."""
+    dst: str
+    src: str
+    slot: int
+    a: Any
+    b: Any
+    c: Any
+    draw: int
+    step: int
 
 
 class Langevin(NamedTuple):
@@ -124,6 +139,13 @@ class Program:
         self.code.append(Langevin(int(slot), float(alpha), float(scale), float(snr), int(draw), int(step),
                                   None if proj is None else (float(proj[0]), float(proj[1]), int(proj[2]))))
 
+    def freq_combine(self, dst: str, src: str, slot: int, a, b, c, draw: int, step: int) -> None:
+        """buf[dst] <- a buf[src] + b D[slot] + c z(draw), a, b, c float64 (P,) vectors (FreqCombine)."""
+        vectors = [None if v is None else torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (a, b, c)]
+        if any(v is not None and not bool(torch.isfinite(v).all()) for v in vectors):
+            raise ValueError("per-frequency coefficients must be finite")
+        self.code.append(FreqCombine(dst, src, int(slot), *vectors, int(draw), int(step)))
+
     def _step(self, step):
         if step is not None:
             return int(step)
@@ -145,7 +167,7 @@ class Program:
     @property
     def stochastic(self) -> bool:
         return any(isinstance(ins, Langevin) or (isinstance(ins, Combine) and (ins.draw is not None or ins.proj))
-                   for ins in self.code)
+                   or (isinstance(ins, FreqCombine) and ins.c is not None) for ins in self.code)
 
     @property
     def projects(self) -> bool:
@@ -229,7 +251,9 @@ class Executor:
                     row[:3] = self._denoiser_row(k, ins, denoiser_coefs)
             else:
                 self.labels.append(None)
-                if isinstance(ins, Combine):
+                if isinstance(ins, FreqCombine):
+                    pass  # its vectors: self.coefs[k] below
+                elif isinstance(ins, Combine):
                     row[:5] = ins.coefs
                     if ins.proj:
                         row[5:7] = ins.proj[:2]
@@ -240,7 +264,11 @@ class Executor:
         self.coefs = []  # per instruction: the (1,)/(4,) views of self.rows it reads
         for k, ins in enumerate(program.code):
             row = self.rows[k]
-            if isinstance(ins, Langevin):
+            if isinstance(ins, FreqCombine):  # the compute type of x (fastsde.ops.freq_step)
+                dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+                self.coefs.append(tuple(None if v is None else v.to(x.device).to(dt).contiguous()
+                                        for v in (ins.a, ins.b, ins.c)))
+            elif isinstance(ins, Langevin):
                 self.coefs.append(row[0:4])
             else:
                 n = 1 if isinstance(ins, Eval) else len(ins.slots)
@@ -342,6 +370,8 @@ class Executor:
                 self.steps.combine(bufs[ins.dst], bufs[ins.src], [vals[s] for s in ins.slots], coefs, ins.draw or 0,
                                    x_mean=None if ins.mean is None else bufs[ins.mean],
                                    proj=self._projection(ins, coefs), noise=noise)
+            elif isinstance(ins, FreqCombine):
+                self.steps.freq_combine(bufs[ins.dst], bufs[ins.src], vals[ins.slot], *coefs, ins.draw)
             else:
                 noise = self.noise_fn(ins.draw) if self.noise_fn is not None else None
                 proj = None if ins.proj is None else (self.mask, self.data, ins.proj[2])

@@ -16,6 +16,10 @@ Solvers (marginal y_k(t) = m_k(t) y_k(0) + s_k(t) z per frequency; t -> t' < t):
 Every derivation holds per frequency, so the VP digits model runs here too: VPSDE is the heat SDE with blur 0
 (`as_frequency_sde`), which puts the VP and heat models on the same sampler for comparisons.
 
+Without a constraint or frames the run is a program on the one executor (fastsde.executor: `heat_program`, a raw
+Eval of the model seen in the DCT domain and a FreqCombine per step), so it runs eagerly, compiled (`compile=True`)
+or captured as CUDA graphs (`capture=True`) like every other fused sampler: `get_heat_sampler`.
+
 `constraint(x0) -> x0` (pixels) turns the ddim step into null-space projection (DDNM, Wang et al. 2023): the step
 is taken from constraint(clip(x0)) instead of x0, y' = m' dct2(x0c) + sqrt(s'^2 - eta^2 v) eps + eta sqrt(v) z,
 and the run returns the last x0c (which meets the observation exactly); inpainting and super-resolution use it
@@ -31,7 +35,8 @@ from fastsde.heat import FrequencySDE, HeatSDE, dct2, eigenvalues, idct2
 from fastsde.ops.freq_step import freq_step
 from fastsde.score import get_model_fn
 
-__all__ = ["as_frequency_sde", "heat_sample", "step_coefficients", "constraints", "degrade", "SOLVERS"]
+__all__ = ["as_frequency_sde", "heat_sample", "get_heat_sampler", "heat_program", "step_coefficients", "constraints",
+           "degrade", "SOLVERS"]
 
 SOLVERS = ("ddim", "reverse_diffusion")
 #: Frequencies whose mean coefficient m_k(t) is below this carry no usable signal: ddim takes their x0 as 0 (the
@@ -74,18 +79,42 @@ def _grid(sde, solver, steps, eps, t_start):
     return torch.linspace(t_start, eps, steps + 1, dtype=torch.float64).tolist()
 
 
-@torch.no_grad()
-def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", eta: float = 0.0, eps: float = 1e-3,
-                seed: int = 0, sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32,
-                start: torch.Tensor | None = None, t_start: float | None = None, constraint=None,
-                frames: int = 0, progress: bool = False):
-    """Samples (shape, pixels, the model's data scale) from `model` under `sde` (module docstring).
+class _DCTModel(torch.nn.Module):
+    """The model seen in the DCT domain: y -> dct2(model(idct2(y), labels)) in y's dtype (the executor's state is the
+    DCT coefficients; the transform is linear and orthonormal)."""
 
-    Returns (x, nfe, trajectory): trajectory holds `frames` snapshots of the model's clipped x0 prediction along the
-    run (pixels), the coarse-to-fine order of generation; empty when frames=0.
-    """
-    from fastsde.sampling.registry import progress_bar
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
 
+    def forward(self, y, labels):
+        out = self.model(idct2(y), labels)
+        return dct2(out.to(y.dtype)) if out.dtype != y.dtype else dct2(out)
+
+
+def heat_program(sde: FrequencySDE, shape, steps: int, solver: str = "ddim", eta: float = 0.0, eps: float = 1e-3,
+                 t_start: float | None = None):
+    """(Program, time of each Eval): per step i a raw Eval of the DCT-domain model at labels 999 t and a FreqCombine
+    y <- a y + b eps + c z(draw i + 1) with step_coefficients' vectors (reverse_diffusion's last step noise-free)."""
+    from fastsde.executor import Program
+
+    t_start = sde.T if t_start is None else t_start
+    grid = _grid(sde, solver, steps, eps, t_start)
+    pairs = list(zip(grid[:-1], grid[1:])) if solver == "ddim" else [(t, None) for t in grid]
+    program, times = Program(), []
+    for i, (t, t_next) in enumerate(pairs):
+        if solver == "reverse_diffusion":
+            a, b, c = step_coefficients(sde, t, t, shape, solver)
+            c = None if i == len(pairs) - 1 else c
+        else:
+            a, b, c = step_coefficients(sde, t, t_next, shape, solver, eta)
+        program.eval("x", 0, t, i, raw=True)
+        program.freq_combine("x", "x", 0, a, b, c, i + 1, i)
+        times.append(t)
+    return program, times
+
+
+def _check_run(sde, solver, steps, eta, eps, t_start, start):
     sde = as_frequency_sde(sde_lib.as_fastsde_sde(sde))
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -97,8 +126,95 @@ def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", et
         raise ValueError(f"need 0 < eps < t_start <= T = {sde.T}, got eps={eps}, t_start={t_start}")
     if start is None and t_start < sde.T:
         raise ValueError("t_start < T needs `start` (the image whose forward marginal the run starts from)")
+    return sde, steps, eta, eps, t_start
+
+
+def _start(sde, shape, t_start, start, z0, device, dtype):
+    """The DCT-domain start: the prior from the normals z0 (pixels' FSN1 draw 0), or the forward marginal of `start`
+    at t_start."""
+    if start is None:
+        return dct2(sde.prior_from_normal(z0.double())).to(dtype)
+    m0, s0 = sde.marginal_coefs(torch.full((shape[0],), t_start, dtype=torch.float64), shape)
+    return (m0 * dct2(start.to(device=device, dtype=torch.float64)) + s0 * z0.double()).to(dtype)
+
+
+def get_heat_sampler(sde, shape, *, steps: int = 100, solver: str = "ddim", eta: float = 0.0, eps: float = 1e-3,
+                     seed=None, sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32,
+                     t_start: float | None = None, compile: bool = False, capture: bool = False,
+                     capture_steps: int | None = None, progress: bool = False):
+    """The heat family's sampler on the one executor: returns sampler(model, z=None, start=None) -> (x (shape,
+    pixels), model evaluations), the contract of every fastsde sampler. z: the standard normals of the start (default
+    FSN1 draw 0 of `seed`, `sample_ids`); start: an image whose forward marginal at t_start the run starts from
+    (t_start < T). compile=True / capture=True (CUDA graphs of `capture_steps` steps) as get_sampler's."""
+    from fastsde import random as fsn1
+    from fastsde.executor import Executor, Runner, check_capturable, check_mode
+    from fastsde.noise import NoiseStream
+    from fastsde.sampling.registry import check_backend, check_seed, check_shape
+
+    shape = check_shape(shape)
+    backend = check_backend(backend)
+    check_mode(backend, compile, capture, capture_steps, fused_only=False)
+    if capture:
+        check_capturable(backend, device)
+    check_seed(seed)
+    NoiseStream("fastsde", 0, sample_ids)  # checks sample_ids
+    sde, steps, eta, eps, t_start = _check_run(sde, solver, steps, eta, eps, t_start, object())
+    program, _ = heat_program(sde, shape, steps, solver, eta, eps, t_start)
+
+    def make(x):
+        return Executor(program, x, lambda t: torch.full((x.shape[0],), t * 999, device=x.device, dtype=x.dtype),
+                        seed=0, sample_ids=None, backend=backend)
+
+    runner = Runner(make, compile=compile, capture=capture, capture_steps=capture_steps, what=f"the heat {solver} "
+                    f"sampler", desc=f"heat {solver}")
+    wrappers = {}  # id(model) -> the DCT-domain wrapper (one per model: the executor's compiled steps key on it)
+
+    def sampler(model, z=None, start=None):
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, labels) -> tensor, got {type(model).__name__}")
+        if start is None and t_start < sde.T:
+            raise ValueError("t_start < T needs `start` (the image whose forward marginal the run starts from)")
+        stream = NoiseStream("fastsde", seed, sample_ids)
+        wrapper = wrappers.get(id(model))
+        if wrapper is None or wrapper.model is not model:
+            wrapper = wrappers[id(model)] = _DCTModel(model)
+        with torch.no_grad():
+            ids = stream.sample_ids_for(shape[0])
+            if z is None:  # FSN1 draw 0 in float64, rounded to the state's dtype (the host loop's start)
+                z0 = fsn1.fsn1_normal_like(torch.empty(shape, dtype=torch.float64), stream.seed, 0, ids)
+                z0 = z0.to(device=device, dtype=dtype)
+            else:
+                z0 = stream.start(sde, shape, z, device=device, dtype=dtype)
+            y = _start(sde, shape, t_start, start, z0, device, dtype)
+            ids = ids.to(device)
+            y = runner(wrapper, y, stream.seed, ids, progress=progress)
+            return idct2(y), program.model_evals
+
+    sampler.program = program
+    return sampler
+
+
+@torch.no_grad()
+def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", eta: float = 0.0, eps: float = 1e-3,
+                seed: int = 0, sample_ids=None, backend: str = "auto", device="cpu", dtype=torch.float32,
+                start: torch.Tensor | None = None, t_start: float | None = None, constraint=None,
+                frames: int = 0, progress: bool = False):
+    """Samples (shape, pixels, the model's data scale) from `model` under `sde` (module docstring).
+
+    Returns (x, nfe, trajectory): trajectory holds `frames` snapshots of the model's clipped x0 prediction along the
+    run (pixels), the coarse-to-fine order of generation; empty when frames=0. Without a constraint or frames this is
+    get_heat_sampler's program on the executor; with them, the host loop below (it reads x0 every step).
+    """
+    from fastsde.sampling.registry import progress_bar
+
+    sde, steps, eta, eps, t_start = _check_run(sde, solver, steps, eta, eps, t_start, start)
     if constraint is not None and solver != "ddim":
         raise ValueError("constraint (inpainting, super-resolution) runs on the ddim solver")
+    if constraint is None and frames <= 0:
+        x, nfe = get_heat_sampler(sde, shape, steps=steps, solver=solver, eta=eta, eps=eps, seed=seed,
+                                  sample_ids=sample_ids, backend=backend, device=device, dtype=dtype, t_start=t_start,
+                                  progress=progress)(model, start=start)
+        return x, nfe, []
     shape = tuple(shape)
     B = shape[0]
     ids = torch.arange(B) if sample_ids is None else torch.as_tensor(sample_ids)
@@ -109,12 +225,7 @@ def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", et
     def z(draw):  # FSN1 normals, drawn directly in the frequency domain
         return fsn1.fsn1_normal_like(noise, seed, draw, ids).to(device=device, dtype=dtype)
 
-    t0 = torch.full((B,), t_start, dtype=torch.float64)
-    if start is None:
-        y = dct2(sde.prior_from_normal(z(0).double())).to(dtype)
-    else:
-        m0, s0 = sde.marginal_coefs(t0, shape)
-        y = (m0 * dct2(start.to(device=device, dtype=torch.float64)) + s0 * z(0).double()).to(dtype)
+    y = _start(sde, shape, t_start, start, z(0), device, dtype)
     grid = _grid(sde, solver, steps, eps, t_start)
     pairs = list(zip(grid[:-1], grid[1:])) if solver == "ddim" else [(t, None) for t in grid]
     keep = set() if frames <= 0 else {round(i * (len(pairs) - 1) / max(frames - 1, 1)) for i in range(frames)}

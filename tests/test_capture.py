@@ -428,7 +428,8 @@ def test_guided_sampler_fused_matches_reference_across_calls(backend):
 
 # ------------------------------------------------------------------- every fused sampler kind runs on the executor
 def test_every_fused_sampler_kind_runs_on_the_executor(monkeypatch):
-    """Every registered PC predictor x corrector (with and without the probability flow), the inpainter and every
+    """Every registered PC predictor x corrector (with and without the probability flow), the inpainter, the heat
+    family's solvers and every
     solver runs its steps through fastsde.executor.Executor.run: a new sampler kind that bypasses the executor (its own
     loop, its own compile or capture path) fails here."""
     from fastsde import controllable
@@ -458,3 +459,15 @@ def test_every_fused_sampler_kind_runs_on_the_executor(monkeypatch):
         runs.clear()
         solvers.get_sampler(name, _vp(), SHAPE, 3, seed=1, backend=backend)(_model(_vp()))
         assert runs, name
+    from fastsde.heat_sampler import SOLVERS, heat_sample  # the heat family: DCT-domain programs
+    from fastsde.models.analytic import AnalyticHeatModel, FrequencyMixture
+
+    heat = sde_lib.make_sde("heat", N=100)
+    g = torch.Generator().manual_seed(0)
+    mix = FrequencyMixture(torch.ones(2, dtype=torch.float64), torch.randn(2, 1, 4, 4, generator=g,
+                                                                           dtype=torch.float64),
+                           torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) + 0.1)
+    for solver in SOLVERS:
+        runs.clear()
+        heat_sample(AnalyticHeatModel(mix, heat), heat, (3, 1, 4, 4), steps=3, solver=solver, backend=backend)
+        assert runs, solver

@@ -617,3 +617,30 @@ def test_captured_samplers_on_a_non_current_device(kind):
                                                 **kw)
     _captured_matches_eager(make, model, other, (32, 2))
     assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_captured_heat_sampler_replays_new_seeds_on_cuda(backend):
+    """get_heat_sampler(capture=True, seed=None) on CUDA: the DCT-domain program (raw Eval + FreqCombine per step,
+    the seed read by freq_step_ / the Triton kernel from a device tensor) recorded once in graphs of 4 steps and
+    replayed with each call's seed gives the eager samples."""
+    from fastsde.heat_sampler import get_heat_sampler
+    from fastsde.models.analytic import AnalyticHeatModel, FrequencyMixture
+
+    _need(backend)
+    sde = sde_lib.make_sde("heat", N=1000)
+    g = torch.Generator().manual_seed(0)
+    mix = FrequencyMixture(torch.ones(3, dtype=torch.float64), torch.randn(3, 1, 8, 8, generator=g,
+                                                                           dtype=torch.float64),
+                           torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) + 0.1)
+    model = AnalyticHeatModel(mix, sde).to(CUDA)
+    make = lambda **kw: get_heat_sampler(sde, (16, 1, 8, 8), steps=10, eta=1.0, device=CUDA,  # noqa: E731
+                                         backend=backend, **kw)
+    eager, captured = make(), make(capture=True, capture_steps=4)
+    for k in range(3):
+        torch.manual_seed(400 + k)
+        want = eager(model)[0]
+        torch.manual_seed(400 + k)
+        got = captured(model)[0]
+        assert got.device.type == "cuda" and torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

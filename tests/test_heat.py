@@ -410,3 +410,33 @@ def test_heat_command_refuses_bad_arguments(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------ the heat sampler on the executor
+@pytest.mark.parametrize("solver,eta", [("ddim", 1.0), ("ddim", 0.0), ("reverse_diffusion", 0.0)])
+def test_heat_sampler_compiled_never_recompiles_and_equals_eager(solver, eta):
+    """get_heat_sampler(compile=True, seed=None): three calls with new seeds (and so new priors) under
+    error_on_recompile give the eager program's samples; the program is a raw Eval + FreqCombine per step."""
+    from fastsde.executor import Eval, FreqCombine
+    from fastsde.heat_sampler import get_heat_sampler
+
+    mix = _mixture(seed=21)
+    sde = _moment_sde("heat", mix)
+    model = AnalyticHeatModel(mix, sde)
+    make = lambda **kw: get_heat_sampler(sde, (8, 1, 4, 4), steps=6, solver=solver, eta=eta,  # noqa: E731
+                                         backend=_backends()[-1], **kw)
+    eager, compiled = make(), make(compile=True)
+    kinds = [type(ins) for ins in compiled.program.code]
+    assert kinds == [Eval, FreqCombine] * (len(kinds) // 2) and len(kinds) == 2 * compiled.program.model_evals
+    torch._dynamo.reset()
+    results = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for k in range(3):
+            torch.manual_seed(50 + k)
+            want = eager(model)[0]
+            torch.manual_seed(50 + k)
+            got = compiled(model)[0]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            results.append(got)
+    assert not torch.equal(results[0], results[1])
+    torch._dynamo.reset()

@@ -60,12 +60,14 @@ struct Prepared {
   FreqStepArgs args;
 };
 
+// out: the in-place form's output (contiguous, x's shape, dtype and device; may be x), else a new tensor.
 Prepared prepare(const at::Tensor& x, const at::Tensor& score, const at::Tensor& a, const at::Tensor& b,
-                 const c10::optional<at::Tensor>& c, int64_t seed, const at::Tensor& sample_ids, int64_t draw) {
+                 const c10::optional<at::Tensor>& c, int64_t seed, const at::Tensor& sample_ids, int64_t draw,
+                 const at::Tensor* out = nullptr, const at::Tensor* seed_bits = nullptr) {
   check_freq_step(x, score, a, b, c, sample_ids);
   Prepared p{x.contiguous(), score.contiguous(), a.contiguous(), b.contiguous(),
-             c ? c->contiguous() : at::Tensor(), sample_ids.contiguous(), at::empty_like(x, at::MemoryFormat::Contiguous),
-             {}};
+             c ? c->contiguous() : at::Tensor(), sample_ids.contiguous(),
+             out ? *out : at::empty_like(x, at::MemoryFormat::Contiguous), {}};
   FreqStepArgs& args = p.args;
   args.dtype = x.scalar_type() == at::kDouble ? Dtype::kFloat64 : Dtype::kFloat32;
   args.score_dtype = score.scalar_type() == at::kBFloat16 ? Dtype::kBFloat16 : args.dtype;
@@ -81,7 +83,53 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& score, const at::Tensor&
   args.seed = static_cast<uint64_t>(seed);  // the int64 carries the uint64's bits (fastsde.ops.checks.as_u64)
   args.draw = static_cast<uint64_t>(draw);
   args.sample_ids = p.ids.data_ptr<int64_t>();
+  args.seed_bits = seed_bits ? seed_bits->data_ptr<int64_t>() : nullptr;
   return p;
+}
+
+// freq_step_'s extra arguments: out like x and contiguous, seed_bits a 0-d int64 tensor on x's device.
+void check_in_place(const at::Tensor& out, const at::Tensor& x, const at::Tensor& seed_bits) {
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device() == x.device() &&
+                  out.is_contiguous(),
+              "freq_step_: out must be a contiguous tensor like x (", x.sizes(), " ", x.scalar_type(), " on ",
+              x.device(), "), got ", out.sizes(), " ", out.scalar_type(), " on ", out.device());
+  TORCH_CHECK(seed_bits.dim() == 0 && seed_bits.scalar_type() == at::kLong && seed_bits.device() == x.device(),
+              "freq_step_: seed_bits must be a 0-d int64 tensor on ", x.device(), ", got ", seed_bits.scalar_type(),
+              " of shape ", seed_bits.sizes(), " on ", seed_bits.device());
+}
+
+void check_id_range(const Prepared& p) {
+  const int64_t* ids = p.args.sample_ids;
+  for (int64_t r = 0; r < p.args.batch; ++r)
+    TORCH_CHECK(ids[r] >= 0 && ids[r] < (int64_t(1) << 32), "freq_step: sample_ids must be in [0, 2^32), got ",
+                ids[r], " at index ", r);
+}
+
+// The in-place form the executor records: out <- a x + b score + c z with the seed read from seed_bits when the
+// kernel runs (a recorded graph serves any seed copied there). out may be x.
+void freq_step_inplace_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
+                          const at::Tensor& b, const c10::optional<at::Tensor>& c, const at::Tensor& seed_bits,
+                          const at::Tensor& sample_ids, int64_t draw) {
+  check_in_place(out, x, seed_bits);
+  if (x.device().is_meta()) {
+    check_freq_step(x, score, a, b, c, sample_ids);
+    return;
+  }
+#ifdef FASTSDE_WITH_CUDA
+  const c10::optional<c10::cuda::CUDAGuard> guard =
+      x.is_cuda() ? c10::optional<c10::cuda::CUDAGuard>(x.device()) : c10::nullopt;
+#endif
+  Prepared p = prepare(x, score, a, b, c, 0, sample_ids, draw, &out, &seed_bits);
+  if (x.device().is_cpu()) {
+    check_id_range(p);
+    freq_step_cpu(p.args);
+    return;
+  }
+#ifdef FASTSDE_WITH_CUDA
+  C10_CUDA_CHECK(freq_step_cuda(p.args, c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  TORCH_CHECK(false, "freq_step_: fastsde._C was built without CUDA, got x on ", x.device());
+#endif
 }
 
 at::Tensor freq_step_cpu_op(const at::Tensor& x, const at::Tensor& score, const at::Tensor& a, const at::Tensor& b,
@@ -89,10 +137,7 @@ at::Tensor freq_step_cpu_op(const at::Tensor& x, const at::Tensor& score, const 
                             int64_t draw) {
   TORCH_CHECK(x.device().is_cpu(), "freq_step: x must be a CPU tensor here, got ", x.device());
   Prepared p = prepare(x, score, a, b, c, seed, sample_ids, draw);
-  const int64_t* ids = p.args.sample_ids;
-  for (int64_t r = 0; r < p.args.batch; ++r)
-    TORCH_CHECK(ids[r] >= 0 && ids[r] < (int64_t(1) << 32), "freq_step: sample_ids must be in [0, 2^32), got ",
-                ids[r], " at index ", r);
+  check_id_range(p);
   freq_step_cpu(p.args);
   return p.out;
 }
@@ -122,12 +167,23 @@ at::Tensor freq_step_cuda_op(const at::Tensor& x, const at::Tensor& score, const
 TORCH_LIBRARY_FRAGMENT(fastsde, m) {
   m.def("freq_step(Tensor x, Tensor score, Tensor a, Tensor b, Tensor? c, int seed, Tensor sample_ids, int draw) "
         "-> Tensor");
+  m.def("freq_step_(Tensor(a!) out, Tensor x, Tensor score, Tensor a, Tensor b, Tensor? c, Tensor seed_bits, "
+        "Tensor sample_ids, int draw) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(fastsde, CPU, m) { m.impl("freq_step", &fastsde::freq_step_cpu_op); }
+TORCH_LIBRARY_IMPL(fastsde, CPU, m) {
+  m.impl("freq_step", &fastsde::freq_step_cpu_op);
+  m.impl("freq_step_", &fastsde::freq_step_inplace_op);
+}
 
-TORCH_LIBRARY_IMPL(fastsde, Meta, m) { m.impl("freq_step", &fastsde::freq_step_meta_op); }
+TORCH_LIBRARY_IMPL(fastsde, Meta, m) {
+  m.impl("freq_step", &fastsde::freq_step_meta_op);
+  m.impl("freq_step_", &fastsde::freq_step_inplace_op);
+}
 
 #ifdef FASTSDE_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastsde, CUDA, m) { m.impl("freq_step", &fastsde::freq_step_cuda_op); }
+TORCH_LIBRARY_IMPL(fastsde, CUDA, m) {
+  m.impl("freq_step", &fastsde::freq_step_cuda_op);
+  m.impl("freq_step_", &fastsde::freq_step_inplace_op);
+}
 #endif

@@ -3,6 +3,7 @@
 #include "cpu/freq_step_cpu.h"
 
 #include "cpu/parallel.h"
+#include "device_seed.h"
 
 namespace fastsde {
 namespace {
@@ -22,7 +23,8 @@ void run(const FreqStepArgs& args) {
 
 }  // namespace
 
-void freq_step_cpu(const FreqStepArgs& args) {
+void freq_step_cpu(const FreqStepArgs& seeded) {
+  const FreqStepArgs args = with_device_seed(seeded);
   if (args.dtype == Dtype::kFloat64)
     run<double, double>(args);
   else if (args.score_dtype == Dtype::kBFloat16)

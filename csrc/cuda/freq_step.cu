@@ -1,6 +1,7 @@
 // The per-frequency fused step on CUDA: one thread per Philox block (four consecutive elements of one sample), the
 // element math of csrc/freq_step.h; a grid-stride loop over the batch x blocks-per-sample items.
 #include "cuda/freq_step_cuda.h"
+#include "device_seed.h"
 
 namespace fastsde {
 namespace {
@@ -10,7 +11,8 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535 * 16;
 
 template <typename T, typename S>
-__global__ void freq_step_kernel(FreqStepArgs args, int64_t per_row) {
+__global__ void freq_step_kernel(FreqStepArgs seeded, int64_t per_row) {
+  const FreqStepArgs args = with_device_seed(seeded);  // the seed read from device memory when given there
   const int64_t items = args.batch * per_row;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < items; i += int64_t(gridDim.x) * kThreads) {
     const int64_t row = i / per_row;

@@ -19,7 +19,7 @@ from fastsde.ops.checks import as_u64, check_float_tensor, check_no_autograd, ch
 from fastsde.ops.dispatch import register, resolve
 from fastsde.ops.fsn1 import check_args as _check_ids
 
-__all__ = ["freq_step"]
+__all__ = ["freq_step", "kernel_score"]
 
 
 def _check(x, score, a, b, c, seed, sample_ids, draw):
@@ -72,7 +72,7 @@ def _reference(x, score, a, b, c, seed, ids, draw):
     return ref(x, score, a, b, c, seed=seed, sample_ids=ids.cpu(), draw=draw)
 
 
-def _kernel_score(x, score):
+def kernel_score(x, score):
     """The score as the kernels read it: x's dtype, or bfloat16 beside float32 (float16 widened exactly)."""
     keep = score.dtype == x.dtype or (x.dtype == torch.float32 and score.dtype == torch.bfloat16)
     return (score if keep else score.to(x.dtype)).contiguous()
@@ -86,11 +86,11 @@ def _native_op_built() -> bool:
 @register("freq_step", "native")
 def _native(x, score, a, b, c, seed, ids, draw):
     op = torch.ops.fastsde.freq_step
-    return op(x.contiguous(), _kernel_score(x, score), a, b, c, i64_bits(seed), ids, i64_bits(draw))
+    return op(x.contiguous(), kernel_score(x, score), a, b, c, i64_bits(seed), ids, i64_bits(draw))
 
 
 @register("freq_step", "triton")
 def _triton(x, score, a, b, c, seed, ids, draw):
     from fastsde.kernels.freq_step import freq_step_triton
 
-    return freq_step_triton(x.contiguous(), _kernel_score(x, score), a, b, c, seed, ids, draw)
+    return freq_step_triton(x.contiguous(), kernel_score(x, score), a, b, c, seed, ids, draw)

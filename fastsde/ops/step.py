@@ -380,6 +380,22 @@ class CombineSteps:
         self._affine(out, x, outputs[0], a, b[0], c, noise, seed, self.ids, draw, x_mean, mask, data, data_a, data_c,
                      data_draw)
 
+    def freq_combine(self, out, x, score, a, b, c, draw) -> None:
+        """out <- a x + b score + c z(draw) per frequency (fastsde.ops.freq_step): a, b, c (P,) in x's compute type on
+        its device, c None without noise; out may be x. Native and Triton read the seed from seed_bits."""
+        from fastsde.ops import freq_step as _freq
+
+        score = _freq.kernel_score(x, score)
+        if self.native:
+            torch.ops.fastsde.freq_step_(out, x, score, a, b, c, self.seed_bits, self.ids, i64_bits(draw))
+        elif self.backend == "triton":
+            from fastsde.kernels.freq_step import freq_step_triton
+
+            freq_step_triton(x, score, a, b, c, self.seed_bits, self.ids, draw, out=out)
+        else:
+            out.copy_(_freq.freq_step(x, score, a, b, c, seed=self.seed, sample_ids=self.ids, draw=draw,
+                                      backend="reference"))
+
     def langevin(self, x, x_mean, scratch, score, coefs, snr, draw, proj=None, noise=None):
         """One Langevin corrector iteration in place on x and x_mean (score_sde's batch-mean norms), the step size
         computed on the device: coefs (4,) float64 [alpha, scale, data_a, data_c] (score = scale * `score`),
