@@ -160,8 +160,8 @@ def for_sampling(model: nn.Module, precision, state_dtype: torch.dtype, cache: d
     """`model` as a sampler call runs it under `precision` (resolved, not "auto"): the model itself when its dtype
     is the state's, else its PrecisionModel, refreshed (one per model in `cache`, a sampler's dict)."""
     dtype = precision_dtype(precision, state_dtype)
-    if precision is None or dtype == state_dtype:
-        return model
+    if precision is None or dtype == state_dtype or getattr(model, "fastsde_precision", None) == dtype:
+        return model  # (an ahead-of-time compiled model, fastsde.aot, already computes in `dtype`)
     entry = cache.get(id(model))
     if entry is None or entry.source[0] is not model:
         entry = cache[id(model)] = PrecisionModel(model, dtype, output_dtype)

@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU tensors (no GPU here); read at triton import
+# `fastsde sample` builds an ahead-of-time package per model, precision and batch size on first use (~20 s each):
+# off for the suite, on in tests/test_aot.py, which builds into a temporary cache
+os.environ.setdefault("FASTSDE_AOT", "0")
 
 import pytest
 import torch
