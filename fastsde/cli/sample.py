@@ -477,8 +477,8 @@ def run_sample_images(args: argparse.Namespace) -> int:
 
 def _ahead_of_time(args, mf, info, batch):
     """models(n) -> the model a micro-batch of n images runs: the cached ahead-of-time package (fastsde.aot) of the
-    U-Net in --precision, built on first use for the run's batch size (other sizes use a package when one exists), or the
-    model itself. None when it does not apply: --compile/--no-compile, FASTSDE_AOT=0, a non-CPU device, the ODE
+    U-Net in --precision, built on first use for the run's batch size (other sizes use a package when one exists),
+    or the model itself. None when it does not apply: --compile/--no-compile, FASTSDE_AOT=0, a non-CPU device, the ODE
     sampler or the reference backend (both read the model's output in float32), or a model file that is not a
     fastsde U-Net."""
     from fastsde import aot
