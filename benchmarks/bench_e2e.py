@@ -47,6 +47,7 @@ of its images from a converged solution of the same ODE from the same noise; doc
 from __future__ import annotations
 
 import inspect
+import os
 import time
 
 import torch
@@ -300,13 +301,17 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, peers: di
     variants = [("", {}), ("_bf16", {"precision": "bf16"})]
     if peers:
         variants += [("_compiled", {"compile": True}), ("_bf16_compiled", {"precision": "bf16", "compile": True})]
+    if not common.is_cuda(device) and not common.smoke_mode() and os.environ.get("FASTSDE_AOT", "1") != "0":
+        # `fastsde sample`'s default on the CPU: the cached ahead-of-time package (a build is ~20 s: not in smoke)
+        variants += [("_aot", {"aot": True}), ("_bf16_aot", {"precision": "bf16", "aot": True})]
     results = {}
     for suffix, kw in variants:
         try:
-            fast = make(fused, backend, **kw)
+            model = _aot_model(fused.model, kw.get("precision"), n) if kw.get("aot") else fused.model
+            fast = make(fused, backend, **{k: v for k, v in kw.items() if k != "aot"})
             with torch.no_grad():
-                results[suffix] = fast(fused.model)
-            contenders[suffix] = (lambda f: lambda: f(fused.model))(fast)
+                results[suffix] = fast(model)
+            contenders[suffix] = (lambda f, m: lambda: f(m))(fast, model)
         except Exception as exc:  # reported, never replaced by another measurement
             print(f"  digits_default_b{n}{suffix}: skipped ({type(exc).__name__}: {exc})", flush=True)
     with torch.no_grad():  # round-robin, like the PC rows (common.interleaved_ms)
@@ -328,9 +333,23 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, peers: di
               f"reference {ref_ms / 1e3:.3f} s, {_peer_text(rec)}; PC 200 fused {pc_ms / 1e3:.3f} s; "
               f"max |fastsde - reference| = {err:.2e}", flush=True)
         rec.update(max_abs_diff=err, sampler=name, steps=steps, model_evals=int(evals),
-                   precision=kw.get("precision", "fp32"), compiled=bool(kw.get("compile")), timing="interleaved")
+                   precision=kw.get("precision", "fp32"), compiled=bool(kw.get("compile")),
+                   ahead_of_time=bool(kw.get("aot")), timing="interleaved")
         out.append(rec)
     return out
+
+
+def _aot_model(model, precision, n):
+    """The model as `fastsde sample` runs it by default on the CPU: its cached AOTInductor package (fastsde.aot, built
+    on first use, outside the timed calls) in `precision`; a RuntimeError when none can be had."""
+    from fastsde import aot
+    from fastsde.precision import for_sampling
+
+    target = for_sampling(model, precision, torch.float32, {})
+    compiled = aot.cached_model(target, torch.zeros(n, 1, 16, 16), torch.full((n,), 0.5))
+    if compiled is None:
+        raise RuntimeError("no ahead-of-time package (the warning above says why)")
+    return compiled
 
 
 def _overhead_us(shape, device, reps: int, compiled: bool) -> float:
