@@ -7,12 +7,13 @@ import os
 from typing import Optional
 
 import torch
+import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op
 
 __all__ = ["FLOATS", "INTERPRETED", "MAX_GRID_Y", "check_runnable", "compute_dtype", "contiguous", "launcher_op",
-           "on_device", "seed_arg", "signed_u64", "split_u64", "tracing_interpreted"]
+           "on_device", "seed_arg", "seed_key", "signed_u64", "split_u64", "tracing_interpreted"]
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_GRID_Y = 65535  # CUDA's limit on grid axes 1 and 2: larger batches launch in chunks
@@ -107,3 +108,10 @@ def launcher_op(name: str, mutates_args):
         return op
 
     return register
+
+
+@triton.jit
+def seed_key(SEED_ptr):
+    """The Philox key (seed & 0xffffffff, seed >> 32) as uint32 from the int64 bits of the uint64 seed at SEED_ptr."""
+    seed = tl.load(SEED_ptr).to(tl.uint64, bitcast=True)
+    return seed.to(tl.uint32), (seed >> 32).to(tl.uint32)

@@ -13,9 +13,9 @@ from typing import Optional
 
 from torch.library import wrap_triton
 
-from ._common import launcher_op, on_device, seed_arg, signed_u64, split_u64, tracing_interpreted
+from ._common import (launcher_op, on_device, seed_arg, seed_key, signed_u64, split_u64,
+                      tracing_interpreted)
 from .fsn1 import fsn1_normals
-from .step import _seed_key
 
 __all__ = ["freq_step_triton"]
 
@@ -36,7 +36,7 @@ def _freq_step_kernel(X_ptr, S_ptr, OUT_ptr, A_ptr, B_ptr, C_ptr, IDS_ptr, SEED_
     out = tl.fma(a, x, b * s)
     if NOISE:
         sample = tl.load(IDS_ptr + n).to(tl.uint32)
-        seed_lo, seed_hi = _seed_key(SEED_ptr)
+        seed_lo, seed_hi = seed_key(SEED_ptr)
         z = fsn1_normals((pid * (BLOCK // 4)).to(tl.uint32), sample, draw_lo.to(tl.uint32, bitcast=True),
                          draw_hi.to(tl.uint32, bitcast=True), seed_lo, seed_hi, BLOCK, COMPUTE)
         out = tl.fma(tl.load(C_ptr + k, mask=ok, other=0.0), z, out)

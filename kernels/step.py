@@ -29,8 +29,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import (FLOATS, MAX_GRID_Y, check_runnable, compute_dtype, contiguous, launcher_op, on_device, seed_arg,
-                      signed_u64, split_u64,
-                      tracing_interpreted)
+                      seed_key, signed_u64, split_u64, tracing_interpreted)
 from .fsn1 import fsn1_normals
 
 __all__ = ["affine_step", "affine_combine_step", "step_sq_norms"]
@@ -86,7 +85,7 @@ def _affine_step_fwd_kernel(
     x_new = x_mean
     if NOISE != 0 or PROJECT:
         sample = tl.load(IDS_ptr + n).to(tl.uint32)
-        key_lo, key_hi = _seed_key(SEED_ptr)
+        key_lo, key_hi = seed_key(SEED_ptr)
     if NOISE != 0:
         c = tl.load(C_ptr + n * c_stride).to(COMPUTE)
         if NOISE == 1:
@@ -106,13 +105,6 @@ def _affine_step_fwd_kernel(
     if WRITE_MEAN:
         tl.store(XMEAN_ptr + offs, x_mean.to(XMEAN_ptr.dtype.element_ty), mask=ok)
     tl.store(OUT_ptr + offs, x_new.to(OUT_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def _seed_key(SEED_ptr):
-    """The Philox key (seed & 0xffffffff, seed >> 32) as uint32 from the int64 bits of the uint64 seed at SEED_ptr."""
-    seed = tl.load(SEED_ptr).to(tl.uint64, bitcast=True)
-    return seed.to(tl.uint32), (seed >> 32).to(tl.uint32)
 
 
 @triton.jit(do_not_specialize=["draw_lo", "draw_hi"])
@@ -140,7 +132,7 @@ def _step_sq_norms_kernel(
         z = tl.load(NOISE_ptr + offs, mask=ok, other=0).to(COMPUTE)
     else:
         sample = tl.load(IDS_ptr + n).to(tl.uint32)
-        key_lo, key_hi = _seed_key(SEED_ptr)
+        key_lo, key_hi = seed_key(SEED_ptr)
         z = fsn1_normals((pid * (BLOCK // 4)).to(tl.uint32), sample, draw_lo.to(tl.uint32, bitcast=True),
                          draw_hi.to(tl.uint32, bitcast=True), key_lo, key_hi, BLOCK, COMPUTE)
         z = tl.where(ok, z, 0)

@@ -63,6 +63,16 @@ def _variants():
     yield ("fsn1_words_debug", fsn1._fsn1_words_debug_kernel,
            dict(COORDS_ptr="*i64", WORDS_ptr="*i64", UV_ptr="*fp32", N="i32"), dict(BLOCK=128), 4)
 
+    from fastsde.kernels import freq_step
+
+    for label, ptr, score, noise in (("fp32 fsn1", "*fp32", "*fp32", True), ("fp32 bf16 score, no noise", "*fp32",
+                                                                              "*bf16", False),
+                                     ("fp64 fsn1", "*fp64", "*fp64", True)):
+        yield (f"freq_step {label}", freq_step._freq_step_kernel,
+               dict(X_ptr=ptr, S_ptr=score, OUT_ptr=ptr, A_ptr=ptr, B_ptr=ptr, C_ptr=ptr, IDS_ptr="*i64",
+                    SEED_ptr="*i64", M="i32", PERIOD="i32", draw_lo="i32", draw_hi="i32"),
+               dict(NOISE=noise, BLOCK=1024), 4)
+
     # attention: the channel-major views attn_block passes have unit stride along L, not d: strides stay runtime
     # ints (no divisibility hints), so the loads are the general strided case.
     import torch
@@ -162,7 +172,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills():
     kernels = {row["kernel"] for row in rows}
     assert {"_affine_step_fwd_kernel", "_step_sq_norms_kernel", "_fsn1_normal_fwd_kernel",
             "_fsn1_words_debug_kernel", "_attn_fwd_kernel", "_group_norm_fwd_kernel",
-            "_group_norm_bwd_kernel"} <= kernels
+            "_group_norm_bwd_kernel", "_freq_step_kernel"} <= kernels
     assert {row["arch"] for row in rows} == {f"sm_{a}" for a in ARCHS}
     assert all(row["ptx_bytes"] > 0 and row["cubin_bytes"] > 0 for row in rows)
     assert [row for row in rows if row["n_spills"]] == []
