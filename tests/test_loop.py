@@ -76,16 +76,52 @@ def test_fifty_steps_compile_once():
     assert counters["aot_autograd"]["ok"] == 1  # one graph compiled: a recompilation would be a second
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("name,pred,corr,n_steps", COMBOS)
-def test_eager_loop_has_no_host_sync_or_allocation_per_step(name, pred, corr, n_steps):
-    """Every fused PC loop: 0 host syncs and 0 fresh tensors of the sampler's own after the first step."""
+def test_eager_loop_has_no_host_sync_or_allocation_per_step(name, pred, corr, n_steps, backend):
+    """Every fused PC program, native and Triton: 0 host syncs and 0 fresh tensors of the sampler's own after the
+    first step -- but for Triton's Langevin step, whose norms kernel returns its (B, 2) sums: one per iteration."""
     sde = _sde(name, 30)
-    sampler = _sampler(sde, pred, corr, n_steps, backend=FUSED[0])
+    sampler = _sampler(sde, pred, corr, n_steps, backend=backend)
     with CaptureMonitor() as mon:
         sampler(mon.wrap_model(_model(sde)))
     assert mon.steps == 30
     assert mon.syncs_after(1) == []
-    assert mon.allocations_after(1) == 0
+    per_step = n_steps if backend == "triton" and corr == "langevin" else 0
+    assert mon.allocations_after(1) == per_step * 29
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("kind", ["dpmpp_2m_sde", "dpm_solver_3", "euler_ancestral", "ode_fixed", "heat_ddim"])
+def test_solver_ode_and_heat_programs_have_no_host_sync_or_allocation_per_step(kind, backend):
+    """The few-step solvers, the fixed-step probability-flow ODE and the heat family's DCT-domain program on the
+    executor: no host sync and no fresh tensor of the sampler's own after the first step, but the heat model's
+    DCT transforms around the model call (idct2 in, dct2 out: two matmuls each)."""
+    from fastsde import solvers
+    from fastsde.heat_sampler import get_heat_sampler
+    from fastsde.models.analytic import AnalyticHeatModel, FrequencyMixture
+
+    if kind == "heat_ddim":
+        sde = fastsde.sde.make_sde("heat", N=100)
+        g = torch.Generator().manual_seed(0)
+        mix = FrequencyMixture(torch.ones(2, dtype=torch.float64),
+                               torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64),
+                               torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) + 0.1)
+        model = AnalyticHeatModel(mix, sde)
+        sampler = get_heat_sampler(sde, (8, 1, 4, 4), steps=12, eta=1.0, seed=1, backend=backend)
+    else:
+        sde = _sde("vp", 1000)
+        model = _model(sde)
+        if kind == "ode_fixed":
+            sampler = fastsde.get_ode_sampler(sde, (16, 2), lambda x: x, method="fixed", steps=6, seed=1,
+                                              backend=backend)
+        else:
+            sampler = solvers.get_sampler(kind, sde, (16, 2), 8, seed=1, backend=backend)
+    with CaptureMonitor() as mon:
+        sampler(mon.wrap_model(model))
+    assert mon.steps >= 6
+    per_step = 4 if kind == "heat_ddim" else 0
+    assert mon.syncs_after(1) == [] and mon.allocations_after(1) == per_step * (mon.steps - 1)
 
 
 def test_inpainting_and_guidance_loops_have_no_host_sync_or_allocation_per_step():

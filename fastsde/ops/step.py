@@ -407,12 +407,17 @@ class CombineSteps:
                                                i64_bits(draw), noise, mask, data, i64_bits(data_draw))
             return
         seed = self.seed_bits if self.backend == "triton" else self.seed
-        norms = self._norms(score, noise, seed, self.ids, draw).sqrt().mean(0)  # batch means of ||s||, ||z||
-        g, n = norms[0] * coefs[1].abs(), norms[1]
-        eps = (snr * n / g) ** 2 * 2 * coefs[0]  # a zero score: inf (nan with a zero noise), as score_sde divides
+        # the step size from the batch means on the device, into the scratch's tail with out= ops: no host read,
+        # and no temporaries beyond the norms kernel's output
+        means, t = scratch[-3:-1], scratch[-1:]
+        torch.mean(self._norms(score, noise, seed, self.ids, draw).sqrt_(), 0, out=means)  # ||s||, ||z|| means
+        torch.abs(coefs[1:2], out=t)
+        torch.mul(means[0:1], t, out=t)
+        torch.div(means[1:2], t, out=t)  # a zero score: inf (nan with a zero noise), as score_sde divides
+        t.mul_(snr).square_().mul_(2.0).mul_(coefs[0:1])  # eps = 2 alpha (snr ||z|| / ||s||)^2
         scratch[0:1].fill_(1.0)
-        scratch[1:2].copy_(eps * coefs[1])
-        scratch[2:3].copy_(torch.sqrt(2 * eps))
+        torch.mul(t, coefs[1:2], out=scratch[1:2])
+        torch.mul(t, 2.0, out=scratch[2:3]).sqrt_()
         da, dc = (coefs[2:3], coefs[3:4]) if proj is not None else (None, None)
         self._affine(x, x, score, scratch[0:1], scratch[1:2], scratch[2:3], noise, seed, self.ids, draw, x_mean, mask,
                      data, da, dc, data_draw)
@@ -423,8 +428,9 @@ _CUDA_NORM_CHUNK = 16384
 
 
 def langevin_scratch(x: torch.Tensor) -> torch.Tensor:
-    """CombineSteps.langevin's scratch for a state like x: float64 [1, b, c, per-sample norms (2B), CUDA partials]."""
+    """CombineSteps.langevin's scratch for a state like x: float64 [1, b, c, per-sample norms (2B), CUDA partials,
+    then 3 values the non-native backends' step size uses]."""
     batch = x.shape[0]
     numel = x[0].numel() if batch else 0
     chunks = -(-numel // _CUDA_NORM_CHUNK) if x.is_cuda else 0
-    return torch.zeros(3 + 2 * batch + 2 * batch * chunks, dtype=torch.float64, device=x.device)
+    return torch.zeros(3 + 2 * batch + 2 * batch * chunks + 3, dtype=torch.float64, device=x.device)
