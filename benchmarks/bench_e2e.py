@@ -307,7 +307,7 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, peers: di
     results = {}
     for suffix, kw in variants:
         try:
-            model = _aot_model(fused.model, kw.get("precision"), n) if kw.get("aot") else fused.model
+            model = _aot_model(reference.model, kw.get("precision"), n) if kw.get("aot") else fused.model
             fast = make(fused, backend, **{k: v for k, v in kw.items() if k != "aot"})
             with torch.no_grad():
                 results[suffix] = fast(model)
@@ -340,8 +340,9 @@ def default_job(fused, reference, backend, n, reps, device, copy_gbps, peers: di
 
 
 def _aot_model(model, precision, n):
-    """The model as `fastsde sample` runs it by default on the CPU: its cached AOTInductor package (fastsde.aot, built
-    on first use, outside the timed calls) in `precision`; a RuntimeError when none can be had."""
+    """The model as `fastsde sample` runs it by default on the CPU: the cached AOTInductor package (fastsde.aot, built
+    on first use, outside the timed calls) of its plain-PyTorch build (`model`: the same weights) in `precision`; a
+    RuntimeError when none can be had."""
     from fastsde import aot
     from fastsde.precision import for_sampling
 

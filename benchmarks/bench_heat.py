@@ -135,6 +135,20 @@ def bench_quality(n: int = 256, steps: int = 50, seed: int = 0, progress: bool =
     return res
 
 
+def _summary(runs, models) -> dict:
+    """Mean and sd over the seeds of every per-model figure and of the real-vs-real FD."""
+    out = {}
+    keys = {"fd_real_vs_real": [r.get("fd_real_vs_real") for r in runs]}
+    for name in models:
+        for k in runs[0][name]:
+            keys[f"{name}.{k}"] = [r[name][k] for r in runs]
+    for k, values in keys.items():
+        values = [v for v in values if isinstance(v, (int, float))]
+        if values:
+            out[k] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", nargs="?", default="all", choices=("dct", "step", "quality", "all"))
@@ -142,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=256, help="quality: samples for the FD")
     p.add_argument("--models", nargs="+", default=["heat", "vp"], choices=("heat", "vp"),
                    help="quality: the shipped models to measure")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="quality: one run per seed; with several, each figure's mean and sd over them too")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     res = {}
@@ -150,7 +166,10 @@ def main(argv=None) -> int:
     if args.what in ("step", "all"):
         res["step"] = bench_step()
     if args.what in ("quality", "all"):
-        res["quality"] = bench_quality(args.n, args.steps, progress=not args.json, models=tuple(args.models))
+        runs = [bench_quality(args.n, args.steps, seed=s, progress=not args.json, models=tuple(args.models))
+                for s in args.seeds]
+        res["quality"] = runs[0] if len(runs) == 1 else {"seeds": args.seeds, "runs": runs,
+                                                         "summary": _summary(runs, args.models)}
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 

@@ -10,7 +10,11 @@ compiled code depends on:
     the device type,
     torch's version, the CPU's instruction-set flags, and the sha256 of fastsde's own Python sources.
 
-A different weight, dtype, CPU, torch or fastsde gives a different key, so a stale package is never loaded. The
+A different weight, dtype, CPU, torch or fastsde gives a different key, so a stale package is never loaded.
+What to compile: for fastsde's U-Nets the plain-PyTorch build of the same weights (`UNet(config, reference=True)`):
+Inductor fuses everything around plain layers, while fastsde's fused custom ops are opaque calls to it (the digits
+U-Net, batch 64, 2-core Xeon, one interleaved run: 41.0 ms fp32 / 19.1 ms bf16 for the plain build's package
+against 50.2 / 22.9 ms for the fused build's; torch.compile of the plain build with freezing: 46.4 / 20.4 ms). The
 returned callable holds a snapshot of the weights as they were when it was made: the CLI, which loads a model
 file and never changes it, is its user; a library caller that changes weights afterwards must call again (a new
 key, a new package). A miss builds the package (`build=True`: ~20-30 s for the digits U-Net on one core of the

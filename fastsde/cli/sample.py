@@ -477,10 +477,11 @@ def run_sample_images(args: argparse.Namespace) -> int:
 
 def _ahead_of_time(args, mf, info, batch):
     """models(n) -> the model a micro-batch of n images runs: the cached ahead-of-time package (fastsde.aot) of the
-    U-Net in --precision, built on first use for the run's batch size (other sizes use a package when one exists),
-    or the model itself. None when it does not apply: --compile/--no-compile, FASTSDE_AOT=0, a non-CPU device, the ODE
-    sampler or the reference backend (both read the model's output in float32), or a model file that is not a
-    fastsde U-Net."""
+    U-Net's plain-PyTorch build with the same weights in --precision (under a whole-graph compiler the plain layers
+    win: Inductor fuses around them, while fastsde's fused ops are opaque to it; those are the eager path), built on
+    first use for the run's batch size (other sizes use a package when one exists), or the model itself. None when
+    it does not apply: --compile/--no-compile, FASTSDE_AOT=0, a non-CPU device, the ODE sampler or the reference
+    backend (both read the model's output in float32), or a model file that is not a fastsde U-Net."""
     from fastsde import aot
     from fastsde.models.ncsnpp import UNet
     from fastsde.precision import for_sampling
@@ -488,7 +489,9 @@ def _ahead_of_time(args, mf, info, batch):
     if (args.compile or args.no_compile or os.environ.get("FASTSDE_AOT", "1") == "0" or args.device != "cpu"
             or args.sampler == "ode" or info.get("backend") == "reference" or not isinstance(mf.model, UNet)):
         return None
-    target = for_sampling(mf.model, args.precision, torch.float32, {})  # the fused updates read its output as is
+    plain = UNet(mf.model.config, reference=True).to(args.device)
+    plain.load_state_dict(mf.model.state_dict())
+    target = for_sampling(plain.eval(), args.precision, torch.float32, {})  # the updates read its output as is
     chosen = {}
 
     def models(n):
