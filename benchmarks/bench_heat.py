@@ -6,7 +6,7 @@
            16M float32 elements against its reference and a copy (x.clone(): 8 B/elem): GB/s and the fraction of
            the copy's bandwidth at the step's 12 B/elem.
   quality  FD (digit-classifier features) of 256 digits from the shipped heat and VP models through the same
-           per-frequency DDIM sampler at the same number of model evaluations, with the real-vs-real and
+           per-frequency DDIM sampler (eta 1) and DPM-Solver++(2M) at the same number of model evaluations, with the real-vs-real and
            noise-vs-real scale at that n and the time per sample; then super-resolution and inpainting errors on
            held-out test digits (fastsde heat superres/inpaint) beside score_sde's PC inpainter on the VP model.
 Timings on a shared machine: compare ratios within one run, never absolute numbers across runs.
@@ -112,6 +112,8 @@ def bench_quality(n: int = 256, steps: int = 50, seed: int = 0, progress: bool =
         wall = time.perf_counter() - t0
         row = {"nfe": nfe, "seconds_per_sample": wall / n,
                "fd": evaluator.frechet_distance(inverse(x).clamp(0, 1))}
+        x, _, _ = heat_sample(mf.model, mf.make_sde(), (n, 1, 16, 16), steps=steps, solver="dpmpp_2m", seed=seed)
+        row["fd_dpmpp_2m"] = evaluator.frechet_distance(inverse(x).clamp(0, 1))  # deterministic, same evaluations
         for task in ("superres", "inpaint"):
             mask = make_mask("right", len(images)) if task == "inpaint" else None
             x, _, _ = heat_sample(mf.model, mf.make_sde(), images.shape, steps=steps, eta=1.0, seed=seed,

@@ -79,11 +79,12 @@ class Combine(NamedTuple):
 
 
 class FreqCombine(NamedTuple):
-    """buf[dst] <- a x + b D[slot] + c z(draw) with a, b, c per frequency: float64 (P,) vectors broadcast over the batch
-    (and channels) of a DCT-domain state (fastsde.heat; fastsde.ops.freq_step). c None: no noise."""
+    """buf[dst] <- a buf[src] + b D + c z(draw) with a, b, c per frequency: float64 (P,) vectors broadcast over the
+    batch (and channels) of a DCT-domain state (fastsde.heat; fastsde.ops.freq_step). D: slot `slot` (an int) or
+    the buffer named `slot` (a str). c None: no noise."""
     dst: str
     src: str
-    slot: int
+    slot: Any
     a: Any
     b: Any
     c: Any
@@ -139,12 +140,16 @@ class Program:
         self.code.append(Langevin(int(slot), float(alpha), float(scale), float(snr), int(draw), int(step),
                                   None if proj is None else (float(proj[0]), float(proj[1]), int(proj[2]))))
 
-    def freq_combine(self, dst: str, src: str, slot: int, a, b, c, draw: int, step: int) -> None:
-        """buf[dst] <- a buf[src] + b D[slot] + c z(draw), a, b, c float64 (P,) vectors (FreqCombine)."""
+    def freq_combine(self, dst: str, src: str, slot, a, b, c, draw: int, step: int) -> None:
+        """buf[dst] <- a buf[src] + b D + c z(draw), a, b, c float64 (P,) vectors (FreqCombine); D: slot `slot` (int)
+        or buffer `slot` (str)."""
         vectors = [None if v is None else torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (a, b, c)]
         if any(v is not None and not bool(torch.isfinite(v).all()) for v in vectors):
             raise ValueError("per-frequency coefficients must be finite")
-        self.code.append(FreqCombine(dst, src, int(slot), *vectors, int(draw), int(step)))
+        if dst not in BUFFERS or src not in BUFFERS or (isinstance(slot, str) and (slot not in BUFFERS or slot == dst)):
+            raise ValueError(f"bad FreqCombine({dst!r}, {src!r}, {slot!r})")
+        self.code.append(FreqCombine(dst, src, slot if isinstance(slot, str) else int(slot), *vectors, int(draw),
+                                     int(step)))
 
     def _step(self, step):
         if step is not None:
@@ -371,7 +376,8 @@ class Executor:
                                    x_mean=None if ins.mean is None else bufs[ins.mean],
                                    proj=self._projection(ins, coefs), noise=noise)
             elif isinstance(ins, FreqCombine):
-                self.steps.freq_combine(bufs[ins.dst], bufs[ins.src], vals[ins.slot], *coefs, ins.draw)
+                score = bufs[ins.slot] if isinstance(ins.slot, str) else vals[ins.slot]
+                self.steps.freq_combine(bufs[ins.dst], bufs[ins.src], score, *coefs, ins.draw)
             else:
                 noise = self.noise_fn(ins.draw) if self.noise_fn is not None else None
                 proj = None if ins.proj is None else (self.mask, self.data, ins.proj[2])

@@ -13,6 +13,11 @@ Solvers (marginal y_k(t) = m_k(t) y_k(0) + s_k(t) z per frequency; t -> t' < t):
                      where m < M_MIN the frequency is noise and x0 is taken as 0 (a = 0, b = sqrt(s'^2 - eta^2 v)).
   reverse_diffusion  score_sde's reverse-diffusion predictor on the exact one-step transitions (the reference PC
                      sampler's update, noise drawn in the frequency domain): a = 2 - A, b = -G^2 / s, c = G.
+  dpmpp_2m           DPM-Solver++(2M) (Lu et al. 2022) per frequency: lambda_k = log(m_k / s_k) differs between
+                     frequencies, so each has its own step h_k and ratio r_k; with the data prediction
+                     D = (y - s eps) / m (0 where m < M_MIN),
+                     y' = (s'/s) y + m' (1 - e^-h) ((1 + 1/(2r)) D - 1/(2r) D_prev)   (first step: D alone).
+                     Deterministic (the probability-flow ODE); runs on the executor only.
 Every derivation holds per frequency, so the VP digits model runs here too: VPSDE is the heat SDE with blur 0
 (`as_frequency_sde`), which puts the VP and heat models on the same sampler for comparisons.
 
@@ -38,7 +43,7 @@ from fastsde.score import get_model_fn
 __all__ = ["as_frequency_sde", "heat_sample", "get_heat_sampler", "heat_program", "step_coefficients", "constraints",
            "degrade", "SOLVERS"]
 
-SOLVERS = ("ddim", "reverse_diffusion")
+SOLVERS = ("ddim", "reverse_diffusion", "dpmpp_2m")
 #: Frequencies whose mean coefficient m_k(t) is below this carry no usable signal: ddim takes their x0 as 0 (the
 #: heat SDE's highest frequencies reach m ~ e^-74 at T, where (y - s eps) / m would multiply the model's error by
 #: e^74; VP's m(T) = 0.0064 stays above it).
@@ -68,8 +73,11 @@ def step_coefficients(sde: FrequencySDE, t: float, t_next: float, shape, solver:
     v = s1 * s1 * (1.0 - (s1 / (ratio * s)) ** 2).clamp(min=0.0)
     c = eta * v.sqrt()
     noise_part = (s1 * s1 - eta * eta * v).clamp(min=0.0).sqrt()
-    seen = m >= M_MIN  # elsewhere x0 = 0: the frequency is noise, and 1 / m would amplify the model's error
-    return (torch.where(seen, ratio, 0.0), torch.where(seen, noise_part - ratio * s, noise_part),
+    # where m < M_MIN, x0 = 0: the frequency is noise, and 1 / m would amplify the model's error. Its eps is then the
+    # state's own, y / s (not the model's), so the step is y' = (noise_part / s) y: the exact flow of a frequency
+    # with x0 = 0, which keeps the run consistent as the steps shrink (the model's eps there made it drift)
+    seen = m >= M_MIN
+    return (torch.where(seen, ratio, noise_part / s), torch.where(seen, noise_part - ratio * s, 0.0),
             (c if eta > 0 else None))
 
 
@@ -92,14 +100,52 @@ class _DCTModel(torch.nn.Module):
         return dct2(out.to(y.dtype)) if out.dtype != y.dtype else dct2(out)
 
 
+def _dpmpp_2m(program, sde, shape, grid):
+    """DPM-Solver++(2M) per frequency (module docstring) into `program`: per step a raw Eval (eps), a FreqCombine
+    forming D in a history buffer ("y" and "m" alternate), then y <- (s'/s) y + b1 D (+ b2 D_prev)."""
+    lam = eigenvalues(shape).reshape(-1)
+    times = []
+
+    def at(t):
+        tt = torch.tensor(t, dtype=torch.float64)
+        log_m = sde.log_mean(tt, lam).reshape(-1) * torch.ones_like(lam)
+        s = sde.variance(tt, lam).reshape(-1).sqrt() * torch.ones_like(lam)
+        return log_m, s
+
+    h_prev = None
+    for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
+        (log_m, s), (log_m1, s1) = at(t), at(t_next)
+        m, m1 = log_m.exp(), log_m1.exp()
+        seen = m >= M_MIN
+        h = (log_m1 - s1.log()) - (log_m - s.log())  # lambda' - lambda per frequency
+        cur, prev = ("y", "m") if i % 2 == 0 else ("m", "y")
+        program.eval("x", 0, t, i, raw=True)
+        program.freq_combine(cur, "x", 0, torch.where(seen, 1.0 / m, 0.0), torch.where(seen, -s / m, 0.0), None,
+                             i + 1, i)
+        phi = -torch.expm1(-h)  # 1 - e^-h
+        b = m1 * phi
+        if h_prev is None:
+            program.freq_combine("x", "x", cur, s1 / s, b, None, i + 1, i)
+        else:
+            r = h_prev / h
+            program.freq_combine("x", "x", cur, s1 / s, b * (1.0 + 0.5 / r), None, i + 1, i)
+            program.freq_combine("x", "x", prev, torch.ones_like(b), -b * (0.5 / r), None, i + 1, i)
+        h_prev = h
+        times.append(t)
+    return program, times
+
+
 def heat_program(sde: FrequencySDE, shape, steps: int, solver: str = "ddim", eta: float = 0.0, eps: float = 1e-3,
                  t_start: float | None = None):
     """(Program, time of each Eval): per step i a raw Eval of the DCT-domain model at labels 999 t and a FreqCombine
-    y <- a y + b eps + c z(draw i + 1) with step_coefficients' vectors (reverse_diffusion's last step noise-free)."""
+    y <- a y + b eps + c z(draw i + 1) with step_coefficients' vectors (reverse_diffusion's last step noise-free);
+    dpmpp_2m: _dpmpp_2m's instructions."""
     from fastsde.executor import Program
 
     t_start = sde.T if t_start is None else t_start
     grid = _grid(sde, solver, steps, eps, t_start)
+    if solver == "dpmpp_2m":
+        return _dpmpp_2m(Program(), sde, shape, grid)
     pairs = list(zip(grid[:-1], grid[1:])) if solver == "ddim" else [(t, None) for t in grid]
     program, times = Program(), []
     for i, (t, t_next) in enumerate(pairs):
@@ -210,6 +256,8 @@ def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", et
     sde, steps, eta, eps, t_start = _check_run(sde, solver, steps, eta, eps, t_start, start)
     if constraint is not None and solver != "ddim":
         raise ValueError("constraint (inpainting, super-resolution) runs on the ddim solver")
+    if frames > 0 and solver == "dpmpp_2m":
+        raise ValueError("frames (the x0 trajectory) run on the ddim or reverse_diffusion solver, not dpmpp_2m")
     if constraint is None and frames <= 0:
         x, nfe = get_heat_sampler(sde, shape, steps=steps, solver=solver, eta=eta, eps=eps, seed=seed,
                                   sample_ids=sample_ids, backend=backend, device=device, dtype=dtype, t_start=t_start,
@@ -258,8 +306,11 @@ def heat_sample(model, sde, shape, *, steps: int = 100, solver: str = "ddim", et
                 return x0c.to(dtype), len(pairs), trajectory
             m1 = sde.marginal_coefs(torch.tensor([t_next], dtype=torch.float64), shape)[0].reshape(1, 1, *shape[-2:])
             x0c = dct2(x0c.to(torch.float64))
-            bb = (b.reshape(1, 1, *shape[-2:]) + m1 * s / m).to(device)  # sqrt(s'^2 - eta^2 v)
-            y = (m1.to(device) * x0c + bb * e.double()).to(dtype)
+            grid = (1, 1, *shape[-2:])
+            bb = (b.reshape(grid) + m1 * s / m).to(device)  # sqrt(s'^2 - eta^2 v) where m >= M_MIN
+            seen = (m >= M_MIN).to(device)  # elsewhere the frequency is noise: step_coefficients' y' = a y
+            y = torch.where(seen, m1.to(device) * x0c + bb * e.double(),
+                            a.reshape(grid).to(device) * y.double()).to(dtype)
             if c is not None:
                 y = y + c.reshape(1, 1, *shape[-2:]).to(device=device, dtype=dtype) * z(i + 1)
     return idct2(y), len(pairs), trajectory

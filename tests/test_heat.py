@@ -440,3 +440,42 @@ def test_heat_sampler_compiled_never_recompiles_and_equals_eager(solver, eta):
             results.append(got)
     assert not torch.equal(results[0], results[1])
     torch._dynamo.reset()
+
+
+def _sharp_mixture():
+    g = torch.Generator().manual_seed(3)
+    return FrequencyMixture(torch.rand(3, generator=g, dtype=F64) + 0.5, torch.randn(3, 1, 4, 4, generator=g, dtype=F64),
+                            torch.rand(3, 1, 4, 4, generator=g, dtype=F64) + 0.05)
+
+
+def test_heat_dpmpp_2m_with_blur_0_is_the_scalar_solver():
+    """DPM-Solver++(2M) per frequency on the heat SDE with blur 0 (= VP: every frequency has VP's lambda) equals the
+    scalar dpmpp_2m solver of fastsde.solvers on the same grid and start (and so does ddim with eta 0)."""
+    from fastsde import solvers
+    from fastsde.heat_sampler import as_frequency_sde, get_heat_sampler
+
+    sde = sde_lib.VPSDE(N=1000)
+    model = AnalyticHeatModel(_sharp_mixture(), as_frequency_sde(sde))
+    z = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    for name, kw in (("dpmpp_2m", {}), ("ddim", {"eta": 0.0})):
+        heat = get_heat_sampler(sde, z.shape, steps=12, solver=name, seed=1, dtype=F64, **kw)(model, z=z)[0]
+        scalar = solvers.get_sampler(name, sde, z.shape, 12, grid="uniform", eps=1e-3, denoise=False, dtype=F64,
+                                     seed=1)(model, z.clone())[0]  # the VP prior is z itself
+        assert (heat - scalar).abs().max() < 1e-10, name
+
+
+def test_heat_deterministic_solvers_converge_at_their_order():
+    """On the heat SDE (blur 4: the frequencies' lambdas differ, some are below M_MIN for most of the run) the
+    deterministic solvers converge as the steps double: ddim (eta 0) at first order (the change halves), the
+    per-frequency DPM-Solver++(2M) at second order (it falls >= 3x), and the two meet."""
+    from fastsde.heat_sampler import get_heat_sampler
+
+    sde = sde_lib.make_sde("heat", N=1000)
+    model = AnalyticHeatModel(_sharp_mixture(), sde)
+    z = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    runs = {name: [get_heat_sampler(sde, z.shape, steps=n, solver=name, seed=1, dtype=F64)(model, z=z)[0]
+                   for n in (500, 1000, 2000)] for name in ("ddim", "dpmpp_2m")}
+    change = {name: [float((b - a).abs().max()) for a, b in zip(r, r[1:])] for name, r in runs.items()}
+    assert 1.6 < change["ddim"][0] / change["ddim"][1] < 2.5, change
+    assert change["dpmpp_2m"][0] / change["dpmpp_2m"][1] > 3.0, change
+    assert float((runs["ddim"][-1] - runs["dpmpp_2m"][-1]).abs().max()) < 2 * change["ddim"][1], change
