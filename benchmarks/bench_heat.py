@@ -6,8 +6,9 @@
            16M float32 elements against its reference and a copy (x.clone(): 8 B/elem): GB/s and the fraction of
            the copy's bandwidth at the step's 12 B/elem.
   quality  FD (digit-classifier features) of 256 digits from the shipped heat and VP models through the same
-           per-frequency DDIM sampler (eta 1) and DPM-Solver++(2M) at the same number of model evaluations, with the real-vs-real and
-           noise-vs-real scale at that n and the time per sample; then super-resolution and inpainting errors on
+           per-frequency DDIM sampler (eta 1) and DPM-Solver++(2M) at the same number of model evaluations, with
+           the real-vs-real and noise-vs-real scale at that n and the time per sample; then super-resolution and
+           inpainting errors on
            held-out test digits (fastsde heat superres/inpaint) beside score_sde's PC inpainter on the VP model.
 Timings on a shared machine: compare ratios within one run, never absolute numbers across runs.
 """

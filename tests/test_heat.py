@@ -444,7 +444,8 @@ def test_heat_sampler_compiled_never_recompiles_and_equals_eager(solver, eta):
 
 def _sharp_mixture():
     g = torch.Generator().manual_seed(3)
-    return FrequencyMixture(torch.rand(3, generator=g, dtype=F64) + 0.5, torch.randn(3, 1, 4, 4, generator=g, dtype=F64),
+    return FrequencyMixture(torch.rand(3, generator=g, dtype=F64) + 0.5,
+                            torch.randn(3, 1, 4, 4, generator=g, dtype=F64),
                             torch.rand(3, 1, 4, 4, generator=g, dtype=F64) + 0.05)
 
 
