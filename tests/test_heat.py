@@ -475,7 +475,7 @@ def test_heat_deterministic_solvers_converge_at_their_order():
     model = AnalyticHeatModel(_sharp_mixture(), sde)
     z = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
     runs = {name: [get_heat_sampler(sde, z.shape, steps=n, solver=name, seed=1, dtype=F64)(model, z=z)[0]
-                   for n in (500, 1000, 2000)] for name in ("ddim", "dpmpp_2m")}
+                   for n in (250, 500, 1000)] for name in ("ddim", "dpmpp_2m")}
     change = {name: [float((b - a).abs().max()) for a, b in zip(r, r[1:])] for name, r in runs.items()}
     assert 1.6 < change["ddim"][0] / change["ddim"][1] < 2.5, change
     assert change["dpmpp_2m"][0] / change["dpmpp_2m"][1] > 3.0, change
