@@ -27,7 +27,7 @@ class DrawPlan:
       without projection (per_step = n_steps + 1): corrector iteration j at base + j, the predictor at base + n_steps;
       with the inpainting projection (per_step = n_steps + 3): corrector iterations at base + j, the projection after
       the corrector at base + n_steps, the predictor at base + n_steps + 1, its projection at base + n_steps + 2.
-    Every id is affine in i, so a compiled loop computes it on the device from the step index (`offset` + i per_step).
+    The executor's PC program (fastsde.sampling.pc.pc_program) takes each instruction's id from here as a constant.
     """
 
     PRIOR = 0
@@ -50,11 +50,6 @@ class DrawPlan:
 
     def predictor_projection(self, i: int) -> int:
         return self.base(i) + self.n_steps + 2
-
-    def offset(self, kind: str, j: int = 0) -> int:
-        """The id of draw `kind` ("corrector", "corrector_projection", "predictor", "predictor_projection") at step 0:
-        the id at step i is offset + i * per_step."""
-        return self.corrector(0, j) if kind == "corrector" else getattr(self, kind)(0)
 
 
 class NoiseStream:
