@@ -79,14 +79,38 @@ def _variants():
 
     from fastsde.kernels import attention
 
+    def strides(names):
+        return {f"s{t}{a}": "i32" for t in names for a in "zld"}
+
     for ptr, dtype in (("*fp16", torch.float16), ("*fp32", torch.float32)):
         for d in (32, 64, 256):
-            block_m, block_n, warps = attention._config(d, dtype)
-            sig = dict(Q_ptr=ptr, K_ptr=ptr, V_ptr=ptr, O_ptr=ptr, Lq="i32", Lk="i32", qk_scale="fp32")
-            sig.update({f"s{t}{a}": "i32" for t in "qkvo" for a in "zld"})
-            consts = dict(D=d, BLOCK_D=attention._block_d(d), BLOCK_M=block_m, BLOCK_N=block_n,
-                          PRECISION="ieee")  # fp32: torch's default (allow_tf32 off) gives IEEE dots
-            yield (f"attention {ptr[1:]} d={d}", attention._attn_fwd_kernel, sig, consts, warps)
+            for lse in (False, True):  # the inference op, and the autograd forward that stores the LSE
+                block_m, block_n, warps = attention._config(d, dtype)
+                sig = dict(Q_ptr=ptr, K_ptr=ptr, V_ptr=ptr, O_ptr=ptr, LSE_ptr="*fp32", **strides("qkvo"),
+                           Lq="i32", Lk="i32", qk_scale="fp32")
+                consts = dict(D=d, BLOCK_D=attention._block_d(d), BLOCK_M=block_m, BLOCK_N=block_n,
+                              PRECISION="ieee", WRITE_LSE=lse)  # fp32: torch's default (allow_tf32 off): IEEE dots
+                yield (f"attention {ptr[1:]} d={d}{' +lse' if lse else ''}", attention._attn_fwd_kernel, sig, consts,
+                       warps)
+
+    # attention backward: bf16 (fp16 takes the same tiles) and fp32 at d = 32, 64, 128, 256 (_bwd_config)
+    for ptr, dtype in (("*bf16", torch.bfloat16), ("*fp32", torch.float32)):
+        for d in (32, 64, 128, 256):
+            (kv_m, kv_n, kv_warps), (q_m, q_n, q_warps) = attention._bwd_config(d, dtype)
+            base = dict(Q_ptr=ptr, K_ptr=ptr, V_ptr=ptr, DO_ptr=ptr, LSE_ptr="*fp32", DELTA_ptr="*fp32")
+            scalars = dict(Lq="i32", Lk="i32", qk_scale="fp32", sm_scale="fp32")
+            consts = dict(D=d, BLOCK_D=attention._block_d(d), PRECISION="ieee")
+            yield (f"attention bwd dK/dV {ptr[1:]} d={d}", attention._attn_bwd_dkdv_kernel,
+                   dict(base, DK_ptr=ptr, DV_ptr=ptr, **strides(("q", "k", "v", "do", "dk", "dv")), **scalars),
+                   dict(consts, BLOCK_M=kv_m, BLOCK_N=kv_n), kv_warps)
+            yield (f"attention bwd dQ {ptr[1:]} d={d}", attention._attn_bwd_dq_kernel,
+                   dict(base, DQ_ptr=ptr, **strides(("q", "k", "v", "do", "dq")), **scalars),
+                   dict(consts, BLOCK_M=q_m, BLOCK_N=q_n), q_warps)
+        for d, dlse in ((64, False), (256, True)):
+            yield (f"attention bwd delta {ptr[1:]} d={d}{' +dlse' if dlse else ''}",
+                   attention._attn_bwd_preprocess_kernel,
+                   dict(O_ptr=ptr, DO_ptr=ptr, DLSE_ptr="*fp32", DELTA_ptr="*fp32", **strides(("o", "do")), Lq="i32"),
+                   dict(D=d, BLOCK_D=attention._block_d(d), BLOCK_M=attention._preprocess_block_m(d), HAS_DLSE=dlse), 4)
 
     # group_norm: strides stay runtime ints (NCHW and channels-last share one compiled kernel per config)
     from fastsde.kernels import groupnorm
@@ -163,6 +187,9 @@ def _compile_all() -> list[dict]:
 def test_kernels_compile_for_sm80_and_sm90_without_spills():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # the subprocess imports this checkout's fastsde (the script's folder, tests/, is its sys.path[0], so an
+    # editable install of another checkout, e.g. beside a git worktree, would otherwise win)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = json.loads(REPORT.read_text())["kernels"]
@@ -171,7 +198,8 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills():
         print(f"{row['variant']:44s} {row['arch']:6s} {row['n_regs']:5d} {row['n_spills']:6d}")
     kernels = {row["kernel"] for row in rows}
     assert {"_affine_step_fwd_kernel", "_step_sq_norms_kernel", "_fsn1_normal_fwd_kernel",
-            "_fsn1_words_debug_kernel", "_attn_fwd_kernel", "_group_norm_fwd_kernel",
+            "_fsn1_words_debug_kernel", "_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel",
+            "_attn_bwd_dq_kernel", "_group_norm_fwd_kernel",
             "_group_norm_bwd_kernel", "_freq_step_kernel"} <= kernels
     assert {row["arch"] for row in rows} == {f"sm_{a}" for a in ARCHS}
     assert all(row["ptx_bytes"] > 0 and row["cubin_bytes"] > 0 for row in rows)

@@ -16,9 +16,9 @@ __all__ = ["variance_scaling_", "NIN", "conv3x3", "conv1x1", "dense", "num_group
 
 def op_backend(backend: str, *tensors) -> str:
     """The backend a module passes to an op: its own, except that "triton" becomes "auto" when autograd will record
-    the call (grad enabled and an input requiring grad): the Triton attention kernel has no backward, and "auto"
-    then picks a backend that differentiates (fused group_norm backward on native and Triton; native attention).
-    Training, guidance and the likelihood's vector-Jacobian products run fused; samplers run under no_grad."""
+    the call (grad enabled and an input requiring grad). Every backend of group_norm and attn_block differentiates,
+    so on CUDA this changes nothing ("auto" is Triton there); on the CPU it keeps training, guidance and the
+    likelihood's vector-Jacobian products off the Triton interpreter (native instead). Samplers run under no_grad."""
     if backend == "triton" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return "auto"
     return backend

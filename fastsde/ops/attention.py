@@ -4,11 +4,13 @@ Bytes: x is read twice (GN statistics, GN apply) and the block writes its output
 projections are GEMMs (2 * 4 C^2 HW flops per sample) and attention is 4 C (HW)^2 flops per sample, so at CIFAR-10's
 16x16 (256 tokens x 256 channels) the block is compute-bound.
 
-Autograd: the native backend differentiates (the Triton kernel does not; "auto" takes native when autograd records).
-Its GroupNorm runs the fused backward of fastsde.ops.group_norm; the GEMMs (the folded projections included) and the
-softmax differentiate as torch ops, each backward one or two GEMMs. The softmax probabilities P (B heads x L x L)
-are saved by softmax's backward rather than recomputed: at the U-Nets' attention resolutions (L <= 256) P is no
-larger than a few of the block's activations, and recomputing it would redo the score GEMM.
+Autograd: every backend differentiates ("auto" keeps its pick when autograd records: Triton on CUDA, native on the
+CPU). The native block's GroupNorm runs the fused backward of fastsde.ops.group_norm; the GEMMs (the folded
+projections included) and the softmax differentiate as torch ops, each backward one or two GEMMs. There the softmax
+probabilities P (B heads x L x L) are saved by softmax's backward rather than recomputed: at the U-Nets' attention
+resolutions (L <= 256) P is no larger than a few of the block's activations, and recomputing it would redo the score
+GEMM. The Triton block's GroupNorm and GEMMs are torch ops; its attention core saves only the output and the per-row
+log-sum-exp and runs FlashAttention-2's backward kernels, which recompute P block by block (kernels/attention.py).
 """
 from __future__ import annotations
 

@@ -75,15 +75,14 @@ def _has_native_backward() -> bool:
 
 
 def autograd_backend(op, backend, *tensors):
-    """The backend when autograd records the call: one whose `op` has a backward. group_norm has one on every
-    backend (native needs an extension with group_norm_backward); attn_block's Triton kernel has none, its native
-    path differentiates through the fused group_norm backward and torch's GEMMs. "auto" keeps its choice when that
-    one differentiates, else takes native, else the reference; an explicit backend without a backward is refused."""
+    """The backend when autograd records the call: one whose `op` has a backward. group_norm and attn_block have
+    one on every backend, except that native needs an extension with group_norm_backward (the native block
+    differentiates through the fused group_norm; the Triton block through torch's GroupNorm and GEMMs and the
+    flash-attention backward kernels). "auto" keeps its choice when that one differentiates, else takes native,
+    else the reference; an explicit backend without a backward is refused."""
     if not records_autograd(*tensors):
         return backend
-    ok = {"reference", "native"} if _has_native_backward() else {"reference"}
-    if op == "group_norm":
-        ok.add("triton")
+    ok = {"reference", "native", "triton"} if _has_native_backward() else {"reference", "triton"}
     if backend == "auto":
         device = tensors[0].device
         name = resolve(op, "auto", device)[0]
