@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from fastsde.sampling.guard import check_finite
-from fastsde.sampling.ode import MAX_EVALS, check_ode_args, fixed_times, solve
+from fastsde.sampling.ode import MAX_EVALS, check_capture, check_ode_args, fixed_times, solve
 from fastsde.score import get_score_fn
 
 __all__ = ["pf_drift", "solve", "fixed_times", "encode", "decode", "slerp", "round_trip_error"]
@@ -43,45 +43,50 @@ def _state_ode(sde, model, shape, dtype):
     return f
 
 
-def _flow(sde, model, x, t0, t1, method, rtol, atol, steps, max_evals, what):
+def _flow(sde, model, x, t0, t1, method, rtol, atol, steps, max_evals, what, capture):
     x = check_finite(x, what=f"{what}'s input")
     f = _state_ode(sde, model, x.shape, x.dtype)
     y, nfev, _ = solve(f, x.reshape(x.shape[0], -1).double(), t0, t1, method=method, rtol=rtol, atol=atol,
-                       steps=steps, sde=sde, max_evals=max_evals, what=what)
+                       steps=steps, sde=sde, max_evals=max_evals, what=what, capture=capture)
     return check_finite(y.to(x.dtype).reshape(x.shape), t=t1, what=what), nfev
 
 
-def _check_flow_args(sde, x, name, method, steps, rtol, atol, eps):
+def _check_flow_args(sde, x, name, method, steps, rtol, atol, eps, capture):
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating (batch, ...) tensor with batch >= 1, got "
                          f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}"
                          f"{'' if not isinstance(x, torch.Tensor) else ' of ' + str(x.dtype)}")
-    return check_ode_args(sde, rtol, atol, method, eps, x.dtype, steps=steps)
+    eps = check_ode_args(sde, rtol, atol, method, eps, x.dtype, steps=steps)
+    check_capture(capture, method)
+    return eps
 
 
-def encode(sde, model, x, *, method="RK45", rtol=1e-5, atol=1e-5, eps=1e-5, steps=None, max_evals=MAX_EVALS):
+def encode(sde, model, x, *, method="RK45", rtol=1e-5, atol=1e-5, eps=1e-5, steps=None, max_evals=MAX_EVALS,
+           capture: bool = False):
     """z = the probability-flow ODE's solution at T from x (data, scaled as the model's input) at eps; returns
-    (z, nfe). Deterministic: the same x gives the same z (up to the solver's tolerance)."""
+    (z, nfe). Deterministic: the same x gives the same z (up to the solver's tolerance). capture (RK45, CUDA):
+    chunks of steps replayed as CUDA graphs."""
     from fastsde.sde import as_fastsde_sde
 
     sde = as_fastsde_sde(sde)
-    eps = _check_flow_args(sde, x, "x", method, steps, rtol, atol, eps)
-    return _flow(sde, model, x, eps, sde.T, method, rtol, atol, steps, max_evals, "the encoding ODE")
+    eps = _check_flow_args(sde, x, "x", method, steps, rtol, atol, eps, capture)
+    return _flow(sde, model, x, eps, sde.T, method, rtol, atol, steps, max_evals, "the encoding ODE", capture)
 
 
 def decode(sde, model, z, *, method="RK45", rtol=1e-5, atol=1e-5, eps=1e-5, steps=None, max_evals=MAX_EVALS,
-           temperature: float = 1.0):
+           temperature: float = 1.0, capture: bool = False):
     """x = the probability-flow ODE's solution at eps from temperature * z at T (temperature < 1 trades diversity
     for typicality, as in Glow); returns (x, nfe), x scaled as the model's input (no denoising step, so
     decode(encode(x)) = x up to the tolerance)."""
     from fastsde.sde import as_fastsde_sde
 
     sde = as_fastsde_sde(sde)
-    eps = _check_flow_args(sde, z, "z", method, steps, rtol, atol, eps)
+    eps = _check_flow_args(sde, z, "z", method, steps, rtol, atol, eps, capture)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not \
             0 < temperature < math.inf:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    return _flow(sde, model, z * temperature, sde.T, eps, method, rtol, atol, steps, max_evals, "the decoding ODE")
+    return _flow(sde, model, z * temperature, sde.T, eps, method, rtol, atol, steps, max_evals, "the decoding ODE",
+                 capture)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alphas) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 
 from fastsde.flow import pf_drift, solve
 from fastsde.sampling.guard import check_finite
-from fastsde.sampling.ode import MAX_EVALS, EvalBudget, check_ode_args
+from fastsde.sampling.ode import MAX_EVALS, EvalBudget, check_capture, check_ode_args
 from fastsde.sde import as_fastsde_sde
 
 __all__ = ["get_div_fn", "get_likelihood_fn", "hutchinson_probe", "dequantize", "LikelihoodResult",
@@ -115,7 +115,7 @@ def _augmented_ode(drift, shape, dtype, probes):
 
 def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5, atol=1e-5, method="RK45",
                       eps=1e-5, *, generator: torch.Generator | None = None, dtype=torch.float32,
-                      max_evals: int = MAX_EVALS, probes: int = 1, steps: int | None = None):
+                      max_evals: int = MAX_EVALS, probes: int = 1, steps: int | None = None, capture: bool = False):
     """likelihood_fn(model, data (B, ...), probe=None, details=False) -> (bpd (B,), z (B, ...), nfe), or with
     details=True a LikelihoodResult (per-probe bits/dim and their standard error, evaluations per datum).
 
@@ -126,7 +126,8 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
     torch's global generator, as score_sde) unless `probe` is given: data's shape for one probe, (B, probes, ...)
     for several (rows of one hutchinson_probe draw give every datum the same probes in any batch).
     method: "RK45" (default; fastsde.odeint on the data's device), "fixed" with `steps` (fastsde.flow.fixed_times),
-    or "scipy:NAME" (score_sde's way; fastsde.compat.score_sde maps its method="RK45" here).
+    or "scipy:NAME" (score_sde's way; fastsde.compat.score_sde maps its method="RK45" here). capture (RK45 on CUDA
+    data): chunks of steps, forward and VJPs included, replayed as CUDA graphs (fastsde.odeint.dopri5).
     A NaN/inf drift or divergence stops the integration with guard.NonFiniteError; more than max_evals evaluations
     with a RuntimeError (rtol, atol >= max(1e-12, dtype's epsilon) and eps in (0, T) are checked here, so no setting
     can loop forever: fastsde.sampling.ode.min_tolerance).
@@ -138,6 +139,7 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
             (hutchinson_type == "exact" and probes != 1):
         raise ValueError(f"probes must be a positive int (1 with hutchinson_type='exact'), got {probes!r}")
     eps = check_ode_args(sde, rtol, atol, method, eps, dtype, steps=steps)
+    check_capture(capture, method)
     EvalBudget(max_evals, "")
     offset = 7.0 - inverse_scaler(-1.0)
 
@@ -168,7 +170,8 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
         y0 = torch.cat([data.detach().reshape(b, d).double(),
                         torch.zeros(b, columns, dtype=torch.float64, device=data.device)], dim=1)
         y, nfe, row_evals = solve(f, y0, eps, sde.T, method=method, rtol=rtol, atol=atol, steps=steps, sde=sde,
-                                  max_evals=max_evals, what="the likelihood ODE", blocks=(d, columns))
+                                  max_evals=max_evals, what="the likelihood ODE", blocks=(d, columns),
+                                  capture=capture)
         check_finite(y, t=sde.T, what="the likelihood ODE's solution")
         z = y[:, :d].reshape(shape)
         bpd_probes = -(sde.prior_logp(z)[:, None] + y[:, d:]) / (math.log(2) * d) + offset

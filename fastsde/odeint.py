@@ -12,8 +12,9 @@ scipy controls one norm over the whole batch and this one B norms.
 The stage sums y + h sum_j a_sj k_j: the stage derivatives live in one buffer K (7, B, N); the tableau row times
 K[:s] viewed as (s, B N) is one matrix-vector product (one pass over the s derivatives), then one addcmul adds
 h (B,) times it to y (benchmarks/bench_likelihood.py times this against chaining fastsde's affine_combine_step, a
-plain torch expression, and the batched baddbmm over a (B, 7, N) layout it replaced). Host traffic:
-one small read per step (did a row finish, is the error finite), none per evaluation.
+plain torch expression, and the batched baddbmm over a (B, 7, N) layout it replaced). Host traffic: on the CPU one
+small read per step (did a row finish, is the error finite), none per evaluation; on CUDA the device-resident mode
+(`chunk`) reads three flags once per chunk of steps, and with `capture` replays each chunk as one CUDA graph.
 """
 from __future__ import annotations
 
@@ -131,11 +132,28 @@ def _check(y0: torch.Tensor, t0, t1) -> None:
 
 
 def dopri5(f: OdeFunc, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, atol: float,
-           max_evals: int = 100_000, what: str = "the ODE") -> OdeResult:
+           max_evals: int = 100_000, what: str = "the ODE", chunk: int | None = None,
+           capture: bool = False) -> OdeResult:
     """Integrate dy/dt = f(t, y) from t0 to t1 for every row of y0 (B, N) with adaptive Dormand-Prince RK45 (module
-    docstring: per-row error norm, step size and time; finished rows leave the batch). Raises NonFiniteError when a
-    row's error becomes NaN/inf, RuntimeError after max_evals batched evaluations or when a step size underflows."""
+    docstring: per-row error norm, step size and time). Raises NonFiniteError when a row's error becomes NaN/inf,
+    RuntimeError after max_evals batched evaluations or when a step size underflows.
+
+    chunk: None or 1 -- one host read per step, and finished rows leave the batch (f sees only the others; the
+    default on the CPU, where a host read is free and a finished row's evaluations are not). An int > 1 -- the
+    device-resident mode (the default on CUDA: 8): rows stay, a finished row steps with h = 0, and the host reads
+    three flags (non-finite, step underflow, all done) once per `chunk` steps; the steps, states and counts are the
+    per-step mode's, so only the batched evaluation count (nfev, spent in whole chunks) differs.
+    capture: record one chunk as a CUDA graph after the first (eager) one and replay it (chunk > 1; f must then be
+    capturable: no host read, no tensors rebound between calls). A state off CUDA has no graphs: capture=True runs
+    the device-resident chunks eagerly there, as the executor runs a captured program compiled on the CPU."""
     _check(y0, t0, t1)
+    if chunk is None:
+        chunk = 8 if y0.device.type == "cuda" or capture else 1
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int (steps between host reads), got {chunk!r}")
+    if capture and chunk == 1:
+        raise ValueError("capture=True records chunks of steps as CUDA graphs: it needs chunk > 1 (or None: 8), "
+                         "got chunk=1")
     budget = _Budget(max_evals, what)
     device, b = y0.device, y0.shape[0]
     direction, span = (1.0 if t1 > t0 else -1.0), abs(t1 - t0)
@@ -147,6 +165,8 @@ def dopri5(f: OdeFunc, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, a
     budget.spend(2, t)
     stages.K[0] = check_finite(f(t, y, rows), step=1, t=t0, what=f"{what}'s drift")  # before any step control
     h_abs = _initial_step(f, t, y, stages.K[0], direction, span, rtol, atol, rows)
+    if chunk > 1:
+        return _dopri5_resident(f, y0, t0, t1, h_abs, stages.K[0], rtol, atol, budget, what, chunk, capture)
     after_reject = torch.zeros(b, dtype=torch.bool, device=device)
     evals = torch.full((b,), 2, dtype=torch.int64, device=device)
     steps, rejected = torch.zeros_like(evals), torch.zeros_like(evals)
@@ -191,6 +211,103 @@ def dopri5(f: OdeFunc, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, a
                 return OdeResult(out, budget.count, evals, steps, rejected)
             rows, y, t, h_abs, after_reject = rows[keep], y[keep], t[keep], h_abs[keep], after_reject[keep]
             stages.compact(keep)
+
+
+class _Resident:
+    """dopri5's state for the device-resident mode: every tensor keeps its storage for the whole integration (so a
+    chunk of steps can be recorded once as a CUDA graph and replayed), rows never leave the batch (a finished row
+    steps with h = 0: its time, state and counts stay put while it rides along), and the host reads three flags per
+    chunk instead of one per step."""
+
+    def __init__(self, f, y0, t0, t1, rtol, atol, h_abs, k0):
+        self.f, self.t1, self.rtol, self.atol = f, float(t1), rtol, atol
+        self.direction = 1.0 if t1 > t0 else -1.0
+        device, b = y0.device, y0.shape[0]
+        self.rows = torch.arange(b, device=device)
+        self.y = y0.clone()
+        self.t = torch.full((b,), float(t0), dtype=torch.float64, device=device)
+        self.h_abs = h_abs.clone()
+        self.stages = Stages(self.y)
+        self.stages.K[0] = k0
+        self.after_reject = torch.zeros(b, dtype=torch.bool, device=device)
+        self.done = torch.zeros_like(self.after_reject)
+        self.bad = torch.zeros_like(self.after_reject)  # a non-finite error estimate
+        self.small = torch.zeros_like(self.after_reject)  # a step size below float64's spacing of times
+        self.evals = torch.full((b,), 2, dtype=torch.int64, device=device)
+        self.steps, self.rejected = torch.zeros_like(self.evals), torch.zeros_like(self.evals)
+
+    def step(self) -> None:
+        """One RK45 step of every unfinished row, all updates in place."""
+        t, t1, direction = self.t, self.t1, self.direction
+        active = ~self.done
+        last = self.h_abs >= (t1 - t).abs()
+        t_new = torch.where(last, torch.full_like(t, t1), t + direction * self.h_abs)
+        h = torch.where(active, t_new - t, torch.zeros_like(t))
+        y_new = self.stages.step(self.f, t, h, self.y, self.rows)
+        err_vec = self.stages.combine(7, 7, h.to(self.y.dtype), None)
+        scale = self.atol + torch.maximum(self.y.abs(), y_new.abs()) * self.rtol
+        err = _rms(err_vec / scale).double()
+        accept = (err < 1) & active
+        grow = torch.where(err == 0, torch.full_like(err, MAX_FACTOR),
+                           (SAFETY * err.pow(ERROR_EXPONENT)).clamp(max=MAX_FACTOR))
+        grow = torch.where(self.after_reject, grow.clamp(max=1.0), grow)
+        shrink = (SAFETY * err.pow(ERROR_EXPONENT)).clamp(min=MIN_FACTOR)
+        h_abs = torch.where(accept, h.abs() * grow, h.abs() * shrink)
+        self.h_abs.copy_(torch.where(active, h_abs, self.h_abs))
+        self.after_reject.copy_(active & ~accept)
+        self.t.copy_(torch.where(accept, t_new, t))
+        self.y.copy_(torch.where(accept[:, None], y_new, self.y))
+        self.stages.K[0] = torch.where(accept[:, None], self.stages.K[6], self.stages.K[0])
+        self.evals.add_(active.long() * 6)
+        self.steps.add_(accept.long())
+        self.rejected.add_((active & ~accept).long())
+        min_step = 10 * (torch.nextafter(self.t, self.t + direction) - self.t).abs()
+        self.bad.logical_or_(active & ~torch.isfinite(err))
+        self.small.logical_or_(active & ~(accept & last) & (self.h_abs < min_step))
+        self.done.logical_or_(accept & last)
+
+    def chunk(self, steps: int) -> None:
+        for _ in range(steps):
+            self.step()
+
+    def status(self) -> list:
+        return torch.stack([self.bad.any(), self.small.any(), self.done.all()]).tolist()
+
+
+def _records_graphs(device: torch.device) -> bool:
+    """Whether capture=True records CUDA graphs for a state on `device` (tests stand in for CUDA here)."""
+    return device.type == "cuda"
+
+
+def _dopri5_resident(f, y0, t0, t1, h_abs, k0, rtol, atol, budget, what, chunk, capture) -> OdeResult:
+    """dopri5's device-resident loop: chunks of `chunk` steps with no host read inside (each recorded once as a
+    CUDA graph and replayed when `capture`), then one read of three flags."""
+    from fastsde import capture_safety
+
+    state = _Resident(f, y0, t0, t1, rtol, atol, h_abs, k0)
+    graph = None
+    with capture_safety.on_device(y0.device):
+        while True:
+            budget.spend(6 * chunk, state.t)
+            if graph is not None:
+                graph.replay()
+            else:
+                state.chunk(chunk)  # the first chunk runs eagerly: it warms up whatever f builds lazily
+                if capture and _records_graphs(y0.device):
+                    with capture_safety.capture_stream(y0.device) as side:
+                        graph = capture_safety.record_graph(lambda: state.chunk(chunk), side)
+            bad, small, done = state.status()
+            if bad:
+                rows = state.bad.nonzero()[:, 0]
+                raise NonFiniteError(f"{what}'s drift became non-finite by evaluation {budget.count}, t = "
+                                     f"{float(state.t[rows[0]]):.6g}: {rows.numel()} of {y0.shape[0]} samples hold "
+                                     f"NaN or inf (the model returned non-finite values)")
+            if small:
+                row = int(state.small.nonzero()[0, 0])
+                raise RuntimeError(f"{what}: the step size fell below the spacing of float64 times near t = "
+                                   f"{float(state.t[row]):.6g} (a stiff or non-smooth f; loosen rtol/atol)")
+            if done:
+                return OdeResult(state.y, budget.count, state.evals, state.steps, state.rejected)
 
 
 def fixed_grid(f: OdeFunc, y0: torch.Tensor, grid: torch.Tensor, *, what: str = "the ODE") -> OdeResult:

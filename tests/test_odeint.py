@@ -65,6 +65,95 @@ def test_dopri5_rows_do_not_depend_on_the_batch():
         assert torch.allclose(part, whole[rows], rtol=1e-13, atol=1e-13)  # BLAS may block a matmul differently
 
 
+@pytest.mark.parametrize("chunk", [2, 5])
+@pytest.mark.parametrize("t0, t1", [(0.0, 2.0), (2.0, 0.5)])
+def test_dopri5_device_resident_chunks_take_the_same_steps(chunk, t0, t1):
+    """The device-resident mode (rows stay, h = 0 once done, one host read per chunk) takes the per-step mode's
+    steps row by row: the same solutions, accepted and rejected steps and per-row evaluations; only the batched
+    count differs (whole chunks)."""
+    y0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = dopri5(nonlinear, y0, t0, t1, rtol=1e-6, atol=1e-8)
+    got = dopri5(nonlinear, y0, t0, t1, rtol=1e-6, atol=1e-8, chunk=chunk)
+    assert torch.allclose(got.y, ref.y, rtol=1e-13, atol=1e-14)
+    for name in ("row_evals", "steps", "rejected"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+    assert got.nfev >= ref.nfev and (got.nfev - 2) % (6 * chunk) == 0
+    assert int(got.rejected.sum()) > 0  # the controller's rejection branch ran
+
+
+def test_dopri5_device_resident_reads_the_host_once_per_chunk():
+    """Inside a chunk no host read: the capture monitor sees only the flag read at each chunk's end."""
+    from fastsde.capture_safety import CaptureMonitor
+    from fastsde import odeint
+
+    y0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    reads = []
+    original = odeint._Resident.status
+
+    def status(self):
+        reads.append(len(mon.syncs_after(-10)))
+        return original(self)
+    odeint._Resident.status = status
+    try:
+        with CaptureMonitor() as mon:
+            r = dopri5(nonlinear, y0, 0.0, 2.0, rtol=1e-6, atol=1e-8, chunk=4)
+    finally:
+        odeint._Resident.status = original
+    chunks = (r.nfev - 2) // 24
+    assert len(reads) == chunks
+    # before chunk i's flag read: the initial step's reads and the i earlier flag reads, nothing from the steps
+    assert reads == [reads[0] + i for i in range(chunks)] and chunks > 3, reads
+
+
+def test_dopri5_capture_records_one_chunk_and_replays_it(monkeypatch):
+    """capture=True on CPU stand-ins of the CUDA graph calls: the first chunk runs eagerly, one chunk is recorded
+    (nothing runs while recording) and replayed; the result equals the uncaptured run's."""
+    from fastsde import capture_safety
+
+    recorded = []
+
+    class Graph:
+        def __init__(self, body):
+            self.body = body
+
+        def replay(self):
+            self.body()
+
+    def record(body, stream, pool=None):
+        recorded.append(body)
+        return Graph(body)
+
+    import contextlib
+    monkeypatch.setattr(capture_safety, "capture_stream", lambda device: contextlib.nullcontext(None))
+    monkeypatch.setattr(capture_safety, "record_graph", record)
+    y0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = dopri5(nonlinear, y0, 0.0, 2.0, rtol=1e-6, atol=1e-8, chunk=3)
+    uncaptured = dopri5(nonlinear, y0, 0.0, 2.0, rtol=1e-6, atol=1e-8, capture=True, chunk=3)  # CPU: no graphs
+    assert recorded == [] and torch.equal(uncaptured.y, ref.y)
+    import fastsde.odeint as odeint
+    monkeypatch.setattr(odeint, "_records_graphs", lambda device: True)
+    got = odeint.dopri5(nonlinear, y0, 0.0, 2.0, rtol=1e-6, atol=1e-8, chunk=3, capture=True)
+    assert len(recorded) == 1
+    assert torch.equal(got.y, ref.y) and torch.equal(got.steps, ref.steps) and got.nfev == ref.nfev
+
+
+def test_dopri5_device_resident_errors():
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+
+    def blows_up(t, y, r):  # finite at t = 0, NaN after the first step
+        return torch.where(t[:, None] > 0, torch.full_like(y, float("nan")), y)
+    with pytest.raises(NonFiniteError, match="3 of 3 samples"):
+        dopri5(blows_up, y0, 0.0, 1.0, rtol=1e-5, atol=1e-5, chunk=4)
+    with pytest.raises(RuntimeError, match="50 evaluations"):
+        dopri5(lambda t, y, r: 1e8 * torch.sin(1e6 * y), y0, 0.0, 1.0, rtol=1e-9, atol=1e-9, max_evals=50,
+               chunk=4)
+    for chunk in (0, 1.5, True):
+        with pytest.raises(ValueError, match="chunk must be a positive int"):
+            dopri5(nonlinear, y0, 0.0, 1.0, rtol=1e-5, atol=1e-5, chunk=chunk)
+    with pytest.raises(ValueError, match="capture=True records chunks .* got chunk=1"):
+        dopri5(nonlinear, y0, 0.0, 1.0, rtol=1e-5, atol=1e-5, chunk=1, capture=True)
+
+
 def test_fixed_grid_is_fifth_order():
     """y' = -t y, y = y0 exp(-t^2 / 2): halving the step divides the error by ~2^5."""
     y0 = torch.tensor([[1.0], [-2.0]], dtype=torch.float64)
@@ -141,6 +230,39 @@ def test_ode_sampler_rk45_matches_pushforward_and_scipy(sde_name):
     print("evaluations (fastsde RK45, scipy RK45):", got)
     with pytest.raises(ValueError, match="scipy:RK23"):
         get_ode_sampler(sde, (5, 3), lambda v: v, method="RK23")
+
+
+def test_capture_runs_device_resident_chunks_for_the_likelihood_flow_and_sampler():
+    """capture=True (RK45's CUDA-graph chunks) on a CPU state runs the same chunks eagerly: the likelihood, encode
+    and the ODE sampler give the per-step mode's numbers; other methods refuse it in one line."""
+    from fastsde.likelihood import get_likelihood_fn
+
+    sde = SDES["vp"]()
+    mix, x = gaussian_data(FULL, 6, seed=3)
+    model = AnalyticScoreModel(mix, sde)
+    x = x.double()
+    probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).double() * 2 - 1
+    lik = {c: get_likelihood_fn(sde, identity_scaler, rtol=1e-6, atol=1e-6, dtype=torch.float64, capture=c)(
+        model, x, probe) for c in (False, True)}
+    torch.testing.assert_close(lik[True][0], lik[False][0], rtol=1e-12, atol=1e-12)
+    assert lik[True][2] >= lik[False][2]  # whole chunks
+    enc = {c: flow.encode(sde, model, x, rtol=1e-6, atol=1e-6, capture=c)[0] for c in (False, True)}
+    torch.testing.assert_close(enc[True], enc[False], rtol=1e-12, atol=1e-12)
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    smp = {c: get_ode_sampler(sde, (5, 2), identity_scaler, rtol=1e-6, atol=1e-6, dtype=torch.float64,
+                              capture=c)(model, z=z)[0] for c in (False, True)}
+    torch.testing.assert_close(smp[True], smp[False], rtol=1e-12, atol=1e-12)
+    for call in (lambda: get_likelihood_fn(sde, identity_scaler, method="scipy:RK45", capture=True),
+                 lambda: flow.encode(sde, model, x, method="fixed", steps=4, capture=True),
+                 lambda: get_ode_sampler(sde, (5, 2), identity_scaler, method="scipy:RK45", capture=True)):
+        with pytest.raises(ValueError, match="^capture=True replays chunks of RK45 steps .* got method="):
+            call()
+    with pytest.raises(ValueError, match="^capture must be True or False, got 1"):
+        flow.decode(sde, model, z, capture=1)
+
+
+def identity_scaler(v):
+    return v
 
 
 def test_slerp():

@@ -16,7 +16,7 @@ from fastsde.sampling.registry import check_eps, check_positive, check_sde, chec
 from fastsde.score import get_score_fn
 
 __all__ = ["get_ode_sampler", "ODE_METHODS", "SCIPY_METHODS", "MAX_EVALS", "EvalBudget",
-           "scipy_method", "solve", "fixed_times"]
+           "scipy_method", "solve", "fixed_times", "check_capture"]
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 # "RK45": fastsde.odeint on the state's device; "fixed": its fixed grid; "scipy:NAME": solve_ivp (fastsde.flow)
@@ -89,16 +89,28 @@ def fixed_times(sde, t0: float, t1: float, steps: int) -> torch.Tensor:
     return grid
 
 
+def check_capture(capture, method) -> None:
+    """capture=True is RK45's chunks of steps replayed as CUDA graphs (on a CUDA state; elsewhere the same chunks
+    run eagerly); with any other method it is refused in one line."""
+    if not isinstance(capture, bool):
+        raise ValueError(f"capture must be True or False, got {capture!r}")
+    if capture and method != "RK45":
+        raise ValueError(f"capture=True replays chunks of RK45 steps as CUDA graphs: it needs method='RK45' (or "
+                         f"'fixed' for the sampler's program), got method={method!r}")
+
+
 def solve(f, y0: torch.Tensor, t0: float, t1: float, *, method: str, rtol: float, atol: float, steps=None, sde=None,
-          max_evals: int = MAX_EVALS, what: str = "the ODE", blocks=None):
+          max_evals: int = MAX_EVALS, what: str = "the ODE", blocks=None, capture: bool = False):
     """Integrate dy/dt = f(t (B,), y (B, N), rows (B,)) from t0 to t1 for y0 (B, N) float64 by `method` (module
     docstring); returns (y at t1, batched evaluations, evaluations each row took part in (B,)). `blocks`: column
     sizes that the scipy path lays out one after the other (score_sde's [x of every sample, then logp]); default
-    one block. `sde` gives the fixed grid."""
+    one block. `sde` gives the fixed grid. `capture` (RK45 on CUDA): replay chunks of steps as CUDA graphs
+    (fastsde.odeint.dopri5)."""
     from fastsde.odeint import dopri5, fixed_grid  # on first use: fastsde.odeint imports this package's guard
 
+    check_capture(capture, method)
     if method == "RK45":
-        r = dopri5(f, y0, t0, t1, rtol=rtol, atol=atol, max_evals=max_evals, what=what)
+        r = dopri5(f, y0, t0, t1, rtol=rtol, atol=atol, max_evals=max_evals, what=what, capture=capture)
         return r.y, r.nfev, r.row_evals
     if method == "fixed":
         r = fixed_grid(f, y0, fixed_times(sde, t0, t1, steps), what=what)
@@ -159,10 +171,10 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     if method == "fixed":
         return _fixed_ode_sampler(sde, shape, inverse_scaler, denoise, eps, device, seed, noise, sample_ids, dtype,
                                   precision, steps, solver, backend, compile, capture, capture_steps)
-    for name, value in (("compile", compile), ("capture", capture)):
-        if value is not False:
-            raise ValueError(f"{name}=True needs method='fixed' (an adaptive integration is not a fixed program), "
-                             f"got {name}={value!r} with method={method!r}")
+    if compile is not False:
+        raise ValueError(f"compile=True needs method='fixed' (an adaptive integration is not a fixed program), "
+                         f"got compile={compile!r} with method={method!r}")
+    check_capture(capture, method)  # RK45 on CUDA: chunks of steps replayed as CUDA graphs
     NoiseStream(noise, 0, sample_ids)
     EvalBudget(max_evals, "")
     precision = resolve_precision(precision, device)
@@ -184,7 +196,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                 return drift.reshape(y.shape[0], -1).double()
 
             y, nfe, _ = solve(ode_func, x.reshape(shape[0], -1).double(), sde.T, eps, method=method, rtol=rtol,
-                              atol=atol, max_evals=max_evals, what="the probability-flow ODE")
+                              atol=atol, max_evals=max_evals, what="the probability-flow ODE", capture=capture)
             x = y.reshape(shape).to(dtype)
             if denoise:
                 score_fn = get_score_fn(sde, model, train=False, continuous=True)
