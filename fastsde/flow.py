@@ -5,6 +5,9 @@ and `solve`, the one integrator dispatch the sampler, the likelihood and these s
 Methods (`method=`):
   "RK45"           fastsde.odeint.dopri5 on the state's device: per-sample adaptive Dormand-Prince, no host round
                    trip per evaluation (the default)
+  "RK45-sqrt"      the same integrator in u = sqrt(t): dy/du = 2 u f(u^2, y). The drift grows like 1/sqrt(t) towards
+                   the data end (the score of nearly clean data), which in u is bounded, so the controller needs
+                   fewer steps for the same accuracy at loose tolerances (benchmarks/bench_likelihood.py's sweep)
   "fixed"          fastsde.odeint.fixed_grid: the same 5th-order step on `steps` intervals uniform in
                    log(std / mean) of the SDE's marginal (the noise-to-signal ratio), 6 steps + 1 evaluations each
   "scipy:NAME"     scipy.integrate.solve_ivp(method=NAME) on the host over the whole batch as one vector, as

@@ -10,7 +10,7 @@ fastsde's layers take the fused ops when those record autograd and the plain ref
 
 The ODE state (B, D + C) holds each datum's x and C log-density columns (one per probe; one for "exact"), integrated
 in float64 by fastsde.flow.solve: "RK45" on the data's device with per-datum steps (a datum's bits/dim do not depend
-on its batch), "fixed" on a fixed grid (the fast mode: compare with a tight-tolerance run), "scipy:RK45" as
+on its batch; "RK45-sqrt" the same in u = sqrt(t), fewer evaluations at loose tolerances), "fixed" on a fixed grid (the fast mode: compare with a tight-tolerance run), "scipy:RK45" as
 score_sde does (one solve_ivp over the batch, state laid out [x of every datum, logp]).
 """
 from __future__ import annotations
@@ -125,7 +125,8 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type="Rademacher", rtol=1e
     evaluation); `probes` Hutchinson probes per datum (bpd is their mean). `generator` draws the probes (default:
     torch's global generator, as score_sde) unless `probe` is given: data's shape for one probe, (B, probes, ...)
     for several (rows of one hutchinson_probe draw give every datum the same probes in any batch).
-    method: "RK45" (default; fastsde.odeint on the data's device), "fixed" with `steps` (fastsde.flow.fixed_times),
+    method: "RK45" (default; fastsde.odeint on the data's device), "RK45-sqrt" (the same in u = sqrt(t): fastsde.flow),
+    "fixed" with `steps` (fastsde.flow.fixed_times),
     or "scipy:NAME" (score_sde's way; fastsde.compat.score_sde maps its method="RK45" here). capture (RK45 on CUDA
     data): chunks of steps, forward and VJPs included, replayed as CUDA graphs (fastsde.odeint.dopri5).
     A NaN/inf drift or divergence stops the integration with guard.NonFiniteError; more than max_evals evaluations

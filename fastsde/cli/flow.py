@@ -24,7 +24,8 @@ MAX_FRAMES = 256  # --frames of interpolate: one picture row
 def ode_arguments(p: argparse.ArgumentParser, rtol: float = 1e-5) -> None:
     """--method/--steps/--rtol/--atol/--eps of the probability-flow ODE commands."""
     p.add_argument("--method", choices=ODE_METHODS, default="RK45",
-                   help="RK45: adaptive Dormand-Prince on --device with per-digit steps; fixed: the same step on "
+                   help="RK45: adaptive Dormand-Prince on --device with per-digit steps; RK45-sqrt: the same in "
+                        "u = sqrt(t) (fewer evaluations at loose --rtol); fixed: the same step on "
                         "--steps intervals (fast, no error control); scipy:NAME: scipy's solve_ivp on the host over "
                         "the whole batch, as score_sde")
     p.add_argument("--steps", type=positive_int, default=None, help="intervals of --method fixed (6 evaluations each)")

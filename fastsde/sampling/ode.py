@@ -5,6 +5,8 @@ The integration stops with a clear error when the model returns NaN/inf (scipy w
 advance) and after `max_evals` drift evaluations on a pathological model (fastsde.sampling.guard)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -16,11 +18,13 @@ from fastsde.sampling.registry import check_eps, check_positive, check_sde, chec
 from fastsde.score import get_score_fn
 
 __all__ = ["get_ode_sampler", "ODE_METHODS", "SCIPY_METHODS", "MAX_EVALS", "EvalBudget",
-           "scipy_method", "solve", "fixed_times", "check_capture"]
+           "scipy_method", "solve", "fixed_times", "check_capture", "ADAPTIVE_METHODS"]
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
-# "RK45": fastsde.odeint on the state's device; "fixed": its fixed grid; "scipy:NAME": solve_ivp (fastsde.flow)
-ODE_METHODS = ("RK45", "fixed") + tuple(f"scipy:{m}" for m in SCIPY_METHODS)
+# "RK45": fastsde.odeint on the state's device ("RK45-sqrt": in u = sqrt(t)); "fixed": its fixed grid; "scipy:NAME":
+# solve_ivp (fastsde.flow)
+ODE_METHODS = ("RK45", "RK45-sqrt", "fixed") + tuple(f"scipy:{m}" for m in SCIPY_METHODS)
+ADAPTIVE_METHODS = ("RK45", "RK45-sqrt")  # fastsde.odeint.dopri5, in t or in u = sqrt(t)
 SAMPLER_METHODS = ODE_METHODS
 #: The fixed-step ODE sampler's default solver: the third-order exponential integrator of the probability-flow ODE.
 FIXED_SOLVER = "dpm_solver_3"
@@ -94,9 +98,9 @@ def check_capture(capture, method) -> None:
     run eagerly); with any other method it is refused in one line."""
     if not isinstance(capture, bool):
         raise ValueError(f"capture must be True or False, got {capture!r}")
-    if capture and method != "RK45":
-        raise ValueError(f"capture=True replays chunks of RK45 steps as CUDA graphs: it needs method='RK45' (or "
-                         f"'fixed' for the sampler's program), got method={method!r}")
+    if capture and method not in ADAPTIVE_METHODS:
+        raise ValueError(f"capture=True replays chunks of RK45 steps as CUDA graphs: it needs method='RK45' or "
+                         f"'RK45-sqrt' (or 'fixed' for the sampler's program), got method={method!r}")
 
 
 def solve(f, y0: torch.Tensor, t0: float, t1: float, *, method: str, rtol: float, atol: float, steps=None, sde=None,
@@ -111,6 +115,12 @@ def solve(f, y0: torch.Tensor, t0: float, t1: float, *, method: str, rtol: float
     check_capture(capture, method)
     if method == "RK45":
         r = dopri5(f, y0, t0, t1, rtol=rtol, atol=atol, max_evals=max_evals, what=what, capture=capture)
+        return r.y, r.nfev, r.row_evals
+    if method == "RK45-sqrt":  # dy/du = 2 u f(u^2, y): bounded where f grows like 1/sqrt(t) at the data end
+        def g(u, y, rows):
+            return f(u * u, y, rows) * (2 * u).to(y.dtype)[:, None]
+        r = dopri5(g, y0, math.sqrt(t0), math.sqrt(t1), rtol=rtol, atol=atol, max_evals=max_evals, what=what,
+                   capture=capture)
         return r.y, r.nfev, r.row_evals
     if method == "fixed":
         r = fixed_grid(f, y0, fixed_times(sde, t0, t1, steps), what=what)
@@ -152,7 +162,8 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                     device="cpu", *, seed=None, noise="fastsde", sample_ids=None, dtype=torch.float32,
                     max_evals=MAX_EVALS, precision=None, steps=None, solver=FIXED_SOLVER, backend="auto",
                     compile=False, capture=False, capture_steps=None):
-    """Probability-flow ODE sampler (Song et al. section 4.3): method "RK45" (fastsde.odeint), "scipy:NAME", or
+    """Probability-flow ODE sampler (Song et al. section 4.3): method "RK45" (fastsde.odeint), "RK45-sqrt" (the same
+    in u = sqrt(t), fastsde.flow), "scipy:NAME", or
     "fixed": `steps` steps of a deterministic high-order solver of the same ODE (`solver`, default "dpm_solver_3";
     any of fastsde.solvers without noise) on the uniform log-SNR grid from T to eps, as a program on the one executor
     (fastsde.executor: eager, `compile=True` or `capture=True` with `capture_steps`, on `backend`); there `denoise`
