@@ -20,9 +20,9 @@ weights prepacked for oneDNN): fp32, batch 64, same Xeon another day, one interl
 67 ms unfrozen and 61 ms for torch.compile with freezing (docs/bench/e2e.json has the current rows). The
 returned callable holds a snapshot of the weights as they were when it was made: the CLI, which loads a model
 file and never changes it, is its user; a library caller that changes weights afterwards must call again (a new
-key, a new package). A miss builds the package (`build=True`: ~40 s with freezing for the digits U-Net on one core of the
-2-core Xeon; export ~2 s, AOTInductor the rest) and writes it atomically, so concurrent processes never read half
-a file. Anything that fails -- export, compilation, loading -- is reported once as a warning and the caller runs
+key, a new package). A miss builds the package (`build=True`: ~40 s with freezing for the digits U-Net on one core
+of the 2-core Xeon; export ~2 s, AOTInductor the rest) and writes it atomically, so concurrent processes never read
+half a file. Anything that fails -- export, compilation, loading -- is reported once as a warning and the caller runs
 the model eagerly: the cache is an acceleration, never a requirement.
 """
 from __future__ import annotations

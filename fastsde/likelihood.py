@@ -10,8 +10,9 @@ fastsde's layers take the fused ops when those record autograd and the plain ref
 
 The ODE state (B, D + C) holds each datum's x and C log-density columns (one per probe; one for "exact"), integrated
 in float64 by fastsde.flow.solve: "RK45" on the data's device with per-datum steps (a datum's bits/dim do not depend
-on its batch; "RK45-sqrt" the same in u = sqrt(t), fewer evaluations at loose tolerances), "fixed" on a fixed grid (the fast mode: compare with a tight-tolerance run), "scipy:RK45" as
-score_sde does (one solve_ivp over the batch, state laid out [x of every datum, logp]).
+on its batch; "RK45-sqrt" the same in u = sqrt(t), fewer evaluations at loose tolerances), "fixed" on a fixed grid
+(the fast mode: compare with a tight-tolerance run), "scipy:RK45" as score_sde does (one solve_ivp over the batch,
+state laid out [x of every datum, logp]).
 """
 from __future__ import annotations
 
