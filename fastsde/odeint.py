@@ -108,6 +108,19 @@ class Stages:
         self.K = self.K[:, keep]
 
 
+def _control(err_vec, y, y_new, h, after_reject, rtol, atol):
+    """scipy's RK45 step-size controller, row by row: (err (B,) float64, accept (B,), the next |h| (B,)) from the
+    error estimate err_vec (B, N) of a step h (B,) from y to y_new."""
+    scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
+    err = _rms(err_vec / scale).double()
+    accept = err < 1
+    grow = torch.where(err == 0, torch.full_like(err, MAX_FACTOR),
+                       (SAFETY * err.pow(ERROR_EXPONENT)).clamp(max=MAX_FACTOR))
+    grow = torch.where(after_reject, grow.clamp(max=1.0), grow)
+    shrink = (SAFETY * err.pow(ERROR_EXPONENT)).clamp(min=MIN_FACTOR)
+    return err, accept, torch.where(accept, h.abs() * grow, h.abs() * shrink)
+
+
 def _initial_step(f, t0, y0, f0, direction, span, rtol, atol, rows):
     """scipy's select_initial_step (Hairer, Norsett & Wanner II.4), row by row: (h (B,) float64, 1 evaluation)."""
     scale = atol + y0.abs() * rtol
@@ -179,14 +192,7 @@ def dopri5(f: OdeFunc, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, a
         ki = rows  # evals/steps are indexed by original row
         evals[ki] += 6
         err_vec = stages.combine(7, 7, h.to(y.dtype), None)
-        scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
-        err = _rms(err_vec / scale).double()
-        accept = err < 1
-        grow = torch.where(err == 0, torch.full_like(err, MAX_FACTOR),
-                           (SAFETY * err.pow(ERROR_EXPONENT)).clamp(max=MAX_FACTOR))
-        grow = torch.where(after_reject, grow.clamp(max=1.0), grow)
-        shrink = (SAFETY * err.pow(ERROR_EXPONENT)).clamp(min=MIN_FACTOR)
-        h_abs = torch.where(accept, h.abs() * grow, h.abs() * shrink)
+        err, accept, h_abs = _control(err_vec, y, y_new, h, after_reject, rtol, atol)
         after_reject = ~accept
         t = torch.where(accept, t_new, t)
         y = torch.where(accept[:, None], y_new, y)
@@ -245,14 +251,8 @@ class _Resident:
         h = torch.where(active, t_new - t, torch.zeros_like(t))
         y_new = self.stages.step(self.f, t, h, self.y, self.rows)
         err_vec = self.stages.combine(7, 7, h.to(self.y.dtype), None)
-        scale = self.atol + torch.maximum(self.y.abs(), y_new.abs()) * self.rtol
-        err = _rms(err_vec / scale).double()
-        accept = (err < 1) & active
-        grow = torch.where(err == 0, torch.full_like(err, MAX_FACTOR),
-                           (SAFETY * err.pow(ERROR_EXPONENT)).clamp(max=MAX_FACTOR))
-        grow = torch.where(self.after_reject, grow.clamp(max=1.0), grow)
-        shrink = (SAFETY * err.pow(ERROR_EXPONENT)).clamp(min=MIN_FACTOR)
-        h_abs = torch.where(accept, h.abs() * grow, h.abs() * shrink)
+        err, accept, h_abs = _control(err_vec, self.y, y_new, h, self.after_reject, self.rtol, self.atol)
+        accept &= active
         self.h_abs.copy_(torch.where(active, h_abs, self.h_abs))
         self.after_reject.copy_(active & ~accept)
         self.t.copy_(torch.where(accept, t_new, t))
